@@ -1,0 +1,71 @@
+"""The `mesh` command. Exit codes: 0 ok, 1 runtime failure, 2 usage error.
+
+Core commands live here; apps add theirs through the ``meshsuite.commands`` entry
+point group (a ``register(subparsers)`` callable), so core never imports an app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from core.cli import identity_cmds, status_cmds
+from core.errors import MeshError, UsageError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mesh",
+        description="meshsuite: mail, chat and calls over a Yggdrasil mesh, no servers",
+    )
+    parser.add_argument(
+        "--data-dir", help="state directory (default: $MESH_DATA_DIR or the XDG data dir)"
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    identity_cmds.register(sub)
+    status_cmds.register(sub)
+    for ep in sorted(entry_points(group="meshsuite.commands"), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plug-in must not take the CLI down
+            log.warning("command plug-in %s failed to load: %s", ep.name, exc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"mesh: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MeshError as exc:
+        print(f"mesh: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
