@@ -1,0 +1,294 @@
+"""The node: one object every app uses, whatever backend carries the packets.
+
+    async with await Node.open(config) as node:
+        server = await node.start_server(handle, 2525)
+        reader, writer = await node.open_connection(peer_address, 2525)
+
+Networking mirrors asyncio. On every connection ``get_extra_info("peername")`` is
+the peer's authenticated mesh address and ``get_extra_info("peer_key")`` its key
+(or None where the backend cannot tell); peers outside ``200::/7`` are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from core.address import address_for_key, is_mesh_address, subnet_for_key
+from core.backend import (
+    Backend,
+    DatagramFactory,
+    MeshServer,
+    NodeEvent,
+    PeerInfo,
+    ProtocolFactory,
+)
+from core.config import NodeConfig
+from core.errors import MeshError, UsageError
+from core.events import EventBus
+from core.guard import GuardProtocol
+from core.identity import Identity
+from core.mailaddr import MailAddress, parse_mail_address
+
+__all__ = ["Node", "parse_target"]
+
+log = logging.getLogger(__name__)
+
+StreamCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+STREAM_LIMIT = 64 * 1024
+
+
+def parse_target(text: str) -> ipaddress.IPv6Address:
+    """A mesh address from ``ADDRESS``, a 64-hex key, or ``KEY@mesh``."""
+    value = text.strip().strip("[]")
+    if "@" in value:
+        return parse_mail_address(value).node_address
+    if len(value) == 64:
+        try:
+            return address_for_key(bytes.fromhex(value))
+        except ValueError:
+            raise UsageError(f"{text!r} is not a hex key") from None
+    try:
+        addr = ipaddress.IPv6Address(value.split("%", 1)[0])
+    except ValueError:
+        raise UsageError(f"{text!r} is not a mesh address, key or key@mesh") from None
+    if not is_mesh_address(addr):
+        raise UsageError(f"{addr} is not a mesh address (200::/7)")
+    return addr
+
+
+class _DatagramGuard(asyncio.DatagramProtocol):
+    """Drops datagrams from outside 200::/7 before the app sees them."""
+
+    def __init__(self, inner: asyncio.DatagramProtocol) -> None:
+        self.inner = inner
+        self.refused = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.inner.connection_made(transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if not is_mesh_address(str(addr[0])):
+            self.refused += 1
+            log.debug("dropped a datagram from non-mesh %s", addr)
+            return
+        self.inner.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.inner.error_received(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+
+class Node:
+    """A running node. Create with :meth:`open`; close with :meth:`close` or ``async with``."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        backend: Backend,
+        *,
+        identity: Identity | None,
+        backend_reason: str,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.identity = identity
+        self.backend_reason = backend_reason
+        self.events = EventBus()
+        self._servers: list[MeshServer] = []
+        self._closed = False
+
+    @classmethod
+    async def open(cls, config: NodeConfig, identity: Identity | None = None) -> Node:
+        """Choose and start a backend (see :mod:`core.backends`) and return the node."""
+        from core.backends import select_backend
+
+        backend, reason = await select_backend(config, identity)
+        node = cls(config, backend, identity=identity, backend_reason=reason)
+        await backend.start(node.events.publish)
+        if identity is not None and backend.public_key != identity.public_key:
+            log.warning(
+                "the daemon's key differs from this node's identity: the mail address is "
+                "the daemon's key (%s); see docs/yggdrasil.md",
+                backend.public_key.hex(),
+            )
+            node.identity = None
+        log.info("node up: %s on %s (%s)", node.address, backend.name, reason)
+        return node
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        await self.backend.close()
+        self.events.close()
+
+    # -- identity -------------------------------------------------------------------
+    @property
+    def key(self) -> bytes:
+        return self.backend.public_key
+
+    @property
+    def address(self) -> ipaddress.IPv6Address:
+        return address_for_key(self.key)
+
+    @property
+    def subnet(self) -> ipaddress.IPv6Network:
+        return subnet_for_key(self.key)
+
+    @property
+    def mail_address(self) -> MailAddress:
+        return MailAddress(self.key)
+
+    # -- networking -----------------------------------------------------------------
+    async def key_for_address(self, address: ipaddress.IPv6Address | str) -> bytes | None:
+        addr = ipaddress.IPv6Address(str(address).split("%", 1)[0])
+        if addr == self.address:
+            return self.key
+        return await self.backend.key_for_address(addr)
+
+    async def create_server(
+        self, protocol_factory: ProtocolFactory, port: int, *, backlog: int = 100
+    ) -> MeshServer:
+        """Serve ``protocol_factory`` on ``[node address]:port``, mesh peers only."""
+        service = f"port {port}"
+
+        def guarded() -> asyncio.BaseProtocol:
+            return GuardProtocol(protocol_factory, self.key_for_address, service)
+
+        server = await self.backend.create_server(guarded, port, backlog=backlog)
+        self._servers.append(server)
+        return server
+
+    async def create_connection(
+        self,
+        protocol_factory: ProtocolFactory,
+        address: ipaddress.IPv6Address | str,
+        port: int,
+        *,
+        timeout: float = 30.0,
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """Connect to ``[address]:port`` on the mesh (address, key or key@mesh)."""
+        target = parse_target(str(address))
+        guards: list[GuardProtocol] = []
+
+        def guarded() -> asyncio.BaseProtocol:
+            guard = GuardProtocol(protocol_factory, self.key_for_address, f"to [{target}]:{port}")
+            guards.append(guard)
+            return guard
+
+        await self.backend.create_connection(guarded, target, port, timeout=timeout)
+        return await guards[0].admitted
+
+    async def start_server(
+        self, client_connected_cb: StreamCallback, port: int, *, limit: int = STREAM_LIMIT
+    ) -> MeshServer:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.BaseProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+        return await self.create_server(factory, port)
+
+    async def open_connection(
+        self,
+        address: ipaddress.IPv6Address | str,
+        port: int,
+        *,
+        limit: int = STREAM_LIMIT,
+        timeout: float = 30.0,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        transport, protocol = await self.create_connection(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+            address,
+            port,
+            timeout=timeout,
+        )
+        assert isinstance(protocol, asyncio.StreamReaderProtocol)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return reader, writer
+
+    async def create_datagram_endpoint(
+        self,
+        protocol_factory: DatagramFactory,
+        *,
+        local_port: int = 0,
+        remote: tuple[ipaddress.IPv6Address | str, int] | None = None,
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+        """A UDP endpoint on the node's mesh address; non-mesh senders are dropped."""
+        target = (parse_target(str(remote[0])), remote[1]) if remote else None
+        transport, guard = await self.backend.create_datagram_endpoint(
+            lambda: _DatagramGuard(protocol_factory()), local_port=local_port, remote=target
+        )
+        assert isinstance(guard, _DatagramGuard)
+        return transport, guard.inner
+
+    # -- peers and status -------------------------------------------------------------
+    async def peers(self) -> list[PeerInfo]:
+        return await self.backend.peers()
+
+    async def add_peer(self, uri: str) -> None:
+        await self.backend.add_peer(uri)
+        self.events.publish(NodeEvent("peer.added", {"uri": uri}))
+
+    async def remove_peer(self, uri: str) -> None:
+        await self.backend.remove_peer(uri)
+        self.events.publish(NodeEvent("peer.removed", {"uri": uri}))
+
+    async def ping(
+        self,
+        target: ipaddress.IPv6Address | str,
+        *,
+        count: int = 4,
+        interval: float = 1.0,
+        timeout: float = 5.0,
+    ) -> list[float | None]:
+        if count < 1 or interval < 0 or timeout <= 0:
+            raise UsageError("ping: count ≥ 1, interval ≥ 0 and timeout > 0")
+        return await self.backend.ping(
+            parse_target(str(target)), count=count, interval=interval, timeout=timeout
+        )
+
+    async def status(self) -> dict[str, Any]:
+        try:
+            backend_status = await self.backend.status()
+        except MeshError as exc:
+            backend_status = {"error": str(exc)}
+        return {
+            "key": self.key.hex(),
+            "address": str(self.address),
+            "subnet": str(self.subnet),
+            "mail_address": str(self.mail_address),
+            "identity": "own" if self.identity is not None else "daemon's key",
+            "backend": self.backend.name,
+            "backend_reason": self.backend_reason,
+            "data_dir": str(self.config.data_dir),
+            "peers": [p.to_json() for p in await self.peers()],
+            "backend_status": backend_status,
+        }
