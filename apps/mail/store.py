@@ -1,0 +1,676 @@
+"""The node's mailbox store: SQLite (aiosqlite, WAL), one body per message, UID-keyed entries.
+
+* A message body is stored once (``bodies``) with its parsed ENVELOPE and BODYSTRUCTURE
+  cached at delivery time; mailboxes hold entries (``messages``: uid, flags, internal date,
+  modseq) that point at bodies, so COPY never duplicates bytes.
+* UIDs come from a per-mailbox persistent counter and are never reused; every mailbox gets
+  a random UIDVALIDITY that is recorded forever, so a re-created mailbox never repeats one.
+* ``deliver`` commits before returning (``synchronous=FULL``: in WAL mode ``NORMAL`` may lose
+  the last commits on power loss, and SMTP has already said "250 OK" for them).
+
+All access goes through one connection serialised by an :class:`asyncio.Lock`, so a
+transaction of one coroutine never interleaves with statements of another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from core.errors import MeshError
+
+from .imap.mime import bodystructure, envelope, parse_message, split_header
+from .store_schema import migrate
+
+__all__ = [
+    "DEFAULT_MAILBOXES",
+    "SYSTEM_FLAGS",
+    "MailStore",
+    "MailboxExists",
+    "MailboxInfo",
+    "MailboxNotFound",
+    "MailboxStatus",
+    "MessageMeta",
+    "StoreError",
+    "normalize_mailbox",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+DEDUP_RETENTION = 90 * 24 * 3600  # seconds a dedup key is remembered
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+)
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+_KEYWORD = re.compile(r"^[!#$&'+,\-.0-9:;<=>?@A-Z^_`a-z|}~]+$")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class StoreError(MeshError):
+    """A mail store operation was refused; the message says why."""
+
+
+class MailboxNotFound(StoreError):
+    pass
+
+
+class MailboxExists(StoreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    name: str
+    special_use: str | None
+    subscribed: bool
+    uidvalidity: int
+    uidnext: int
+    highest_modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    messages: int
+    recent: int
+    unseen: int
+    uidnext: int
+    uidvalidity: int
+    highest_modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    uid: int
+    flags: frozenset[str]
+    internal_date: datetime
+    size: int
+    envelope: bytes
+    bodystructure: bytes
+    sent_date: float | None
+    modseq: int
+
+
+def normalize_mailbox(name: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 section 5.1); other names are kept as given."""
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name.upper().startswith("INBOX/"):
+        return "INBOX" + name[5:]
+    return name
+
+
+def normalize_flags(flags: Iterable[str]) -> frozenset[str]:
+    out: set[str] = set()
+    for flag in flags:
+        if flag.startswith("\\"):
+            canonical = SYSTEM_FLAGS.get(flag.lower())
+            if canonical is None:
+                raise StoreError(f"{flag!r} is not a storable system flag")
+            out.add(canonical)
+        elif _KEYWORD.match(flag):
+            out.add(flag)
+        else:
+            raise StoreError(f"{flag!r} is not a valid keyword (an IMAP atom)")
+    return frozenset(out)
+
+
+def _split_flags(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+def _date_parts(when: datetime | None) -> tuple[float, int]:
+    if when is None:
+        when = datetime.now(UTC).astimezone()
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    offset = when.utcoffset() or timedelta(0)
+    return when.timestamp(), int(offset.total_seconds()) // 60
+
+
+def _to_datetime(stamp: float, tz_minutes: int) -> datetime:
+    return datetime.fromtimestamp(stamp, timezone(timedelta(minutes=tz_minutes)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    raw: bytes
+    header_size: int
+    envelope: bytes
+    bodystructure: bytes
+    sent_date: float | None
+
+
+def _prepare(raw: bytes) -> _Prepared:
+    raw = _BARE_LF.sub(b"\r\n", raw)  # IMAP requires CRLF line ends (RFC 3501 section 2.3.1)
+    if len(raw) > MAX_MESSAGE_SIZE:
+        raise StoreError(f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_SIZE} limit")
+    part = parse_message(raw)
+    sent: float | None = None
+    date_value = part.fields.get("date")
+    if date_value is not None:
+        try:
+            sent = email.utils.parsedate_to_datetime(str(date_value)).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            sent = None
+    header, _ = split_header(raw)
+    return _Prepared(raw, len(header), envelope(part.fields), bodystructure(part), sent)
+
+
+NewMailCallback = Callable[[str, int], None]
+ChangeCallback = Callable[[str], None]
+
+
+class MailStore:
+    """The mailbox store. Create with ``await MailStore.open(path)``; ``await close()``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._new_mail: list[NewMailCallback] = []
+        self._changes: list[ChangeCallback] = []
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> MailStore:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await migrate(db)
+            store = cls(db, path)
+            await store._init_defaults()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()
+
+    async def _init_defaults(self) -> None:
+        async with self._lock, self._tx():
+            cutoff = time.time() - DEDUP_RETENTION
+            await self._db.execute("DELETE FROM dedup WHERE created < ?", (cutoff,))
+            for name, special in DEFAULT_MAILBOXES:
+                if await self._mailbox_row(name, required=False) is None:
+                    await self._insert_mailbox(name, special)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        async with self._db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        async with self._db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _mailbox_row(self, name: str, *, required: bool = True) -> Any:
+        row = await self._one(
+            "SELECT id, name, special_use, subscribed, uidvalidity, uidnext, modseq, recent_uid "
+            "FROM mailboxes WHERE name = ?",
+            (normalize_mailbox(name),),
+        )
+        if row is None and required:
+            raise MailboxNotFound(f"no mailbox named {name!r}")
+        return row
+
+    async def _insert_mailbox(self, name: str, special_use: str | None) -> None:
+        while True:
+            value = secrets.randbelow(2**32 - 1) + 1
+            used = await self._one("SELECT 1 FROM used_uidvalidity WHERE value = ?", (value,))
+            if used is None:
+                break
+        await self._db.execute("INSERT INTO used_uidvalidity (value) VALUES (?)", (value,))
+        await self._db.execute(
+            "INSERT INTO mailboxes (name, special_use, uidvalidity) VALUES (?, ?, ?)",
+            (normalize_mailbox(name), special_use, value),
+        )
+
+    def _notify_new(self, events: list[tuple[str, int]]) -> None:
+        for mailbox, uid in events:
+            for callback in list(self._new_mail):
+                try:
+                    callback(mailbox, uid)
+                except Exception:
+                    log.exception("new-mail subscriber failed")
+
+    def _notify_change(self, mailbox: str) -> None:
+        for callback in list(self._changes):
+            try:
+                callback(mailbox)
+            except Exception:
+                log.exception("mailbox-change subscriber failed")
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    def subscribe_new_mail(self, callback: NewMailCallback) -> Callable[[], None]:
+        """Call ``callback(mailbox, uid)`` after each new message is committed."""
+        self._new_mail.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._new_mail:
+                self._new_mail.remove(callback)
+
+        return unsubscribe
+
+    def subscribe_changes(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call ``callback(mailbox)`` after flags changed or messages were expunged."""
+        self._changes.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._changes:
+                self._changes.remove(callback)
+
+        return unsubscribe
+
+    # --- delivery ------------------------------------------------------------------------
+
+    async def deliver(
+        self,
+        mailbox: str,
+        raw: bytes,
+        *,
+        flags: Iterable[str] = (),
+        internal_date: datetime | None = None,
+        dedup_key: str | None = None,
+    ) -> int | None:
+        """Store ``raw`` durably; the new UID, or None if ``dedup_key`` was seen before."""
+        clean_flags = normalize_flags(flags)
+        prepared = await asyncio.to_thread(_prepare, raw)
+        stamp, tz = _date_parts(internal_date)
+        async with self._lock:
+            async with self._tx():
+                if dedup_key is not None:
+                    seen = await self._one("SELECT 1 FROM dedup WHERE key = ?", (dedup_key,))
+                    if seen is not None:
+                        return None
+                box = await self._mailbox_row(mailbox)
+                async with self._db.execute(
+                    "INSERT INTO bodies (raw, size, header_size, envelope, bodystructure, "
+                    "sent_date) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        prepared.raw,
+                        len(prepared.raw),
+                        prepared.header_size,
+                        prepared.envelope,
+                        prepared.bodystructure,
+                        prepared.sent_date,
+                    ),
+                ) as cur:
+                    body_id = cur.lastrowid
+                uid, _ = await self._add_entry(box, body_id, clean_flags, stamp, tz)
+                if dedup_key is not None:
+                    await self._db.execute(
+                        "INSERT INTO dedup (key, mailbox_id, uid, created) VALUES (?, ?, ?, ?)",
+                        (dedup_key, box[0], uid, time.time()),
+                    )
+            name = box[1]
+        self._notify_new([(name, uid)])
+        return uid
+
+    async def _add_entry(
+        self, box: Any, body_id: Any, flags: frozenset[str], stamp: float, tz: int
+    ) -> tuple[int, int]:
+        row = await self._one("SELECT uidnext, modseq FROM mailboxes WHERE id = ?", (box[0],))
+        uid, modseq = int(row[0]), int(row[1]) + 1
+        await self._db.execute(
+            "UPDATE mailboxes SET uidnext = ?, modseq = ? WHERE id = ?", (uid + 1, modseq, box[0])
+        )
+        await self._db.execute(
+            "INSERT INTO messages (mailbox_id, uid, body_id, flags, internal_date, internal_tz, "
+            "modseq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (box[0], uid, body_id, " ".join(sorted(flags)), stamp, tz, modseq),
+        )
+        return uid, modseq
+
+    # --- simple reads --------------------------------------------------------------------
+
+    async def count(self, mailbox: str) -> int:
+        async with self._lock:
+            box = await self._mailbox_row(mailbox)
+            row = await self._one("SELECT count(*) FROM messages WHERE mailbox_id = ?", (box[0],))
+        return int(row[0])
+
+    async def list_uids(self, mailbox: str) -> list[int]:
+        async with self._lock:
+            box = await self._mailbox_row(mailbox)
+            rows = await self._all(
+                "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (box[0],)
+            )
+        return [int(r[0]) for r in rows]
+
+    async def fetch_raw(self, mailbox: str, uid: int) -> bytes | None:
+        got = await self.fetch_bodies(mailbox, [uid])
+        return got.get(uid)
+
+    async def get_flags(self, mailbox: str, uid: int) -> set[str]:
+        async with self._lock:
+            box = await self._mailbox_row(mailbox)
+            row = await self._one(
+                "SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?", (box[0], uid)
+            )
+        if row is None:
+            raise StoreError(f"no message with UID {uid} in {mailbox!r}")
+        return set(_split_flags(row[0]))
+
+    async def fetch_bodies(
+        self, mailbox: str, uids: Iterable[int], *, header_only: bool = False
+    ) -> dict[int, bytes]:
+        """Raw messages (or only their header block) by UID; missing UIDs are left out."""
+        wanted = set(uids)
+        if not wanted:
+            return {}
+        column = "substr(b.raw, 1, b.header_size)" if header_only else "b.raw"
+        async with self._lock:
+            box = await self._mailbox_row(mailbox)
+            rows = await self._all(
+                f"SELECT m.uid, {column} FROM messages m JOIN bodies b ON b.id = m.body_id "
+                "WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?",
+                (box[0], min(wanted), max(wanted)),
+            )
+        return {int(uid): bytes(raw) for uid, raw in rows if uid in wanted}
+
+    async def fetch_meta(
+        self, mailbox: str, uids: Iterable[int] | None = None
+    ) -> list[MessageMeta]:
+        """Cached per-message data (flags, dates, size, envelope...) in UID order."""
+        wanted = None if uids is None else set(uids)
+        if wanted is not None and not wanted:
+            return []
+        low, high = (1, 2**63 - 1) if wanted is None else (min(wanted), max(wanted))
+        async with self._lock:
+            box = await self._mailbox_row(mailbox)
+            rows = await self._all(
+                "SELECT m.uid, m.flags, m.internal_date, m.internal_tz, b.size, b.envelope, "
+                "b.bodystructure, b.sent_date, m.modseq FROM messages m "
+                "JOIN bodies b ON b.id = m.body_id "
+                "WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? ORDER BY m.uid",
+                (box[0], low, high),
+            )
+        return [
+            MessageMeta(
+                uid,
+                _split_flags(flags),
+                _to_datetime(stamp, tz),
+                size,
+                bytes(env),
+                bytes(bs),
+                sent,
+                modseq,
+            )
+            for uid, flags, stamp, tz, size, env, bs, sent, modseq in rows
+            if wanted is None or uid in wanted
+        ]
+
+    async def uid_flags(self, mailbox: str) -> tuple[list[tuple[int, frozenset[str]]], int]:
+        """Every (uid, flags) in UID order and the mailbox's current modseq, atomically."""
+        async with self._lock:
+            box = await self._mailbox_row(mailbox)
+            rows = await self._all(
+                "SELECT uid, flags FROM messages WHERE mailbox_id = ? ORDER BY uid", (box[0],)
+            )
+        return [(int(u), _split_flags(f)) for u, f in rows], int(box[6])
+
+    async def changed_since(
+        self, mailbox: str, modseq: int
+    ) -> tuple[list[tuple[int, frozenset[str]]], int]:
+        """(uid, flags) of entries changed after ``modseq``, and the current modseq."""
+        async with self._lock:
+            box = await self._mailbox_row(mailbox)
+            rows = await self._all(
+                "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (box[0], modseq),
+            )
+        return [(int(u), _split_flags(f)) for u, f in rows], int(box[6])
+
+    # --- mailboxes -----------------------------------------------------------------------
+
+    def _info(self, row: Any) -> MailboxInfo:
+        return MailboxInfo(row[1], row[2], bool(row[3]), int(row[4]), int(row[5]), int(row[6]))
+
+    async def list_mailboxes(self) -> list[MailboxInfo]:
+        async with self._lock:
+            rows = await self._all(
+                "SELECT id, name, special_use, subscribed, uidvalidity, uidnext, modseq, "
+                "recent_uid FROM mailboxes ORDER BY name"
+            )
+        return [self._info(r) for r in rows]
+
+    async def mailbox(self, name: str) -> MailboxInfo:
+        async with self._lock:
+            return self._info(await self._mailbox_row(name))
+
+    async def status(self, name: str) -> MailboxStatus:
+        async with self._lock:
+            box = await self._mailbox_row(name)
+            rows = await self._all(
+                "SELECT uid, flags FROM messages WHERE mailbox_id = ?", (box[0],)
+            )
+        unseen = sum(1 for _, f in rows if "\\Seen" not in f.split())
+        recent = sum(1 for u, _ in rows if u > box[7])
+        return MailboxStatus(len(rows), recent, unseen, int(box[5]), int(box[4]), int(box[6]))
+
+    async def create_mailbox(self, name: str, special_use: str | None = None) -> MailboxInfo:
+        name = normalize_mailbox(name.rstrip("/"))
+        if not name:
+            raise StoreError("a mailbox name must not be empty")
+        async with self._lock:
+            async with self._tx():
+                if await self._mailbox_row(name, required=False) is not None:
+                    raise MailboxExists(f"mailbox {name!r} already exists")
+                await self._insert_mailbox(name, special_use)
+            return self._info(await self._mailbox_row(name))
+
+    async def delete_mailbox(self, name: str) -> None:
+        if normalize_mailbox(name) == "INBOX":
+            raise StoreError("INBOX cannot be deleted")
+        async with self._lock, self._tx():
+            box = await self._mailbox_row(name)
+            await self._db.execute("DELETE FROM messages WHERE mailbox_id = ?", (box[0],))
+            await self._db.execute("DELETE FROM mailboxes WHERE id = ?", (box[0],))
+            await self._gc_bodies()
+        self._notify_change(box[1])
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        """Rename a mailbox and its children; renaming INBOX moves its messages (RFC 3501)."""
+        new = normalize_mailbox(new.rstrip("/"))
+        if normalize_mailbox(old) == "INBOX":
+            await self.create_mailbox(new)
+            uids = await self.list_uids("INBOX")
+            if uids:
+                await self.move("INBOX", uids, new)
+            return
+        async with self._lock, self._tx():
+            box = await self._mailbox_row(old)
+            if await self._mailbox_row(new, required=False) is not None:
+                raise MailboxExists(f"mailbox {new!r} already exists")
+            prefix = box[1] + "/"
+            for row in await self._all(
+                "SELECT id, name FROM mailboxes WHERE id = ? OR substr(name, 1, ?) = ?",
+                (box[0], len(prefix), prefix),
+            ):
+                target = new + row[1][len(box[1]) :]
+                await self._db.execute(
+                    "UPDATE mailboxes SET name = ? WHERE id = ?", (target, row[0])
+                )
+        self._notify_change(box[1])
+
+    async def set_subscribed(self, name: str, subscribed: bool) -> None:
+        async with self._lock, self._tx():
+            box = await self._mailbox_row(name)
+            await self._db.execute(
+                "UPDATE mailboxes SET subscribed = ? WHERE id = ?", (int(subscribed), box[0])
+            )
+
+    async def claim_recent(self, name: str) -> set[int]:
+        """UIDs new since the last claim; the caller's session owns their \\Recent flag."""
+        async with self._lock, self._tx():
+            box = await self._mailbox_row(name)
+            rows = await self._all(
+                "SELECT uid FROM messages WHERE mailbox_id = ? AND uid > ?", (box[0], box[7])
+            )
+            await self._db.execute(
+                "UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (int(box[5]) - 1, box[0])
+            )
+        return {int(r[0]) for r in rows}
+
+    # --- message changes -----------------------------------------------------------------
+
+    async def store_flags(
+        self, mailbox: str, uids: Iterable[int], mode: str, flags: Iterable[str]
+    ) -> dict[int, frozenset[str]]:
+        """``mode`` is ``+`` (add), ``-`` (remove) or ``""`` (replace); new flags by UID."""
+        change = normalize_flags(flags)
+        wanted = set(uids)
+        result: dict[int, frozenset[str]] = {}
+        changed = False
+        if not wanted:
+            return result
+        async with self._lock, self._tx():
+            box = await self._mailbox_row(mailbox)
+            rows = await self._all(
+                "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?",
+                (box[0], min(wanted), max(wanted)),
+            )
+            modseq = int(box[6])
+            for uid, text in rows:
+                if uid not in wanted:
+                    continue
+                old = _split_flags(text)
+                new = old | change if mode == "+" else old - change if mode == "-" else change
+                result[int(uid)] = new
+                if new == old:
+                    continue
+                if not changed:
+                    modseq += 1
+                    changed = True
+                await self._db.execute(
+                    "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                    (" ".join(sorted(new)), modseq, box[0], uid),
+                )
+            if changed:
+                await self._db.execute(
+                    "UPDATE mailboxes SET modseq = ? WHERE id = ?", (modseq, box[0])
+                )
+        if changed:
+            self._notify_change(box[1])
+        return result
+
+    async def copy(self, source: str, uids: Iterable[int], target: str) -> list[tuple[int, int]]:
+        """Copy entries (sharing bodies); returns (source UID, new UID) pairs in UID order."""
+        pairs, target_name = await self._copy(source, sorted(set(uids)), target, remove=False)
+        self._notify_new([(target_name, new) for _, new in pairs])
+        return pairs
+
+    async def move(self, source: str, uids: Iterable[int], target: str) -> list[tuple[int, int]]:
+        """Atomically copy then remove from ``source`` (RFC 6851 MOVE)."""
+        pairs, target_name = await self._copy(source, sorted(set(uids)), target, remove=True)
+        if pairs:
+            self._notify_change(normalize_mailbox(source))
+        self._notify_new([(target_name, new) for _, new in pairs])
+        return pairs
+
+    async def _copy(
+        self, source: str, uids: list[int], target: str, *, remove: bool
+    ) -> tuple[list[tuple[int, int]], str]:
+        pairs: list[tuple[int, int]] = []
+        async with self._lock, self._tx():
+            src = await self._mailbox_row(source)
+            dst = await self._mailbox_row(target)
+            if not uids:
+                return pairs, dst[1]
+            wanted = set(uids)
+            rows = await self._all(
+                "SELECT uid, body_id, flags, internal_date, internal_tz FROM messages "
+                "WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                (src[0], uids[0], uids[-1]),
+            )
+            for uid, body_id, flags, stamp, tz in rows:
+                if uid not in wanted:
+                    continue
+                new_uid, _ = await self._add_entry(dst, body_id, _split_flags(flags), stamp, tz)
+                pairs.append((int(uid), new_uid))
+            if remove and pairs:
+                await self._delete_entries(src[0], [p[0] for p in pairs])
+        return pairs, dst[1]
+
+    async def _delete_entries(self, mailbox_id: int, uids: list[int]) -> None:
+        await self._db.executemany(
+            "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
+            [(mailbox_id, uid) for uid in uids],
+        )
+        await self._db.execute(
+            "UPDATE mailboxes SET modseq = modseq + 1 WHERE id = ?", (mailbox_id,)
+        )
+        await self._gc_bodies()
+
+    async def _gc_bodies(self) -> None:
+        await self._db.execute(
+            "DELETE FROM bodies WHERE NOT EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.body_id = bodies.id)"
+        )
+
+    async def expunge(self, mailbox: str, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove entries flagged \\Deleted (only among ``uids`` when given); UIDs removed."""
+        limit = None if uids is None else set(uids)
+        async with self._lock, self._tx():
+            box = await self._mailbox_row(mailbox)
+            rows = await self._all(
+                "SELECT uid FROM messages WHERE mailbox_id = ? AND "
+                "(' ' || flags || ' ') LIKE '% \\Deleted %' ORDER BY uid",
+                (box[0],),
+            )
+            gone = [int(r[0]) for r in rows if limit is None or r[0] in limit]
+            if gone:
+                await self._delete_entries(box[0], gone)
+        if gone:
+            self._notify_change(box[1])
+        return gone
+
+    async def integrity_check(self) -> str:
+        async with self._lock:
+            row = await self._one("PRAGMA integrity_check")
+        return str(row[0])
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            await self._db.execute("COMMIT")
+        else:
+            await self._db.execute("ROLLBACK")
