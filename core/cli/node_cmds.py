@@ -1,0 +1,193 @@
+"""`mesh up`, `mesh peers`, `mesh ping`: the node process and its control API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+from typing import Any
+
+from core.cli.output import emit
+from core.config import NodeConfig, load_config
+from core.control.client import ControlClient
+from core.datadir import resolve_data_dir
+from core.errors import UsageError
+from core.identity import load_or_create_identity
+from core.process import NodeProcess, run_until_signal
+from core.service import ServicePlugin, discover_services
+
+
+def register(sub: argparse._SubParsersAction[Any], plugins: list[ServicePlugin]) -> None:
+    up = sub.add_parser("up", help="run the node in the foreground (Ctrl-C stops it)")
+    up.add_argument("--backend", choices=["auto", "yggdrasil", "embedded"])
+    up.add_argument(
+        "--managed",
+        action="store_true",
+        default=None,
+        help="yggdrasil backend: start and supervise our own daemon (root)",
+    )
+    up.add_argument("--admin", help="daemon admin endpoint (unix:///path or tcp://host:port)")
+    up.add_argument("--yggdrasil-binary", help="daemon binary for --managed")
+    up.add_argument("--listen", action="append", metavar="URI", help="listen for peers (repeat)")
+    up.add_argument("--peer", action="append", metavar="URI", help="static peer (repeat)")
+    up.add_argument(
+        "--multicast", action="append", metavar="REGEX", help="LAN discovery interfaces (repeat)"
+    )
+    up.add_argument("--if-name", help="TUN name for a managed daemon (default auto)")
+    up.add_argument("--no-services", action="store_true", help="run only the node")
+    for plugin in plugins:
+        if plugin.add_up_arguments is not None:
+            plugin.add_up_arguments(up)
+    up.set_defaults(func=lambda args: cmd_up(args, plugins))
+
+    peers = sub.add_parser("peers", help="list, add or remove peers of the running node")
+    peers.add_argument("--json", action="store_true", help="print JSON")
+    ps = peers.add_subparsers(dest="peers_cmd", metavar="COMMAND")
+    for verb in ("add", "remove"):
+        p = ps.add_parser(verb, help=f"{verb} a peer URI")
+        p.add_argument("uri")
+        p.set_defaults(func=lambda args, verb=verb: _run(_peers_change(args, verb)))
+    peers.set_defaults(func=lambda args: _run(_peers_list(args)))
+
+    ping = sub.add_parser("ping", help="ICMPv6 echo to a mesh address, key or key@mesh")
+    ping.add_argument("target")
+    ping.add_argument("-c", "--count", type=int, default=4)
+    ping.add_argument("-i", "--interval", type=float, default=1.0)
+    ping.add_argument("-W", "--timeout", type=float, default=5.0, help="seconds per probe")
+    ping.add_argument("--json", action="store_true", help="print JSON")
+    ping.set_defaults(func=lambda args: _run(_ping(args)))
+
+
+def _config_from_args(args: argparse.Namespace) -> NodeConfig:
+    config = load_config(resolve_data_dir(args.data_dir))
+    return config.with_overrides(
+        backend=args.backend,
+        managed=args.managed,
+        admin_endpoint=args.admin,
+        yggdrasil_binary=args.yggdrasil_binary,
+        listen=tuple(args.listen) if args.listen else None,
+        peers=tuple(args.peer) if args.peer else None,
+        multicast_interfaces=tuple(args.multicast) if args.multicast else None,
+        if_name=args.if_name,
+    )
+
+
+def cmd_up(args: argparse.Namespace, plugins: list[ServicePlugin]) -> int:
+    config = _config_from_args(args)
+    identity, created = load_or_create_identity(config.data_dir)
+    if created:
+        print(f"created a new identity in {config.data_dir}", file=sys.stderr)
+    chosen = [] if args.no_services else plugins
+    service_configs: dict[str, dict[str, Any]] = {}
+    for plugin in chosen:
+        merged = dict(config.service(plugin.name))
+        if plugin.up_overrides is not None:
+            merged.update({k: v for k, v in plugin.up_overrides(args).items() if v is not None})
+        service_configs[plugin.name] = merged
+    process = NodeProcess(config, identity, chosen, service_configs)
+    asyncio.run(_announce_and_run(process))
+    return 0
+
+
+async def _announce_and_run(process: NodeProcess) -> None:
+    async def announce() -> None:
+        await process.ready.wait()
+        node = process.node
+        assert node is not None
+        print(
+            f"mesh node up: {node.address} ({node.backend.name}: {node.backend_reason})\n"
+            f"  mail address {node.mail_address}\n"
+            f"  control      {process.config.control_socket}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async with asyncio.TaskGroup() as tg:
+        announcer = tg.create_task(announce())
+        try:
+            await run_until_signal(process)
+        finally:
+            announcer.cancel()
+
+
+def _run(coro: Any) -> int:
+    result: int = asyncio.run(coro)
+    return result
+
+
+async def _client(args: argparse.Namespace) -> ControlClient:
+    return await ControlClient.connect(resolve_data_dir(args.data_dir) / "control.sock")
+
+
+async def _peers_list(args: argparse.Namespace) -> int:
+    async with await _client(args) as client:
+        peers = await client.call("peers")
+    if args.json:
+        emit(peers, as_json=True)
+        return 0
+    if not peers:
+        print("no peers")
+    for p in peers:
+        state = "up" if p["up"] else "down"
+        direction = "in " if p["inbound"] else "out"
+        key = (p.get("key") or "?")[:16]
+        print(f"{state:4} {direction} {p['uri']}  key {key}…  {p.get('address') or ''}")
+    return 0
+
+
+async def _peers_change(args: argparse.Namespace, verb: str) -> int:
+    async with await _client(args) as client:
+        await client.call(f"peers.{verb}", uri=args.uri)
+    print(f"{'added' if verb == 'add' else 'removed'} {args.uri}")
+    return 0
+
+
+async def _ping(args: argparse.Namespace) -> int:
+    if args.count < 1 or args.count > 1000:
+        raise UsageError("--count must be between 1 and 1000")
+    async with await _client(args) as client:
+        result = await client.call(
+            "ping",
+            target=args.target,
+            count=args.count,
+            interval=args.interval,
+            timeout=args.timeout,
+        )
+    rtts: list[float | None] = result["rtts"]
+    got = [r * 1000 for r in rtts if r is not None]
+    summary: dict[str, Any] = {
+        "target": args.target,
+        "transmitted": len(rtts),
+        "received": len(got),
+        "loss_percent": round(100 * (len(rtts) - len(got)) / len(rtts), 1),
+        "rtt_ms": [None if r is None else round(r * 1000, 3) for r in rtts],
+    }
+    if got:
+        summary.update(
+            min_ms=round(min(got), 3),
+            avg_ms=round(statistics.fmean(got), 3),
+            max_ms=round(max(got), 3),
+            mdev_ms=round(statistics.pstdev(got), 3),
+        )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for seq, rtt in enumerate(summary["rtt_ms"], 1):
+            print(f"seq={seq} " + (f"time={rtt} ms" if rtt is not None else "timeout"))
+        print(
+            f"--- {args.target} ping statistics ---\n"
+            f"{summary['transmitted']} transmitted, {summary['received']} received, "
+            f"{summary['loss_percent']}% packet loss"
+        )
+        if got:
+            print(
+                f"rtt min/avg/max/mdev = {summary['min_ms']}/{summary['avg_ms']}/"
+                f"{summary['max_ms']}/{summary['mdev_ms']} ms"
+            )
+    return 0 if got else 1
+
+
+def discover() -> list[ServicePlugin]:
+    return discover_services()

@@ -1,0 +1,158 @@
+"""The node process behind `mesh up`: node + services + control API, one owner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from core.backend import NodeEvent
+from core.config import NodeConfig
+from core.control.server import ControlServer
+from core.errors import UsageError
+from core.identity import Identity
+from core.node import Node
+from core.service import Service, ServicePlugin
+
+__all__ = ["NodeProcess"]
+
+log = logging.getLogger(__name__)
+
+
+class NodeProcess:
+    """Starts everything in order, stops it in reverse, whatever fails in between."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: Identity | None,
+        plugins: list[ServicePlugin],
+        service_configs: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.plugins = plugins
+        self.service_configs = service_configs
+        self.node: Node | None = None
+        self.services: dict[str, Service] = {}
+        self.control: ControlServer | None = None
+        self.ready = asyncio.Event()
+        self._started = time.monotonic()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._start()
+            self.ready.set()
+            await stop.wait()
+        finally:
+            await self._stop()
+
+    async def _start(self) -> None:
+        self.node = node = await Node.open(self.config, self.identity)
+        self.control = ControlServer(self.config.control_socket, node.events)
+        self._register_core_methods(self.control, node)
+        for plugin in self.plugins:
+            service = plugin.create(
+                node, self.service_configs.get(plugin.name, {}), node.config.data_dir
+            )
+            await service.start()
+            self.services[plugin.name] = service
+            methods = getattr(service, "control_methods", None)
+            for name, handler in (methods() if methods else {}).items():
+                self.control.register(name, handler)
+            log.info("service %s started", plugin.name)
+        await self.control.start()
+        node.events.publish(NodeEvent("node.up", {"address": str(node.address)}))
+
+    async def _stop(self) -> None:
+        if self.control is not None:
+            await self.control.close()
+        for name, service in reversed(list(self.services.items())):
+            try:
+                await service.close()
+            except Exception:
+                log.exception("service %s failed to close cleanly", name)
+        self.services.clear()
+        if self.node is not None:
+            await self.node.close()
+
+    def _register_core_methods(self, control: ControlServer, node: Node) -> None:
+        async def status(params: dict[str, Any]) -> dict[str, Any]:
+            info = await node.status()
+            info["uptime"] = round(time.monotonic() - self._started, 1)
+            info["control_socket"] = str(control.path)
+            info["services"] = {
+                name: _endpoints(service) for name, service in self.services.items()
+            }
+            return info
+
+        async def peers(params: dict[str, Any]) -> list[dict[str, Any]]:
+            return [p.to_json() for p in await node.peers()]
+
+        async def add_peer(params: dict[str, Any]) -> dict[str, Any]:
+            await node.add_peer(_uri(params))
+            return {"added": params["uri"]}
+
+        async def remove_peer(params: dict[str, Any]) -> dict[str, Any]:
+            await node.remove_peer(_uri(params))
+            return {"removed": params["uri"]}
+
+        async def ping(params: dict[str, Any]) -> dict[str, Any]:
+            target = str(params["target"])
+            count = int(params.get("count", 4))
+            if count > 1000:
+                raise UsageError("ping: at most 1000 probes per request")
+            rtts = await node.ping(
+                target,
+                count=count,
+                interval=float(params.get("interval", 1.0)),
+                timeout=float(params.get("timeout", 5.0)),
+            )
+            return {"target": target, "rtts": rtts}
+
+        async def methods(params: dict[str, Any]) -> list[str]:
+            return control.methods
+
+        for name, handler in {
+            "status": status,
+            "peers": peers,
+            "peers.add": add_peer,
+            "peers.remove": remove_peer,
+            "ping": ping,
+            "methods": methods,
+        }.items():
+            control.register(name, handler)
+
+
+def _uri(params: dict[str, Any]) -> str:
+    uri = params.get("uri")
+    if not isinstance(uri, str) or "://" not in uri:
+        raise UsageError("a peer URI looks like tls://host:port or tcp://[addr]:port")
+    return uri
+
+
+def _endpoints(service: Service) -> Any:
+    endpoints = getattr(service, "endpoints", None)
+    if endpoints is None:
+        return {}
+    with contextlib.suppress(Exception):
+        return endpoints()
+    return {}
+
+
+async def run_until_signal(process: NodeProcess) -> None:
+    """Run ``process`` until SIGINT/SIGTERM."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await process.run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
