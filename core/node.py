@@ -86,6 +86,28 @@ class _DatagramGuard(asyncio.DatagramProtocol):
         self.inner.connection_lost(exc)
 
 
+class _TrackedServer:
+    """A server the node closes on shutdown; closing it early drops it from the node."""
+
+    def __init__(self, inner: MeshServer, forget: Callable[[MeshServer], None]) -> None:
+        self._inner = inner
+        self._forget = forget
+
+    @property
+    def port(self) -> int:
+        return self._inner.port
+
+    def close(self) -> None:
+        self._forget(self)
+        self._inner.close()
+
+    async def wait_closed(self) -> None:
+        await self._inner.wait_closed()
+
+    def is_serving(self) -> bool:
+        return self._inner.is_serving()
+
+
 class Node:
     """A running node. Create with :meth:`open`; close with :meth:`close` or ``async with``."""
 
@@ -102,7 +124,7 @@ class Node:
         self.identity = identity
         self.backend_reason = backend_reason
         self.events = EventBus()
-        self._servers: list[MeshServer] = []
+        self._servers: set[MeshServer] = set()
         self._closed = False
 
     @classmethod
@@ -138,9 +160,10 @@ class Node:
         if self._closed:
             return
         self._closed = True
-        for server in self._servers:
+        servers = list(self._servers)
+        for server in servers:
             server.close()
-        for server in self._servers:
+        for server in servers:
             await server.wait_closed()
         self._servers.clear()
         await self.backend.close()
@@ -180,8 +203,9 @@ class Node:
             return GuardProtocol(protocol_factory, self.key_for_address, service)
 
         server = await self.backend.create_server(guarded, port, backlog=backlog)
-        self._servers.append(server)
-        return server
+        tracked = _TrackedServer(server, self._servers.discard)
+        self._servers.add(tracked)
+        return tracked
 
     async def create_connection(
         self,

@@ -13,6 +13,7 @@ from core.backend import NodeEvent
 from core.config import NodeConfig
 from core.control.server import ControlServer
 from core.errors import UsageError
+from core.forwarding import ForwardingConfig, ForwardingService
 from core.identity import Identity
 from core.node import Node
 from core.service import Service, ServicePlugin
@@ -31,7 +32,9 @@ class NodeProcess:
         identity: Identity | None,
         plugins: list[ServicePlugin],
         service_configs: Mapping[str, Mapping[str, Any]],
+        forwarding: ForwardingConfig | None = None,
     ) -> None:
+        self.forwarding_config = forwarding or ForwardingConfig()
         self.config = config
         self.identity = identity
         self.plugins = plugins
@@ -54,6 +57,10 @@ class NodeProcess:
         self.node = node = await Node.open(self.config, self.identity)
         self.control = ControlServer(self.config.control_socket, node.events)
         self._register_core_methods(self.control, node)
+        forwarding = ForwardingService(node, self.forwarding_config, node.config.data_dir)
+        await forwarding.start()
+        self.services["forwarding"] = forwarding
+        forwarding.register_control(self.control)
         for plugin in self.plugins:
             service = plugin.create(
                 node, self.service_configs.get(plugin.name, {}), node.config.data_dir

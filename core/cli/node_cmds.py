@@ -14,7 +14,9 @@ from core.config import NodeConfig, load_config
 from core.control.client import ControlClient
 from core.datadir import resolve_data_dir
 from core.errors import UsageError
+from core.forwarding import ForwardingConfig, parse_expose, parse_hostport
 from core.identity import load_or_create_identity
+from core.mailaddr import parse_mail_address
 from core.process import NodeProcess, run_until_signal
 from core.service import ServicePlugin, discover_services
 
@@ -37,6 +39,19 @@ def register(sub: argparse._SubParsersAction[Any], plugins: list[ServicePlugin])
     )
     up.add_argument("--if-name", help="TUN name for a managed daemon (default auto)")
     up.add_argument("--no-services", action="store_true", help="run only the node")
+    up.add_argument("--socks", metavar="HOST:PORT", help="SOCKS5 proxy to the mesh (127.0.0.1)")
+    up.add_argument(
+        "--expose",
+        action="append",
+        metavar="LOCAL:MESH",
+        help="serve 127.0.0.1:LOCAL on the mesh address's port MESH (repeat)",
+    )
+    up.add_argument(
+        "--allow",
+        action="append",
+        metavar="KEY",
+        help="only these keys (hex or KEY@mesh) may use exposed ports (repeat)",
+    )
     for plugin in plugins:
         if plugin.add_up_arguments is not None:
             plugin.add_up_arguments(up)
@@ -74,6 +89,31 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
     )
 
 
+def _forwarding_from_args(args: argparse.Namespace, config: NodeConfig) -> ForwardingConfig:
+    fwd = config.service("forwarding")
+    socks = args.socks or fwd.get("socks")
+    expose = args.expose or list(fwd.get("expose", []))
+    allow = args.allow or list(fwd.get("allow", []))
+    keys = []
+    for item in allow:
+        keys.append(parse_mail_address(item).key if "@" in item else _hex_key(str(item)))
+    return ForwardingConfig(
+        socks=parse_hostport(socks) if socks else None,
+        expose=tuple(parse_expose(str(e)) for e in expose),
+        allow=frozenset(keys),
+    )
+
+
+def _hex_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise UsageError(f"{text!r} is not a 64-hex public key")
+    return key
+
+
 def cmd_up(args: argparse.Namespace, plugins: list[ServicePlugin]) -> int:
     config = _config_from_args(args)
     identity, created = load_or_create_identity(config.data_dir)
@@ -86,7 +126,9 @@ def cmd_up(args: argparse.Namespace, plugins: list[ServicePlugin]) -> int:
         if plugin.up_overrides is not None:
             merged.update({k: v for k, v in plugin.up_overrides(args).items() if v is not None})
         service_configs[plugin.name] = merged
-    process = NodeProcess(config, identity, chosen, service_configs)
+    process = NodeProcess(
+        config, identity, chosen, service_configs, forwarding=_forwarding_from_args(args, config)
+    )
     asyncio.run(_announce_and_run(process))
     return 0
 

@@ -20,11 +20,16 @@ from core.control.protocol import LineDecoder, ProtocolError, encode, parse_requ
 from core.errors import MeshError, UsageError
 from core.events import EventBus
 
-__all__ = ["ControlServer", "Handler"]
+__all__ = ["ControlServer", "Handler", "StreamHandler", "reply_line"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+# A stream handler takes over the connection: it answers the request itself (one
+# result/error line) and then speaks raw bytes (`mesh connect`, `mesh listen`).
+StreamHandler = Callable[
+    [Any, dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
+]
 MAX_CLIENTS = 64
 WRITE_HIGH_WATER = 4 << 20
 
@@ -34,6 +39,7 @@ class ControlServer:
         self.path = path
         self._events = events
         self._methods: dict[str, Handler] = {}
+        self._streams: dict[str, StreamHandler] = {}
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
@@ -42,9 +48,14 @@ class ControlServer:
             raise ValueError(f"control method {name!r} is already registered")
         self._methods[name] = handler
 
+    def register_stream(self, name: str, handler: StreamHandler) -> None:
+        if name in self._methods or name in self._streams:
+            raise ValueError(f"control method {name!r} is already registered")
+        self._streams[name] = handler
+
     @property
     def methods(self) -> list[str]:
-        return sorted([*self._methods, "subscribe"])
+        return sorted([*self._methods, *self._streams, "subscribe"])
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -107,6 +118,15 @@ class ControlServer:
                         encode({"id": message.get("id"), "error": _err("bad_request", exc)})
                     )
                     continue
+                stream = self._streams.get(request.method)
+                if stream is not None:
+                    try:
+                        await stream(request.id, request.params, reader, writer)
+                    except UsageError as exc:
+                        writer.write(encode({"id": request.id, "error": _err("bad_request", exc)}))
+                    except (MeshError, OSError) as exc:
+                        writer.write(encode({"id": request.id, "error": _err("failed", exc)}))
+                    return
                 if request.method == "subscribe":
                     writer.write(encode({"id": request.id, "result": {"subscribed": True}}))
                     await self._stream_events(writer)
@@ -138,6 +158,10 @@ class ControlServer:
                     log.warning("control subscriber is not reading; dropping it")
                     return
                 await writer.drain()
+
+
+def reply_line(rid: Any, result: Any) -> bytes:
+    return encode({"id": rid, "result": result})
 
 
 def _err(code: str, message: object) -> dict[str, str]:

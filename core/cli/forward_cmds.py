@@ -1,0 +1,70 @@
+"""`mesh connect` and `mesh listen`: netcat over the mesh, through the running node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from typing import Any
+
+from core.control.client import NodeNotRunning
+from core.control.protocol import encode
+from core.datadir import resolve_data_dir
+from core.errors import MeshError, UsageError
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    c = sub.add_parser("connect", help="stdin/stdout over a mesh TCP connection (like nc)")
+    c.add_argument("target", help="mesh address, key or key@mesh")
+    c.add_argument("port", type=int)
+    c.set_defaults(func=lambda a: asyncio.run(_stream(a, "connect", target=a.target, port=a.port)))
+    l_ = sub.add_parser("listen", help="accept one mesh TCP connection on PORT to stdin/stdout")
+    l_.add_argument("port", type=int)
+    l_.set_defaults(func=lambda a: asyncio.run(_stream(a, "listen", port=a.port)))
+
+
+async def _stream(args: argparse.Namespace, method: str, **params: Any) -> int:
+    path = resolve_data_dir(args.data_dir) / "control.sock"
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise NodeNotRunning(f"no node is running (no answer on {path}); start `mesh up`") from None
+    writer.write(encode({"id": 1, "method": method, "params": params}))
+    line = await reader.readline()
+    try:
+        reply = json.loads(line)
+    except json.JSONDecodeError:
+        raise MeshError("the node closed the connection") from None
+    if "error" in reply:
+        err = reply["error"]
+        cls = UsageError if err.get("code") == "bad_request" else MeshError
+        raise cls(err.get("message", "failed"))
+    print(f"mesh {method}: {reply['result']}", file=sys.stderr, flush=True)
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+
+    async def up() -> None:
+        while data := await stdin.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+
+    async def down() -> None:
+        out = sys.stdout.buffer
+        while data := await reader.read(65536):
+            out.write(data)
+            out.flush()
+
+    up_task = asyncio.create_task(up())
+    try:
+        await down()
+    finally:
+        up_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await up_task
+        writer.close()
+    return 0
