@@ -1,0 +1,39 @@
+"""Tunables of the embedded node, defaults as yggdrasil-go 0.5.12 sets ironwood's.
+
+ironwood ``network/config.go`` defaults, with the option yggdrasil ``src/core/core.go``
+overrides (``WithPeerMaxMessageSize(65535*2)``). All nodes of one network should
+agree on the router timings; tests shorten them only between embedded nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["NetworkConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    router_refresh: float = 240.0  # WithRouterRefresh: re-sign our tree info (4 min)
+    router_timeout: float = 300.0  # WithRouterTimeout: forget a node's info (5 min)
+    peer_keepalive_delay: float = 1.0  # answer traffic with a keepalive after this
+    peer_timeout: float = 3.0  # drop a link silent this long after we sent to it
+    peer_max_message_size: int = 65535 * 2  # yggdrasil's WithPeerMaxMessageSize
+    path_timeout: float = 60.0  # forget a looked-up path after this without traffic
+    path_throttle: float = 1.0  # at most one lookup per destination per this
+    maintenance_interval: float = 1.0  # router._doMaintenance period
+    handshake_timeout: float = 6.0  # links.handler SetDeadline for the meta exchange
+    connect_timeout: float = 10.0  # dialing one static peer
+    backoff_min: float = 1.0  # first redial delay of a static peer
+    backoff_max: float = 30.0  # cap of the doubling redial delay (yggdrasil: maxbackoff)
+    queue_delay: float = 0.025  # per-peer queue: drop oldest once the head is this old
+    queue_max_bytes: int = 4 * 1024 * 1024  # hard bound of a per-peer packet queue
+    write_high_water: int = 256 * 1024  # transport buffer above which queued packets wait
+    max_links: int = 256  # accepted inbound connections at once
+
+    def __post_init__(self) -> None:
+        if self.peer_max_message_size < 1024:
+            raise ValueError("peer_max_message_size must be at least 1024 bytes")
+        for name in ("router_refresh", "router_timeout", "peer_timeout", "path_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")

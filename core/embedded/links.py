@@ -1,0 +1,310 @@
+"""asyncio carriers for peer links: ``tcp://`` and ``tls://`` (yggdrasil ``src/core/link*.go``).
+
+A link is a byte stream: both ends first send the meta handshake
+(:mod:`core.embedded.meta`), then ironwood frames. TLS is only a wrapper, as in
+yggdrasil-go: each node presents a self-signed certificate for its own Ed25519 key,
+nobody verifies certificates, and the peer's identity is the key proven in the
+handshake; ``?key=<hex>`` pins the expected key (checked after the handshake).
+
+:class:`LinkConnection` is the thin :class:`asyncio.Protocol`; everything it learns it
+reports to its :class:`LinkOwner` (the :class:`~core.embedded.network.PacketNetwork`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import logging
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+
+from .meta import MAX_PASSWORD, HandshakeError, Meta, MetaReader
+
+__all__ = [
+    "LinkConnection",
+    "LinkOwner",
+    "PeerURI",
+    "make_tls_contexts",
+    "parse_peer_uri",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("tcp", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerURI:
+    """A parsed peering/listen URI (``links.add`` / ``links.listen`` options)."""
+
+    scheme: str
+    host: str
+    port: int
+    password: bytes = b""
+    priority: int = 0
+    pinned_keys: frozenset[bytes] = frozenset()
+    sni: str | None = None
+    max_backoff: float | None = None
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def base(self) -> str:
+        """The URI without its query (yggdrasil ``urlForLinkInfo``)."""
+        return f"{self.scheme}://{self.hostport}"
+
+
+def parse_peer_uri(uri: str) -> PeerURI:
+    """Parse ``tcp://host:port?password=..&key=..&priority=..``; ValueError says what's wrong."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid peer URI {uri!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"unsupported link scheme {parts.scheme!r} in {uri!r}: the embedded node speaks "
+            f"{' and '.join(s + '://' for s in SCHEMES)}"
+        )
+    if not parts.hostname or port is None:
+        raise ValueError(f"peer URI {uri!r} needs a host and a port, e.g. tcp://[::1]:12345")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    password = (query.get("password") or [""])[0].encode()
+    if len(password) > MAX_PASSWORD:
+        raise ValueError(f"password in {uri!r} is longer than {MAX_PASSWORD} bytes")
+    prio_text = (query.get("priority") or ["0"])[0] or "0"
+    if not prio_text.isdigit() or int(prio_text) > 255:
+        raise ValueError(f"priority in {uri!r} must be 0..255")
+    keys: set[bytes] = set()
+    for text in query.get("key", []):
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ValueError(f"pinned key {text!r} in {uri!r} is not 64 hex characters")
+        keys.add(key)
+    sni = (query.get("sni") or [""])[0] or None
+    if sni is None and not _is_ip(parts.hostname):
+        sni = parts.hostname
+    backoff = None
+    if "maxbackoff" in query:
+        backoff = _parse_duration(query["maxbackoff"][0], uri)
+    return PeerURI(
+        scheme, parts.hostname, port, password, int(prio_text), frozenset(keys), sni, backoff
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_duration(text: str, uri: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix):
+            try:
+                value = float(text[: -len(suffix)]) * units[suffix]
+            except ValueError:
+                break
+            if value < 30:
+                raise ValueError(f"maxbackoff in {uri!r} must be at least 30s")
+            return value
+    raise ValueError(f"maxbackoff in {uri!r} must be a duration like 30s or 5m")
+
+
+def make_tls_contexts(private_seed: bytes) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts with a self-signed certificate for our Ed25519 key."""
+    sk = Ed25519PrivateKey.from_private_bytes(private_seed)
+    pub_hex = (
+        sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).hex()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, pub_hex)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(sk.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .sign(sk, None)
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = sk.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    for ctx in (server, client):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # ssl can only load a chain from files: write them privately, load, delete.
+    with tempfile.TemporaryDirectory(prefix="meshsuite-tls-") as tmp:
+        cert_path = os.path.join(tmp, "cert.pem")
+        key_path = os.path.join(tmp, "key.pem")
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        with open(cert_path, "wb") as f:
+            f.write(cert_pem)
+        server.load_cert_chain(cert_path, key_path)
+        client.load_cert_chain(cert_path, key_path)
+    return server, client
+
+
+class LinkOwner(Protocol):
+    """What a link reports to (the network)."""
+
+    def link_up(self, conn: LinkConnection, meta: Meta) -> bool: ...
+
+    def link_data(self, conn: LinkConnection, data: bytes) -> None: ...
+
+    def link_down(self, conn: LinkConnection, error: str | None) -> None: ...
+
+    def link_writable(self, conn: LinkConnection) -> None: ...
+
+
+class LinkConnection(asyncio.Protocol):
+    """One carrier connection: handshake first, then frames handed to the owner."""
+
+    def __init__(
+        self,
+        owner: LinkOwner,
+        *,
+        meta_bytes: bytes,
+        uri: PeerURI,
+        inbound: bool,
+        local_key: bytes,
+        handshake_timeout: float,
+    ) -> None:
+        self._owner = owner
+        self._meta_bytes = meta_bytes
+        self.uri = uri
+        self.inbound = inbound
+        self._local_key = local_key
+        self._handshake_timeout = handshake_timeout
+        self._reader = MetaReader(uri.password)
+        self.transport: asyncio.Transport | None = None
+        self.meta: Meta | None = None
+        self.remote = ""
+        self.established = False
+        self.paused = False
+        self.error: str | None = None
+        self.closed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            host = str(peer[0])
+            self.remote = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        transport.write(self._meta_bytes)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.established:
+            self._owner.link_data(self, data)
+            return
+        try:
+            meta = self._reader.feed(data)
+        except HandshakeError as exc:
+            self.fail(f"handshake refused: {exc}")
+            return
+        if meta is None:
+            return
+        self._cancel_timer()
+        if self.uri.pinned_keys and meta.public_key not in self.uri.pinned_keys:
+            self.fail(f"node key {meta.public_key.hex()} does not match the pinned ?key=")
+            return
+        if meta.public_key == self._local_key:
+            self.fail("remote node uses our own key (connected to ourselves?)")
+            return
+        self.meta = meta
+        if not self._owner.link_up(self, meta):
+            self.close()
+            return
+        self.established = True
+        if self._reader.rest:
+            rest, self._reader.rest = self._reader.rest, b""
+            self._owner.link_data(self, rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if exc is not None and self.error is None:
+            self.error = str(exc) or type(exc).__name__
+        if self.established:
+            self.established = False
+            self._owner.link_down(self, self.error)
+        if not self.closed.done():
+            self.closed.set_result(self.error)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.established:
+            self._owner.link_writable(self)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def fail(self, reason: str) -> None:
+        """Log why the link is refused/dropped and close it."""
+        if self.error is None:
+            self.error = reason
+            where = f"{self.uri.scheme}://{self.remote}"
+            log.warning("link %s %s: %s", "from" if self.inbound else "to", where, reason)
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def write_budget(self, high_water: int) -> int:
+        if self.transport is None or self.paused:
+            return 0
+        return max(high_water - self.transport.get_write_buffer_size(), 0)
+
+    def _on_handshake_timeout(self) -> None:
+        self._timer = None
+        if not self.established:
+            self.fail("no valid handshake within the handshake timeout")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

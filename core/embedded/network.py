@@ -1,0 +1,415 @@
+"""The embedded node's packet network: ironwood ``network.PacketConn`` on asyncio.
+
+One :class:`PacketNetwork` is one node key on one event loop. It owns the sans-IO
+:class:`~core.embedded.router.Router`, the listeners, the links and one ticker task
+(keepalives, timeouts, the 1 s router maintenance); :meth:`PacketNetwork.close`
+cancels and awaits all of them. Static peers (:meth:`add_peer`) are redialled with
+a doubling, capped back-off like yggdrasil's ``links.add``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .config import NetworkConfig
+from .links import LinkConnection, PeerURI, make_tls_contexts, parse_peer_uri
+from .meta import Meta, encode_meta
+from .peers import PeerSession, PollResult, PortAllocator
+from .router import Router, RoutingEntry
+
+__all__ = ["PacketNetwork", "PeerEvent", "PeerInfo", "TreeInfo"]
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """One row of ``getPeers``."""
+
+    key: bytes | None
+    uri: str
+    remote: str
+    inbound: bool
+    up: bool
+    port: int
+    priority: int
+    cost: int
+    rx_bytes: int
+    tx_bytes: int
+    uptime: float
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TreeInfo:
+    """``getSelf`` / ``getTree``: our place in the spanning tree."""
+
+    key: bytes
+    root: bytes
+    parent: bytes
+    coords: tuple[int, ...]
+    entries: tuple[RoutingEntry, ...]
+    paths: tuple[tuple[bytes, tuple[int, ...]], ...]
+
+    @property
+    def port(self) -> int:
+        """The port our parent gave us (0 if we are the root)."""
+        return self.coords[-1] if self.coords else 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    kind: str  # "up" or "down"
+    key: bytes
+    uri: str
+    inbound: bool
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Link:
+    conn: LinkConnection
+    session: PeerSession
+    since: float
+
+
+@dataclass(slots=True)
+class _Static:
+    uri: PeerURI
+    task: asyncio.Task[None]
+    conn: LinkConnection | None = None
+    last_error: str | None = None
+
+
+class PacketNetwork:
+    def __init__(
+        self,
+        private_seed: bytes,
+        *,
+        bloom_transform: Callable[[bytes], bytes] | None = None,
+        path_notify: Callable[[bytes], None] | None = None,
+        config: NetworkConfig | None = None,
+    ) -> None:
+        if len(private_seed) != 32:
+            raise ValueError("private_seed must be the 32-byte Ed25519 seed")
+        self._seed = bytes(private_seed)
+        self.config = config or NetworkConfig()
+        sk = Ed25519PrivateKey.from_private_bytes(self._seed)
+        self.public_key = sk.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self._router = Router(
+            self._seed,
+            self.config,
+            clock=time.monotonic,
+            bloom_transform=bloom_transform,
+            path_notify=path_notify,
+            deliver=self._deliver,
+        )
+        self.mtu = self._router.mtu
+        self._handler: Callable[[bytes, bytes], None] | None = None
+        self._links: dict[LinkConnection, _Link] = {}
+        self._pending: set[LinkConnection] = set()
+        self._ports = PortAllocator()
+        self._order = 0
+        self._statics: dict[str, _Static] = {}
+        self._servers: list[asyncio.Server] = []
+        self._subscribers: list[Callable[[PeerEvent], None]] = []
+        self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def router(self) -> Router:
+        """The sans-IO router (introspection and tests)."""
+        return self._router
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._router.maintenance()  # ironwood runs one at init: we become root
+        self._ticker = asyncio.create_task(self._tick_loop(), name="embedded-net-ticker")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [s.task for s in self._statics.values()]
+        if self._ticker is not None:
+            tasks.append(self._ticker)
+        for task in tasks:
+            task.cancel()
+        for server in self._servers:
+            server.close()
+        for conn in list(self._links) + list(self._pending):
+            conn.abort()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._statics.clear()
+
+    def _check_open(self) -> None:
+        if not self._started or self._closed:
+            raise RuntimeError(
+                "PacketNetwork is not running: call start() first, not after close()"
+            )
+
+    # -- packets -----------------------------------------------------------------
+
+    def set_handler(self, handler: Callable[[bytes, bytes], None]) -> None:
+        self._handler = handler
+
+    def _deliver(self, source: bytes, payload: bytes) -> None:
+        if self._handler is None:
+            return
+        try:
+            self._handler(source, payload)
+        except Exception:
+            log.exception("packet handler raised; packet from %s dropped", source.hex()[:16])
+
+    def send(self, dest_key: bytes, payload: bytes) -> None:
+        """Queue ``payload`` for ``dest_key`` (never blocks; looks the path up if needed)."""
+        self._check_open()
+        self._router.send(dest_key, payload)
+        self._flush()
+
+    def send_lookup(self, target_key: bytes) -> None:
+        self._check_open()
+        self._router.send_lookup(target_key)
+        self._flush()
+
+    # -- listeners and peers ----------------------------------------------------------
+
+    def _tls_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        if self._tls is None:
+            self._tls = make_tls_contexts(self._seed)
+        return self._tls
+
+    async def listen(self, uri: str) -> str:
+        """Accept links on ``uri`` (``tcp://[::1]:0``); returns the bound URI."""
+        self._check_open()
+        parsed = parse_peer_uri(uri)
+        ssl_ctx = self._tls_contexts()[0] if parsed.scheme == "tls" else None
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: self._new_conn(parsed, inbound=True),
+            parsed.host,
+            parsed.port,
+            ssl=ssl_ctx,
+        )
+        self._servers.append(server)
+        host, port = server.sockets[0].getsockname()[:2]
+        bound = PeerURI(parsed.scheme, host, port).base
+        log.info("%s listener started on %s", parsed.scheme.upper(), bound)
+        return bound
+
+    def _new_conn(self, uri: PeerURI, *, inbound: bool) -> LinkConnection:
+        conn = LinkConnection(
+            self,
+            meta_bytes=encode_meta(self._seed, priority=uri.priority, password=uri.password),
+            uri=uri,
+            inbound=inbound,
+            local_key=self.public_key,
+            handshake_timeout=self.config.handshake_timeout,
+        )
+        if inbound and len(self._pending) + len(self._links) >= self.config.max_links:
+            log.warning("refusing inbound link: %d links open (max_links)", self.config.max_links)
+            conn.error = "too many links"
+            loop = asyncio.get_running_loop()
+            loop.call_soon(conn.abort)
+        self._pending.add(conn)
+        conn.closed.add_done_callback(lambda _f: self._pending.discard(conn))
+        return conn
+
+    async def add_peer(self, uri: str) -> None:
+        """Keep a link to ``uri`` up, redialling with a capped doubling back-off."""
+        self._check_open()
+        parsed = parse_peer_uri(uri)
+        if parsed.base in self._statics:
+            raise ValueError(f"peer {parsed.base} is already configured")
+        task = asyncio.create_task(self._static_loop(parsed.base), name=f"peer {parsed.base}")
+        self._statics[parsed.base] = _Static(parsed, task)
+
+    async def remove_peer(self, uri: str) -> None:
+        base = parse_peer_uri(uri).base
+        static = self._statics.pop(base, None)
+        if static is None:
+            raise ValueError(f"peer {base} is not configured")
+        static.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await static.task
+        if static.conn is not None:
+            static.conn.close()
+
+    async def _static_loop(self, base: str) -> None:
+        static = self._statics[base]
+        uri = static.uri
+        cap = uri.max_backoff or self.config.backoff_max
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            conn = self._new_conn(uri, inbound=False)
+            static.conn = conn
+            try:
+                ssl_ctx = self._tls_contexts()[1] if uri.scheme == "tls" else None
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda conn=conn: conn,
+                        uri.host,
+                        uri.port,
+                        ssl=ssl_ctx,
+                        server_hostname=(uri.sni or "") if ssl_ctx is not None else None,
+                    ),
+                    self.config.connect_timeout,
+                )
+                error = await conn.closed
+                if conn.meta is not None:
+                    failures = 0
+            except (OSError, TimeoutError) as exc:
+                error = str(exc) or type(exc).__name__
+                self._pending.discard(conn)
+            except asyncio.CancelledError:
+                conn.abort()
+                self._pending.discard(conn)
+                raise
+            static.last_error = error
+            failures = min(failures + 1, 32)
+            delay = min(self.config.backoff_min * 2 ** (failures - 1), cap)
+            log.debug("peer %s down (%s); redial in %.1fs", base, error, delay)
+            await asyncio.sleep(delay)
+
+    # -- LinkOwner ------------------------------------------------------------------
+
+    def link_up(self, conn: LinkConnection, meta: Meta) -> bool:
+        if self._closed:
+            return False
+        self._pending.discard(conn)
+        port = self._ports.acquire(meta.public_key)
+        now = time.monotonic()
+        priority = max(conn.uri.priority, meta.priority)
+        session = PeerSession(meta.public_key, port, priority, self._order, self.config, now)
+        self._order += 1
+        self._links[conn] = _Link(conn, session, now)
+        direction = "inbound" if conn.inbound else "outbound"
+        log.info("Connected %s: %s@%s", direction, meta.public_key.hex(), conn.remote)
+        self._router.add_peer(session)
+        self._flush()
+        self._emit(PeerEvent("up", meta.public_key, self._uri_of(conn), conn.inbound))
+        return True
+
+    def link_data(self, conn: LinkConnection, data: bytes) -> None:
+        link = self._links.get(conn)
+        if link is None:
+            return
+        now = time.monotonic()
+        try:
+            for frame in link.session.receive_data(data, now):
+                self._router.handle_frame(link.session, frame)
+        except ValueError as exc:
+            conn.fail(f"protocol error from {link.session.key.hex()[:16]}: {exc}")
+        self._flush()
+
+    def link_down(self, conn: LinkConnection, error: str | None) -> None:
+        link = self._links.pop(conn, None)
+        if link is None:
+            return
+        self._router.remove_peer(link.session)
+        self._ports.release(link.session.key)
+        direction = "inbound" if conn.inbound else "outbound"
+        log.info("Disconnected %s: %s (%s)", direction, link.session.key.hex(), error or "closed")
+        self._flush()
+        self._emit(PeerEvent("down", link.session.key, self._uri_of(conn), conn.inbound, error))
+
+    def link_writable(self, conn: LinkConnection) -> None:
+        self._flush()
+
+    @staticmethod
+    def _uri_of(conn: LinkConnection) -> str:
+        return f"{conn.uri.scheme}://{conn.remote}" if conn.inbound else conn.uri.base
+
+    # -- timers and output ------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        next_maintenance = time.monotonic() + self.config.maintenance_interval
+        while True:
+            await asyncio.sleep(_TICK)
+            now = time.monotonic()
+            for conn, link in list(self._links.items()):
+                if link.session.poll(now) is PollResult.TIMED_OUT:
+                    conn.fail("peer timed out (no reply within peer_timeout)")
+            if now >= next_maintenance:
+                next_maintenance = now + self.config.maintenance_interval
+                self._router.maintenance()
+            self._flush()
+
+    def _flush(self) -> None:
+        high = self.config.write_high_water
+        now = time.monotonic()
+        for conn, link in self._links.items():
+            link.session.set_now(now)
+            data = link.session.data_to_send(conn.write_budget(high))
+            conn.write(data)
+
+    # -- introspection ------------------------------------------------------------------
+
+    def peers(self) -> list[PeerInfo]:
+        now = time.monotonic()
+        out: list[PeerInfo] = []
+        seen: set[LinkConnection] = set()
+        for conn, link in self._links.items():
+            seen.add(conn)
+            s = link.session
+            out.append(
+                PeerInfo(
+                    s.key, self._uri_of(conn), conn.remote, conn.inbound, True, s.port, s.prio,
+                    self._router.tree.cost(s), s.rx_bytes, s.tx_bytes, now - link.since,
+                )
+            )  # fmt: skip
+        for static in self._statics.values():
+            if static.conn is not None and static.conn in seen:
+                continue
+            out.append(
+                PeerInfo(
+                    None, static.uri.base, static.uri.hostport, False, False, 0,
+                    static.uri.priority, 0, 0, 0, 0.0, static.last_error,
+                )
+            )  # fmt: skip
+        return out
+
+    def tree(self) -> TreeInfo:
+        r = self._router
+        paths = tuple((k, p.path) for k, p in r.pathfinder.paths.items())
+        return TreeInfo(
+            self.public_key, r.root(), r.tree.parent(), r.coords(), tuple(r.entries()), paths
+        )
+
+    def subscribe_peer_events(self, cb: Callable[[PeerEvent], None]) -> Callable[[], None]:
+        self._subscribers.append(cb)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(cb)
+
+        return unsubscribe
+
+    def _emit(self, event: PeerEvent) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb(event)
+            except Exception:
+                log.exception("peer event subscriber raised")
