@@ -30,7 +30,6 @@ import aiosqlite
 
 from core.errors import MeshError
 
-from .imap.mime import bodystructure, envelope, parse_message, split_header
 from .store_schema import migrate
 
 __all__ = [
@@ -157,6 +156,9 @@ class _Prepared:
 
 
 def _prepare(raw: bytes) -> _Prepared:
+    # Imported here: the imap package imports this module (store <- imap.session).
+    from .imap.mime import bodystructure, envelope, parse_message, split_header
+
     raw = _BARE_LF.sub(b"\r\n", raw)  # IMAP requires CRLF line ends (RFC 3501 section 2.3.1)
     if len(raw) > MAX_MESSAGE_SIZE:
         raise StoreError(f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_SIZE} limit")

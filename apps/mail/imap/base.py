@@ -1,0 +1,174 @@
+"""Session state shared by the command modules: states, errors, the selected-mailbox view."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..store import MailboxNotFound, MailStore
+from .parser import Value
+from .seqset import SequenceSet
+from .wire import render_flags
+
+__all__ = ["CommandFailed", "MailboxView", "SessionBase", "State", "astring", "atom"]
+
+log = logging.getLogger(__name__)
+
+Writer = Callable[[bytes], Awaitable[None]]
+
+
+class State(enum.Enum):
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+class CommandFailed(Exception):
+    """Ends a command with a tagged ``NO`` or ``BAD``; ``code`` is a response code."""
+
+    def __init__(self, status: str, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.code = code
+
+    def line(self, tag: str) -> bytes:
+        code = f"[{self.code}] " if self.code else ""
+        return f"{tag} {self.status} {code}{self.text}\r\n".encode("utf-8", "replace")
+
+
+def bad(text: str) -> CommandFailed:
+    return CommandFailed("BAD", text)
+
+
+def astring(value: Value, what: str = "argument") -> str:
+    if isinstance(value, list):
+        raise bad(f"{what} must be an atom or string, not a list")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value
+
+
+def atom(value: Value, what: str) -> str:
+    if not isinstance(value, str):
+        raise bad(f"{what} must be an atom")
+    return value
+
+
+@dataclass(slots=True)
+class MailboxView:
+    """What one session believes about its selected mailbox (RFC 3501 section 2.3.1.2)."""
+
+    name: str
+    readonly: bool
+    uidvalidity: int
+    uids: list[int]
+    flags: dict[int, frozenset[str]]
+    recent: set[int] = field(default_factory=set)
+    dirty: bool = False
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def resolve(self, text: Value, uid_mode: bool) -> list[tuple[int, int]]:
+        """(sequence number, UID) pairs of a sequence set, ascending."""
+        try:
+            seqset = SequenceSet.parse(atom(text, "sequence set"))
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if uid_mode:
+            star = self.uids[-1] if self.uids else 0
+            picked = seqset.select(self.uids, star)
+            first = bisect.bisect_left(self.uids, picked[0]) if picked else 0
+            if picked and self.uids[first : first + len(picked)] == picked:
+                return [(first + 1 + i, uid) for i, uid in enumerate(picked)]
+            return [(self.seq_of(uid) or 0, uid) for uid in picked]
+        return [(n, self.uids[n - 1]) for n in seqset.sequence_numbers(len(self.uids))]
+
+    def shown_flags(self, uid: int) -> frozenset[str]:
+        flags = self.flags.get(uid, frozenset())
+        return flags | {"\\Recent"} if uid in self.recent else flags
+
+    def remove(self, uid: int) -> int | None:
+        seq = self.seq_of(uid)
+        if seq is not None:
+            del self.uids[seq - 1]
+            self.flags.pop(uid, None)
+            self.recent.discard(uid)
+        return seq
+
+
+class SessionBase:
+    """Attributes and helpers every command module uses."""
+
+    def __init__(self, store: MailStore, write: Writer) -> None:
+        self.store = store
+        self.write = write
+        self.state = State.NOT_AUTHENTICATED
+        self.view: MailboxView | None = None
+        self.wakeup = asyncio.Event()
+        self._unsubscribe = [
+            store.subscribe_new_mail(lambda box, _uid: self._mark_dirty(box)),
+            store.subscribe_changes(self._mark_dirty),
+        ]
+
+    def _mark_dirty(self, mailbox: str) -> None:
+        if self.view is not None and self.view.name == mailbox:
+            self.view.dirty = True
+            self.wakeup.set()
+
+    def detach(self) -> None:
+        """Stop listening to the store (the connection is gone)."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+
+    def require_view(self) -> MailboxView:
+        if self.view is None:
+            raise bad("no mailbox selected")
+        return self.view
+
+    async def sync(self, *, allow_expunge: bool) -> None:
+        """Tell the client what changed in the selected mailbox since it last heard."""
+        view = self.view
+        if view is None or not view.dirty:
+            return
+        view.dirty = False
+        try:
+            current, _ = await self.store.uid_flags(view.name)
+        except MailboxNotFound:
+            await self.write(b"* BYE the selected mailbox was deleted\r\n")
+            self.state = State.LOGOUT
+            return
+        out: list[bytes] = []
+        present = dict(current)
+        if allow_expunge:
+            for i in range(len(view.uids) - 1, -1, -1):
+                if view.uids[i] not in present:
+                    out.append(b"* %d EXPUNGE\r\n" % (i + 1))
+                    view.remove(view.uids[i])
+        elif any(uid not in present for uid in view.uids):
+            view.dirty = True  # report the expunges after a command that allows them
+        last = view.uids[-1] if view.uids else 0
+        new = [uid for uid, _ in current if uid > last]
+        for uid, flags in current:
+            if uid <= last and uid in view.flags and view.flags[uid] != flags:
+                view.flags[uid] = flags
+                out.append(
+                    b"* %d FETCH (UID %d FLAGS %s)\r\n"
+                    % (view.seq_of(uid) or 0, uid, render_flags(view.shown_flags(uid)))
+                )
+        if new:
+            view.uids.extend(new)
+            view.flags.update((uid, present[uid]) for uid in new)
+            if not view.readonly:
+                view.recent |= await self.store.claim_recent(view.name)
+            out.append(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(view.uids), len(view.recent)))
+        if out:
+            await self.write(b"".join(out))

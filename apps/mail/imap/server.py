@@ -1,0 +1,117 @@
+"""The asyncio adapter: sockets in, :class:`ImapSession` in the middle, sockets out.
+
+One :class:`ImapServer` owns its listening socket and every connection task; ``close()``
+stops listening, ends each connection and waits for its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ..store import MailStore
+from .session import Authenticator, ImapSession
+
+__all__ = ["DEFAULT_PORT", "ImapServer", "start_imap_server"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 1143
+READ_SIZE = 64 * 1024
+# RFC 3501 section 5.4: an inactivity autologout timer must be at least 30 minutes.
+AUTOLOGOUT_SECONDS = 31 * 60
+
+
+class ImapServer:
+    def __init__(self, store: MailStore, authenticator: Authenticator, *, username: str) -> None:
+        self.store = store
+        self.authenticator = authenticator
+        self.username = username
+        self.server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> asyncio.Server:
+        self.server = await asyncio.start_server(self._handle, host, port)
+        for sock in self.server.sockets:
+            log.info("IMAP listening on %s", sock.getsockname())
+        return self.server
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening, end every connection and wait until its handler has finished."""
+        if self.server is not None:
+            self.server.close()
+        connections = dict(self._connections)
+        for writer in connections.values():
+            writer.transport.abort()  # the reader sees EOF and the handler unwinds itself
+        if connections:
+            _, pending = await asyncio.wait(connections, timeout=5)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        peer = writer.get_extra_info("peername")
+
+        async def write(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        session = ImapSession(self.store, self.authenticator, self.username, write)
+        try:
+            await write(session.greeting())
+            async with asyncio.TaskGroup() as group:
+                notifier = group.create_task(_notify_loop(session))
+                await _read_loop(reader, session)
+                notifier.cancel()
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("IMAP connection %s ended: %s", peer, exc)
+        finally:
+            session.detach()
+            self._connections.pop(task, None)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def _read_loop(reader: asyncio.StreamReader, session: ImapSession) -> None:
+    while not session.finished:
+        async with asyncio.timeout(AUTOLOGOUT_SECONDS):
+            data = await reader.read(READ_SIZE)
+        if not data:
+            return
+        await session.receive_data(data)
+
+
+async def _notify_loop(session: ImapSession) -> None:
+    while True:
+        await session.wakeup.wait()
+        session.wakeup.clear()
+        await session.on_wakeup()
+
+
+async def start_imap_server(
+    store: MailStore,
+    authenticator: Authenticator,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    username: str,
+) -> asyncio.Server:
+    """Listen for IMAP clients (loopback by default); close the returned server to stop.
+
+    Prefer :class:`ImapServer` when connections must also be ended on shutdown: closing an
+    ``asyncio.Server`` only stops accepting new ones.
+    """
+    return await ImapServer(store, authenticator, username=username).start(host, port)

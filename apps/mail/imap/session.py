@@ -1,0 +1,454 @@
+"""One IMAP4rev1 connection's state machine: events from the parser in, response bytes out.
+
+The session never touches a socket: bytes arrive through :meth:`ImapSession.receive_data`
+and leave through the ``write`` coroutine it was given. The store is its only collaborator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from ..store import MailboxExists, MailboxNotFound, MailStore, StoreError
+from .base import CommandFailed, MailboxView, State, Writer, astring, atom, bad
+from .parser import (
+    Command,
+    CommandParser,
+    Event,
+    NeedContinuation,
+    ProtocolError,
+    RawLine,
+    Value,
+)
+from .selected import SelectedCommands
+from .wire import parse_date_time, quote_astring
+
+__all__ = ["CAPABILITIES", "Authenticator", "ImapSession"]
+
+log = logging.getLogger(__name__)
+
+Authenticator = Callable[[str, str], Awaitable[bool]]
+
+CAPABILITIES = (
+    "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN IDLE UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED "
+    "CHILDREN UNSELECT ENABLE"
+)
+MAX_AUTH_FAILURES = 5
+SYSTEM_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+ANY = frozenset({State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED})
+AUTHED = frozenset({State.AUTHENTICATED, State.SELECTED})
+SELECTED = frozenset({State.SELECTED})
+NOT_AUTHED = frozenset({State.NOT_AUTHENTICATED})
+# Commands during which untagged EXPUNGE must not be sent (RFC 3501 section 7.4.1).
+NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
+
+Handler = Callable[[Command], Awaitable[str | None]]
+
+
+class ImapSession(SelectedCommands):
+    def __init__(
+        self, store: MailStore, authenticator: Authenticator, username: str, write: Writer
+    ) -> None:
+        super().__init__(store, write)
+        self.authenticator = authenticator
+        self.username = username
+        self.parser = CommandParser()
+        self.lock = asyncio.Lock()
+        self.idle_tag: str | None = None
+        self._auth_tag: str | None = None
+        self._auth_failures = 0
+        self._handlers: dict[str, tuple[Handler, frozenset[State]]] = {
+            "CAPABILITY": (self.cmd_capability, ANY),
+            "NOOP": (self.cmd_noop, ANY),
+            "LOGOUT": (self.cmd_logout, ANY),
+            "LOGIN": (self.cmd_login, NOT_AUTHED),
+            "AUTHENTICATE": (self.cmd_authenticate, NOT_AUTHED),
+            "ENABLE": (self.cmd_enable, AUTHED),
+            "LIST": (self.cmd_list, AUTHED),
+            "LSUB": (self.cmd_lsub, AUTHED),
+            "CREATE": (self.cmd_create, AUTHED),
+            "DELETE": (self.cmd_delete, AUTHED),
+            "RENAME": (self.cmd_rename, AUTHED),
+            "SUBSCRIBE": (self.cmd_subscribe, AUTHED),
+            "UNSUBSCRIBE": (self.cmd_unsubscribe, AUTHED),
+            "SELECT": (self.cmd_select, AUTHED),
+            "EXAMINE": (self.cmd_examine, AUTHED),
+            "STATUS": (self.cmd_status, AUTHED),
+            "APPEND": (self.cmd_append, AUTHED),
+            "IDLE": (self.cmd_idle, AUTHED),
+            "CHECK": (self.cmd_check, SELECTED),
+            "CLOSE": (self.cmd_close, SELECTED),
+            "UNSELECT": (self.cmd_unselect, SELECTED),
+            "EXPUNGE": (self.cmd_expunge, SELECTED),
+            "SEARCH": (self.cmd_search, SELECTED),
+            "FETCH": (self.cmd_fetch, SELECTED),
+            "STORE": (self.cmd_store, SELECTED),
+            "COPY": (self.cmd_copy, SELECTED),
+            "MOVE": (self.cmd_move, SELECTED),
+        }
+        for name in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"):
+            self._handlers["UID " + name] = (self.cmd_uid, SELECTED)
+
+    # --- driving -------------------------------------------------------------------------
+
+    def greeting(self) -> bytes:
+        return f"* OK [CAPABILITY {CAPABILITIES}] meshsuite IMAP4rev1 ready\r\n".encode()
+
+    @property
+    def finished(self) -> bool:
+        return self.state is State.LOGOUT
+
+    async def receive_data(self, data: bytes) -> None:
+        async with self.lock:
+            self.parser.receive_data(data)
+            while not self.finished:
+                event = self.parser.next_event()
+                if event is None:
+                    return
+                await self._handle_event(event)
+
+    async def on_wakeup(self) -> None:
+        """The store changed the selected mailbox; push updates when idling."""
+        async with self.lock:
+            if self.idle_tag is not None and not self.finished:
+                await self.sync(allow_expunge=True)
+
+    async def _handle_event(self, event: Event) -> None:
+        if isinstance(event, NeedContinuation):
+            await self.write(b"+ Ready for literal data\r\n")
+        elif isinstance(event, ProtocolError):
+            if event.fatal:
+                await self.write(f"* BYE {event.message}\r\n".encode())
+                self.state = State.LOGOUT
+            else:
+                await self.write(f"{event.tag or '*'} BAD {event.message}\r\n".encode())
+        elif isinstance(event, RawLine):
+            await self._raw_line(event.line)
+        else:
+            await self._dispatch(event)
+
+    async def _dispatch(self, cmd: Command) -> None:
+        entry = self._handlers.get(cmd.name)
+        try:
+            if entry is None:
+                raise bad(f"unknown command {cmd.name[:40]!r}")
+            handler, states = entry
+            if self.state not in states:
+                raise bad(f"{cmd.name} is not allowed in the {self.state.value} state")
+            text = await handler(cmd)
+        except CommandFailed as exc:
+            await self._finish_sync(cmd)
+            await self.write(exc.line(cmd.tag))
+            return
+        except StoreError as exc:
+            await self.write(CommandFailed("NO", str(exc)).line(cmd.tag))
+            return
+        if text is None:
+            return  # the command continues (IDLE, AUTHENTICATE) or ended the session
+        await self._finish_sync(cmd)
+        await self.write(f"{cmd.tag} OK {text}\r\n".encode("utf-8", "replace"))
+
+    async def _finish_sync(self, cmd: Command) -> None:
+        if self.view is not None and not self.finished:
+            await self.sync(allow_expunge=cmd.name not in NO_EXPUNGE_DURING)
+
+    async def _raw_line(self, line: bytes) -> None:
+        self.parser.raw_line_mode = False
+        if self.idle_tag is not None:
+            tag, self.idle_tag = self.idle_tag, None
+            if line.strip().upper() == b"DONE":
+                await self.write(f"{tag} OK IDLE terminated\r\n".encode())
+            else:
+                await self.write(f"{tag} BAD expected DONE to end IDLE\r\n".encode())
+        elif self._auth_tag is not None:
+            tag, self._auth_tag = self._auth_tag, None
+            if line.strip() == b"*":
+                await self.write(f"{tag} BAD authentication cancelled\r\n".encode())
+                return
+            await self._finish_plain(tag, line.strip())
+
+    # --- any state -----------------------------------------------------------------------
+
+    async def cmd_capability(self, cmd: Command) -> str:
+        await self.write(f"* CAPABILITY {CAPABILITIES}\r\n".encode())
+        return "CAPABILITY completed"
+
+    async def cmd_noop(self, cmd: Command) -> str:
+        return "NOOP completed"
+
+    async def cmd_logout(self, cmd: Command) -> None:
+        await self.write(f"* BYE logging out\r\n{cmd.tag} OK LOGOUT completed\r\n".encode())
+        self.state = State.LOGOUT
+
+    # --- authentication ------------------------------------------------------------------
+
+    async def _authenticate(self, user: str, password: str) -> bool:
+        ok = user.lower() == self.username.lower() and await self.authenticator(user, password)
+        if ok:
+            self.state = State.AUTHENTICATED
+            log.info("IMAP login for %s", user)
+            return True
+        self._auth_failures += 1
+        log.warning("IMAP login failed for %r", user[:100])
+        return False
+
+    async def _auth_failed(self, tag: str) -> None:
+        await self.write(f"{tag} NO [AUTHENTICATIONFAILED] invalid credentials\r\n".encode())
+        if self._auth_failures >= MAX_AUTH_FAILURES:
+            await self.write(b"* BYE too many failed logins\r\n")
+            self.state = State.LOGOUT
+
+    async def cmd_login(self, cmd: Command) -> str | None:
+        if len(cmd.args) != 2:
+            raise bad("LOGIN needs a user name and a password")
+        user, password = astring(cmd.args[0], "user"), astring(cmd.args[1], "password")
+        if await self._authenticate(user, password):
+            return f"[CAPABILITY {CAPABILITIES}] LOGIN completed"
+        await self._auth_failed(cmd.tag)
+        return None
+
+    async def cmd_authenticate(self, cmd: Command) -> None:
+        if not cmd.args or atom(cmd.args[0], "mechanism").upper() != "PLAIN":
+            raise CommandFailed("NO", "only AUTHENTICATE PLAIN is supported")
+        if len(cmd.args) > 1:  # SASL-IR (RFC 4959)
+            initial = astring(cmd.args[1], "initial response").encode()
+            await self._finish_plain(cmd.tag, b"" if initial == b"=" else initial)
+            return
+        self._auth_tag = cmd.tag
+        self.parser.raw_line_mode = True
+        await self.write(b"+ \r\n")
+
+    async def _finish_plain(self, tag: str, encoded: bytes) -> None:
+        try:
+            authz, user, password = base64.b64decode(encoded, validate=True).split(b"\0")
+            authz_s, user_s = authz.decode(), user.decode()
+            password_s = password.decode()
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            await self.write(f"{tag} BAD malformed PLAIN response\r\n".encode())
+            return
+        if authz_s and authz_s != user_s:
+            await self._auth_failed(tag)
+            return
+        if await self._authenticate(user_s, password_s):
+            await self.write(f"{tag} OK [CAPABILITY {CAPABILITIES}] authenticated\r\n".encode())
+        else:
+            await self._auth_failed(tag)
+
+    async def cmd_enable(self, cmd: Command) -> str:
+        await self.write(b"* ENABLED\r\n")  # no ENABLE-able extension is implemented
+        return "ENABLE completed"
+
+    # --- mailboxes -----------------------------------------------------------------------
+
+    async def cmd_create(self, cmd: Command) -> str:
+        name = astring(self._one_arg(cmd), "mailbox name")
+        try:
+            await self.store.create_mailbox(name)
+        except MailboxExists as exc:
+            raise CommandFailed("NO", str(exc), "ALREADYEXISTS") from None
+        return "CREATE completed"
+
+    async def cmd_delete(self, cmd: Command) -> str:
+        name = astring(self._one_arg(cmd), "mailbox name")
+        try:
+            await self.store.delete_mailbox(name)
+        except MailboxNotFound as exc:
+            raise CommandFailed("NO", str(exc), "NONEXISTENT") from None
+        return "DELETE completed"
+
+    async def cmd_rename(self, cmd: Command) -> str:
+        if len(cmd.args) != 2:
+            raise bad("RENAME needs the old and the new name")
+        old, new = astring(cmd.args[0], "mailbox name"), astring(cmd.args[1], "mailbox name")
+        try:
+            await self.store.rename_mailbox(old, new)
+        except MailboxNotFound as exc:
+            raise CommandFailed("NO", str(exc), "NONEXISTENT") from None
+        except MailboxExists as exc:
+            raise CommandFailed("NO", str(exc), "ALREADYEXISTS") from None
+        return "RENAME completed"
+
+    async def cmd_subscribe(self, cmd: Command) -> str:
+        await self.store.set_subscribed(astring(self._one_arg(cmd), "mailbox name"), True)
+        return "SUBSCRIBE completed"
+
+    async def cmd_unsubscribe(self, cmd: Command) -> str:
+        await self.store.set_subscribed(astring(self._one_arg(cmd), "mailbox name"), False)
+        return "UNSUBSCRIBE completed"
+
+    def _one_arg(self, cmd: Command) -> Value:
+        if len(cmd.args) != 1:
+            raise bad(f"{cmd.name} needs exactly one argument")
+        return cmd.args[0]
+
+    async def cmd_list(self, cmd: Command) -> str:
+        await self._list(cmd, "LIST")
+        return "LIST completed"
+
+    async def cmd_lsub(self, cmd: Command) -> str:
+        await self._list(cmd, "LSUB")
+        return "LSUB completed"
+
+    async def _list(self, cmd: Command, verb: str) -> None:
+        args = list(cmd.args)
+        select: set[str] = set()
+        if verb == "LIST" and args and isinstance(args[0], list):
+            options = args.pop(0)
+            assert isinstance(options, list)
+            select = {atom(v, "selection option").upper() for v in options}
+        if len(args) not in (2, 4):
+            raise bad(f"{verb} needs a reference and a mailbox pattern")
+        reference = astring(args[0], "reference")
+        patterns = args[1] if isinstance(args[1], list) else [args[1]]
+        returns: set[str] = set()
+        if len(args) == 4:
+            if atom(args[2], "RETURN").upper() != "RETURN" or not isinstance(args[3], list):
+                raise bad("expected RETURN (options)")
+            returns = {atom(v, "return option").upper() for v in args[3]}
+        texts = [astring(p, "pattern") for p in patterns]
+        if texts == [""] and verb == "LIST":
+            await self.write(b'* LIST (\\Noselect) "/" ""\r\n')
+            return
+        lines = await _list_lines(self.store, verb, reference, texts, select, returns)
+        await self.write(b"".join(lines))
+
+    async def cmd_select(self, cmd: Command) -> str:
+        return await self._select(cmd, readonly=False)
+
+    async def cmd_examine(self, cmd: Command) -> str:
+        return await self._select(cmd, readonly=True)
+
+    async def _select(self, cmd: Command, *, readonly: bool) -> str:
+        name = astring(self._one_arg(cmd), "mailbox name")
+        self.view = None
+        self.state = State.AUTHENTICATED
+        try:
+            info = await self.store.mailbox(name)
+            entries, _ = await self.store.uid_flags(name)
+            recent = set() if readonly else await self.store.claim_recent(name)
+        except MailboxNotFound as exc:
+            raise CommandFailed("NO", str(exc), "NONEXISTENT") from None
+        uids = [uid for uid, _ in entries]
+        view = MailboxView(info.name, readonly, info.uidvalidity, uids, dict(entries), recent)
+        keywords = sorted({f for _, fl in entries for f in fl if not f.startswith("\\")})
+        flags = " ".join([SYSTEM_FLAGS, *keywords])
+        permanent = "" if readonly else flags + " \\*"
+        lines = [
+            f"* FLAGS ({flags})",
+            f"* OK [PERMANENTFLAGS ({permanent})] flags permitted",
+            f"* {len(uids)} EXISTS",
+            f"* {len(recent)} RECENT",
+        ]
+        first_unseen = next((i + 1 for i, (_, f) in enumerate(entries) if "\\Seen" not in f), 0)
+        if first_unseen:
+            lines.append(f"* OK [UNSEEN {first_unseen}] first unseen")
+        lines += [
+            f"* OK [UIDVALIDITY {info.uidvalidity}] UIDs valid",
+            f"* OK [UIDNEXT {info.uidnext}] predicted next UID",
+        ]
+        await self.write(("\r\n".join(lines) + "\r\n").encode())
+        self.view = view
+        self.state = State.SELECTED
+        verb = "EXAMINE" if readonly else "SELECT"
+        return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {verb} completed"
+
+    async def cmd_status(self, cmd: Command) -> str:
+        if len(cmd.args) != 2 or not isinstance(cmd.args[1], list):
+            raise bad("STATUS needs a mailbox and a list of items")
+        name = astring(cmd.args[0], "mailbox name")
+        items = [atom(v, "status item").upper() for v in cmd.args[1]]
+        unknown = [i for i in items if i not in STATUS_ITEMS]
+        if unknown:
+            raise bad(f"unknown STATUS items {unknown}: use {' '.join(STATUS_ITEMS)}")
+        try:
+            status = await self.store.status(name)
+        except MailboxNotFound as exc:
+            raise CommandFailed("NO", str(exc), "NONEXISTENT") from None
+        values = {
+            "MESSAGES": status.messages,
+            "RECENT": status.recent,
+            "UIDNEXT": status.uidnext,
+            "UIDVALIDITY": status.uidvalidity,
+            "UNSEEN": status.unseen,
+        }
+        body = " ".join(f"{i} {values[i]}" for i in items).encode()
+        await self.write(b"* STATUS " + quote_astring(name) + b" (" + body + b")\r\n")
+        return "STATUS completed"
+
+    async def cmd_append(self, cmd: Command) -> str:
+        args = list(cmd.args)
+        if len(args) < 2 or not isinstance(args[-1], bytes):
+            raise bad("APPEND needs a mailbox and a message literal")
+        name = astring(args[0], "mailbox name")
+        flags: list[str] = []
+        when: datetime | None = None
+        for extra in args[1:-1]:
+            if isinstance(extra, list):
+                flags = [atom(f, "flag") for f in extra if f != "\\Recent"]
+            else:
+                try:
+                    when = parse_date_time(astring(extra, "date-time"))
+                except ValueError as exc:
+                    raise bad(str(exc)) from None
+        try:
+            info = await self.store.mailbox(name)
+            uid = await self.store.deliver(name, args[-1], flags=flags, internal_date=when)
+        except MailboxNotFound:
+            raise CommandFailed("NO", f"no mailbox named {name!r}", "TRYCREATE") from None
+        except StoreError as exc:
+            raise bad(str(exc)) from None
+        return f"[APPENDUID {info.uidvalidity} {uid}] APPEND completed"
+
+    async def cmd_idle(self, cmd: Command) -> None:
+        self.idle_tag = cmd.tag
+        self.parser.raw_line_mode = True
+        await self.write(b"+ idling\r\n")
+        if self.view is not None:
+            await self.sync(allow_expunge=True)
+
+
+def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
+    full = reference + pattern
+    out = "".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in full)
+    return re.compile(f"^{out}$", re.IGNORECASE if full.upper().startswith("INBOX") else 0)
+
+
+async def _list_lines(
+    store: MailStore,
+    verb: str,
+    reference: str,
+    patterns: list[str],
+    select: set[str],
+    returns: set[str],
+) -> list[bytes]:
+    boxes = {b.name: b for b in await store.list_mailboxes()}
+    names = set(boxes)
+    for name in boxes:  # parents that do not exist still appear, as \Noselect
+        parts = name.split("/")
+        names.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    regexes = [_pattern(reference, p) for p in patterns]
+    lines: list[bytes] = []
+    for name in sorted(names, key=lambda n: (n != "INBOX", n)):
+        if not any(r.match(name) for r in regexes):
+            continue
+        box = boxes.get(name)
+        subscribed = box is not None and box.subscribed
+        if (verb == "LSUB" or "SUBSCRIBED" in select) and not subscribed:
+            continue
+        if "SPECIAL-USE" in select and (box is None or not box.special_use):
+            continue
+        attrs = [] if box is not None else ["\\Noselect"]
+        has_children = any(other.startswith(name + "/") for other in names)
+        attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+        if box is not None and box.special_use and verb == "LIST":
+            attrs.append(box.special_use)
+        if subscribed and ("SUBSCRIBED" in select or "SUBSCRIBED" in returns):
+            attrs.append("\\Subscribed")
+        lines.append(f'* {verb} ({" ".join(attrs)}) "/" '.encode() + quote_astring(name) + b"\r\n")
+    return lines
