@@ -1,0 +1,1 @@
+"""The real-daemon lab: namespaces, veth links, yggdrasil daemons, nodes inside hosts."""
