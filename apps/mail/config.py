@@ -1,0 +1,144 @@
+"""Mail service configuration: the ``[mail]`` table of ``mesh.toml``, checked and frozen.
+
+::
+
+    [mail]
+    smtp = "127.0.0.1:1025"        # submission (mail clients send here)
+    imap = "127.0.0.1:1143"        # mail clients read here
+    max_size = 33554432            # bytes per message (32 MiB)
+    retry_initial = 60             # seconds before the first retry
+    retry_max = 3600               # the retry delay doubles up to this
+    expire_after = 432000          # give up (and bounce) after this many seconds (5 days)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import UsageError
+
+__all__ = [
+    "DEFAULT_IMAP",
+    "DEFAULT_SUBMISSION",
+    "MESH_SMTP_PORT",
+    "MailConfig",
+    "RetryPolicy",
+    "parse_listen",
+]
+
+# Mesh SMTP listens on the node's mesh address. 25 is privileged (a daemon-backed node
+# would need root or CAP_NET_BIND_SERVICE just for mail) and 587/465 mean submission
+# from clients, not relay between MTAs; 2525 is the customary unprivileged SMTP port.
+MESH_SMTP_PORT = 2525
+DEFAULT_SUBMISSION = "127.0.0.1:1025"
+DEFAULT_IMAP = "127.0.0.1:1143"
+MIB = 1024 * 1024
+
+
+def parse_listen(value: str, what: str) -> tuple[str, int]:
+    """``"127.0.0.1:1025"`` → ``("127.0.0.1", 1025)``; loopback only."""
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"mail.{what} = {value!r}: expected HOST:PORT, e.g. 127.0.0.1:1025")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise UsageError(
+            f"mail.{what} = {value!r}: local mail services listen on loopback only "
+            "(127.0.0.1 or ::1); passwords cross this socket in clear text"
+        )
+    return host, int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded by ``retry_max``; expiry after ``expire_after``.
+
+    The n-th retry (n ≥ 1) waits ``min(initial · 2^(n-1), maximum)`` seconds, shortened
+    by up to ``jitter`` (a fraction) so that many queued mails do not retry in lockstep.
+    """
+
+    initial: float = 60.0
+    maximum: float = 3600.0
+    expire_after: float = 5 * 24 * 3600.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise UsageError("mail: need 0 < retry_initial <= retry_max")
+        if self.expire_after <= 0:
+            raise UsageError("mail: expire_after must be positive")
+        if not 0 <= self.jitter < 1:
+            raise UsageError("mail: retry jitter must be in [0, 1)")
+
+    def base_delay(self, attempt: int) -> float:
+        """The delay after ``attempt`` failed attempts, before jitter."""
+        if attempt < 1:
+            return 0.0
+        exponent = min(attempt - 1, 62)
+        return float(min(self.initial * 2.0**exponent, self.maximum))
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        base = self.base_delay(attempt)
+        return base * (1.0 - self.jitter * rng.random())
+
+
+def _number(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"mail.{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class MailConfig:
+    submission: tuple[str, int] = ("127.0.0.1", 1025)
+    imap: tuple[str, int] = ("127.0.0.1", 1143)
+    mesh_port: int = MESH_SMTP_PORT
+    max_size: int = 32 * MIB
+    max_recipients: int = 100
+    retry: RetryPolicy = RetryPolicy()
+    concurrency: int = 8  # deliveries in flight at once
+    max_queue: int = 10_000  # queued messages before submission answers 452
+    rate_burst: int = 60  # messages a mesh peer may send at once ...
+    rate_per_minute: float = 120.0  # ... and sustained
+    io_timeout: float = 120.0
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> MailConfig:
+        known = {
+            "smtp", "imap", "mesh_port", "max_size", "max_recipients", "retry_initial",
+            "retry_max", "expire_after", "concurrency", "max_queue", "rate_burst",
+            "rate_per_minute", "io_timeout",
+        }  # fmt: skip
+        unknown = set(config) - known
+        if unknown:
+            raise UsageError(
+                f"unknown [mail] keys: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        retry = RetryPolicy(
+            initial=_number(config, "retry_initial", 60.0),
+            maximum=_number(config, "retry_max", 3600.0),
+            expire_after=_number(config, "expire_after", 5 * 24 * 3600.0),
+        )
+        return cls(
+            submission=parse_listen(str(config.get("smtp", DEFAULT_SUBMISSION)), "smtp"),
+            imap=parse_listen(str(config.get("imap", DEFAULT_IMAP)), "imap"),
+            mesh_port=int(_number(config, "mesh_port", MESH_SMTP_PORT)),
+            max_size=int(_number(config, "max_size", 32 * MIB)),
+            max_recipients=int(_number(config, "max_recipients", 100)),
+            retry=retry,
+            concurrency=int(_number(config, "concurrency", 8)),
+            max_queue=int(_number(config, "max_queue", 10_000)),
+            rate_burst=int(_number(config, "rate_burst", 60)),
+            rate_per_minute=_number(config, "rate_per_minute", 120.0),
+            io_timeout=_number(config, "io_timeout", 120.0),
+        )

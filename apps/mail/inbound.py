@@ -1,0 +1,193 @@
+"""Mesh SMTP, inbound: the aiosmtpd handler that takes mail from other nodes.
+
+aiosmtpd owns the grammar and RFC limits; this handler owns the decisions:
+
+* ``MAIL FROM:<key@mesh>`` must be the connecting node: the backend authenticated the
+  peer's mesh address, and it must equal ``address_for_key(key)`` (and, where the
+  backend knows it, the full key must match too). Otherwise 550 and a warning in the log.
+* every ``RCPT TO`` must be this node (``<our key>@mesh``): never relay (550).
+* the header ``From:`` must be the envelope sender, so a client shows the real author.
+* per-peer token buckets bound how fast one node may send (450 when empty).
+* the message is committed to the store (with a ``Received:`` field naming both mesh
+  addresses) BEFORE 250 is sent. A replay of a message already stored (same Message-ID
+  from the same key) gets 250 too, so its sender stops, but is not stored twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from core.backend import NodeEvent
+from core.errors import UsageError
+from core.mailaddr import MailAddress, parse_mail_address
+
+from .message import dedup_key, from_addresses, header_fields, received_header
+from .ports import MailSink
+
+__all__ = ["MeshInboundHandler", "RateLimiter"]
+
+log = logging.getLogger(__name__)
+
+EventPublisher = Callable[[NodeEvent], None]
+
+
+class RateLimiter:
+    """Token buckets per peer, at most ``max_peers`` of them (least recently used go)."""
+
+    def __init__(
+        self,
+        *,
+        burst: int,
+        per_minute: float,
+        max_peers: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = float(burst)
+        self.rate = per_minute / 60.0
+        self.max_peers = max_peers
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, peer: str) -> bool:
+        now = self._clock()
+        tokens, stamp = self._buckets.pop(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[peer] = (tokens, now)
+        while len(self._buckets) > self.max_peers:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def _peer(server: Any) -> tuple[ipaddress.IPv6Address | None, bytes | None]:
+    transport = server.transport
+    if transport is None:
+        return None, None
+    peer = transport.get_extra_info("peername")
+    key = transport.get_extra_info("peer_key")
+    try:
+        addr = ipaddress.IPv6Address(str(peer[0]).split("%", 1)[0]) if peer else None
+    except ValueError:
+        addr = None
+    return addr, key if isinstance(key, bytes) else None
+
+
+class MeshInboundHandler:
+    """aiosmtpd hooks for mail arriving from the mesh."""
+
+    def __init__(
+        self,
+        *,
+        own: MailAddress,
+        sink: MailSink,
+        limiter: RateLimiter,
+        publish: EventPublisher | None = None,
+        max_recipients: int = 100,
+    ) -> None:
+        self.own = own
+        self.sink = sink
+        self.limiter = limiter
+        self.publish = publish
+        self.max_recipients = max_recipients
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        peer_addr, peer_key = _peer(server)
+        if peer_addr is None:
+            return "421 4.7.0 cannot tell who you are; closing"
+        if not self.limiter.take(str(peer_addr)):
+            log.warning("mesh smtp: rate limit hit by [%s]", peer_addr)
+            return f"450 4.7.1 too many messages from [{peer_addr}]; slow down and retry later"
+        try:
+            sender = parse_mail_address(address)
+        except UsageError:
+            return "550 5.1.7 the sender must be a <key>@mesh address"
+        if sender.node_address != peer_addr or (peer_key is not None and peer_key != sender.key):
+            log.warning(
+                "mesh smtp: refused MAIL FROM:<%s> from [%s]: that is not the sending node's key",
+                address,
+                peer_addr,
+            )
+            return (
+                f"550 5.7.1 sender <{address}> is not the node at [{peer_addr}]; "
+                "a node may only send as its own key@mesh"
+            )
+        envelope.mail_from = str(sender)
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 sender ok"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        try:
+            rcpt = parse_mail_address(address)
+        except UsageError:
+            rcpt = None
+        if rcpt != self.own:
+            peer_addr, _ = _peer(server)
+            log.info("mesh smtp: refused relay to <%s> from [%s]", address, peer_addr)
+            return f"550 5.7.1 relaying denied: this node only takes mail for <{self.own}>"
+        if str(rcpt) in envelope.rcpt_tos:
+            return "250 2.1.5 recipient ok (duplicate ignored)"
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 too many recipients"
+        envelope.rcpt_tos.append(str(rcpt))
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 recipient ok"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        peer_addr, peer_key = _peer(server)
+        raw = bytes(envelope.original_content or b"")
+        sender = parse_mail_address(envelope.mail_from)
+        fields = header_fields(raw)
+        authors = [a.lower() for a in from_addresses(fields)]
+        if not authors or any(a != str(sender) for a in authors):
+            log.warning(
+                "mesh smtp: refused a message from [%s]: header From %s is not <%s>",
+                peer_addr,
+                authors or "(missing)",
+                sender,
+            )
+            return f"550 5.7.1 the header From: must be <{sender}>, the envelope sender"
+        ident = secrets.token_hex(8)
+        stamped = (
+            received_header(
+                from_address=str(peer_addr),
+                from_key=peer_key.hex() if peer_key else sender.key.hex(),
+                by_address=str(self.own.node_address),
+                recipient=str(self.own),
+                ident=ident,
+            )
+            + raw
+        )
+        key = dedup_key(fields, raw, sender.key.hex())
+        try:
+            uid = await self.sink.deliver("INBOX", stamped, dedup_key=key)
+        except Exception:
+            log.exception("mesh smtp: could not store a message from [%s]", peer_addr)
+            return "451 4.3.0 could not store the message here; try again later"
+        if uid is None:
+            log.info("mesh smtp: duplicate from <%s> (%s) acknowledged, not stored", sender, key)
+            return "250 2.0.0 already delivered"
+        log.info("mesh smtp: stored mail from <%s> as INBOX uid %d (id %s)", sender, uid, ident)
+        if self.publish is not None:
+            subject = str(fields.get("Subject", ""))[:200]
+            self.publish(
+                NodeEvent(
+                    "mail.new",
+                    {"mailbox": "INBOX", "uid": uid, "from": str(sender), "subject": subject},
+                )
+            )
+        return f"250 2.0.0 stored as {ident}"

@@ -1,0 +1,106 @@
+"""Byte-level message helpers: header split, From:/Message-ID checks, Received: lines.
+
+Messages are kept as the exact bytes the client sent; header fields are only read (by
+:mod:`email` with the compat32 policy, which never rewrites) and new fields are
+prepended as bytes, so signatures and attachments stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import re
+import secrets
+import time
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+__all__ = [
+    "dedup_key",
+    "ensure_submission_headers",
+    "from_addresses",
+    "header_fields",
+    "message_id",
+    "normalize_crlf",
+    "received_header",
+    "split_header",
+]
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_parser = BytesHeaderParser(policy=compat32)
+
+
+def normalize_crlf(raw: bytes) -> bytes:
+    return _BARE_LF.sub(b"\r\n", raw)
+
+
+def split_header(raw: bytes) -> tuple[bytes, bytes]:
+    """``(header including the empty line, body)``; a message without body is all header."""
+    if raw.startswith(b"\r\n"):
+        return b"\r\n", raw[2:]
+    idx = raw.find(b"\r\n\r\n")
+    if idx < 0:
+        return raw, b""
+    return raw[: idx + 4], raw[idx + 4 :]
+
+
+def header_fields(raw: bytes) -> Message:
+    header, _ = split_header(raw)
+    return _parser.parsebytes(header)
+
+
+def from_addresses(fields: Message) -> list[str]:
+    """Every address in every ``From:`` field, as written (lowercase compare is the caller's)."""
+    values = [str(v) for v in fields.get_all("From", [])]
+    return [addr for _, addr in email.utils.getaddresses(values) if addr]
+
+
+def message_id(fields: Message) -> str | None:
+    value = fields.get("Message-ID")
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text or None
+
+
+def ensure_submission_headers(raw: bytes, *, domain: str) -> tuple[bytes, str]:
+    """Add ``Message-ID`` and ``Date`` when the client left them out (RFC 6409 section 8).
+
+    Returns the message and its Message-ID. The Message-ID matters beyond courtesy:
+    with the sender key it is how a receiving node recognises a replayed delivery.
+    """
+    fields = header_fields(raw)
+    added = b""
+    mid = message_id(fields)
+    if mid is None:
+        mid = f"<{secrets.token_hex(16)}@{domain}>"
+        added += f"Message-ID: {mid}\r\n".encode()
+    if fields.get("Date") is None:
+        added += f"Date: {email.utils.formatdate(localtime=False)}\r\n".encode()
+    return added + raw, mid
+
+
+def dedup_key(fields: Message, raw: bytes, sender_key_hex: str) -> str:
+    """Message-ID plus sender key (a digest of the bytes if there is no Message-ID)."""
+    mid = message_id(fields) or "sha256:" + hashlib.sha256(raw).hexdigest()
+    return f"mesh|{sender_key_hex}|{mid}"
+
+
+def received_header(
+    *,
+    from_address: str,
+    from_key: str | None,
+    by_address: str,
+    recipient: str,
+    ident: str,
+    when: float | None = None,
+) -> bytes:
+    """A ``Received:`` field (RFC 5321 section 4.4) naming both mesh addresses."""
+    stamp = email.utils.formatdate(time.time() if when is None else when, localtime=False)
+    key = f" (key {from_key})" if from_key else ""
+    return (
+        f"Received: from [{from_address}]{key}\r\n"
+        f"\tby [{by_address}] with ESMTP (meshsuite) id {ident}\r\n"
+        f"\tfor <{recipient}>; {stamp}\r\n"
+    ).encode()

@@ -1,0 +1,199 @@
+"""The mail password: scrypt record in ``mail-password.json`` (mode 0600) in the data dir.
+
+Mail clients log in to submission SMTP and IMAP with the node's mail address and this
+password. There is no default and no "any password" mode: without a record both
+servers refuse to start and say to run ``mesh mail passwd``.
+
+Record (JSON)::
+
+    {"version": 1, "kdf": "scrypt", "n": 32768, "r": 8, "p": 1,
+     "salt": "<hex, 16 random bytes>", "hash": "<hex, 32 bytes>"}
+
+The parameters live in the record, so stronger ones later do not break old records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from core.errors import MeshError, UsageError
+
+__all__ = [
+    "PASSWORD_FILE_NAME",
+    "PasswordRecord",
+    "PasswordVerifier",
+    "load_password",
+    "set_password",
+]
+
+log = logging.getLogger(__name__)
+
+PASSWORD_FILE_NAME = "mail-password.json"
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+# 2^15 * 8 * 128 B = 32 MiB and ~0.1 s per check: cheap for a login, slow for guessing.
+DEFAULT_N, DEFAULT_R, DEFAULT_P = 2**15, 8, 1
+_MAX_N = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordRecord:
+    salt: bytes
+    hash: bytes
+    n: int = DEFAULT_N
+    r: int = DEFAULT_R
+    p: int = DEFAULT_P
+
+    @classmethod
+    def create(cls, password: str) -> PasswordRecord:
+        salt = secrets.token_bytes(16)
+        record = cls(salt=salt, hash=b"")
+        return cls(salt=salt, hash=record.derive(password.encode("utf-8")))
+
+    def derive(self, password: bytes) -> bytes:
+        kdf = Scrypt(salt=self.salt, length=32, n=self.n, r=self.r, p=self.p)
+        return kdf.derive(password)
+
+    def check(self, password: bytes) -> bool:
+        return hmac.compare_digest(self.derive(password), self.hash)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "kdf": "scrypt",
+                "n": self.n,
+                "r": self.r,
+                "p": self.p,
+                "salt": self.salt.hex(),
+                "hash": self.hash.hex(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> PasswordRecord:
+        try:
+            data = json.loads(text)
+            if data.get("version") != 1 or data.get("kdf") != "scrypt":
+                raise ValueError("unknown version or kdf")
+            record = cls(
+                salt=bytes.fromhex(data["salt"]),
+                hash=bytes.fromhex(data["hash"]),
+                n=int(data["n"]),
+                r=int(data["r"]),
+                p=int(data["p"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise MeshError(
+                f"{where} is not a valid mail password record ({exc}); "
+                "set a new password with `mesh mail passwd`"
+            ) from None
+        if (
+            not (2 <= record.n <= _MAX_N and record.n & (record.n - 1) == 0)
+            or len(record.hash) != 32
+        ):
+            raise MeshError(f"{where}: bad scrypt parameters; run `mesh mail passwd` again")
+        return record
+
+
+def check_new_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UsageError(f"the mail password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UsageError(f"the mail password may have at most {MAX_PASSWORD_LENGTH} characters")
+    if "\x00" in password or "\n" in password or "\r" in password:
+        raise UsageError("the mail password may not contain NUL or line breaks")
+
+
+def set_password(data_dir: Path, password: str) -> Path:
+    """Hash and store ``password`` (atomically, mode 0600); returns the file's path."""
+    check_new_password(password)
+    record = PasswordRecord.create(password)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / PASSWORD_FILE_NAME
+    fd, tmp = tempfile.mkstemp(prefix=".mail-password.", dir=data_dir)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(record.to_json() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_password(data_dir: Path) -> PasswordRecord:
+    """The stored record; a clear error when none is set or the file is exposed."""
+    path = data_dir / PASSWORD_FILE_NAME
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MeshError(
+            f"no mail password is set (no {path}); mail clients cannot log in. "
+            "Run `mesh mail passwd` first, then start the node again"
+        ) from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise MeshError(
+            f"{path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"run `chmod 600 {path}` or set the password again with `mesh mail passwd`"
+        )
+    return PasswordRecord.from_json(path.read_text(), path)
+
+
+class PasswordVerifier:
+    """Checks logins for submission SMTP and IMAP against one record.
+
+    scrypt runs in a worker thread so a login never stalls the event loop. A password
+    that passed once is remembered as a salted SHA-256 in memory only, so a client that
+    logs in for every message does not pay scrypt each time.
+    """
+
+    def __init__(self, record: PasswordRecord, username: str) -> None:
+        self._record = record
+        self.username = username
+        self._memo_salt = secrets.token_bytes(16)
+        self._memo: bytes | None = None
+
+    def _memo_digest(self, password: bytes) -> bytes:
+        return hashlib.sha256(self._memo_salt + password).digest()
+
+    async def verify_password(self, password: bytes) -> bool:
+        if len(password) > MAX_PASSWORD_LENGTH * 4:
+            return False
+        digest = self._memo_digest(password)
+        if self._memo is not None and hmac.compare_digest(digest, self._memo):
+            return True
+        ok = await asyncio.to_thread(self._record.check, password)
+        if ok:
+            self._memo = digest
+        return ok
+
+    def username_matches(self, username: str) -> bool:
+        return username.strip().lower() == self.username.lower()
+
+    async def __call__(self, username: str, password: str) -> bool:
+        """The IMAP server's ``authenticator(username, password)``."""
+        return await self.check(username.encode("utf-8"), password.encode("utf-8"))
+
+    async def check(self, username: bytes, password: bytes) -> bool:
+        name = username.decode("utf-8", "replace")
+        ok = await self.verify_password(password)  # always pay the cost: no user oracle
+        if not (ok and self.username_matches(name)):
+            log.warning("mail login refused for user %r", name[:100])
+            return False
+        return True

@@ -1,0 +1,328 @@
+"""The outbound queue: ``outbox.db`` (SQLite through aiosqlite, WAL, versioned migrations).
+
+A submitted message is stored once (``messages``) with one ``deliveries`` row per
+recipient node, all in ONE transaction that commits before the submission server says
+250. A delivery row is ``pending`` until the recipient's node answered 250 to the end of
+DATA (``delivered``) or it failed for good and its bounce is in the sender's INBOX
+(``failed``). A message leaves the queue once no delivery is pending and its Sent copy
+is stored. Nothing is removed before the remote end has the mail: a crash at any point
+replays from the last commit, and the receiving side de-duplicates replays by
+Message-ID and sender key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+
+from core.errors import MeshError
+
+__all__ = [
+    "OUTBOX_FILE_NAME",
+    "SCHEMA_VERSION",
+    "Delivery",
+    "OutboxQueue",
+    "QueueFull",
+    "QueuedMessage",
+    "read_queue",
+]
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FILE_NAME = "outbox.db"
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            token TEXT NOT NULL UNIQUE,
+            sender TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            raw BLOB NOT NULL,
+            created REAL NOT NULL,
+            sent_copy INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            message INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            recipient TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'delivered', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL NOT NULL,
+            last_error TEXT,
+            updated REAL NOT NULL,
+            UNIQUE (message, recipient)
+        )""",
+        "CREATE INDEX deliveries_due ON deliveries(state, next_attempt)",
+    ),
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+class QueueFull(MeshError):
+    """The queue holds ``max_queue`` messages already; submission answers 452."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    id: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One recipient node's delivery of one message (without the message bytes)."""
+
+    id: int
+    message: int
+    token: str
+    sender: str
+    message_id: str
+    recipient: str
+    attempts: int
+    created: float
+    next_attempt: float
+    last_error: str | None
+
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.message, m.token, m.sender, m.message_id, d.recipient, d.attempts, "
+    "m.created, d.next_attempt, d.last_error"
+)
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(*row)
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    async with db.execute("SELECT version FROM schema_version") as cur:
+        row = await cur.fetchone()
+    found = int(row[0]) if row else 0
+    if found > SCHEMA_VERSION:
+        raise MeshError(
+            f"{path} has schema version {found}, newer than this meshsuite understands "
+            f"({SCHEMA_VERSION}); upgrade meshsuite"
+        )
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version]:
+                await db.execute(statement)
+            await db.execute("DELETE FROM schema_version")
+            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        log.info("%s migrated to schema version %d", path.name, version)
+
+
+class _Tx:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> None:
+        await self._db.execute("BEGIN IMMEDIATE")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class OutboxQueue:
+    """The queue. ``await OutboxQueue.open(path)``; ``await close()``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> OutboxQueue:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the submission server says 250 right after the commit.
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await _migrate(db, path)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, path)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()
+
+    async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        async with self._db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        async with self._db.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    # -- submission -----------------------------------------------------------------------
+    async def enqueue(
+        self,
+        sender: str,
+        raw: bytes,
+        message_id: str,
+        recipients: Iterable[str],
+        *,
+        now: float | None = None,
+        max_queue: int | None = None,
+    ) -> QueuedMessage:
+        """Store the message and one pending delivery per recipient, in one transaction."""
+        stamp = time.time() if now is None else now
+        unique = list(dict.fromkeys(recipients))
+        if not unique:
+            raise ValueError("a queued message needs at least one recipient")
+        token = secrets.token_hex(16)
+        async with self._lock, _Tx(self._db):
+            if max_queue is not None:
+                (count,) = await self._one("SELECT count(*) FROM messages")
+                if count >= max_queue:
+                    raise QueueFull(f"the outbound queue holds {count} messages (the limit)")
+            async with self._db.execute(
+                "INSERT INTO messages (token, sender, message_id, raw, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (token, sender, message_id, raw, stamp),
+            ) as cur:
+                assert cur.lastrowid is not None
+                msg_id = cur.lastrowid
+            await self._db.executemany(
+                "INSERT INTO deliveries (message, recipient, next_attempt, updated) "
+                "VALUES (?, ?, ?, ?)",
+                [(msg_id, rcpt, stamp, stamp) for rcpt in unique],
+            )
+        return QueuedMessage(msg_id, token)
+
+    # -- the runner's view ------------------------------------------------------------------
+    async def due(self, now: float, *, limit: int, exclude: Iterable[int] = ()) -> list[Delivery]:
+        """Pending deliveries whose time has come, oldest first, not in ``exclude``."""
+        skip = set(exclude)
+        rows = await self._all(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message "
+            "WHERE d.state = 'pending' AND d.next_attempt <= ? "
+            "ORDER BY d.next_attempt, d.id LIMIT ?",
+            (now, limit + len(skip)),
+        )
+        return [d for d in map(_delivery, rows) if d.id not in skip][:limit]
+
+    async def next_due(self, exclude: Iterable[int] = ()) -> float | None:
+        skip = tuple(exclude)
+        clause = f" AND id NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        row = await self._one(
+            f"SELECT min(next_attempt) FROM deliveries WHERE state = 'pending'{clause}", skip
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def raw(self, message: int) -> bytes | None:
+        row = await self._one("SELECT raw FROM messages WHERE id = ?", (message,))
+        return None if row is None else bytes(row[0])
+
+    async def mark_delivered(self, delivery: int, *, now: float | None = None) -> None:
+        await self._finish(delivery, "delivered", None, now)
+
+    async def mark_failed(self, delivery: int, error: str, *, now: float | None = None) -> None:
+        await self._finish(delivery, "failed", error, now)
+
+    async def _finish(
+        self, delivery: int, state: str, error: str | None, now: float | None
+    ) -> None:
+        stamp = time.time() if now is None else now
+        async with self._lock, _Tx(self._db):
+            await self._db.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "updated = ? WHERE id = ?",
+                (state, error, stamp, delivery),
+            )
+            await self._collect()
+
+    async def mark_retry(
+        self, delivery: int, next_attempt: float, error: str, *, now: float | None = None
+    ) -> None:
+        stamp = time.time() if now is None else now
+        async with self._lock, _Tx(self._db):
+            await self._db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt = ?, "
+                "last_error = ?, updated = ? WHERE id = ? AND state = 'pending'",
+                (next_attempt, error, stamp, delivery),
+            )
+
+    async def unsent_copies(self, limit: int = 100) -> list[tuple[int, str, bytes]]:
+        """Messages whose Sent copy is not stored yet: ``(id, token, raw)``."""
+        rows = await self._all(
+            "SELECT id, token, raw FROM messages WHERE sent_copy = 0 ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    async def mark_sent_copy(self, message: int) -> None:
+        async with self._lock, _Tx(self._db):
+            await self._db.execute("UPDATE messages SET sent_copy = 1 WHERE id = ?", (message,))
+            await self._collect()
+
+    async def _collect(self) -> None:
+        """Drop messages that are finished: Sent copy stored, no delivery pending."""
+        await self._db.execute(
+            "DELETE FROM messages WHERE sent_copy = 1 AND NOT EXISTS ("
+            "SELECT 1 FROM deliveries d WHERE d.message = messages.id AND d.state = 'pending')"
+        )
+
+    # -- inspection -----------------------------------------------------------------------
+    async def pending(self) -> list[Delivery]:
+        rows = await self._all(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message "
+            "WHERE d.state = 'pending' ORDER BY d.next_attempt, d.id"
+        )
+        return [_delivery(r) for r in rows]
+
+    async def message_count(self) -> int:
+        (count,) = await self._one("SELECT count(*) FROM messages")
+        return int(count)
+
+
+def read_queue(path: Path) -> list[Delivery]:
+    """Pending deliveries read straight from ``outbox.db`` (read-only; for ``mesh mail queue``).
+
+    Safe while the node runs: WAL lets a reader see the last commit without blocking it.
+    """
+    if not path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise MeshError(f"cannot open {path}: {exc}") from None
+    try:
+        rows = db.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message "
+            "WHERE d.state = 'pending' ORDER BY d.next_attempt, d.id"
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise MeshError(f"cannot read the queue in {path}: {exc}") from None
+    finally:
+        db.close()
+    return [_delivery(r) for r in rows]

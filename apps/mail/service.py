@@ -1,0 +1,223 @@
+"""The mail service inside the node process: mesh SMTP, submission, IMAP, queue runner.
+
+``create_service(node, config, data_dir)`` is the ``meshsuite.services`` entry point.
+``start()`` refuses to run without a mail password (run ``mesh mail passwd``): an MTA
+that let any password through is how mail gets stolen on a shared machine.
+
+Owned here and released in reverse order by ``close()``: the queue runner task
+(cancelled and awaited), the three servers and their open connections, the queue
+database and the mail store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import random
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP
+
+from core.backend import MeshServer
+from core.errors import MeshError
+
+from .config import MailConfig
+from .inbound import MeshInboundHandler, RateLimiter
+from .passwords import PasswordVerifier, load_password
+from .queue import OUTBOX_FILE_NAME, OutboxQueue
+from .runner import QueueRunner
+from .store import MailStore
+from .submission import SubmissionHandler
+
+__all__ = ["MAIL_STORE_FILE_NAME", "MailService", "create_service"]
+
+log = logging.getLogger(__name__)
+
+MAIL_STORE_FILE_NAME = "mail.db"
+SMTP_IDENT = "meshsuite ESMTP"
+CLOSE_TIMEOUT = 5.0
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class MailNode(Protocol):
+    """The part of :class:`core.node.Node` the mail service uses."""
+
+    @property
+    def key(self) -> bytes: ...
+
+    async def create_server(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], port: int
+    ) -> MeshServer: ...
+
+    async def open_connection(
+        self, address: Any, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+    @property
+    def events(self) -> Any: ...
+
+
+class MailService:
+    def __init__(self, node: MailNode, config: MailConfig, data_dir: Path) -> None:
+        from core.mailaddr import MailAddress
+
+        self.node = node
+        self.config = config
+        self.data_dir = data_dir
+        self.own = MailAddress(node.key)
+        self.store: MailStore | None = None
+        self.queue: OutboxQueue | None = None
+        self.runner: QueueRunner | None = None
+        self.submission_port: int | None = None
+        self.imap_port: int | None = None
+        self._servers: list[_Closable] = []
+        self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self._runner_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        record = load_password(self.data_dir)  # no password, no mail service
+        verifier = PasswordVerifier(record, str(self.own))
+        try:
+            await self._start(verifier)
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "mail: %s; mesh SMTP port %d, submission %s:%s, IMAP %s:%s",
+            self.own,
+            self.config.mesh_port,
+            self.config.submission[0],
+            self.submission_port,
+            self.config.imap[0],
+            self.imap_port,
+        )
+
+    async def _start(self, verifier: PasswordVerifier) -> None:
+        loop = asyncio.get_running_loop()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store = await MailStore.open(self.data_dir / MAIL_STORE_FILE_NAME)
+        self.queue = queue = await OutboxQueue.open(self.data_dir / OUTBOX_FILE_NAME)
+        publish = self.node.events.publish
+        self.runner = runner = QueueRunner(
+            queue=queue,
+            sink=store,
+            own=self.own,
+            connector=self.node,
+            config=self.config,
+            rng=random.Random(),
+            publish=publish,
+        )
+        inbound = MeshInboundHandler(
+            own=self.own,
+            sink=store,
+            limiter=RateLimiter(
+                burst=self.config.rate_burst, per_minute=self.config.rate_per_minute
+            ),
+            publish=publish,
+            max_recipients=self.config.max_recipients,
+        )
+        hostname = f"[IPv6:{self.own.node_address}]"
+        mesh_server = await self.node.create_server(
+            self._smtp_factory(inbound, hostname, auth=False), self.config.mesh_port
+        )
+        self._servers.append(mesh_server)
+        submission = SubmissionHandler(
+            own=self.own,
+            verifier=verifier,
+            queue=queue,
+            on_queued=runner.wake,
+            max_recipients=self.config.max_recipients,
+            max_queue=self.config.max_queue,
+        )
+        host, port = self.config.submission
+        server = await loop.create_server(
+            self._smtp_factory(submission, "localhost", auth=True), host, port
+        )
+        self._servers.append(server)
+        self.submission_port = server.sockets[0].getsockname()[1]
+        imap = importlib.import_module("apps.mail.imap")
+        start_imap: Callable[..., Awaitable[Any]] = imap.start_imap_server
+        imap_host, imap_port = self.config.imap
+        imap_server = await start_imap(
+            store, verifier, imap_host, imap_port, username=str(self.own)
+        )
+        self._servers.append(imap_server)
+        sockets = getattr(imap_server, "sockets", None)
+        self.imap_port = sockets[0].getsockname()[1] if sockets else imap_port
+        self._runner_task = loop.create_task(runner.run(), name="mail-queue-runner")
+
+    def _smtp_factory(self, handler: Any, hostname: str, *, auth: bool) -> Callable[[], SMTP]:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            smtp = SMTP(
+                handler,
+                hostname=hostname,
+                ident=SMTP_IDENT,
+                data_size_limit=self.config.max_size,
+                # Submission listens on loopback only: no TLS needed for AUTH.
+                auth_require_tls=not auth,
+                auth_exclude_mechanism=() if auth else ("PLAIN", "LOGIN"),
+                timeout=self.config.io_timeout * 2.5,
+                loop=loop,
+            )
+            self._connections.add(smtp)
+            return smtp
+
+        return factory
+
+    async def close(self) -> None:
+        if self._runner_task is not None:
+            self._runner_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner_task
+            self._runner_task = None
+        for server in self._servers:
+            server.close()
+        tasks = []
+        for smtp in list(self._connections):
+            if smtp.transport is not None:
+                smtp.transport.close()
+            task = getattr(smtp, "_handler_coroutine", None)
+            if task is not None and not task.done():
+                tasks.append(task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("mail: a server did not close within %.0f s", CLOSE_TIMEOUT)
+        self._servers.clear()
+        if self.queue is not None:
+            await self.queue.close()
+            self.queue = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    # -- control API ------------------------------------------------------------------------
+    def control_methods(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        return {"mail.queue": self._control_queue}
+
+    async def _control_queue(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.queue is None:
+            raise MeshError("the mail service is not running")
+        from .cli import delivery_json
+
+        return [delivery_json(d) for d in await self.queue.pending()]
+
+
+def create_service(node: Any, config: Mapping[str, Any], data_dir: Path) -> MailService:
+    """The ``meshsuite.services`` entry point."""
+    return MailService(node, MailConfig.from_mapping(config), data_dir)

@@ -1,0 +1,382 @@
+"""A small SMTP client for node-to-node delivery: a sans-IO core and a thin asyncio adapter.
+
+The core (:class:`ClientTransaction`) is fed the server's bytes (``receive_data``) and
+hands back the bytes to write (``data_to_send``); it runs one mail transaction:
+greeting, EHLO (HELO if EHLO is refused), ``MAIL FROM``, one ``RCPT TO`` per recipient,
+``DATA`` with dot-stuffing (RFC 5321 section 4.5.2), ``QUIT``. No pipelining: every
+command waits for its reply, which keeps the state machine one table.
+
+Buffers are bounded: a reply line longer than :data:`MAX_REPLY_LINE` or a reply of more
+than :data:`MAX_REPLY_LINES` lines is a remote protocol error, as is anything that is not
+``NNN[ -]text``. The outcome is per recipient: delivered, temporary failure (4xx, or the
+connection/protocol failed: retry later) or permanent failure (5xx: bounce).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "MAX_REPLY_LINE",
+    "MAX_REPLY_LINES",
+    "ClientTransaction",
+    "Outcome",
+    "RemoteProtocolError",
+    "Reply",
+    "ReplyParser",
+    "State",
+    "dot_stuff",
+    "run_transaction",
+]
+
+log = logging.getLogger(__name__)
+
+# RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets including CRLF.
+# Servers in the wild overrun it a little; allow 1000 before calling it an error.
+MAX_REPLY_LINE = 1000
+MAX_REPLY_LINES = 100  # an EHLO reply lists extensions; 100 is far above any real one
+_REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])([ -])(.*)$", re.S)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_LEADING_DOT = re.compile(rb"^\.", re.M)
+
+
+class RemoteProtocolError(Exception):
+    """The server sent something that is not SMTP (or overran a bound)."""
+
+
+class LocalProtocolError(Exception):
+    """This side misused the client (e.g. fed data after the transaction ended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One (possibly multi-line) server reply."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return " / ".join(line for line in self.lines if line) or "(no text)"
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+class ReplyParser:
+    """Turns bytes into :class:`Reply` objects; bounded."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._code: int | None = None
+        self._lines: list[str] = []
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buffer += data
+        replies: list[Reply] = []
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_REPLY_LINE:
+                    raise RemoteProtocolError(
+                        f"reply line longer than {MAX_REPLY_LINE} bytes without a newline"
+                    )
+                return replies
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[: end + 1]
+            if len(line) > MAX_REPLY_LINE:
+                raise RemoteProtocolError(f"reply line longer than {MAX_REPLY_LINE} bytes")
+            reply = self._line(line)
+            if reply is not None:
+                replies.append(reply)
+
+    def _line(self, line: bytes) -> Reply | None:
+        m = _REPLY_LINE.match(line)
+        if m is None:
+            if len(line) == 3 and line.isdigit() and line[:1] in b"2345":
+                m = _REPLY_LINE.match(line + b" ")  # "250" alone is a valid last line
+            if m is None:
+                raise RemoteProtocolError(f"not an SMTP reply line: {line[:80]!r}")
+        code = int(m.group(1))
+        if self._code is not None and code != self._code:
+            raise RemoteProtocolError(f"reply code changed mid-reply: {self._code} then {code}")
+        self._code = code
+        self._lines.append(m.group(3).decode("utf-8", "replace").strip())
+        if len(self._lines) > MAX_REPLY_LINES:
+            raise RemoteProtocolError(f"reply has more than {MAX_REPLY_LINES} lines")
+        if m.group(2) == b"-":
+            return None
+        reply = Reply(code, tuple(self._lines))
+        self._code, self._lines = None, []
+        return reply
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """The DATA payload for ``content``: CRLF line ends, leading dots doubled, ``.`` line."""
+    body = _BARE_LF.sub(b"\r\n", content)
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return _LEADING_DOT.sub(b"..", body) + b".\r\n"
+
+
+class State(enum.Enum):
+    GREETING = "greeting"
+    EHLO = "ehlo"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    BODY = "body"
+    QUIT = "quit"
+    DONE = "done"
+    ERROR = "error"
+
+
+@dataclass
+class Outcome:
+    """What happened to each recipient. ``error`` is set when the whole session failed."""
+
+    delivered: list[str] = field(default_factory=list)
+    temporary: dict[str, str] = field(default_factory=dict)
+    permanent: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+class ClientTransaction:
+    """One SMTP mail transaction, without I/O.
+
+    >>> txn = ClientTransaction("me.mesh", "a@mesh", ["b@mesh"], b"Subject: x\\r\\n\\r\\nhi\\r\\n")
+    >>> txn.receive_data(b"220 ready\\r\\n"); txn.data_to_send()
+    b'EHLO me.mesh\\r\\n'
+    """
+
+    def __init__(
+        self, helo_name: str, mail_from: str, recipients: list[str], content: bytes
+    ) -> None:
+        if not recipients:
+            raise LocalProtocolError("a transaction needs at least one recipient")
+        self.helo_name = helo_name
+        self.mail_from = mail_from
+        self.recipients = list(recipients)
+        self.content = content
+        self.state = State.GREETING
+        self.outcome = Outcome()
+        self.extensions: dict[str, str] = {}
+        self._parser = ReplyParser()
+        self._outgoing = bytearray()
+        self._rcpt_index = 0
+        self._accepted: list[str] = []
+        self._handlers = {
+            State.GREETING: self._on_greeting,
+            State.EHLO: self._on_ehlo,
+            State.HELO: self._on_helo,
+            State.MAIL: self._on_mail,
+            State.RCPT: self._on_rcpt,
+            State.DATA: self._on_data,
+            State.BODY: self._on_body,
+            State.QUIT: self._on_quit,
+        }
+
+    # -- public surface -------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.state in (State.DONE, State.ERROR)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the server. A remote error ends the transaction (state ERROR)."""
+        if self.done:
+            if data:
+                raise LocalProtocolError(f"data received in state {self.state.value}")
+            return
+        if not data:
+            if self.state is State.QUIT:  # every recipient is decided; 221 is a courtesy
+                self._set_state(State.DONE)
+            else:
+                self._fail("the server closed the connection")
+            return
+        try:
+            replies = self._parser.feed(data)
+        except RemoteProtocolError as exc:
+            self._fail(f"protocol error: {exc}")
+            return
+        for reply in replies:
+            if self.done:
+                break
+            self._handlers[self.state](reply)
+
+    def connection_failed(self, reason: str) -> None:
+        """The transport failed (timeout, reset); undecided recipients retry later."""
+        if self.state is State.QUIT:
+            self._set_state(State.DONE)
+        elif not self.done:
+            self._fail(reason)
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    # -- transitions ----------------------------------------------------------------------
+    def _send(self, line: str) -> None:
+        self._outgoing += line.encode("utf-8") + b"\r\n"
+
+    def _set_state(self, state: State) -> None:
+        log.debug("smtp client %s -> %s", self.state.value, state.value)
+        self.state = state
+
+    def _fail(self, reason: str) -> None:
+        """Session-level failure: every undecided recipient is a temporary failure."""
+        self.outcome.error = reason
+        for rcpt in self.recipients:
+            decided = (
+                rcpt in self.outcome.delivered
+                or rcpt in self.outcome.permanent
+                or rcpt in self.outcome.temporary
+            )
+            if not decided:
+                self.outcome.temporary[rcpt] = reason
+        self._set_state(State.ERROR)
+
+    def _reject_all(self, reply: Reply, what: str) -> None:
+        """A reply that ends the transaction for every recipient still undecided."""
+        bucket = self.outcome.temporary if reply.transient else self.outcome.permanent
+        for rcpt in self.recipients:
+            if rcpt not in self.outcome.delivered and rcpt not in self.outcome.permanent:
+                bucket[rcpt] = f"{what}: {reply}"
+        self._quit()
+
+    def _quit(self) -> None:
+        self._send("QUIT")
+        self._set_state(State.QUIT)
+
+    def _on_greeting(self, reply: Reply) -> None:
+        if reply.code != 220:
+            self._reject_all(reply, "greeting")
+            return
+        self._send(f"EHLO {self.helo_name}")
+        self._set_state(State.EHLO)
+
+    def _on_ehlo(self, reply: Reply) -> None:
+        if reply.code == 250:
+            for line in reply.lines[1:]:
+                name, _, value = line.partition(" ")
+                self.extensions[name.upper()] = value
+            self._mail()
+        elif reply.code in (500, 502):  # EHLO unknown: a plain RFC 821 server
+            self._send(f"HELO {self.helo_name}")
+            self._set_state(State.HELO)
+        else:
+            self._reject_all(reply, "EHLO")
+
+    def _on_helo(self, reply: Reply) -> None:
+        if reply.code == 250:
+            self._mail()
+        else:
+            self._reject_all(reply, "HELO")
+
+    def _mail(self) -> None:
+        size = len(self.content)
+        limit = self.extensions.get("SIZE", "")
+        if limit.isdigit() and int(limit) and size > int(limit):
+            reply = Reply(552, (f"message is {size} bytes, the server takes at most {limit}",))
+            self._reject_all(reply, "SIZE")
+            return
+        param = f" SIZE={size}" if "SIZE" in self.extensions else ""
+        self._send(f"MAIL FROM:<{self.mail_from}>{param}")
+        self._set_state(State.MAIL)
+
+    def _on_mail(self, reply: Reply) -> None:
+        if reply.code == 250:
+            self._next_rcpt()
+        else:
+            self._reject_all(reply, "MAIL FROM")
+
+    def _next_rcpt(self) -> None:
+        if self._rcpt_index < len(self.recipients):
+            self._send(f"RCPT TO:<{self.recipients[self._rcpt_index]}>")
+            self._set_state(State.RCPT)
+        elif self._accepted:
+            self._send("DATA")
+            self._set_state(State.DATA)
+        else:
+            self._quit()
+
+    def _on_rcpt(self, reply: Reply) -> None:
+        rcpt = self.recipients[self._rcpt_index]
+        self._rcpt_index += 1
+        if reply.code in (250, 251):
+            self._accepted.append(rcpt)
+        elif reply.transient:
+            self.outcome.temporary[rcpt] = f"RCPT TO: {reply}"
+        else:
+            self.outcome.permanent[rcpt] = f"RCPT TO: {reply}"
+        self._next_rcpt()
+
+    def _on_data(self, reply: Reply) -> None:
+        if reply.code == 354:
+            self._outgoing += dot_stuff(self.content)
+            self._set_state(State.BODY)
+        else:
+            self._reject_accepted(reply, "DATA")
+
+    def _on_body(self, reply: Reply) -> None:
+        if reply.code == 250:
+            self.outcome.delivered.extend(self._accepted)
+            self._quit()
+        else:
+            self._reject_accepted(reply, "end of DATA")
+
+    def _reject_accepted(self, reply: Reply, what: str) -> None:
+        bucket = self.outcome.temporary if reply.transient else self.outcome.permanent
+        for rcpt in self._accepted:
+            bucket[rcpt] = f"{what}: {reply}"
+        self._quit()
+
+    def _on_quit(self, reply: Reply) -> None:
+        self._set_state(State.DONE)
+
+
+async def run_transaction(
+    txn: ClientTransaction,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    timeout: float = 120.0,
+) -> Outcome:
+    """Drive ``txn`` over a stream pair until it is done; close the writer at the end.
+
+    ``timeout`` bounds every wait for the server (RFC 5321 section 4.5.3.2 suggests
+    minutes; the mesh is slower than a LAN but a silent peer must not hold a slot).
+    """
+    try:
+        while True:
+            out = txn.data_to_send()
+            if out:
+                writer.write(out)
+                await asyncio.wait_for(writer.drain(), timeout)
+            if txn.done:
+                break
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            txn.receive_data(data)
+    except TimeoutError:
+        txn.connection_failed(f"no reply within {timeout:g} s in state {txn.state.value}")
+    except (ConnectionError, OSError) as exc:
+        txn.connection_failed(f"connection failed in state {txn.state.value}: {exc}")
+    finally:
+        writer.close()
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            await asyncio.wait_for(writer.wait_closed(), 5.0)
+    return txn.outcome
