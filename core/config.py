@@ -29,6 +29,7 @@ __all__ = ["CONFIG_FILE_NAME", "DEFAULT_ADMIN_ENDPOINT", "NodeConfig", "load_con
 
 CONFIG_FILE_NAME = "mesh.toml"
 DEFAULT_ADMIN_ENDPOINT = "unix:///var/run/yggdrasil.sock"
+DEFAULT_MULTICAST = (".*",)
 BackendName = Literal["auto", "yggdrasil", "embedded"]
 _BACKENDS = ("auto", "yggdrasil", "embedded")
 
@@ -96,8 +97,10 @@ def load_config(data_dir: Path) -> NodeConfig:
         yggdrasil_binary=str(node.get("yggdrasil_binary", "yggdrasil")),
         listen=_str_list(node.get("listen", []), "node.listen"),
         peers=_str_list(node.get("peers", []), "node.peers"),
+        # LAN discovery is on unless the config says otherwise, as in yggdrasil's
+        # default config; `multicast_interfaces = []` (or `mesh up --no-multicast`) is off.
         multicast_interfaces=_str_list(
-            node.get("multicast_interfaces", []), "node.multicast_interfaces"
+            node.get("multicast_interfaces", list(DEFAULT_MULTICAST)), "node.multicast_interfaces"
         ),
         if_name=str(node.get("if_name", "auto")),
         services=MappingProxyType(services),

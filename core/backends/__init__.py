@@ -53,7 +53,7 @@ def _embedded(config: NodeConfig, identity: Identity | None) -> Backend:
         raise MeshError("the embedded node needs this node's own key (run `mesh init`)")
     if not _embedded_available():
         raise MeshError("the embedded backend is not built yet in this version")
-    from core.backends.embedded import EmbeddedBackend  # type: ignore[import-not-found,unused-ignore]
+    from core.backends.embedded import EmbeddedBackend
 
     backend: Backend = EmbeddedBackend(config, identity)
     return backend

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction[Any], plugins: list[ServicePlugin])
     up.add_argument(
         "--multicast", action="append", metavar="REGEX", help="LAN discovery interfaces (repeat)"
     )
+    up.add_argument(
+        "--no-multicast", action="store_true", help="no LAN discovery (beacons and listening)"
+    )
     up.add_argument("--if-name", help="TUN name for a managed daemon (default auto)")
     up.add_argument("--no-services", action="store_true", help="run only the node")
     up.add_argument("--socks", metavar="HOST:PORT", help="SOCKS5 proxy to the mesh (127.0.0.1)")
@@ -84,7 +87,9 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
         yggdrasil_binary=args.yggdrasil_binary,
         listen=tuple(args.listen) if args.listen else None,
         peers=tuple(args.peer) if args.peer else None,
-        multicast_interfaces=tuple(args.multicast) if args.multicast else None,
+        multicast_interfaces=()
+        if args.no_multicast
+        else (tuple(args.multicast) if args.multicast else None),
         if_name=args.if_name,
     )
 
