@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import stat
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from core.control.client import NodeNotRunning
@@ -23,6 +26,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     l_ = sub.add_parser("listen", help="accept one mesh TCP connection on PORT to stdin/stdout")
     l_.add_argument("port", type=int)
     l_.set_defaults(func=lambda a: asyncio.run(_stream(a, "listen", port=a.port)))
+
+
+async def _stdin_reader() -> Callable[[], Awaitable[bytes]]:
+    """Read stdin without blocking the loop: a pipe, socket or terminal through the
+    selector; a regular file or /dev/null (which epoll refuses) in a thread."""
+    loop = asyncio.get_running_loop()
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or sys.stdin.isatty():
+        stream = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), sys.stdin)
+        return lambda: stream.read(65536)
+    raw = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+
+    async def read() -> bytes:
+        return await loop.run_in_executor(None, raw.read, 65536) or b""
+
+    return read
 
 
 async def _stream(args: argparse.Namespace, method: str, **params: Any) -> int:
@@ -42,12 +62,10 @@ async def _stream(args: argparse.Namespace, method: str, **params: Any) -> int:
         cls = UsageError if err.get("code") == "bad_request" else MeshError
         raise cls(err.get("message", "failed"))
     print(f"mesh {method}: {reply['result']}", file=sys.stderr, flush=True)
-    loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    read_stdin = await _stdin_reader()
 
     async def up() -> None:
-        while data := await stdin.read(65536):
+        while data := await read_stdin():
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
