@@ -12,7 +12,7 @@ from typing import Any
 from core.backend import NodeEvent
 from core.config import NodeConfig
 from core.control.server import ControlServer
-from core.errors import UsageError
+from core.errors import MeshError, UsageError
 from core.forwarding import ForwardingConfig, ForwardingService
 from core.identity import Identity
 from core.node import Node
@@ -41,6 +41,7 @@ class NodeProcess:
         self.service_configs = service_configs
         self.node: Node | None = None
         self.services: dict[str, Service] = {}
+        self.failed: dict[str, str] = {}
         self.control: ControlServer | None = None
         self.ready = asyncio.Event()
         self._started = time.monotonic()
@@ -62,10 +63,16 @@ class NodeProcess:
         self.services["forwarding"] = forwarding
         forwarding.register_control(self.control)
         for plugin in self.plugins:
-            service = plugin.create(
-                node, self.service_configs.get(plugin.name, {}), node.config.data_dir
-            )
-            await service.start()
+            config = self.service_configs.get(plugin.name, {})
+            try:
+                service = plugin.create(node, config, node.config.data_dir)
+                await service.start()
+            except MeshError as exc:
+                # A service that cannot start (no mail password yet, a port in use) says
+                # why; the node and the other services keep running.
+                log.error("service %s not started: %s", plugin.name, exc)
+                self.failed[plugin.name] = str(exc)
+                continue
             self.services[plugin.name] = service
             methods = getattr(service, "control_methods", None)
             for name, handler in (methods() if methods else {}).items():
@@ -94,6 +101,8 @@ class NodeProcess:
             info["services"] = {
                 name: _endpoints(service) for name, service in self.services.items()
             }
+            for name, reason in self.failed.items():
+                info["services"][name] = {"not running": reason}
             return info
 
         async def peers(params: dict[str, Any]) -> list[dict[str, Any]]:
