@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -324,6 +324,9 @@ class SessionManager:
         self._buffers: OrderedDict[bytes, _Buffer] = OrderedDict()
         self._events: deque[Event] = deque()
         self.dropped_events = 0
+        # Why packets were not delivered: bad_packet, no_session, unknown_key_seq,
+        # replayed, undecryptable (the last two are upstream's silent drops / re-inits).
+        self.counters: Counter[str] = Counter()
 
     # -- events -------------------------------------------------------------
 
@@ -371,6 +374,7 @@ class SessionManager:
             elif kind == SessionType.TRAFFIC:
                 self._handle_traffic(source, data)
         except ValueError as exc:
+            self.counters["bad_packet"] += 1
             log.debug("dropped session packet type %d from %s: %s", kind, source.hex()[:16], exc)
 
     def expire(self) -> None:
@@ -488,6 +492,7 @@ class SessionManager:
             self._do_recv(info, data)
             return
         # Unknown sender (maybe spoofed or replayed): an init with keys we forget.
+        self.counters["no_session"] += 1
         current, _ = crypto.new_box_keys()
         nxt, _ = crypto.new_box_keys()
         self._send_init(ed, self._new_init(current, nxt, 0))
@@ -550,12 +555,15 @@ class SessionManager:
             window, shared, ratchet = info.next_recv_window, info.next_recv_shared, True
         else:
             # We can't make sense of it: send an init and hope for an ack.
+            self.counters["unknown_key_seq"] += 1
             self._resend_init(info)
             return
         if not window.acceptable(nonce):
+            self.counters["replayed"] += 1
             return
         opened = crypto.box_open(data[offset:], nonce, shared)
         if opened is None or len(opened) < crypto.BOX_PUB_SIZE:
+            self.counters["undecryptable"] += 1
             self._resend_init(info)  # keys out of sync (e.g. the peer restarted)
             return
         inner_key, message = opened[: crypto.BOX_PUB_SIZE], opened[crypto.BOX_PUB_SIZE :]
