@@ -173,6 +173,9 @@ class ReplyScanner:
                 if self._depth == 0:
                     return self._take(i + 1)
             i += 1
+        if self._start < 0:  # only whitespace so far: drop it
+            del buf[:i]
+            i = 0
         self._pos = i
         if self._start >= 0 and len(buf) - self._start > self._max:
             self._fail(f"reply exceeds {self._max} bytes without ending")

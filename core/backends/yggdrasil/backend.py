@@ -234,6 +234,11 @@ class YggdrasilBackend:
             if_name=cfg.if_name,
             key_path=cfg.data_dir / KEY_FILE_NAME,
         )
+        if await probe_daemon(str(self.admin), timeout=1.0):
+            raise MeshError(
+                f"a yggdrasil daemon already answers at {self.admin}: another `mesh up` "
+                f"uses the data dir {cfg.data_dir}; stop it first"
+            )
         self.daemon = ManagedDaemon(
             binary=cfg.yggdrasil_binary,
             data_dir=cfg.data_dir,

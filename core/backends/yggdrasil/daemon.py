@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 CAP_NET_ADMIN = 12
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
-TAIL_LINES = 30
+TAIL_LINES = 200
+SHOWN_LINES = 12
 STOP_GRACE = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -123,8 +124,8 @@ class ManagedDaemon:
                 "a managed daemon needs a TUN device but /dev/net/tun is missing; load the "
                 "tun module (modprobe tun) or, in a container, pass --device /dev/net/tun"
             )
-        if os.geteuid() == 0 or _binary_has_file_caps(binary):
-            return
+        if _binary_has_file_caps(binary):
+            return  # the daemon gains it on exec (setcap); it reports if that fails
         try:
             status = Path("/proc/self/status").read_text()
         except OSError:
@@ -246,14 +247,26 @@ class ManagedDaemon:
                 out.flush()
                 log.info("yggdrasil: %s", line)
 
+    def _useful_tail(self) -> list[str]:
+        """The last lines, without a Go panic's goroutine dump (the panic line stays)."""
+        lines = list(self._tail)
+        for i, line in enumerate(lines):
+            if line.startswith("goroutine ") and i and lines[i - 1] == "":
+                lines = lines[: i - 1]
+                break
+        return lines[-SHOWN_LINES:]
+
     def _failure(self, what: str) -> MeshError:
-        lines = "\n  ".join(self._tail) or "(no output)"
-        text = "\n".join(self._tail).lower()
+        tail = self._useful_tail()
+        lines = "\n  ".join(tail) or "(no output)"
+        text = "\n".join(tail).lower()
         hint = ""
         if "operation not permitted" in text or "permission denied" in text:
             hint = " It lacks a privilege: run as root or give it CAP_NET_ADMIN."
         elif "address already in use" in text:
             hint = " A Listen port or the admin socket is taken by another program."
+        elif "failed to create tun" in text:
+            hint = " It could not create its TUN interface: check if_name (at most 15 characters)."
         return MeshError(
             f"the yggdrasil daemon {what}.{hint} Its last output ({self.log_path}):\n  {lines}"
         )
