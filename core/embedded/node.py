@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import time
@@ -254,7 +255,9 @@ class EmbeddedYggdrasil:
         """
         if len(packet) > self.ipv6.mtu:
             header = v6.IPv6Header.parse(packet)
-            if self.ipv6.is_local(header.src) and self._ipv6_handler is not None:
+            if not self.ipv6.is_local(header.src):
+                self.ipv6.write(packet)  # raises the source error
+            if self._ipv6_handler is not None:
                 self._ipv6_handler(v6.build_packet_too_big(packet, self.ipv6.mtu))
             return
         self.ipv6.write(packet)
@@ -333,8 +336,6 @@ class EmbeddedYggdrasil:
             self.proto.cancel(kind, key, done)
 
     async def remote_nodeinfo(self, key: bytes, timeout: float = 6.0) -> Any:
-        import json
-
         return json.loads(await self.request_remote("nodeinfo", key, timeout))
 
     async def remote_peer_keys(self, key: bytes, timeout: float = 6.0) -> list[bytes]:

@@ -92,6 +92,9 @@ async def test_kernel_ping_from_daemon_namespace_gets_replies(setup: Setup) -> N
     assert "3 received" in out, out
     rtts = [float(m) for m in re.findall(r"time=([0-9.]+) ms", out)]
     assert len(rtts) == 3
+    # Bigger than the minimum MTU, still one session packet each way (no fragments).
+    big = await sh(*ns, "ping", "-6", "-c", "2", "-i", "0.3", "-s", "8000", "-W", "3", target)
+    assert "2 received" in big, big
     # The daemon's session is with our key, and it maps our address to it.
     sessions = (await setup.daemon.ctl("getSessions"))["sessions"]
     assert any(s["key"] == setup.node.public_key.hex() for s in sessions)

@@ -126,6 +126,9 @@ async def test_packet_too_big_both_ways(trio: tuple[MemoryHub, list[EmbeddedYggd
     assert ptb[40] == v6.ICMPV6_PACKET_TOO_BIG and int.from_bytes(ptb[44:48], "big") == 1500
     assert ptb[48:] == big[: v6.PTB_QUOTE]
     assert v6.icmpv6_checksum(header.src, header.dst, ptb[40:]) == 0
+    with pytest.raises(ValueError, match="source"):
+        a.send_ipv6(udp_packet(b.address.packed, b.address.packed, bytes(1600)))
+    assert not a_got
     # Incoming above b's MTU: b answers with a PTB to the sender, as readPC does.
     b.ipv6.set_mtu(1280)
     a.send_ipv6(udp_packet(a.address.packed, b.address.packed, bytes(1400)))
