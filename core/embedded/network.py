@@ -20,17 +20,27 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..address import partial_key_for_subnet, subnet_for_key
 from .config import NetworkConfig
 from .links import LinkConnection, PeerURI, make_tls_contexts, parse_peer_uri
 from .meta import Meta, encode_meta
 from .peers import PeerSession, PollResult, PortAllocator
 from .router import Router, RoutingEntry
 
-__all__ = ["PacketNetwork", "PeerEvent", "PeerInfo", "TreeInfo"]
+__all__ = ["PacketNetwork", "PeerEvent", "PeerInfo", "TreeInfo", "subnet_bloom_transform"]
 
 log = logging.getLogger(__name__)
 
 _TICK = 0.25
+
+
+def subnet_bloom_transform(key: bytes) -> bytes:
+    """yggdrasil-go's bloom transform: ``address.SubnetForKey(key).GetKey()``.
+
+    Pass it as ``bloom_transform`` to interoperate with real daemons: they look up
+    these partial keys, so a node filtering on full keys is never found.
+    """
+    return partial_key_for_subnet(subnet_for_key(key))
 
 
 @dataclass(frozen=True, slots=True)

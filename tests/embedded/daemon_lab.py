@@ -107,10 +107,23 @@ class Daemon:
         argv = [YGGDRASILCTL, "-json", "-endpoint", f"unix://{self.admin}", command]
         argv += [f"{k}={v}" for k, v in args.items()]
         out = subprocess.run(argv, capture_output=True, timeout=20)
-        if out.returncode != 0:
+        # yggdrasilctl exits 0 even on "Fatal error": judge by the output
+        try:
+            result: dict[str, Any] = json.loads(out.stdout)
+        except ValueError:
+            result = {}
+        if out.returncode != 0 or not isinstance(result, dict) or not result:
             raise RuntimeError(f"{command} failed: {out.stderr.decode()} {out.stdout.decode()}")
-        result: dict[str, Any] = json.loads(out.stdout)
         return result
+
+    def wait_admin(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RuntimeError):
+                self.ctl("getSelf")
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"admin socket {self.admin} never answered: {self.log()}")
 
 
 @contextlib.contextmanager
@@ -118,6 +131,7 @@ def running_daemon(workdir: Path, **kwargs: Any) -> Iterator[Daemon]:
     daemon = Daemon(workdir, **kwargs)
     try:
         daemon.start()
+        daemon.wait_admin()
         yield daemon
     finally:
         daemon.stop()

@@ -1,0 +1,252 @@
+"""PacketNetwork against real yggdrasil daemons on loopback (IfName none, no root needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.embedded import PacketNetwork
+from core.embedded.network import subnet_bloom_transform
+from tests.conftest import require
+
+from .daemon_lab import YGGDRASIL_04, YGGDRASILCTL, Daemon, free_port, have_daemon, running_daemon
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _need_daemon() -> None:
+    require(have_daemon(), "yggdrasil 0.5 daemon (Debian package yggdrasil) not installed")
+
+
+async def _eventually(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll ``check`` (run in a thread: it may call yggdrasilctl) until truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await asyncio.to_thread(check)
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def _daemon_peer_up(daemon: Daemon, key: bytes) -> bool:
+    peers = daemon.ctl("getPeers")["peers"]
+    return any(p.get("key") == key.hex() and p.get("up") for p in peers)
+
+
+def _daemon_tree_keys(daemon: Daemon) -> dict[str, str]:
+    return {e["key"]: e["parent"] for e in daemon.ctl("getTree")["tree"]}
+
+
+def _root_of(tree: dict[str, str], key: str) -> str:
+    seen: set[str] = set()
+    while key in tree and key not in seen:
+        seen.add(key)
+        if tree[key] == key:
+            return key
+        key = tree[key]
+    return ""
+
+
+async def _start_ctl(daemon: Daemon, *args: str) -> asyncio.subprocess.Process:
+    """A yggdrasilctl request left running in the background (killed by the caller)."""
+    return await asyncio.create_subprocess_exec(
+        YGGDRASILCTL,
+        "-json",
+        "-endpoint",
+        f"unix://{daemon.admin}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
+
+
+async def _daemon_lookup(daemon: Daemon, key: bytes, timeout: float = 20.0) -> Any:
+    """Make ``daemon`` look ``key`` up (via debug_remoteGetSelf) until getPaths lists it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ctl = await _start_ctl(daemon, "debug_remoteGetSelf", f"key={key.hex()}")
+        try:
+            for _ in range(10):
+                await asyncio.sleep(0.2)
+                paths = await asyncio.to_thread(daemon.ctl, "getPaths")
+                found = [p for p in paths["paths"] if p["key"] == key.hex()]
+                if found:
+                    return found
+        finally:
+            await _kill(ctl)
+    raise AssertionError(f"daemon never found a path to {key.hex()}")
+
+
+def _net() -> PacketNetwork:
+    return PacketNetwork(os.urandom(32), bloom_transform=subnet_bloom_transform)
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
+async def test_embedded_dials_daemon_tree_and_lookups(tmp_path: Path, scheme: str) -> None:
+    _need_daemon()
+    port = free_port()
+    received: list[tuple[bytes, bytes]] = []
+    net = _net()
+    net.set_handler(lambda src, data: received.append((src, data)))
+    with running_daemon(tmp_path / "d", listen=[f"{scheme}://127.0.0.1:{port}"]) as daemon:
+        await asyncio.to_thread(daemon.wait_listening, port)
+        await net.start()
+        try:
+            await net.add_peer(f"{scheme}://127.0.0.1:{port}")
+            await _eventually(lambda: _daemon_peer_up(daemon, net.public_key), "daemon sees us up")
+            [info] = [p for p in net.peers() if p.up]
+            assert info.key == daemon.public_key and not info.inbound
+            # the tree converges: both agree on the root, the lower of the two keys
+            root = min(net.public_key, daemon.public_key)
+            await _eventually(
+                lambda: _root_of(_daemon_tree_keys(daemon), net.public_key.hex()) == root.hex(),
+                "daemon's tree to contain us under the common root",
+            )
+            assert net.tree().root == root
+            # lookups follow bloom filters: wait until ours (with our key) went out
+            blooms = net.router.blooms
+            await _eventually(
+                lambda: blooms.is_on_tree(daemon.public_key)
+                and blooms.blooms[daemon.public_key].send.bits != 0,
+                "our bloom filter sent to the daemon",
+            )
+            # a daemon lookup for our key crosses the link and our notify comes back;
+            # the daemon only floods lookups to peers it already counts as on-tree, so
+            # ask again (a fresh request, a fresh lookup) until the path shows up
+            paths = await _daemon_lookup(daemon, net.public_key)
+            assert paths[0]["path"] == list(net.tree().coords)
+            # and its session traffic is routed to us and delivered
+            assert any(src == daemon.public_key for src, _ in received)
+            # our own lookup for the daemon gets its notify
+            net.send(daemon.public_key, b"\x00probe")
+            for _ in range(50):
+                if any(k == daemon.public_key for k, _ in net.tree().paths):
+                    break
+                await asyncio.sleep(0.1)
+            assert any(k == daemon.public_key for k, _ in net.tree().paths)
+        finally:
+            await net.close()
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
+async def test_daemon_dials_embedded(tmp_path: Path, scheme: str) -> None:
+    _need_daemon()
+    net = _net()
+    events: list[str] = []
+    net.subscribe_peer_events(lambda ev: events.append(ev.kind))
+    await net.start()
+    try:
+        uri = await net.listen(f"{scheme}://127.0.0.1:0")
+        with running_daemon(tmp_path / "d", peers=[uri]) as daemon:
+            await _eventually(lambda: _daemon_peer_up(daemon, net.public_key), "daemon sees us up")
+            [info] = [p for p in net.peers() if p.up]
+            assert info.inbound and info.key == daemon.public_key and info.port == 1
+            root = min(net.public_key, daemon.public_key)
+            await _eventually(
+                lambda: _root_of(_daemon_tree_keys(daemon), net.public_key.hex()) == root.hex(),
+                "tree convergence",
+            )
+        await _eventually(lambda: not [p for p in net.peers() if p.up], "link down after stop")
+        assert events[:2] == ["up", "down"]
+    finally:
+        await net.close()
+
+
+async def test_password_match_and_mismatch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _need_daemon()
+    port = free_port()
+    caplog.set_level(logging.WARNING, logger="core.embedded")
+    good, bad = _net(), _net()
+    listen = f"tcp://127.0.0.1:{port}?password=s3cret"
+    with running_daemon(tmp_path / "d", listen=[listen]) as daemon:
+        await asyncio.to_thread(daemon.wait_listening, port)
+        await good.start()
+        await bad.start()
+        try:
+            await good.add_peer(f"tcp://127.0.0.1:{port}?password=s3cret")
+            await bad.add_peer(f"tcp://127.0.0.1:{port}?password=wrong")
+            await _eventually(lambda: _daemon_peer_up(daemon, good.public_key), "good peer up")
+            await _eventually(
+                lambda: "password does not match" in caplog.text, "our refusal log line"
+            )
+            assert not _daemon_peer_up(daemon, bad.public_key)
+            assert not [p for p in bad.peers() if p.up]
+        finally:
+            await good.close()
+            await bad.close()
+
+
+async def test_two_daemons_reach_each_other_through_embedded(tmp_path: Path) -> None:
+    """daemon A -- embedded -- daemon C: A's remote getSelf of C is routed by us."""
+    _need_daemon()
+    net = _net()
+    await net.start()
+    try:
+        uri = await net.listen("tcp://127.0.0.1:0")
+        with (
+            running_daemon(tmp_path / "a", peers=[uri]) as a,
+            running_daemon(tmp_path / "c", peers=[uri]) as c,
+        ):
+            await _eventually(
+                lambda: len([p for p in net.peers() if p.up]) == 2, "both daemons peered"
+            )
+            # one tree: every node ends up under the lowest key (ironwood only tells a
+            # node its own and its peers' ancestries, so not everyone sees everyone)
+            root = min(net.public_key, a.public_key, c.public_key).hex()
+            for d in (a, c):
+                await _eventually(
+                    lambda d=d: _root_of(_daemon_tree_keys(d), d.public_key.hex()) == root,
+                    "daemons under the common root",
+                )
+            # end-to-end: A's encrypted session to C and its proto request cross our router
+            result = await _eventually(
+                lambda: _try_ctl(a, "debug_remoteGetSelf", key=c.public_key.hex()),
+                "debug_remoteGetSelf from A to C",
+                timeout=30,
+            )
+            assert c.public_key.hex() in str(result)
+            paths = {p["key"]: p["path"] for p in a.ctl("getPaths")["paths"]}
+            assert c.public_key.hex() in paths
+    finally:
+        await net.close()
+
+
+def _try_ctl(daemon: Daemon, command: str, **args: str) -> dict[str, Any] | None:
+    try:
+        return daemon.ctl(command, **args)
+    except RuntimeError:
+        return None
+
+
+async def test_yggdrasil_04_peer_is_refused_with_clear_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    require(os.access(YGGDRASIL_04, os.X_OK), f"yggdrasil 0.4.7 not unpacked at {YGGDRASIL_04}")
+    caplog.set_level(logging.WARNING, logger="core.embedded")
+    net = _net()
+    await net.start()
+    try:
+        uri = await net.listen("tcp://127.0.0.1:0")
+        with running_daemon(tmp_path / "old", peers=[uri], binary=YGGDRASIL_04):
+            await _eventually(lambda: "Yggdrasil 0.4 protocol" in caplog.text, "0.4 refusal")
+        assert not [p for p in net.peers() if p.up]
+        assert "upgrade the remote node to Yggdrasil 0.5" in caplog.text
+    finally:
+        await net.close()
