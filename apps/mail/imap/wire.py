@@ -56,7 +56,8 @@ def imap_list(items: Iterable[bytes]) -> bytes:
 
 
 def render_flags(flags: Iterable[str]) -> bytes:
-    return b"(" + " ".join(sorted(flags)).encode("ascii", "replace") + b")"
+    ordered = sorted(flags, key=lambda f: (not f.startswith("\\"), f))  # system flags first
+    return b"(" + " ".join(ordered).encode("ascii", "replace") + b")"
 
 
 def format_internal_date(when: datetime) -> bytes:
