@@ -1,0 +1,105 @@
+"""Figures for the e2 layers (not a test).
+
+Run: ``.venv/bin/python -m tests.embedded.bench_e2_sessions`` (as root for part 2).
+
+1. sans-IO sessions: encrypt + decrypt of 1280-byte payloads between two managers;
+2. with root and yggdrasil: ICMPv6 echo RTT between a real daemon's kernel (TUN, in a
+   namespace) and an EmbeddedYggdrasil, both directions, side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from core.address import address_for_key
+from core.embedded.node import EmbeddedYggdrasil
+from core.embedded.session import Deliver, SessionManager, Transmit
+from core.identity import Identity
+from tests.embedded.e2_daemon import have_netns, have_yggdrasil, poll, run_daemon
+from tests.embedded.e2_lab import sh, veth_lab
+
+
+def bench_sessions(count: int = 20000, size: int = 1280) -> None:
+    a_id, b_id = Identity.generate(), Identity.generate()
+    a = SessionManager(a_id.seed, clock=time.monotonic)
+    b = SessionManager(b_id.seed, clock=time.monotonic)
+
+    def pump() -> int:
+        delivered = 0
+        for _ in range(10):
+            moved = False
+            for src, dst, key in ((a, b, a_id.public_key), (b, a, b_id.public_key)):
+                for event in src.events():
+                    moved = True
+                    if isinstance(event, Transmit):
+                        dst.handle_data(key, event.data)
+                    elif isinstance(event, Deliver):
+                        delivered += 1
+            if not moved:
+                break
+        return delivered
+
+    a.write_to(b_id.public_key, b"x")
+    pump()
+    payload = bytes(size)
+    start = time.perf_counter()
+    for _ in range(count):
+        a.write_to(b_id.public_key, payload)
+        for event in a.events():
+            assert isinstance(event, Transmit)
+            b.handle_data(a_id.public_key, event.data)
+        b.events()
+    elapsed = time.perf_counter() - start
+    print(
+        f"sessions sans-IO: {count} x {size} B seal+open in {elapsed:.2f} s = "
+        f"{count / elapsed:,.0f} packets/s, {count * size * 8 / elapsed / 1e6:,.0f} Mbit/s"
+    )
+
+
+async def bench_ping() -> None:
+    if not (have_yggdrasil() and have_netns()):
+        print("ping: needs root and yggdrasil; skipped")
+        return
+    async with veth_lab(index=7) as lab:
+        d_id = Identity.generate()
+        with tempfile.TemporaryDirectory() as tmp:
+            async with run_daemon(
+                Path(tmp), d_id, listen=[f"tcp://[{lab.ns_addr}]:14799"],
+                ifname=f"e2t{lab.netns[4:]}"[:15], netns=lab.netns,
+            ) as _daemon:  # fmt: skip
+                node = EmbeddedYggdrasil(Identity.generate().seed)
+                async with node:
+                    await node.add_peer(f"tcp://[{lab.ns_addr}]:14799")
+                    d_addr = address_for_key(d_id.public_key)
+
+                    async def up() -> bool:
+                        return (await node.ping(d_addr, 1, 0.1, 1.0))[0] is not None
+
+                    await poll(up, 40, 0.2)
+                    ours = [r for r in await node.ping(d_addr, 50, 0.02, 2.0) if r]
+                    out = await sh("ip", "netns", "exec", lab.netns, "ping", "-6", "-c", "50",
+                                   "-i", "0.02", "-q", str(node.address))  # fmt: skip
+                    kernel_avg = re.search(r"= [0-9.]+/([0-9.]+)/", out)
+                    print(
+                        f"echo embedded -> daemon kernel: {len(ours)}/50 answered, median "
+                        f"{statistics.median(ours) * 1000:.2f} ms"
+                    )
+                    print(
+                        "echo daemon kernel -> embedded (ping -6 -c 50 -i 0.02): avg "
+                        f"{kernel_avg.group(1) if kernel_avg else '?'} ms; "
+                        + out.strip().splitlines()[-2]
+                    )
+
+
+def main() -> None:
+    bench_sessions()
+    asyncio.run(bench_ping())
+
+
+if __name__ == "__main__":
+    main()
