@@ -9,6 +9,7 @@ are deterministic). The daemon's bloom filter is compared with ours for its key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -91,9 +92,14 @@ async def test_daemon_bloom_filter_bytes_match_ours(tmp_path: Path) -> None:
     router = net.router
     original = router.handle_frame
 
+    expected = b""
+    seen = asyncio.Event()
+
     def tap(link: object, frame: bytes) -> None:
         if frame[0] == PacketType.BLOOM_FILTER:
             blooms.append(frame[1:])
+            if frame[1:] == expected:
+                seen.set()
         original(link, frame)  # type: ignore[arg-type]
 
     router.handle_frame = tap  # type: ignore[method-assign]
@@ -103,9 +109,8 @@ async def test_daemon_bloom_filter_bytes_match_ours(tmp_path: Path) -> None:
         await net.start()
         try:
             await net.add_peer(f"tcp://127.0.0.1:{port}")
-            deadline = time.monotonic() + 15
-            while expected not in blooms and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(seen.wait(), 15)
         finally:
             await net.close()
     assert expected in blooms, [b.hex()[:80] for b in blooms]

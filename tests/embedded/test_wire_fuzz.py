@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -74,10 +75,8 @@ def test_frame_decoder_only_raises_value_error(chunks: list[bytes]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(data=st.one_of(st.binary(max_size=300), st.binary(max_size=200).map(lambda b: b"meta" + b)))
 def test_meta_reader_only_raises_value_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ValueError):
         MetaReader(b"pw").feed(data)
-    except ValueError:
-        pass
 
 
 @settings(max_examples=100, deadline=None)
