@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import random
 import weakref
@@ -27,6 +26,7 @@ from core.backend import MeshServer
 from core.errors import MeshError
 
 from .config import MailConfig
+from .imap import ImapServer
 from .inbound import MeshInboundHandler, RateLimiter
 from .passwords import PasswordVerifier, load_password
 from .queue import OUTBOX_FILE_NAME, OutboxQueue
@@ -83,6 +83,7 @@ class MailService:
         self._servers: list[_Closable] = []
         self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._runner_task: asyncio.Task[None] | None = None
+        self._imap: ImapServer | None = None
 
     async def start(self) -> None:
         record = load_password(self.data_dir)  # no password, no mail service
@@ -145,15 +146,9 @@ class MailService:
         )
         self._servers.append(server)
         self.submission_port = server.sockets[0].getsockname()[1]
-        imap = importlib.import_module("apps.mail.imap")
-        start_imap: Callable[..., Awaitable[Any]] = imap.start_imap_server
-        imap_host, imap_port = self.config.imap
-        imap_server = await start_imap(
-            store, verifier, imap_host, imap_port, username=str(self.own)
-        )
-        self._servers.append(imap_server)
-        sockets = getattr(imap_server, "sockets", None)
-        self.imap_port = sockets[0].getsockname()[1] if sockets else imap_port
+        self._imap = ImapServer(store, verifier, username=str(self.own))
+        await self._imap.start(*self.config.imap)
+        self.imap_port = self._imap.port
         self._runner_task = loop.create_task(runner.run(), name="mail-queue-runner")
 
     def _smtp_factory(self, handler: Any, hostname: str, *, auth: bool) -> Callable[[], SMTP]:
@@ -182,6 +177,9 @@ class MailService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner_task
             self._runner_task = None
+        if self._imap is not None:
+            await self._imap.close()
+            self._imap = None
         for server in self._servers:
             server.close()
         tasks = []

@@ -291,7 +291,9 @@ class ClientTransaction:
         size = len(self.content)
         limit = self.extensions.get("SIZE", "")
         if limit.isdigit() and int(limit) and size > int(limit):
-            reply = Reply(552, (f"message is {size} bytes, the server takes at most {limit}",))
+            reply = Reply(
+                552, (f"5.3.4 message is {size} bytes; the server takes at most {limit}",)
+            )
             self._reject_all(reply, "SIZE")
             return
         param = f" SIZE={size}" if "SIZE" in self.extensions else ""

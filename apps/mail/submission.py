@@ -102,6 +102,7 @@ class SubmissionHandler:
             return AuthResult(success=False, handled=True)
         return AuthResult(
             success=False,
+            handled=False,
             message=(
                 f"535 5.7.8 login refused: the user is your mail address <{self.own}> and the "
                 "password is the one set with `mesh mail passwd`"
