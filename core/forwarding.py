@@ -45,8 +45,8 @@ class ForwardingConfig:
 
 def parse_hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:1080")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:1080 (port 0: any free)")
     host = host.strip("[]") or "127.0.0.1"
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise UsageError(f"{text!r}: local services listen on 127.0.0.1 only")
