@@ -121,8 +121,10 @@ async def test_embedded_dials_daemon_tree_and_lookups(tmp_path: Path, scheme: st
             # lookups follow bloom filters: wait until ours (with our key) went out
             blooms = net.router.blooms
             await _eventually(
-                lambda: blooms.is_on_tree(daemon.public_key)
-                and blooms.blooms[daemon.public_key].send.bits != 0,
+                lambda: (
+                    blooms.is_on_tree(daemon.public_key)
+                    and blooms.blooms[daemon.public_key].send.bits != 0
+                ),
                 "our bloom filter sent to the daemon",
             )
             # a daemon lookup for our key crosses the link and our notify comes back;

@@ -1,0 +1,149 @@
+"""Hostile peers are dropped; garbage never escapes as anything but ValueError."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.embedded import NetworkConfig, PacketNetwork
+from core.embedded.meta import MetaReader, encode_meta
+from core.embedded.peers import PeerSession
+from core.embedded.router import Router
+from core.embedded.wire import PacketType, SigRes, encode_frame, uvarint
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _connect(net_uri: str, meta: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = net_uri.removeprefix("tcp://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    writer.write(meta)
+    return reader, writer
+
+
+async def _closed_by_remote(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    async def drain() -> None:
+        while await reader.read(65536):
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.fixture
+async def listening() -> AsyncIterator[tuple[PacketNetwork, str]]:
+    net = PacketNetwork(os.urandom(32))
+    await net.start()
+    uri = await net.listen("tcp://127.0.0.1:0?password=pw")
+    yield net, uri
+    await net.close()
+
+
+def _forged_meta() -> bytes:
+    """A handshake claiming someone else's key (the signature is by another key)."""
+    real = encode_meta(os.urandom(32), password=b"pw")
+    other = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    return real[:22] + other + real[54:]
+
+
+@pytest.mark.parametrize(
+    ("meta", "log_text"),
+    [
+        (encode_meta(os.urandom(32), password=b"wrong"), "password does not match"),
+        (_forged_meta(), "signature invalid"),
+        (b"meta" + struct.pack(">H", 10) + bytes(10), "invalid handshake length"),
+        (b"GET / HTTP/1.0\r\n\r\n", "not Yggdrasil"),
+    ],
+    ids=["wrong-password", "forged-signature", "short", "not-yggdrasil"],
+)
+async def test_bad_handshakes_are_dropped(
+    listening: tuple[PacketNetwork, str],
+    caplog: pytest.LogCaptureFixture,
+    meta: bytes,
+    log_text: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="core.embedded")
+    net, uri = listening
+    reader, writer = await _connect(uri, meta)
+    try:
+        assert await _closed_by_remote(reader)
+    finally:
+        writer.close()
+    assert log_text in caplog.text
+    assert not [p for p in net.peers() if p.up]
+
+
+async def _established(uri: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    seed = os.urandom(32)
+    reader, writer = await _connect(uri, encode_meta(seed, password=b"pw"))
+    meta_reader = MetaReader(b"pw")
+    while meta_reader.feed(await reader.read(4096)) is None:
+        pass
+    return reader, writer, seed
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        encode_frame(PacketType.SIG_REQ, b"\x01"),  # truncated SigReq
+        uvarint(2) + b"\x7f\x00",  # unknown type
+        b"\x00",  # empty frame
+        uvarint(65535 * 2 + 1),  # oversize length prefix
+        encode_frame(PacketType.SIG_RES, bytes(SigRes(1, 2, 1, bytes(64)))),  # bad signature
+        encode_frame(PacketType.BLOOM_FILTER, b"\xff" * 32),  # both flags set
+    ],
+    ids=["truncated", "unknown-type", "empty", "oversize", "bad-sigres", "bad-bloom"],
+)
+async def test_malformed_frames_drop_the_link(
+    listening: tuple[PacketNetwork, str], frames: bytes
+) -> None:
+    net, uri = listening
+    reader, writer, _seed = await _established(uri)
+    try:
+        for _ in range(100):
+            if [p for p in net.peers() if p.up]:
+                break
+            await asyncio.sleep(0.02)
+        assert [p for p in net.peers() if p.up]
+        writer.write(frames)
+        assert await _closed_by_remote(reader)
+    finally:
+        writer.close()
+    assert not [p for p in net.peers() if p.up]
+
+
+async def test_silent_peer_times_out(listening: tuple[PacketNetwork, str]) -> None:
+    """We sent SigReq/announces; no reply within peer_timeout (3 s) drops the link."""
+    net, uri = listening
+    reader, writer, _seed = await _established(uri)
+    try:
+        assert await _closed_by_remote(reader, timeout=8)
+    finally:
+        writer.close()
+    assert not [p for p in net.peers() if p.up]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=600))
+def test_inbound_path_turns_garbage_into_value_error(data: bytes) -> None:
+    """Sans-IO: stream bytes -> frames -> router; nothing but ValueError may escape."""
+    config = NetworkConfig()
+    router = Router(bytes(32), config, clock=lambda: 100.0)
+    router.maintenance()
+    session = PeerSession(b"\x01" * 32, 1, 0, 0, config, 100.0)
+    router.add_peer(session)
+    with contextlib.suppress(ValueError):
+        for frame in session.receive_data(data, 100.0):
+            router.handle_frame(session, frame)
