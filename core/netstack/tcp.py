@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass
 
 from core.netstack.tcp_cc import NewReno, RtoEstimator
-from core.netstack.tcp_wire import ACK, FIN, PSH, RST, SYN, TcpOptions, TcpSegment
+from core.netstack.tcp_wire import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions, TcpSegment
 
 __all__ = [
     "TRANSITIONS",
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _M32 = 0xFFFFFFFF
 IPV6_DEFAULT_MSS = 1220  # RFC 8200 minimum MTU 1280 - 60, used when the peer sends none
 MIN_MSS = 64
+_MAX_DUPACKS_PER_FLUSH = 16
 
 
 def _signed(x: int) -> int:
@@ -257,6 +258,13 @@ class TcpConnection:
         self._rcv_scale = 0
         self._adv_edge = 0
         self._rcv_mss = 536
+        self._scale_ok = False
+        self._sack_ok = False
+        self._dupacks_owed = 0
+        self._last_ooo = 0
+        self._sacked: list[tuple[int, int]] = []  # sender scoreboard, merged, sorted
+        self._sacked_bytes = 0
+        self._rtx_next = 0
         # ACK generation
         self._ack_now = False
         self._unacked_bytes = 0
@@ -278,6 +286,8 @@ class TcpConnection:
         self._rtt_time = 0.0
         self._fast_rtx = False
         self._pending_rst: TcpSegment | None = None
+        self.timeouts = 0  # counters for logs, tests and benchmarks
+        self.fast_retransmits = 0
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -445,13 +455,19 @@ class TcpConnection:
     def _peer_options(self, opts: TcpOptions, *, offered_scale: bool) -> None:
         self._mss = max(MIN_MSS, min(opts.mss or IPV6_DEFAULT_MSS, self.config.mss))
         self._cc.set_mss(self._mss)
-        if offered_scale and opts.window_scale is not None:
+        self._sack_ok = opts.sack_permitted
+        self._cc.sack = self._sack_ok
+        self._scale_ok = offered_scale and opts.window_scale is not None
+        if self._scale_ok and opts.window_scale is not None:
             self._snd_scale = opts.window_scale
             self._rcv_scale = self._our_scale
         else:
             self._snd_scale = self._rcv_scale = 0
 
     def _segment(self, flags: int, seq: int, payload: bytes = b"") -> TcpSegment:
+        options = NO_OPTIONS
+        if self._ooo and self._sack_ok:
+            options = TcpOptions(sack_blocks=self._sack_blocks())
         return TcpSegment(
             self.local_port,
             self.remote_port,
@@ -460,7 +476,23 @@ class TcpConnection:
             flags,
             self._window_field(),
             payload,
+            options,
         )
+
+    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
+        """Up to 3 SACK blocks, the one holding the latest out-of-order segment first
+        (RFC 2018 section 4)."""
+        ranges: list[list[int]] = []
+        for s in sorted(self._ooo):
+            e = s + len(self._ooo[s])
+            if ranges and s <= ranges[-1][1]:
+                ranges[-1][1] = max(ranges[-1][1], e)
+            else:
+                ranges.append([s, e])
+        latest = self._last_ooo
+        ranges.sort(key=lambda r: (not r[0] <= latest < r[1], -r[0]))
+        irs = self._irs
+        return tuple(((irs + s) & _M32, (irs + e) & _M32) for s, e in ranges[:3])
 
     # ------------------------------------------------------------------ input
     def receive_segment(self, seg: TcpSegment, now: float) -> None:
@@ -568,12 +600,14 @@ class TcpConnection:
         if ack < self._snd_una:
             return True  # old duplicate ACK; the data may still be new
         wnd = seg.window << self._snd_scale
+        new_sack = self._sack_ok and self._update_scoreboard(seg.options.sack_blocks)
         is_dup = (
             ack == self._snd_una
-            and not seg.payload
-            and not seg.flags & (SYN | FIN)
-            and wnd == self._snd_wnd
             and self._snd_max > self._snd_una
+            and (
+                new_sack  # RFC 6675: an ACK with new SACK information counts, data or not
+                or (not seg.payload and not seg.flags & (SYN | FIN) and wnd == self._snd_wnd)
+            )
         )
         if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
             self._snd_wnd = wnd
@@ -583,10 +617,24 @@ class TcpConnection:
                 self._persist_at = None
         if ack > self._snd_una:
             self._new_ack(ack, now)
-        elif is_dup and self._cc.on_dupack(self._snd_max - self._snd_una, self._snd_max):
+        elif is_dup and self._cc.on_dupack(
+            self._snd_max - self._snd_una, self._snd_max, self._dupack_threshold()
+        ):
             self._fast_rtx = True
             self._rtt_seq = None
+            self._rtx_next = self._snd_una
         return self.state is not TcpState.CLOSED
+
+    def _dupack_threshold(self) -> int:
+        mss = self._mss
+        if self._sacked_bytes > 2 * mss:
+            return 1  # RFC 6675 IsLost: more than (DupThresh-1)*SMSS SACKed above una
+        flight = self._snd_max - self._snd_una
+        segments = -(-flight // mss)
+        unsent = self._sndbuf_seq + len(self._sndbuf) > self._snd_max
+        if segments < 4 and not unsent:
+            return max(1, segments - 1)  # RFC 5827 early retransmit
+        return 3
 
     def _new_ack(self, ack: int, now: float) -> None:
         acked = ack - self._snd_una
@@ -601,6 +649,8 @@ class TcpConnection:
         self._snd_una = ack
         if self._snd_nxt < ack:
             self._snd_nxt = ack
+        if self._sacked:
+            self._prune_scoreboard()
         if self._cc.on_ack(acked, ack, self._snd_max - ack):
             self._fast_rtx = True
         self._retries = 0
@@ -635,15 +685,22 @@ class TcpConnection:
             elif seq not in self._ooo and self._ooo_bytes + len(payload) <= self._rcv_space():
                 self._ooo[seq] = payload
                 self._ooo_bytes += len(payload)
-                self._ack_now = True  # out of order: duplicate ACK at once (RFC 5681 4.2)
+                self._last_ooo = seq
+                self._owe_dupack()
             else:
-                self._ack_now = True
+                self._owe_dupack()
         if self._rcv_fin_seq == self._rcv_nxt and not self._eof_received:
             self._eof_received = True
             self._rcv_nxt += 1
             self._ack_now = True
             self._events.append(EofReceived())
             self._fire(TcpEvent.FIN_IN)
+
+    def _owe_dupack(self) -> None:
+        """Out of order: one immediate duplicate ACK per segment (RFC 5681 4.2), so the
+        sender can count three of them and retransmit fast."""
+        self._ack_now = True
+        self._dupacks_owed = min(self._dupacks_owed + 1, _MAX_DUPACKS_PER_FLUSH)
 
     def _append_in_order(self, payload: bytes) -> None:
         self._rcvbuf += payload
@@ -682,14 +739,22 @@ class TcpConnection:
                 out.append(self._syn_segment(now))
             return out
         if state is not TcpState.TIME_WAIT and self._snd_una > 0:
-            if self._fast_rtx:
+            if self._cc.in_recovery and self._sacked:
                 self._fast_rtx = False
+                self._sack_recover(out, now)
+            elif self._fast_rtx:
+                self._fast_rtx = False
+                self.fast_retransmits += 1
                 self._retransmit_first(out)
             self._send_new(out, now)
             self._arm_persist(now)
         if self._probe_pending:
             self._probe_pending = False
             out.append(self._segment(ACK, self._snd_una - 1))
+        if self._dupacks_owed > 1:
+            dup = self._segment(ACK, self._snd_nxt)
+            out.extend([dup] * (self._dupacks_owed - 1))
+        self._dupacks_owed = 0
         if out and out[-1].flags & ACK:
             self._acked()
         elif self._ack_now or self._unacked_bytes >= 2 * self._rcv_mss:
@@ -706,9 +771,11 @@ class TcpConnection:
 
     def _syn_segment(self, now: float) -> TcpSegment:
         passive = self.state is TcpState.SYN_RECEIVED
-        offer_scale = not passive or self._rcv_scale or self._snd_scale
+        offer_scale = not passive or self._scale_ok
         opts = TcpOptions(
-            mss=self.config.mss, window_scale=self._our_scale if offer_scale else None
+            mss=self.config.mss,
+            window_scale=self._our_scale if offer_scale else None,
+            sack_permitted=not passive or self._sack_ok,
         )
         self._snd_nxt = 1
         self._snd_max = max(self._snd_max, 1)
@@ -743,7 +810,8 @@ class TcpConnection:
     def _send_new(self, out: list[TcpSegment], now: float) -> None:
         data_end = self._sndbuf_seq + len(self._sndbuf)
         fin_seq = self._fin_seq
-        wnd = min(self._cc.cwnd, self._snd_wnd)
+        sack_recovery = self._cc.in_recovery and bool(self._sacked)
+        cc_budget = self._cc.cwnd - (self._pipe() if sack_recovery else 0)
         while True:
             nxt = self._snd_nxt
             avail = data_end - nxt
@@ -752,7 +820,11 @@ class TcpConnection:
                     out.append(self._segment(FIN | ACK, nxt))
                     self._sent(nxt, 1, now)
                 break
-            n = min(self._mss, avail, wnd - (nxt - self._snd_una))
+            flight = nxt - self._snd_una
+            cc_room = (
+                cc_budget if sack_recovery else self._cc.cwnd + self._cc.limited_transmit - flight
+            )
+            n = min(self._mss, avail, cc_room, self._snd_wnd - flight)
             if n <= 0:
                 break
             if n < avail and n < self._mss and n < self._max_snd_wnd // 2:
@@ -763,6 +835,77 @@ class TcpConnection:
             off = nxt - self._sndbuf_seq
             out.append(self._segment(flags, nxt, bytes(self._sndbuf[off : off + n])))
             self._sent(nxt, n + (1 if flags & FIN else 0), now)
+            cc_budget -= n
+
+    # ------------------------------------------------------------------ SACK (RFC 6675)
+    def _update_scoreboard(self, blocks: tuple[tuple[int, int], ...]) -> bool:
+        """Merge the peer's SACK blocks; True if they told us something new."""
+        if not blocks:
+            return False
+        una, grew = self._snd_una, False
+        for wl, wr in blocks:
+            left = una + _signed((wl - self._iss - una) & _M32)
+            right = una + _signed((wr - self._iss - una) & _M32)
+            if not una < left < right <= self._snd_max:
+                continue  # D-SACK, stale or bogus: ignore
+            merged: list[tuple[int, int]] = []
+            for s, e in self._sacked:
+                if e < left or s > right:
+                    merged.append((s, e))
+                else:
+                    left, right = min(s, left), max(e, right)
+            merged.append((left, right))
+            merged.sort()
+            total = sum(e - s for s, e in merged)
+            if total != self._sacked_bytes:
+                grew = True
+            self._sacked, self._sacked_bytes = merged, total
+        return grew
+
+    def _prune_scoreboard(self) -> None:
+        una = self._snd_una
+        kept = [(max(s, una), e) for s, e in self._sacked if e > una]
+        self._sacked = kept
+        self._sacked_bytes = sum(e - s for s, e in kept)
+        if self._rtx_next < una:
+            self._rtx_next = una
+
+    def _holes(self, start: int) -> list[tuple[int, int]]:
+        """Un-SACKed ranges from ``start`` up to the highest SACKed byte."""
+        holes, pos = [], max(start, self._snd_una)
+        for s, e in self._sacked:
+            if s > pos:
+                holes.append((pos, s))
+            pos = max(pos, e)
+        return holes
+
+    def _pipe(self) -> int:
+        """RFC 6675 'pipe': bytes still in the network. SACKed bytes have left it and
+        holes not yet retransmitted are deemed lost."""
+        lost = sum(e - s for s, e in self._holes(self._rtx_next))
+        return (self._snd_max - self._snd_una) - self._sacked_bytes - lost
+
+    def _sack_recover(self, out: list[TcpSegment], now: float) -> None:
+        pipe = self._pipe()
+        data_end = self._sndbuf_seq + len(self._sndbuf)
+        for start, end in self._holes(self._rtx_next):
+            while start < end and pipe < self._cc.cwnd:
+                n = min(self._mss, end - start, data_end - start)
+                if n <= 0:
+                    return
+                flags = ACK
+                if self._fin_seq is not None and start + n == self._fin_seq:
+                    flags |= FIN
+                off = start - self._sndbuf_seq
+                out.append(self._segment(flags, start, bytes(self._sndbuf[off : off + n])))
+                self.fast_retransmits += 1
+                start += n
+                self._rtx_next = start
+                pipe += n
+            if pipe >= self._cc.cwnd:
+                return
+        if self._rtx_at is None:
+            self._rtx_at = now + self._rto.rto
 
     def _sent(self, seq: int, length: int, now: float) -> None:
         end = seq + length
@@ -843,6 +986,7 @@ class TcpConnection:
                 self._pending_rst = self._segment(RST, self._snd_nxt)
             self._fail(TcpEvent.GIVE_UP, errno.ETIMEDOUT, "connection timed out")
             return
+        self.timeouts += 1
         self._rto.back_off()
         self._rtt_seq = None  # Karn: never time a retransmission
         if syn_state:
@@ -850,6 +994,8 @@ class TcpConnection:
             return
         self._cc.on_timeout(self._snd_max - self._snd_una)
         self._fast_rtx = False
+        self._sacked.clear()  # RFC 6675 section 5.1: the receiver may have reneged
+        self._sacked_bytes = 0
         self._snd_nxt = self._snd_una  # go back N
         self._rtx_at = now + self._rto.rto
 

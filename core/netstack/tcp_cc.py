@@ -1,4 +1,5 @@
-"""Retransmission timer (RFC 6298) and NewReno congestion control (RFC 5681, RFC 6582).
+"""Retransmission timer (RFC 6298) and NewReno congestion control (RFC 5681, RFC 6582),
+with the SACK-based recovery variant of RFC 6675 when both ends negotiated SACK.
 
 Both are plain objects with no clock of their own: the connection passes times and
 byte counts in.  Kept apart from :mod:`core.netstack.tcp` so the state machine stays
@@ -70,6 +71,9 @@ class NewReno:
         self.in_recovery = False
         self.recover = 0  # highest sequence sent when recovery started
         self._ca_acc = 0
+        # With SACK (RFC 6675) the scoreboard drives retransmission: no window
+        # inflation/deflation, cwnd = ssthresh during recovery.
+        self.sack = False
 
     def set_mss(self, mss: int) -> None:
         self.mss = mss
@@ -84,6 +88,8 @@ class NewReno:
                 self.in_recovery = False
                 self.cwnd = max(min(self.ssthresh, flight_after + self.mss), 2 * self.mss)
                 return False
+            if self.sack:
+                return False
             # partial ack: deflate by the amount acked, add back one MSS (3.2.5)
             self.cwnd = max(self.cwnd - acked + self.mss, self.mss)
             return True
@@ -96,19 +102,27 @@ class NewReno:
                 self.cwnd += self.mss
         return False
 
-    def on_dupack(self, flight: int, snd_max: int) -> bool:
-        """A duplicate ACK. Returns True when fast retransmit should fire now."""
+    def on_dupack(self, flight: int, snd_max: int, threshold: int = DUPACK_THRESHOLD) -> bool:
+        """A duplicate ACK. Returns True when fast retransmit should fire now.
+        ``threshold`` may be lowered by the caller (RFC 5827 early retransmit, RFC 6675
+        IsLost on SACKed bytes)."""
         if self.in_recovery:
-            self.cwnd += self.mss  # window inflation
+            if not self.sack:
+                self.cwnd += self.mss  # window inflation
             return False
         self.dupacks += 1
-        if self.dupacks != self.DUPACK_THRESHOLD:
+        if self.dupacks < threshold:
             return False
         self.ssthresh = max(flight // 2, 2 * self.mss)
-        self.cwnd = self.ssthresh + 3 * self.mss
+        self.cwnd = self.ssthresh if self.sack else self.ssthresh + 3 * self.mss
         self.in_recovery = True
         self.recover = snd_max
         return True
+
+    @property
+    def limited_transmit(self) -> int:
+        """Extra bytes allowed out on the first two duplicate ACKs (RFC 3042)."""
+        return 0 if self.in_recovery else min(self.dupacks, 2) * self.mss
 
     def on_timeout(self, flight: int) -> None:
         """RTO expired (RFC 5681 section 3.1 equation 4; loss window of one MSS)."""

@@ -1,6 +1,6 @@
 """TCP segment codec (RFC 9293 section 3.1) with options: MSS (kind 2), window scale
-(kind 3, RFC 7323), SACK-permitted (kind 4, RFC 2018; parsed, SACK blocks ignored) and
-timestamps (kind 8, RFC 7323; parsed and encodable).
+(kind 3, RFC 7323), SACK-permitted and SACK blocks (kinds 4 and 5, RFC 2018) and
+timestamps (kind 8, RFC 7323; parsed and encodable, not used by the connection).
 
 The checksum covers the IPv6 pseudo-header, so encoding and verification take the
 16-byte source and destination addresses.
@@ -48,12 +48,14 @@ class TcpOptions:
     window_scale: int | None = None
     sack_permitted: bool = False
     timestamps: tuple[int, int] | None = None
+    sack_blocks: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> TcpOptions:
         mss = wscale = None
         sack_ok = False
         ts: tuple[int, int] | None = None
+        blocks: tuple[tuple[int, int], ...] = ()
         i, n = 0, len(data)
         while i < n:
             kind = data[i]
@@ -84,8 +86,21 @@ class TcpOptions:
                 if length != 10:
                     raise ValueError(f"TCP timestamps option must be 10 bytes, got {length}")
                 ts = (int.from_bytes(body[:4], "big"), int.from_bytes(body[4:], "big"))
+            elif kind == _OPT_SACK:
+                if (length - 2) % 8 or length == 2:
+                    raise ValueError(f"TCP SACK option length {length} is not 2 + 8*n")
+                raw = bytes(body)
+                blocks = tuple(
+                    (
+                        int.from_bytes(raw[j : j + 4], "big"),
+                        int.from_bytes(raw[j + 4 : j + 8], "big"),
+                    )
+                    for j in range(0, len(raw), 8)
+                )
             i += length
-        return cls(mss=mss, window_scale=wscale, sack_permitted=sack_ok, timestamps=ts)
+        return cls(
+            mss=mss, window_scale=wscale, sack_permitted=sack_ok, timestamps=ts, sack_blocks=blocks
+        )
 
     def __bytes__(self) -> bytes:
         out = bytearray()
@@ -97,6 +112,11 @@ class TcpOptions:
             out += struct.pack("!BBBB", _OPT_NOP, _OPT_NOP, _OPT_SACK_OK, 2)
         if self.timestamps is not None:
             out += struct.pack("!BBBBII", _OPT_NOP, _OPT_NOP, _OPT_TS, 10, *self.timestamps)
+        if self.sack_blocks:
+            blocks = self.sack_blocks[:4]
+            out += struct.pack("!BBBB", _OPT_NOP, _OPT_NOP, _OPT_SACK, 2 + 8 * len(blocks))
+            for left, right in blocks:
+                out += struct.pack("!II", left, right)
         return bytes(out)
 
 
