@@ -69,15 +69,19 @@ class ImapServer:
             await writer.drain()
 
         session = ImapSession(self.store, self.authenticator, self.username, write)
+        # This handler owns the notifier task: it cancels and awaits it before returning.
+        notifier = asyncio.create_task(_notify_loop(session), name=f"imap-notify {peer}")
         try:
             await write(session.greeting())
-            async with asyncio.TaskGroup() as group:
-                notifier = group.create_task(_notify_loop(session))
-                await _read_loop(reader, session)
-                notifier.cancel()
+            await _read_loop(reader, session)
         except (ConnectionError, TimeoutError) as exc:
             log.debug("IMAP connection %s ended: %s", peer, exc)
+        except Exception:  # one broken session must not take the listener down
+            log.exception("IMAP session %s failed; connection closed", peer)
         finally:
+            notifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await notifier
             session.detach()
             self._connections.pop(task, None)
             writer.close()
@@ -95,10 +99,16 @@ async def _read_loop(reader: asyncio.StreamReader, session: ImapSession) -> None
 
 
 async def _notify_loop(session: ImapSession) -> None:
-    while True:
-        await session.wakeup.wait()
-        session.wakeup.clear()
-        await session.on_wakeup()
+    """Push mailbox changes to an idling client as the store reports them."""
+    try:
+        while True:
+            await session.wakeup.wait()
+            session.wakeup.clear()
+            await session.on_wakeup()
+    except ConnectionError:
+        return  # the read loop sees the closed connection too
+    except Exception:
+        log.exception("IMAP IDLE update failed")
 
 
 async def start_imap_server(
