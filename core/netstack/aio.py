@@ -21,7 +21,7 @@ import errno
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.netstack.tcp import (
     Connected,
@@ -55,6 +55,8 @@ ClientConnectedCallback = Callable[
 _READ_CHUNK = 256 * 1024  # like asyncio's selector transports' max read size
 _DEFAULT_HIGH = 64 * 1024
 _Addr4 = tuple[str, int, int, int]
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+_DP = TypeVar("_DP", bound=asyncio.DatagramProtocol)
 
 
 def _addr4(addr: bytes, port: int) -> _Addr4:
@@ -478,12 +480,12 @@ class DatagramTransport(asyncio.DatagramTransport):
 # ---------------------------------------------------------------------- entry points
 async def create_connection(
     stack: NetStack,
-    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    protocol_factory: Callable[[], _P],
     host: AddressArg,
     port: int,
     *,
     local_address: AddressArg | None = None,
-) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+) -> tuple[TcpTransport, _P]:
     """Like ``loop.create_connection``: resolves once the handshake completed."""
     waiter: asyncio.Future[None] = stack.loop.create_future()
     transport = TcpTransport(stack, protocol_factory, waiter=waiter)
@@ -494,7 +496,8 @@ async def create_connection(
     except asyncio.CancelledError:
         transport.abort()
         raise
-    return transport, transport.get_protocol()
+    protocol = transport.get_protocol()
+    return transport, protocol  # type: ignore[return-value]  # made by protocol_factory
 
 
 async def create_server(
@@ -514,10 +517,10 @@ async def create_server(
 
 async def create_datagram_endpoint(
     stack: NetStack,
-    protocol_factory: Callable[[], asyncio.DatagramProtocol],
+    protocol_factory: Callable[[], _DP],
     local_addr: tuple[AddressArg | None, int] | None = None,
     remote_addr: tuple[AddressArg, int] | None = None,
-) -> tuple[DatagramTransport, asyncio.DatagramProtocol]:
+) -> tuple[DatagramTransport, _DP]:
     """Like ``loop.create_datagram_endpoint`` (IPv6 literals only)."""
     host, port = local_addr if local_addr is not None else (None, 0)
     hbytes = None if host is None else _host_bytes(host)

@@ -21,7 +21,7 @@ import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from core.netstack import aio
 from core.netstack.icmpv6 import (
@@ -63,6 +63,8 @@ DEFAULT_MTU = 65535  # Yggdrasil's default interface MTU
 EPHEMERAL_PORTS = range(49152, 65536)  # RFC 6335 section 6
 AddressArg = ipaddress.IPv6Address | str | bytes
 ExtraInfoHook = Callable[[ipaddress.IPv6Address], dict[str, Any]]
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+_DP = TypeVar("_DP", bound=asyncio.DatagramProtocol)
 
 
 def _addr_bytes(addr: AddressArg) -> bytes:
@@ -497,12 +499,12 @@ class NetStack:
     # ------------------------------------------------------------------ asyncio surface
     def create_connection(
         self,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        protocol_factory: Callable[[], _P],
         host: AddressArg,
         port: int,
         *,
         local_address: AddressArg | None = None,
-    ) -> Awaitable[tuple[asyncio.Transport, asyncio.BaseProtocol]]:
+    ) -> Awaitable[tuple[aio.TcpTransport, _P]]:
         return aio.create_connection(
             self, protocol_factory, host, port, local_address=local_address
         )
@@ -519,10 +521,10 @@ class NetStack:
 
     def create_datagram_endpoint(
         self,
-        protocol_factory: Callable[[], asyncio.DatagramProtocol],
+        protocol_factory: Callable[[], _DP],
         local_addr: tuple[AddressArg | None, int] | None = None,
         remote_addr: tuple[AddressArg, int] | None = None,
-    ) -> Awaitable[tuple[aio.DatagramTransport, asyncio.DatagramProtocol]]:
+    ) -> Awaitable[tuple[aio.DatagramTransport, _DP]]:
         return aio.create_datagram_endpoint(self, protocol_factory, local_addr, remote_addr)
 
     def open_connection(

@@ -32,6 +32,7 @@ FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x4
 _FLAG_NAMES = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."), (URG, "U"))
 _HEADER = struct.Struct("!HHIIBBHHH")
 MIN_HEADER_LEN = 20
+MAX_OPTIONS_LEN = 40
 MAX_WINDOW_SCALE = 14  # RFC 7323 section 2.3
 
 _OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_WS, _OPT_SACK_OK, _OPT_SACK, _OPT_TS = 0, 1, 2, 3, 4, 5, 8
@@ -177,6 +178,8 @@ class TcpSegment:
         opts = bytes(self.options) if self.options is not NO_OPTIONS else b""
         if len(opts) % 4:
             opts += b"\x00" * (4 - len(opts) % 4)
+        if len(opts) > MAX_OPTIONS_LEN:
+            raise ValueError(f"TCP options take {len(opts)} bytes; the header allows 40")
         hlen = MIN_HEADER_LEN + len(opts)
         return (
             _HEADER.pack(

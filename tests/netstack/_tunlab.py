@@ -38,13 +38,14 @@ def lab_available() -> tuple[bool, str]:
 class TunLab:
     namespace: str
     tun: TunDevice
+    mtu: int
 
     def netns_cmd(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.namespace, *args]
 
 
 @contextlib.contextmanager
-def tun_lab(tag: str) -> Iterator[TunLab]:
+def tun_lab(tag: str, mtu: int = 65535) -> Iterator[TunLab]:
     ok, reason = lab_available()
     require(ok, reason)
     ns = f"ns-{tag}-{os.getpid() % 100000}"
@@ -56,9 +57,9 @@ def tun_lab(tag: str) -> Iterator[TunLab]:
         created = True
         _ip("link", "set", tun.name, "netns", ns)
         _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", ns, "link", "set", tun.name, "mtu", "65535", "up")
+        _ip("-n", ns, "link", "set", tun.name, "mtu", str(mtu), "up")
         _ip("-n", ns, "addr", "add", f"{KERNEL_ADDR}/64", "dev", tun.name, "nodad")
-        yield TunLab(ns, tun)
+        yield TunLab(ns, tun, mtu)
     finally:
         tun.close()
         if created:
