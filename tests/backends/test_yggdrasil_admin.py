@@ -252,7 +252,7 @@ async def test_a_silent_endpoint_times_out(fake_admin) -> None:  # type: ignore[
         await reader.read()
 
     client = AdminClient(await fake_admin(silent), timeout=0.3)
-    with pytest.raises(DaemonUnreachableError, match="no answer within 0.3 s"):
+    with pytest.raises(DaemonUnreachableError, match=r"no answer within 0\.3 s"):
         await client.get_self()
     await client.close()
 
@@ -300,6 +300,10 @@ def daemon(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], list[
         proc.wait()
 
 
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def _until_up(endpoint: str) -> None:
     for _ in range(200):
         if await probe_daemon(endpoint):
@@ -325,7 +329,7 @@ async def test_real_daemon_keepalive_vanish_and_return(daemon) -> None:  # type:
         proc.wait()
         with pytest.raises(DaemonUnreachableError, match="no yggdrasil daemon is listening"):
             await client.get_self()
-        restarted = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        restarted = _spawn(cmd)
         await _until_up(endpoint)
         assert (await client.get_self()).key == first.key  # reconnected on its own
     finally:

@@ -22,6 +22,7 @@ from tests.lab.fixtures import LINK_PORT, echo_handler, open_node, require_lab
 from tests.lab.lab import YGG_04, YGG_05, Host, Lab
 
 PORT = 4200
+SETPRIV_NO_NET_ADMIN = ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ async def test_managed_pair_uses_our_keys_and_carries_traffic(lab: Lab, tmp_path
 
 async def test_managed_0_4_7_pair(lab: Lab, tmp_path: Path) -> None:
     require_lab(YGG_04)
-    na, nb, ida, idb = await _pair(lab, tmp_path, YGG_04)
+    na, nb, ida, _idb = await _pair(lab, tmp_path, YGG_04)
     async with na, nb:
         cfg = json.loads((tmp_path / "a" / "yggdrasil" / "yggdrasil.conf").read_text())
         assert cfg["PublicKey"] == ida.public_key.hex()  # 0.4 keeps both halves
@@ -118,7 +119,7 @@ async def test_a_second_node_on_the_same_data_dir_is_refused(lab: Lab, tmp_path:
     a = lab.hosts["a"]
     ident = Identity.generate()
     async with await open_node(a, ident, **managed(a, tmp_path)):
-        with pytest.raises(MeshError, match="already answers .* another `mesh up`"):
+        with pytest.raises(MeshError, match=r"already answers .* another `mesh up`"):
             await open_node(a, ident, **managed(a, tmp_path))
 
 
@@ -164,8 +165,7 @@ def test_without_cap_net_admin_the_error_names_the_privilege(tmp_path: Path) -> 
         "    print(exc); sys.exit(3)\n"
     )
     proc = subprocess.run(
-        ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"]
-        + [sys.executable, "-c", script, str(tmp_path), YGG_05],
+        [*SETPRIV_NO_NET_ADMIN, sys.executable, "-c", script, str(tmp_path), YGG_05],
         capture_output=True,
         text=True,
         timeout=60,

@@ -91,6 +91,7 @@ class _Server:
         self._port = port
         self._backlog = backlog
         self._server: asyncio.Server | None = None
+        self._ifindex: int | None = None  # the TUN the socket is bound to
         self._closed = False
 
     @property
@@ -108,16 +109,19 @@ class _Server:
                 f"cannot listen on [{self._backend.address}]:{self._port}: {exc.strerror}"
             ) from None
         self._port = sock.getsockname()[1]
+        self._ifindex = self._backend._tun.ifindex if self._backend._tun else None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._factory, sock=sock, backlog=self._backlog)
 
-    async def rebind(self) -> None:
-        if self._closed:
+    async def rebind(self, ifindex: int) -> None:
+        """Listen again if the TUN the socket is bound to is not ``ifindex`` any more."""
+        if self._closed or ifindex == self._ifindex:
             return
         old, self._server = self._server, None
         if old is not None:
             old.close()
             await old.wait_closed()
+        log.info("rebinding port %d to the new TUN (index %d)", self._port, ifindex)
         try:
             await self.bind()
         except MeshError as exc:
@@ -337,12 +341,9 @@ class YggdrasilBackend:
             tun = self.netns.find(info.address)
             if tun is None:
                 return
-            changed = self._tun is None or tun.ifindex != self._tun.ifindex
             self._tun = tun
-            if changed:
-                log.info("TUN is now %s (index %d); rebinding services", tun.ifname, tun.ifindex)
-                for server in list(self._servers):
-                    await server.rebind()
+            for server in list(self._servers):
+                await server.rebind(tun.ifindex)
 
     # -- sockets -----------------------------------------------------------------------
     def _socket(self, kind: int, proto: int = 0) -> socket.socket:
