@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from core.backend import (
@@ -32,7 +33,9 @@ from core.errors import MeshError, UsageError
 from core.identity import Identity
 from core.netstack.stack import NetStack
 
-__all__ = ["EmbeddedBackend"]
+__all__ = ["EmbeddedBackend", "PacketHook"]
+
+PacketHook = Callable[[bytes, Callable[[bytes], None]], None]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class EmbeddedBackend:
         self._events: EventSink | None = None
         self._listening: list[str] = []
         self._started = time.monotonic()
+        self._hooks: tuple[PacketHook | None, PacketHook | None] = (None, None)
 
     @property
     def public_key(self) -> bytes:
@@ -93,11 +97,11 @@ class EmbeddedBackend:
         await self.ygg.start()
         self._stack = NetStack(
             [self.ygg.address],
-            self.ygg.send_ipv6,
+            self._packet_out,
             mtu=self.ygg.mtu,
             extra_info=self._extra_info,
         )
-        self.ygg.set_ipv6_handler(self._stack.receive_packet)
+        self.ygg.set_ipv6_handler(self._packet_in)
         self._unsubscribe = self.ygg.subscribe_peer_events(self._on_peer_event)
         try:
             for uri in self._config.listen:
@@ -128,6 +132,27 @@ class EmbeddedBackend:
         if self._stack is not None:
             self._stack.close()
         await self.ygg.close()
+
+    # -- the packet seam between the Yggdrasil node and the TCP/UDP stack ---------------
+    def set_packet_hooks(self, outgoing: PacketHook | None, incoming: PacketHook | None) -> None:
+        """Test hook: every IPv6 packet between the stack and the mesh goes through
+        ``hook(packet, forward)``, which may drop, delay, duplicate or reorder it by
+        calling ``forward`` zero or more times, now or later. ``None`` removes a hook."""
+        self._hooks = (outgoing, incoming)
+
+    def _packet_out(self, packet: bytes) -> None:
+        hook = self._hooks[0]
+        if hook is None:
+            self.ygg.send_ipv6(packet)
+        else:
+            hook(packet, self.ygg.send_ipv6)
+
+    def _packet_in(self, packet: bytes) -> None:
+        hook = self._hooks[1]
+        if hook is None:
+            self.stack.receive_packet(packet)
+        else:
+            hook(packet, self.stack.receive_packet)
 
     def _extra_info(self, peer: Any) -> dict[str, Any]:
         return {"peer_key": self.ygg.key_for_address(peer)}
