@@ -110,6 +110,12 @@ async def main(messages: int, runs: int) -> None:
                     "UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)",
                     b"UID FETCH 1:* (FLAGS RFC822.SIZE INTERNALDATE)",
                 ),
+                (
+                    "UID FETCH 1:* (... BODY.PEEK[HEADER.FIELDS (...)]) [Thunderbird]",
+                    b"UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc "
+                    b"Bcc Subject Date Message-ID Priority X-Priority References Newsgroups "
+                    b"In-Reply-To Content-Type Reply-To)])",
+                ),
                 ("UID SEARCH UNSEEN", b"UID SEARCH UNSEEN"),
                 ('SEARCH SUBJECT "number 9999" (headers read)', b'SEARCH SUBJECT "number 9999"'),
             ):

@@ -6,7 +6,14 @@ import re
 from dataclasses import dataclass
 
 from ..store import MessageMeta
-from .mime import MimePart, bodystructure, parse_message, section_bytes, split_header
+from .mime import (
+    MimePart,
+    bodystructure,
+    header_fields,
+    parse_message,
+    section_bytes,
+    split_header,
+)
 from .parser import Value
 from .wire import format_internal_date, istring, render_flags
 
@@ -160,11 +167,25 @@ def render_fetch(
                 out.append(b"RFC822.HEADER " + istring(split_header(raw)[0]))
             elif name == "RFC822.TEXT":
                 out.append(b"RFC822.TEXT " + istring(split_header(raw)[1]))
+            elif name == "BODY[]" and not item.parts:
+                out.append(_labelled(item, _top_section(item, raw)))
             else:
                 if part is None:
                     part = parse_message(raw)
                 out.append(_render_body_item(item, part))
     return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"
+
+
+def _top_section(item: FetchItem, raw: bytes) -> bytes:
+    """Top-level sections straight from the raw bytes: no MIME parse (header listings)."""
+    if item.text == "":
+        return raw
+    header, body = split_header(raw)
+    if item.text == "TEXT":
+        return body
+    if item.text == "HEADER":
+        return header
+    return header_fields(header, list(item.fields), exclude=item.text.endswith(".NOT"))
 
 
 def _render_body_item(item: FetchItem, part: MimePart) -> bytes:
@@ -174,6 +195,10 @@ def _render_body_item(item: FetchItem, part: MimePart) -> bytes:
         data = section_bytes(part, item.parts, item.text, item.fields)
     except LookupError:
         data = b""
+    return _labelled(item, data)
+
+
+def _labelled(item: FetchItem, data: bytes) -> bytes:
     data, origin = _slice(data, item.partial)
     label = f"BODY[{item.section_label}]{origin}".encode("utf-8", "replace")
     return label + b" " + istring(data)

@@ -42,18 +42,25 @@ class SearchContext:
     max_uid: int
     raw: bytes | None = None
     _headers: dict[str, list[str]] | None = field(default=None)
+    _decoded: dict[str, list[str]] = field(default_factory=dict)
     _text: str | None = field(default=None)
 
     def header_values(self, name: str) -> list[str]:
+        """Decoded, case-folded values of one header field (decoded on first use)."""
         if self._headers is None:
-            self._headers = _decode_headers(split_header(self.raw or b"")[0])
-        return self._headers.get(name.lower(), [])
+            self._headers = _raw_headers(split_header(self.raw or b"")[0])
+        key = name.lower()
+        decoded = self._decoded.get(key)
+        if decoded is None:
+            decoded = [_decode_value(v) for v in self._headers.get(key, [])]
+            self._decoded[key] = decoded
+        return decoded
 
     def all_headers_text(self) -> str:
         if self._headers is None:
             self.header_values("")
         assert self._headers is not None
-        return "\n".join(v for vs in self._headers.values() for v in vs)
+        return "\n".join(v for key in self._headers for v in self.header_values(key))
 
     def body_text(self) -> str:
         if self._text is None:
@@ -70,7 +77,8 @@ class Criteria:
     needs: int  # NEED_NOTHING / NEED_HEADER / NEED_BODY
 
 
-def _decode_headers(header: bytes) -> dict[str, list[str]]:
+def _raw_headers(header: bytes) -> dict[str, list[str]]:
+    """Unfolded raw values by lower-case field name."""
     out: dict[str, list[str]] = {}
     text = header.decode("utf-8", "surrogateescape")
     fields: list[str] = []
@@ -81,12 +89,19 @@ def _decode_headers(header: bytes) -> dict[str, list[str]]:
             fields.append(line)
     for line in fields:
         name, _, value = line.partition(":")
-        try:
-            decoded = str(email.header.make_header(email.header.decode_header(value.strip())))
-        except (ValueError, LookupError, UnicodeError):
-            decoded = value.strip()
-        out.setdefault(name.strip().lower(), []).append(decoded.casefold())
+        out.setdefault(name.strip().lower(), []).append(value.strip())
     return out
+
+
+def _decode_value(value: str) -> str:
+    """RFC 2047 encoded words decoded, then case-folded for matching."""
+    if "=?" not in value:
+        return value.casefold()
+    try:
+        decoded = str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        decoded = value
+    return decoded.casefold()
 
 
 def _decode_body(raw: bytes) -> str:
