@@ -6,6 +6,7 @@ admin socket there; :func:`running_daemon` stops it by pid in a ``finally``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,19 @@ def running_daemon(workdir: Path, **kwargs: Any) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@contextlib.asynccontextmanager
+async def daemon_running(workdir: Path, **kwargs: Any) -> AsyncIterator[Daemon]:
+    """:func:`running_daemon` for async tests: never blocks the event loop (the
+    embedded node under test must keep answering its links meanwhile)."""
+    daemon = await asyncio.to_thread(Daemon, workdir, **kwargs)
+    try:
+        await asyncio.to_thread(daemon.start)
+        await asyncio.to_thread(daemon.wait_admin)
+        yield daemon
+    finally:
+        await asyncio.to_thread(daemon.stop)
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -25,7 +25,7 @@ from core.embedded.tree import check_announce
 from core.embedded.wire import Announce, FrameDecoder, PacketType, SigReq
 from tests.conftest import require
 
-from .daemon_lab import Daemon, free_port, have_daemon, running_daemon
+from .daemon_lab import Daemon, daemon_running, free_port, have_daemon
 
 
 def _capture(port: int, our_meta: bytes, seconds: float = 1.5) -> bytes:
@@ -103,7 +103,7 @@ async def test_daemon_bloom_filter_bytes_match_ours(tmp_path: Path) -> None:
         original(link, frame)  # type: ignore[arg-type]
 
     router.handle_frame = tap  # type: ignore[method-assign]
-    with running_daemon(tmp_path / "d", listen=[f"tcp://127.0.0.1:{port}"]) as daemon:
+    async with daemon_running(tmp_path / "d", listen=[f"tcp://127.0.0.1:{port}"]) as daemon:
         await asyncio.to_thread(daemon.wait_listening, port)
         expected = bytes(Bloom.of_keys(subnet_bloom_transform(daemon.public_key)))
         await net.start()

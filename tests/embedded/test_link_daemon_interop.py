@@ -16,7 +16,7 @@ from core.embedded import PacketNetwork
 from core.embedded.network import subnet_bloom_transform
 from tests.conftest import require
 
-from .daemon_lab import YGGDRASIL_04, YGGDRASILCTL, Daemon, free_port, have_daemon, running_daemon
+from .daemon_lab import YGGDRASIL_04, YGGDRASILCTL, Daemon, daemon_running, free_port, have_daemon
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,7 +103,7 @@ async def test_embedded_dials_daemon_tree_and_lookups(tmp_path: Path, scheme: st
     received: list[tuple[bytes, bytes]] = []
     net = _net()
     net.set_handler(lambda src, data: received.append((src, data)))
-    with running_daemon(tmp_path / "d", listen=[f"{scheme}://127.0.0.1:{port}"]) as daemon:
+    async with daemon_running(tmp_path / "d", listen=[f"{scheme}://127.0.0.1:{port}"]) as daemon:
         await asyncio.to_thread(daemon.wait_listening, port)
         await net.start()
         try:
@@ -154,7 +154,7 @@ async def test_daemon_dials_embedded(tmp_path: Path, scheme: str) -> None:
     await net.start()
     try:
         uri = await net.listen(f"{scheme}://127.0.0.1:0")
-        with running_daemon(tmp_path / "d", peers=[uri]) as daemon:
+        async with daemon_running(tmp_path / "d", peers=[uri]) as daemon:
             await _eventually(lambda: _daemon_peer_up(daemon, net.public_key), "daemon sees us up")
             [info] = [p for p in net.peers() if p.up]
             assert info.inbound and info.key == daemon.public_key and info.port == 1
@@ -177,7 +177,7 @@ async def test_password_match_and_mismatch(
     caplog.set_level(logging.WARNING, logger="core.embedded")
     good, bad = _net(), _net()
     listen = f"tcp://127.0.0.1:{port}?password=s3cret"
-    with running_daemon(tmp_path / "d", listen=[listen]) as daemon:
+    async with daemon_running(tmp_path / "d", listen=[listen]) as daemon:
         await asyncio.to_thread(daemon.wait_listening, port)
         await good.start()
         await bad.start()
@@ -202,9 +202,9 @@ async def test_two_daemons_reach_each_other_through_embedded(tmp_path: Path) -> 
     await net.start()
     try:
         uri = await net.listen("tcp://127.0.0.1:0")
-        with (
-            running_daemon(tmp_path / "a", peers=[uri]) as a,
-            running_daemon(tmp_path / "c", peers=[uri]) as c,
+        async with (
+            daemon_running(tmp_path / "a", peers=[uri]) as a,
+            daemon_running(tmp_path / "c", peers=[uri]) as c,
         ):
             await _eventually(
                 lambda: len([p for p in net.peers() if p.up]) == 2, "both daemons peered"
@@ -217,6 +217,18 @@ async def test_two_daemons_reach_each_other_through_embedded(tmp_path: Path) -> 
                     lambda d=d: _root_of(_daemon_tree_keys(d), d.public_key.hex()) == root,
                     "daemons under the common root",
                 )
+            # our filters towards each daemon carry the other one's (transformed) key
+            blooms = net.router.blooms
+            for near, far in ((a, c), (c, a)):
+                await _eventually(
+                    lambda near=near, far=far: (
+                        near.public_key in blooms.blooms
+                        and blooms.blooms[near.public_key].send.test(
+                            subnet_bloom_transform(far.public_key)
+                        )
+                    ),
+                    "bloom filters propagated through us",
+                )
             # end-to-end: A's encrypted session to C and its proto request cross our router
             result = await _eventually(
                 lambda: _try_ctl(a, "debug_remoteGetSelf", key=c.public_key.hex()),
@@ -224,7 +236,8 @@ async def test_two_daemons_reach_each_other_through_embedded(tmp_path: Path) -> 
                 timeout=30,
             )
             assert c.public_key.hex() in str(result)
-            paths = {p["key"]: p["path"] for p in a.ctl("getPaths")["paths"]}
+            listed = await asyncio.to_thread(a.ctl, "getPaths")
+            paths = {p["key"]: p["path"] for p in listed["paths"]}
             assert c.public_key.hex() in paths
     finally:
         await net.close()
@@ -246,7 +259,7 @@ async def test_yggdrasil_04_peer_is_refused_with_clear_log(
     await net.start()
     try:
         uri = await net.listen("tcp://127.0.0.1:0")
-        with running_daemon(tmp_path / "old", peers=[uri], binary=YGGDRASIL_04):
+        async with daemon_running(tmp_path / "old", peers=[uri], binary=YGGDRASIL_04):
             await _eventually(lambda: "Yggdrasil 0.4 protocol" in caplog.text, "0.4 refusal")
         assert not [p for p in net.peers() if p.up]
         assert "upgrade the remote node to Yggdrasil 0.5" in caplog.text
