@@ -108,6 +108,10 @@ async def test_capability_noop_logout_and_login(env: Env) -> None:
         assert m.readline() == b"x1 BAD SELECT is not allowed in the not authenticated state\r\n"
         assert m.login(USER, PASSWORD)[0] == "OK"
         assert m.capability()[0] == "OK"
+        assert m.namespace() == ("OK", [b'(("" "/")) NIL NIL'])
+        m.send(b'x2 ID ("name" "imaplib" "version" "3.11")\r\n')
+        assert m.readline() == b'* ID ("name" "meshsuite")\r\n'
+        assert m.readline() == b"x2 OK ID completed\r\n"
         assert m.logout()[0] == "BYE"
 
     await run(client)

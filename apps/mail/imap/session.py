@@ -36,7 +36,7 @@ Authenticator = Callable[[str, str], Awaitable[bool]]
 
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN IDLE UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED "
-    "CHILDREN UNSELECT ENABLE"
+    "CHILDREN UNSELECT ENABLE NAMESPACE ID"
 )
 MAX_AUTH_FAILURES = 5
 SYSTEM_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
@@ -70,6 +70,8 @@ class ImapSession(SelectedCommands):
             "LOGIN": (self.cmd_login, NOT_AUTHED),
             "AUTHENTICATE": (self.cmd_authenticate, NOT_AUTHED),
             "ENABLE": (self.cmd_enable, AUTHED),
+            "NAMESPACE": (self.cmd_namespace, AUTHED),
+            "ID": (self.cmd_id, ANY),
             "LIST": (self.cmd_list, AUTHED),
             "LSUB": (self.cmd_lsub, AUTHED),
             "CREATE": (self.cmd_create, AUTHED),
@@ -239,6 +241,19 @@ class ImapSession(SelectedCommands):
             await self.write(f"{tag} OK [CAPABILITY {CAPABILITIES}] authenticated\r\n".encode())
         else:
             await self._auth_failed(tag)
+
+    async def cmd_namespace(self, cmd: Command) -> str:
+        # RFC 2342: one personal namespace, no prefix, "/" as the hierarchy delimiter.
+        await self.write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        return "NAMESPACE completed"
+
+    async def cmd_id(self, cmd: Command) -> str:
+        # RFC 2971: the client's ID is only logged; ours names the software, nothing more.
+        if len(cmd.args) != 1:
+            raise bad("ID needs one argument: a list of field/value pairs or NIL")
+        log.debug("IMAP client ID %r", cmd.args[0])
+        await self.write(b'* ID ("name" "meshsuite")\r\n')
+        return "ID completed"
 
     async def cmd_enable(self, cmd: Command) -> str:
         await self.write(b"* ENABLED\r\n")  # no ENABLE-able extension is implemented
