@@ -34,7 +34,7 @@ import logging
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.embedded import crypto
 
@@ -516,6 +516,11 @@ class SessionManager:
             while len(self._buffers) >= self.config.max_buffers:
                 self._buffers.popitem(last=False)
             self._buffers[dest] = buf
+        else:
+            # Upstream re-sends the very same init. If the peer's ack was lost, the
+            # peer ignores that copy (same seq) until its session times out a minute
+            # later. A fresh timestamp (same keys) makes it answer again.
+            buf.init = replace(buf.init, seq=int(self._wallclock()) & _U64)
         buf.packets.append(message)
         buf.deadline = now + self.config.buffer_timeout
         self._send_init(dest, buf.init)

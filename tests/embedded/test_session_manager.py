@@ -124,6 +124,11 @@ def test_traffic_header_layout() -> None:
     p = make_pair()
     p.a.write_to(p.b_id.public_key, b"x")
     p.pump()
+    # init, ack, ack back, then the buffered data under keySeq 1/1 with nonce 1.
+    assert [(s, d[0], len(d)) for s, d in p.wire] == [
+        ("a", 1, 193), ("b", 2, 193), ("a", 2, 193), ("a", 3, 4 + 16 + 32 + 1)
+    ]  # fmt: skip
+    assert p.wire[3][1][:4] == bytes.fromhex("03010101")
     p.wire.clear()
     p.b.write_to(p.a_id.public_key, b"payload")
     data = p.collect("b")[0]
@@ -316,3 +321,26 @@ def test_uvarint_matches_go() -> None:
             decode_uvarint(bad, 0)
     with pytest.raises(ValueError):
         encode_uvarint(2**64)
+
+
+def test_lost_ack_heals_on_the_next_write() -> None:
+    p = make_pair()
+    p.a.write_to(p.b_id.public_key, b"first")
+    (init,) = p.collect("a")
+    p.b.handle_data(p.a_id.public_key, init)
+    (lost_ack,) = p.collect("b")
+    assert lost_ack[0] == SessionType.ACK  # dropped in flight
+    p.clock.advance(1)
+    p.a.write_to(p.b_id.public_key, b"second")  # re-sent init, fresh timestamp
+    (again,) = p.collect("a")
+    p.b.handle_data(p.a_id.public_key, again)
+    p.pump()
+    assert p.delivered["b"] == [b"second"]  # the buffer keeps the latest packet
+    opened = SessionInit.decrypt(
+        crypto.ed25519_private_to_x25519(p.b_id.seed), p.a_id.public_key, again
+    )
+    first = SessionInit.decrypt(
+        crypto.ed25519_private_to_x25519(p.b_id.seed), p.a_id.public_key, init
+    )
+    assert (opened.current, opened.next) == (first.current, first.next)
+    assert opened.seq == first.seq + 1
