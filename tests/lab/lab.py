@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -47,6 +48,7 @@ __all__ = [
     "Host",
     "Lab",
     "LabError",
+    "NodeProcess",
     "lab_available",
 ]
 
@@ -190,6 +192,45 @@ class Daemon:
 
 
 @dataclass
+class NodeProcess:
+    """A node running as its own process in a host (see ``tests/lab/node_runner.py``)."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    info: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+    def wait_ready(self, timeout: float) -> None:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if not ready:
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise LabError(f"node process exited before READY:\n{err[-3000:]}")
+            self.lines.append(line.rstrip())
+            if line.startswith("READY "):
+                self.info = json.loads(line[len("READY ") :])
+                return
+        raise LabError(f"node process not READY within {timeout:g} s")
+
+    def stop(self, timeout: float = 20) -> str:
+        """Close its stdin (it closes its node and exits); returns its stderr."""
+        if self.proc.returncode is not None:
+            return ""
+        try:
+            out, err = self.proc.communicate(input="", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        self.lines += out.splitlines()
+        return err
+
+
+@dataclass
 class Host:
     lab: Lab
     name: str
@@ -292,6 +333,18 @@ class Host:
         )
         self.lab._pids.add(proc.pid)
         return proc
+
+    def node_process(self, *args: str, timeout: float = 60) -> NodeProcess:
+        """``python -m tests.lab.node_runner ARGS`` in this host, once it printed READY."""
+        data_dir = Path(tempfile.mkdtemp(prefix=f"proc-{self.name}-", dir=self.dir))
+        proc = self.spawn("-m", "tests.lab.node_runner", "--data-dir", str(data_dir), *args)
+        node = NodeProcess(proc, data_dir)
+        try:
+            node.wait_ready(timeout)
+        except BaseException:
+            node.stop()
+            raise
+        return node
 
     def close(self) -> None:
         if self._netns is not None:
