@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from apps.mail.imap import ImapServer
+from apps.mail.imap import ImapServer, start_imap_server
 from apps.mail.store import MailStore
 
 USER = "ab" * 32 + "@mesh"
@@ -624,3 +624,51 @@ async def test_garbage_giant_lines_and_literals_do_not_kill_the_server(env: Env)
         m.logout()
 
     await run(client)
+
+
+# --- entry points and shutdown --------------------------------------------------------------
+
+
+async def test_start_imap_server_listens_on_loopback_by_default(tmp_path: Path) -> None:
+    store = await MailStore.open(tmp_path / "entry.db")
+
+    async def authenticator(user: str, password: str) -> bool:
+        return password == PASSWORD
+
+    server = await start_imap_server(store, authenticator, port=0, username=USER)
+    try:
+        host, port = server.sockets[0].getsockname()[:2]
+        assert host == "127.0.0.1"
+
+        def client() -> None:
+            m = imaplib.IMAP4("127.0.0.1", port, timeout=20)
+            assert m.login(USER, PASSWORD)[0] == "OK"
+            assert m.select("Sent")[0] == "OK"
+            m.logout()
+
+        await run(client)
+    finally:
+        server.close()
+        await server.wait_closed()
+        await store.close()
+
+
+async def test_close_ends_connected_and_idling_sessions(env: Env) -> None:
+    def connect() -> tuple[imaplib.IMAP4, imaplib.IMAP4]:
+        idle, plain = env.client(), env.client()
+        idle.select("INBOX")
+        idle.send(b"i IDLE\r\n")
+        assert idle.readline().startswith(b"+")
+        return idle, plain
+
+    idle, plain = await asyncio.to_thread(connect)
+    await asyncio.wait_for(env.server.close(), 10)
+
+    def gone() -> None:
+        assert idle.readline() == b""  # EOF: the server closed the connection
+        with pytest.raises((imaplib.IMAP4.abort, OSError)):
+            plain.noop()
+        idle.shutdown()
+        plain.shutdown()
+
+    await run(gone)
