@@ -38,8 +38,10 @@ LINK_PORT = 7001
 @dataclass
 class KLab:
     lab: Lab
-    host: Host
+    host: Host  # a: the daemon the embedded node peers with
     daemon: Daemon
+    far: Host  # b: a daemon host peered only with a
+    far_daemon: Daemon
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +59,15 @@ def klab() -> Iterator[KLab]:
         subprocess.run(["ip", "link", "set", ROOT_IF, "up"], check=True)
         a.run("ip", "-6", "addr", "add", f"{HOST_ADDR}/64", "dev", HOST_IF, "nodad")
         a.run("ip", "link", "set", HOST_IF, "up")
-        daemon = a.start_daemon(listen=[f"tcp://[{HOST_ADDR}]:{LINK_PORT}"])
+        b = lab.host("b")
+        lab.link(a, b)
+        daemon = a.start_daemon(
+            listen=[f"tcp://[{HOST_ADDR}]:{LINK_PORT}", a.listen_uri(b, LINK_PORT + 1)]
+        )
+        far = b.start_daemon(peers=[a.peer_uri(b, LINK_PORT + 1)])
+        lab.wait_peered(daemon, far)
         try:
-            yield KLab(lab, a, daemon)
+            yield KLab(lab, a, daemon, b, far)
         finally:
             subprocess.run(["ip", "link", "del", ROOT_IF], capture_output=True)
 
@@ -291,3 +299,57 @@ async def test_exposed_local_port_is_reached_from_daemon_host(
         await fwd.close()
         local_server.close()
         await local_server.wait_closed()
+
+
+async def test_hidden_embedded_host_is_reached_through_a_daemon_chain(
+    klab: KLab, node: Node
+) -> None:
+    # The embedded node listens nowhere and only dials a; b is peered only with a.
+    # b's kernel still reaches a service on the embedded node's mesh address (0-OS case).
+    assert (await node.status())["backend_status"]["listening"] == []
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"hidden host answers " + w.get_extra_info("peername")[0].encode())
+        await w.drain()
+        w.close()
+
+    await node.start_server(serve, 8300)
+    data = b""
+    for _ in range(30):  # b's daemon must first look up the embedded node's path
+        try:
+            sock = await _connected(_kernel_client(klab.far), str(node.address), 8300)
+        except (TimeoutError, OSError):
+            continue
+        reader, writer = await asyncio.open_connection(sock=sock)
+        data = await asyncio.wait_for(reader.read(), 20)
+        writer.close()
+        break
+    assert data == b"hidden host answers " + str(klab.far_daemon.address).encode()
+
+
+async def test_daemon_restart_mid_test_and_the_embedded_node_recovers(
+    klab: KLab, node: Node
+) -> None:
+    async with node.events.subscribe() as events:
+        await asyncio.to_thread(klab.daemon.stop)
+        await asyncio.to_thread(klab.daemon.start)
+        kinds: list[str] = []
+        async with asyncio.timeout(60):
+            async for event in events:
+                kinds.append(event.kind)
+                if "peer.down" in kinds and event.kind == "peer.up":
+                    break
+    for _ in range(60):
+        if (await node.ping(klab.daemon.address, count=1, timeout=1))[0] is not None:
+            break
+    else:
+        raise AssertionError("no ping replies after the daemon restarted")
+    listener = _kernel_listener(klab.host, str(klab.daemon.address))
+    server = await asyncio.start_server(lambda r, w: (w.write(b"back"), w.close()), sock=listener)
+    try:
+        reader, writer = await node.open_connection(klab.daemon.address, listener.getsockname()[1])
+        assert await asyncio.wait_for(reader.read(), 20) == b"back"
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
