@@ -99,6 +99,7 @@ class TcpTransport(asyncio.Transport):
         self._eof_received = False
         self._eof_delivered = False
         self._lost = False
+        self._lost_pending = False  # orderly close seen; deliver buffered data first
         self._reading_paused = False
         self._protocol_paused = False
         self._high = _DEFAULT_HIGH
@@ -186,6 +187,8 @@ class TcpTransport(asyncio.Transport):
             self._eof_delivered = True
             if not protocol.eof_received():
                 self.close()
+        if self._lost_pending and self._eof_delivered:
+            self._call_connection_lost(None)
 
     def _closed(self, event: ConnectionClosed) -> None:
         exc: OSError | None = None
@@ -195,6 +198,12 @@ class TcpTransport(asyncio.Transport):
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_exception(exc or ConnectionResetError("connection closed"))
             self._lost = True
+            return
+        sock = self._sock
+        if exc is None and sock is not None and sock.conn.receive_buffered and not self._closing:
+            # The peer closed in order but the application paused reading with data
+            # still buffered: hand that over (and the EOF) before connection_lost.
+            self._lost_pending = True
             return
         self._call_connection_lost(exc)
 

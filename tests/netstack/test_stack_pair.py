@@ -287,3 +287,53 @@ async def test_udp_both_ways_and_port_unreachable() -> None:
         assert isinstance(exc, ConnectionRefusedError)
         for t in (ta, tb, tc):
             t.close()
+
+
+async def test_buffered_data_and_eof_survive_peer_close_while_paused() -> None:
+    """The client half-closes and pauses reading; the server answers 1 MB and closes,
+    so the client's TCP reaches TIME-WAIT with the answer still buffered.  Resuming
+    must deliver all of it, then eof_received, then connection_lost(None)."""
+    a, b = stack_pair()
+    async with a, b:
+        answer = pattern(1_000_000)
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(-1)
+            writer.write(answer)
+            await writer.drain()
+            writer.close()
+
+        server = await b.start_server(handler, 90)
+        order: list[str] = []
+        got = bytearray()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        class Paused(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                transport.pause_reading()
+                transport.write_eof()
+
+            def data_received(self, data: bytes) -> None:
+                got.extend(data)
+
+            def eof_received(self) -> bool:
+                order.append("eof")
+                return False
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                order.append(f"lost {exc}")
+                done.set_result(None)
+
+        transport, _ = await a.create_connection(Paused, B_ADDR, 90)
+        for _ in range(500):
+            states = [s.conn.state.value for s in a._tcp.values()]
+            if states == ["TIME-WAIT"]:
+                break
+            await asyncio.sleep(0.01)
+        assert states == ["TIME-WAIT"] and not order and not got
+        transport.resume_reading()
+        await asyncio.wait_for(done, 5)
+        assert bytes(got) == answer
+        assert order == ["eof", "lost None"]
+        server.close()
