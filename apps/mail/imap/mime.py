@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+import urllib.parse
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -69,7 +70,7 @@ def parse_message(raw: bytes, default_type: str = "text/plain", depth: int = 0) 
             child_default = "message/rfc822" if subtype == "digest" else "text/plain"
             kids = tuple(
                 parse_message(chunk, child_default, depth + 1)
-                for chunk in _split_multipart(body, boundary.encode("ascii", "surrogateescape"))
+                for chunk in _split_multipart(body, boundary.encode("utf-8", "surrogateescape"))
             )
             return MimePart(header, body, fields, maintype, subtype, kids)
         return MimePart(header, body, fields, "text", "plain")
@@ -159,24 +160,31 @@ def section_bytes(
 # --- ENVELOPE -----------------------------------------------------------------------------
 
 
+def _raw_all(fields: Message, name: str) -> list[str]:
+    """Values as stored (8-bit bytes kept as surrogates), unfolded: no policy rewriting."""
+    name = name.lower()
+    return [
+        re.sub(r"\r?\n(?=[ \t])", "", str(value)).strip()
+        for key, value in fields.raw_items()
+        if key.lower() == name
+    ]
+
+
 def _raw_value(fields: Message, name: str) -> bytes | None:
-    value = fields.get(name)
-    if value is None:
-        return None
-    text = re.sub(r"\r?\n(?=[ \t])", "", str(value)).strip()
-    return text.encode("ascii", "surrogateescape")
+    values = _raw_all(fields, name)
+    return values[0].encode("utf-8", "surrogateescape") if values else None
 
 
 def _addresses(fields: Message, name: str) -> bytes:
-    values = fields.get_all(name)
+    values = _raw_all(fields, name)
     if not values:
         return b"NIL"
     out: list[bytes] = []
-    for display, addr in email.utils.getaddresses([re.sub(r"\r?\n", "", str(v)) for v in values]):
+    for display, addr in email.utils.getaddresses(values):
         if not addr and not display:
             continue
         mailbox, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
-        enc = "ascii", "surrogateescape"
+        enc = "utf-8", "surrogateescape"
         item = [
             nstring(display.encode(*enc) if display else None),
             b"NIL",
@@ -214,8 +222,14 @@ def _params(fields: Message, header: str = "content-type") -> bytes:
     params = fields.get_params(header=header) or []
     items: list[bytes] = []
     for key, value in params[1:]:
-        text = email.utils.collapse_rfc2231_value(value)
-        items.append(istring(key.upper().encode("ascii", "surrogateescape")))
+        if isinstance(value, tuple):  # RFC 2231: passed on encoded, as "KEY*", 7-bit clean
+            charset, language, text = value
+            key = key + "*"
+            octets = urllib.parse.quote(text, safe="", encoding="latin-1", errors="replace")
+            text = f"{charset or ''}'{language or ''}'{octets}"
+        else:
+            text = value
+        items.append(istring(key.upper().encode("utf-8", "surrogateescape")))
         items.append(istring(text.encode("utf-8", "surrogateescape")))
     return imap_list(items) if items else b"NIL"
 
@@ -224,7 +238,7 @@ def _disposition(fields: Message) -> bytes:
     raw = fields.get("content-disposition")
     if raw is None:
         return b"NIL"
-    kind = str(raw).split(";", 1)[0].strip().upper().encode("ascii", "surrogateescape")
+    kind = str(raw).split(";", 1)[0].strip().upper().encode("utf-8", "surrogateescape")
     return imap_list([istring(kind), _params(fields, "content-disposition")])
 
 
@@ -236,7 +250,7 @@ def bodystructure(part: MimePart, *, extended: bool = True) -> bytes:
     """BODYSTRUCTURE (``extended``) or BODY of a parsed part (RFC 3501 section 7.4.2)."""
     if part.is_multipart and part.children:
         items = b"".join(bodystructure(c, extended=extended) for c in part.children)
-        out = [items, istring(part.subtype.upper().encode("ascii", "replace"))]
+        out = [items, istring(part.subtype.upper().encode("utf-8", "surrogateescape"))]
         if extended:
             out += [_params(part.fields), _disposition(part.fields), b"NIL", b"NIL"]
         return b"(" + b" ".join(out) + b")"
@@ -246,8 +260,8 @@ def bodystructure(part: MimePart, *, extended: bool = True) -> bytes:
         params = b'("CHARSET" "us-ascii")'
     encoding = _raw_value(fields, "content-transfer-encoding") or b"7BIT"
     out = [
-        istring(part.maintype.upper().encode("ascii", "replace")),
-        istring(part.subtype.upper().encode("ascii", "replace")),
+        istring(part.maintype.upper().encode("utf-8", "surrogateescape")),
+        istring(part.subtype.upper().encode("utf-8", "surrogateescape")),
         params,
         nstring(_raw_value(fields, "content-id")),
         nstring(_raw_value(fields, "content-description")),

@@ -227,7 +227,7 @@ def _all_of(parts: list[Criteria]) -> Criteria:
 def _key(tokens: _Tokens, depth: int) -> Criteria:
     if depth > 64:
         raise ValueError("SEARCH criteria nested too deeply")
-    value = next(tokens)
+    value = tokens.take("a search key")
     if isinstance(value, list):
         sub = _Tokens(value, tokens.charset)
         return _all_of([_key(sub, depth + 1) for _ in iter(sub.more, False)])
