@@ -40,9 +40,8 @@ from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
 from tests.lab.lab import Daemon, Host, Lab
+from tests.node.rootlink import RootLink, link_root
 
-ROOT_IF, HOST_IF = "lb-bx-r", "lb-bx-ra"
-ROOT_ADDR, HOST_ADDR = "fd6c:62ef::1", "fd6c:62ef::2"
 CHUNK = 256 * 1024
 
 
@@ -314,31 +313,24 @@ def row(name: str, values: list[str]) -> None:
     print(f"{name:<34}" + "".join(f"{v:>18}" for v in values))
 
 
-def build_lab(lab: Lab) -> tuple[Host, Host, str, Daemon, Daemon]:
+def build_lab(lab: Lab) -> tuple[Host, Host, str, Daemon, Daemon, RootLink]:
     """Hosts a and b with daemons peered over a veth; a veth from here into a."""
     a, b = lab.host("a"), lab.host("b")
     la, _ = lab.link(a, b)
-    cmd = ["ip", "link", "add", ROOT_IF, "type", "veth", "peer", "name", HOST_IF, "netns", a.ns]
-    subprocess.run(cmd, check=True)
-    subprocess.run(
-        ["ip", "-6", "addr", "add", f"{ROOT_ADDR}/64", "dev", ROOT_IF, "nodad"], check=True
-    )
-    subprocess.run(["ip", "link", "set", ROOT_IF, "up"], check=True)
-    a.run("ip", "-6", "addr", "add", f"{HOST_ADDR}/64", "dev", HOST_IF, "nodad")
-    a.run("ip", "link", "set", HOST_IF, "up")
-    da = a.start_daemon(listen=[a.listen_uri(b, 7001), f"tcp://[{HOST_ADDR}]:7002"])
+    root = link_root(a, 0xEF)
+    da = a.start_daemon(listen=[a.listen_uri(b, 7001), f"tcp://[{root.host_addr}]:7002"])
     db = b.start_daemon(peers=[a.peer_uri(b, 7001)])
     lab.wait_peered(da, db)
     lab.wait_reachable(b, da.address)
-    return a, b, str(la), da, db
+    return a, b, str(la), da, db, root
 
 
 async def main(args: argparse.Namespace) -> None:
     with Lab("bx") as lab, tempfile.TemporaryDirectory() as tmp:
-        a, b, la, da, _ = build_lab(lab)
+        a, b, la, da, _, root = build_lab(lab)
         e1 = await Node.open(
             NodeConfig(data_dir=Path(tmp, "e1"), backend="embedded",
-                       peers=(f"tcp://[{HOST_ADDR}]:7002",), listen=("tcp://127.0.0.1:0",)),
+                       peers=(f"tcp://[{root.host_addr}]:7002",), listen=("tcp://127.0.0.1:0",)),
             Identity.generate(),
         )  # fmt: skip
         loop_uri = (await e1.status())["backend_status"]["listening"][0]
@@ -353,7 +345,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             await e2.close()
             await e1.close()
-            subprocess.run(["ip", "link", "del", ROOT_IF], capture_output=True)  # noqa: ASYNC221
+            root.close()
 
 
 async def report(

@@ -12,7 +12,6 @@ import hashlib
 import random
 import shutil
 import socket
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,10 @@ from core.node import Node
 from tests.conftest import require
 from tests.lab.fixtures import require_lab
 from tests.lab.lab import Daemon, Host, Lab
+from tests.node.rootlink import link_root
 
 pytestmark = pytest.mark.lab
 
-ROOT_IF, HOST_IF = "lb-ek-r", "lb-ek-ra"
-ROOT_ADDR, HOST_ADDR = "fd6c:62ee::1", "fd6c:62ee::2"
 LINK_PORT = 7001
 
 
@@ -42,6 +40,7 @@ class KLab:
     daemon: Daemon
     far: Host  # b: a daemon host peered only with a
     far_daemon: Daemon
+    link_addr: str  # a's end of the veth to this process
 
 
 @pytest.fixture(scope="module")
@@ -49,33 +48,24 @@ def klab() -> Iterator[KLab]:
     require_lab()
     with Lab("ek") as lab:
         a = lab.host("a")
-        subprocess.run(
-            ["ip", "link", "add", ROOT_IF, "type", "veth", "peer", "name", HOST_IF, "netns", a.ns],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        subprocess.run(
-            ["ip", "-6", "addr", "add", f"{ROOT_ADDR}/64", "dev", ROOT_IF, "nodad"], check=True
-        )
-        subprocess.run(["ip", "link", "set", ROOT_IF, "up"], check=True)
-        a.run("ip", "-6", "addr", "add", f"{HOST_ADDR}/64", "dev", HOST_IF, "nodad")
-        a.run("ip", "link", "set", HOST_IF, "up")
+        root = link_root(a, 0xEE)
         b = lab.host("b")
         lab.link(a, b)
         daemon = a.start_daemon(
-            listen=[f"tcp://[{HOST_ADDR}]:{LINK_PORT}", a.listen_uri(b, LINK_PORT + 1)]
+            listen=[f"tcp://[{root.host_addr}]:{LINK_PORT}", a.listen_uri(b, LINK_PORT + 1)]
         )
         far = b.start_daemon(peers=[a.peer_uri(b, LINK_PORT + 1)])
         lab.wait_peered(daemon, far)
         try:
-            yield KLab(lab, a, daemon, b, far)
+            yield KLab(lab, a, daemon, b, far, root.host_addr)
         finally:
-            subprocess.run(["ip", "link", "del", ROOT_IF], capture_output=True)
+            root.close()
 
 
 @pytest.fixture
 async def node(klab: KLab, tmp_path: Path) -> AsyncIterator[Node]:
     config = NodeConfig(
-        data_dir=tmp_path, backend="embedded", peers=(f"tcp://[{HOST_ADDR}]:{LINK_PORT}",)
+        data_dir=tmp_path, backend="embedded", peers=(f"tcp://[{klab.link_addr}]:{LINK_PORT}",)
     )
     n = await Node.open(config, Identity.generate())
     try:
