@@ -168,7 +168,7 @@ def _prepare(raw: bytes) -> _Prepared:
     if date_value is not None:
         try:
             sent = email.utils.parsedate_to_datetime(str(date_value)).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
+        except (TypeError, ValueError, IndexError, OverflowError, OSError):
             sent = None
     header, _ = split_header(raw)
     return _Prepared(raw, len(header), envelope(part.fields), bodystructure(part), sent)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from apps.mail.store import MailboxExists, MailboxNotFound, MailStore, StoreError
 from apps.mail.store_schema import SCHEMA_VERSION
@@ -153,3 +155,36 @@ async def test_changed_since_and_recent(store: MailStore) -> None:
     assert changed == [(2, frozenset({"\\Seen"}))] and now > modseq
     status = await store.status("INBOX")
     assert (status.messages, status.unseen, status.uidnext) == (2, 1, 3)
+
+
+_hostile = st.lists(
+    st.one_of(
+        st.binary(max_size=80),
+        st.sampled_from(
+            [
+                b"Date: Mon, 99 Xyz 99999 99:99:99 +9999\r\n",
+                b"Date: \r\n",
+                b"Content-Type: multipart/mixed; boundary=\r\n",
+                b"Content-Type: message/rfc822\r\n\r\n",
+                b"From: <<<@>>>\r\n",
+                b"\xff\xfe\r\n",
+                b"\n\n",
+            ]
+        ),
+    ),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(pieces=_hostile)
+async def test_any_message_bytes_are_stored(store: MailStore, pieces: list[bytes]) -> None:
+    raw = b"".join(pieces)
+    uid = await store.deliver("INBOX", raw)
+    assert uid is not None
+    stored = await store.fetch_raw("INBOX", uid)
+    assert stored is not None and stored.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
+    (meta,) = await store.fetch_meta("INBOX", [uid])
+    assert meta.envelope.startswith(b"(") and meta.bodystructure.startswith(b"(")
