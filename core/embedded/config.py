@@ -30,6 +30,7 @@ class NetworkConfig:
     queue_max_bytes: int = 4 * 1024 * 1024  # hard bound of a per-peer packet queue
     write_high_water: int = 256 * 1024  # transport buffer above which queued packets wait
     max_links: int = 256  # accepted inbound connections at once
+    max_pending_lookups: int = 4096  # destinations waiting for a path (oldest evicted)
 
     def __post_init__(self) -> None:
         if self.peer_max_message_size < 1024:

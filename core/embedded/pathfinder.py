@@ -66,6 +66,7 @@ class Pathfinder:
         forward: Callable[[Traffic], None],
         path_timeout: float,
         path_throttle: float,
+        max_rumors: int = 4096,
         wallclock: Callable[[], float],
         path_notify: Callable[[bytes], None],
     ) -> None:
@@ -75,6 +76,7 @@ class Pathfinder:
         self._forward = forward
         self._timeout = path_timeout
         self._throttle = path_throttle
+        self._max_rumors = max_rumors
         self._wallclock = wallclock
         self._notify_cb = path_notify
         self._info = self._signed(PathNotifyInfo(0, ()))
@@ -179,6 +181,10 @@ class Pathfinder:
             rumor.send_time = now
             rumor.expires = now + self._timeout
         else:
+            if len(self.rumors) >= self._max_rumors:
+                # bounded (ironwood is not): forget the destination asked for longest ago
+                oldest = min(self.rumors, key=lambda k: self.rumors[k].send_time)
+                del self.rumors[oldest]
             self.rumors[xform] = _Rumor(now, now + self._timeout)
         self.send_lookup(dest, now)
 

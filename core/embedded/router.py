@@ -73,6 +73,7 @@ class Router:
             forward=self._forward_own,
             path_timeout=config.path_timeout,
             path_throttle=config.path_throttle,
+            max_rumors=config.max_pending_lookups,
             wallclock=wallclock,
             path_notify=path_notify or (lambda key: None),
         )

@@ -147,3 +147,51 @@ def test_inbound_path_turns_garbage_into_value_error(data: bytes) -> None:
     with contextlib.suppress(ValueError):
         for frame in session.receive_data(data, 100.0):
             router.handle_frame(session, frame)
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
+async def test_key_pinning_over_ipv6(scheme: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="core.embedded")
+    server, right, wrong = (PacketNetwork(os.urandom(32)) for _ in range(3))
+    for net in (server, right, wrong):
+        await net.start()
+    try:
+        uri = await server.listen(f"{scheme}://[::1]:0")
+        assert uri.startswith(f"{scheme}://[::1]:")
+        await right.add_peer(f"{uri}?key={server.public_key.hex()}")
+        await wrong.add_peer(f"{uri}?key={os.urandom(32).hex()}")
+        for _ in range(200):
+            if [p for p in right.peers() if p.up] and "pinned" in caplog.text:
+                break
+            await asyncio.sleep(0.02)
+        [up] = [p for p in right.peers() if p.up]
+        assert up.key == server.public_key and up.uri == uri
+        assert not [p for p in wrong.peers() if p.up]
+        [down] = wrong.peers()
+        assert not down.up and down.last_error is not None and "pinned" in down.last_error
+        await right.remove_peer(uri)
+        for _ in range(100):
+            if not [p for p in server.peers() if p.up]:
+                break
+            await asyncio.sleep(0.02)
+        assert not [p for p in server.peers() if p.up] and right.peers() == []
+    finally:
+        for net in (server, right, wrong):
+            await net.close()
+
+
+def test_peer_uri_errors_say_what_is_wrong() -> None:
+    from core.embedded.links import parse_peer_uri
+
+    for uri, text in [
+        ("quic://[::1]:1", "unsupported link scheme"),
+        ("tcp://[::1]", "needs a host and a port"),
+        ("tcp://[::1]:1?priority=300", "priority"),
+        ("tcp://[::1]:1?key=abcd", "pinned key"),
+        (f"tcp://[::1]:1?password={'x' * 65}", "longer than 64"),
+        ("tcp://[::1]:1?maxbackoff=5s", "at least 30s"),
+    ]:
+        with pytest.raises(ValueError, match=text):
+            parse_peer_uri(uri)
+    parsed = parse_peer_uri("tls://example.net:443?password=pw&priority=2")
+    assert (parsed.sni, parsed.password, parsed.priority) == ("example.net", b"pw", 2)
