@@ -1,0 +1,148 @@
+"""Mail end to end on the embedded backend: between two embedded nodes, and between an
+embedded node and a daemon host in the lab. The same checks as the daemon lab's
+(``test_mail_e2e_lab``): smtplib submits, imaplib reads, the mesh leg is real Yggdrasil.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+from collections.abc import AsyncIterator, Iterator
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apps.mail.config import MailConfig
+from apps.mail.passwords import set_password
+from apps.mail.service import MailService
+from core.config import NodeConfig
+from core.identity import Identity
+from core.node import Node
+from tests.lab.fixtures import require_lab
+from tests.lab.lab import Lab
+from tests.mail.test_mail_e2e_lab import LabMail, _imap_fetch_all, _message, _submit
+from tests.mail.test_smtp_loopmesh import PASSWORD, wait_for
+from tests.node.rootlink import RootLink, link_root
+
+
+class EmbeddedMail(LabMail):
+    """An embedded node in this process with the mail service on it."""
+
+    @classmethod
+    async def embedded(cls, data_dir: Path, **node: Any) -> EmbeddedMail:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        set_password(data_dir, PASSWORD)
+        n = await Node.open(
+            NodeConfig(data_dir=data_dir, backend="embedded", **node), Identity.generate()
+        )
+        settings = {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0"}
+        service = MailService(n, MailConfig.from_mapping(settings), data_dir)
+        try:
+            await service.start()
+        except BaseException:
+            await n.close()
+            raise
+        return cls(n, service, data_dir)
+
+
+async def _reachable(src: LabMail, dst: LabMail) -> None:
+    for _ in range(60):
+        if (await src.node.ping(dst.node.address, count=1, timeout=1))[0] is not None:
+            return
+    raise AssertionError(f"{dst.node.address} unreachable from {src.node.address}")
+
+
+async def _mail_round_trip(a: LabMail, b: LabMail) -> None:
+    assert a.service.submission_port and b.service.imap_port
+    msg = _message(a.address, [b.address], "embedded mesh mail")
+    await asyncio.to_thread(_submit, a.service.submission_port, a.address, msg, [b.address])
+    await wait_for("the mail at B", lambda: b.store.count("INBOX"), timeout=60)
+    raws = await asyncio.to_thread(_imap_fetch_all, b.service.imap_port, b.address)
+    got = email.message_from_bytes(raws[-1], policy=default)
+    assert got["Subject"] == "embedded mesh mail" and got["From"] == a.address
+    received = str(got["Received"])
+    assert f"[{a.node.address}]" in received and f"[{b.node.address}]" in received
+    att = next(got.iter_attachments())
+    assert att.get_content() == bytes(range(256)) * 64
+    reply = _message(b.address, [a.address, b.address], "Re: embedded mesh mail")
+    before_a = await a.store.count("INBOX")
+    await asyncio.to_thread(
+        _submit, b.service.submission_port, b.address, reply, [a.address, b.address]
+    )
+    await wait_for("the reply at A", lambda: _more(a, before_a), timeout=60)
+    await wait_for("B's copy to itself", lambda: _at_least(b, 2), timeout=30)
+
+
+async def _more(node: LabMail, before: int) -> bool:
+    return await node.store.count("INBOX") > before
+
+
+async def _at_least(node: LabMail, n: int) -> bool:
+    return await node.store.count("INBOX") >= n
+
+
+async def test_mail_between_two_embedded_nodes(tmp_path: Path) -> None:
+    a = await EmbeddedMail.embedded(tmp_path / "a", listen=("tcp://127.0.0.1:0",))
+    try:
+        uri = (await a.node.status())["backend_status"]["listening"][0]
+        b = await EmbeddedMail.embedded(tmp_path / "b", peers=(uri,))
+        try:
+            await _reachable(b, a)
+            await _mail_round_trip(a, b)
+        finally:
+            await b.close()
+    finally:
+        await a.close()
+
+
+@pytest.fixture(scope="module")
+def lab_with_root_link() -> Iterator[tuple[Lab, RootLink]]:
+    require_lab()
+    with Lab("mse") as lab:
+        a = lab.host("a")
+        root = link_root(a, 0xED)
+        daemon = a.start_daemon(listen=[f"tcp://[{root.host_addr}]:7001"])
+        assert daemon.pid
+        try:
+            yield lab, root
+        finally:
+            root.close()
+
+
+@pytest.fixture
+async def mixed(
+    lab_with_root_link: tuple[Lab, RootLink], tmp_path: Path
+) -> AsyncIterator[tuple[LabMail, LabMail]]:
+    lab, root = lab_with_root_link
+    on_daemon = await LabMail.start(lab.hosts["a"], tmp_path / "d")
+    try:
+        embedded = await EmbeddedMail.embedded(
+            tmp_path / "e", peers=(f"tcp://[{root.host_addr}]:7001",)
+        )
+    except BaseException:
+        await on_daemon.close()
+        raise
+    try:
+        await _reachable(embedded, on_daemon)
+        yield embedded, on_daemon
+    finally:
+        await embedded.close()
+        await on_daemon.close()
+
+
+@pytest.mark.lab
+async def test_mail_from_embedded_node_to_daemon_host_and_back(
+    mixed: tuple[LabMail, LabMail],
+) -> None:
+    embedded, on_daemon = mixed
+    await _mail_round_trip(embedded, on_daemon)
+
+
+@pytest.mark.lab
+async def test_mail_from_daemon_host_to_embedded_node_and_back(
+    mixed: tuple[LabMail, LabMail],
+) -> None:
+    embedded, on_daemon = mixed
+    await _mail_round_trip(on_daemon, embedded)
