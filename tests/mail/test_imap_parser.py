@@ -105,6 +105,15 @@ def test_oversized_non_sync_literal_is_fatal() -> None:
     assert p.dead and events(p, b"b NOOP\r\n") == []
 
 
+def test_literals_outside_append_are_held_to_the_line_limit() -> None:
+    p = CommandParser(max_line=100, max_literal=10_000)
+    got = events(p, b"a LOGIN {101}\r\nb APPEND INBOX {5000}\r\n")
+    assert got == [
+        ProtocolError("a", "literal of 101 octets exceeds 100", False),
+        NeedContinuation(5000),
+    ]
+
+
 def test_giant_line_is_fatal_before_crlf_arrives() -> None:
     p = CommandParser(max_line=100)
     got = events(p, b"a " + b"x" * 200)

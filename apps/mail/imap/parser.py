@@ -142,16 +142,25 @@ class CommandParser:
             return parse_command(segments)
         size, non_sync = int(match.group(1)), bool(match.group(2))
         self._command_size += size
-        if size > self.max_literal or self._command_size > self.max_literal + self.max_line:
+        first = self._segments[0] if self._segments else line
+        # Only APPEND carries messages; any other literal (user name, search string...)
+        # is held to the line limit.
+        limit = self.max_literal if _is_append(first) else self.max_line
+        if size > limit or self._command_size > self.max_literal + self.max_line:
             if non_sync:  # the client sends the bytes anyway: framing is lost
-                return self._fatal(f"literal of {size} octets exceeds {self.max_literal}")
-            tag = _first_tag(self._segments[0] if self._segments else line)
+                return self._fatal(f"literal of {size} octets exceeds {limit}")
+            tag = _first_tag(first)
             self._segments = []
             self._command_size = 0
-            return ProtocolError(tag, f"literal of {size} octets exceeds {self.max_literal}", False)
+            return ProtocolError(tag, f"literal of {size} octets exceeds {limit}", False)
         self._segments.append(line[: match.start()])
         self._literal_needed = size
         return None if non_sync else NeedContinuation(size)
+
+
+def _is_append(line: bytes) -> bool:
+    words = line.split(b" ", 2)
+    return len(words) > 1 and words[1].upper() == b"APPEND"
 
 
 def _first_tag(line: bytes) -> str | None:

@@ -66,7 +66,8 @@ class ImapServer:
 
         async def write(data: bytes) -> None:
             writer.write(data)
-            await writer.drain()
+            async with asyncio.timeout(AUTOLOGOUT_SECONDS):  # a client that stops reading
+                await writer.drain()
 
         session = ImapSession(self.store, self.authenticator, self.username, write)
         # This handler owns the notifier task: it cancels and awaits it before returning.
