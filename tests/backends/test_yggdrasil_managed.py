@@ -119,8 +119,34 @@ async def test_a_second_node_on_the_same_data_dir_is_refused(lab: Lab, tmp_path:
     a = lab.hosts["a"]
     ident = Identity.generate()
     async with await open_node(a, ident, **managed(a, tmp_path)):
-        with pytest.raises(MeshError, match=r"already answers .* another `mesh up`"):
+        with pytest.raises(MeshError, match=r"already managed by another `mesh up`"):
             await open_node(a, ident, **managed(a, tmp_path))
+
+
+async def test_a_daemon_left_by_a_crashed_node_is_replaced(lab: Lab) -> None:
+    """The node process dies (SIGKILL) and leaves its daemon running; the next node on
+    that data dir stops the orphan and starts its own."""
+    a = lab.hosts["a"]
+    runner = a.node_process("--managed", "--binary", YGG_05, "--if-name", "lb-tun")
+    data_dir = runner.data_dir
+    orphan = int((data_dir / "yggdrasil" / "daemon.pid").read_text())
+    os.kill(runner.proc.pid, signal.SIGKILL)
+    runner.stop()
+    assert Path(f"/proc/{orphan}").exists()  # still running without its node
+    ident, _ = load_or_create_identity(data_dir)
+    async with await open_node(a, ident, **managed(a, data_dir)) as node:
+        assert node.key.hex() == runner.info["key"]
+        new_pid = int((data_dir / "yggdrasil" / "daemon.pid").read_text())
+        assert new_pid != orphan
+        for _ in range(100):
+            if (
+                not Path(f"/proc/{orphan}/cmdline").exists()
+                or not Path(f"/proc/{orphan}/cmdline").read_bytes()
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the orphaned daemon is still running")
 
 
 async def test_missing_binary_says_what_to_install(lab: Lab, tmp_path: Path) -> None:

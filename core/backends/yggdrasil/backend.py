@@ -166,7 +166,7 @@ class YggdrasilBackend:
         self._tun: InterfaceAddress | None = None
         self._servers: set[_Server] = set()
         self._keys: OrderedDict[ipaddress.IPv6Address, tuple[bytes, float]] = OrderedDict()
-        self._refresh: asyncio.Future[None] | None = None
+        self._refresh: tuple[float, asyncio.Future[None]] | None = None  # (started, done)
         self._peer_state: dict[tuple[str, str], bool] = {}
         self._events: EventSink = lambda _event: None
         self._poller: asyncio.Task[None] | None = None
@@ -238,11 +238,6 @@ class YggdrasilBackend:
             if_name=cfg.if_name,
             key_path=cfg.data_dir / KEY_FILE_NAME,
         )
-        if await probe_daemon(str(self.admin), timeout=1.0):
-            raise MeshError(
-                f"a yggdrasil daemon already answers at {self.admin}: another `mesh up` "
-                f"uses the data dir {cfg.data_dir}; stop it first"
-            )
         self.daemon = ManagedDaemon(
             binary=cfg.yggdrasil_binary,
             data_dir=cfg.data_dir,
@@ -252,6 +247,12 @@ class YggdrasilBackend:
             netns_path=self.netns.path,
             start_timeout=self.start_timeout,
         )
+        await self.daemon.claim()
+        if await probe_daemon(str(self.admin), timeout=1.0):
+            raise MeshError(
+                f"a yggdrasil daemon that this data dir did not start answers at {self.admin}; "
+                "stop it, or use another --data-dir"
+            )
         await self.daemon.start(self._managed_ready, self._sync_tun)
 
     async def _managed_ready(self) -> bool:
@@ -428,10 +429,22 @@ class YggdrasilBackend:
 
     # -- address → key -------------------------------------------------------------------
     async def key_for_address(self, address: ipaddress.IPv6Address) -> bytes | None:
-        """From the daemon's sessions (and peers), cached; a miss asks the daemon again."""
+        """From the daemon's sessions (and peers), cached; a miss asks the daemon again.
+
+        A packet from ``address`` only reaches the TUN through a session, so a look-up
+        that starts after the connection arrived sees it. Concurrent misses share one
+        look-up, provided it started after they asked.
+        """
         hit = self._cached(address)
         if hit is not None:
             return hit
+        asked = time.monotonic()
+        while self._refresh is not None:
+            started, pending = self._refresh
+            await asyncio.shield(pending)
+            hit = self._cached(address)
+            if hit is not None or started >= asked:
+                return hit
         await self._refresh_keys()
         return self._cached(address)
 
@@ -447,10 +460,8 @@ class YggdrasilBackend:
         return key
 
     async def _refresh_keys(self) -> None:
-        if self._refresh is not None:  # one look-up at a time; others wait for it
-            await asyncio.shield(self._refresh)
-            return
-        self._refresh = asyncio.get_running_loop().create_future()
+        pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refresh = (time.monotonic(), pending)
         try:
             sessions = await self.admin.get_sessions()
             peers = await self.admin.get_peers()
@@ -465,8 +476,8 @@ class YggdrasilBackend:
             while len(self._keys) > SESSION_CACHE_SIZE:
                 self._keys.popitem(last=False)
         finally:
-            fut, self._refresh = self._refresh, None
-            fut.set_result(None)
+            self._refresh = None
+            pending.set_result(None)
 
     # -- admin -----------------------------------------------------------------------
     async def peers(self) -> list[PeerInfo]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -58,6 +60,23 @@ def _binary_has_file_caps(path: str) -> bool:
         return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; its new parent reaps it
+
+
+async def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 class ManagedDaemon:
     """One daemon process owned by a backend. ``start`` → ``stop``; not reusable."""
 
@@ -88,6 +107,7 @@ class ManagedDaemon:
         self._stopping = False
         self._on_restart: Callable[[], Awaitable[None]] | None = None
         self.restarts = 0
+        self._lock_fd: int | None = None
 
     @staticmethod
     def admin_socket(data_dir: Path) -> Path:
@@ -196,6 +216,51 @@ class ManagedDaemon:
         os.replace(tmp, self.config_path)
         return binary
 
+    # -- ownership -----------------------------------------------------------------
+    async def claim(self) -> None:
+        """Become the one owner of this data dir's daemon; stop one a crashed owner left.
+
+        The owner holds an exclusive ``flock`` on ``yggdrasil/lock`` until :meth:`stop`
+        (the kernel drops it if the process dies). A daemon recorded in ``daemon.pid``
+        without a living owner is an orphan and is stopped first.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MeshError(
+                f"the yggdrasil daemon of {self.dir.parent} is already managed by another "
+                "`mesh up`; stop that one first (or use another --data-dir)"
+            ) from None
+        self._lock_fd = fd
+        await self._stop_orphan()
+
+    async def _stop_orphan(self) -> None:
+        pid_file = self.dir / "daemon.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+            return
+        if str(self.config_path).encode() not in cmdline:
+            pid_file.unlink(missing_ok=True)  # that pid is some other process now
+            return
+        log.warning("stopping yggdrasil (pid %d) left running by a node that crashed", pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if await _gone(pid, STOP_GRACE):
+                break
+        pid_file.unlink(missing_ok=True)
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     # -- running -----------------------------------------------------------------
     async def start(self, ready: Ready, on_restart: Callable[[], Awaitable[None]]) -> None:
         """Launch, wait until ``ready()`` is true, then supervise in an owned task."""
@@ -222,6 +287,7 @@ class ManagedDaemon:
             )
         except OSError as exc:
             raise MeshError(f"cannot start {binary}: {exc}") from None
+        (self.dir / "daemon.pid").write_text(f"{self._proc.pid}\n")
         log.info("started yggdrasil (pid %d): %s", self._proc.pid, " ".join(cmd))
         assert self._proc.stdout is not None
         out = self._open_log()
@@ -353,7 +419,10 @@ class ManagedDaemon:
                 await self._supervisor
             self._supervisor = None
         await self._terminate()
-        log.info("stopped yggdrasil")
+        if self._proc is not None:
+            (self.dir / "daemon.pid").unlink(missing_ok=True)
+            log.info("stopped yggdrasil")
+        self._release()
 
 
 def default_key_path(data_dir: Path) -> Path:
