@@ -143,7 +143,8 @@ async def embedded_throughput(node: Node, target: str, listener: socket.socket, 
     return result[0]
 
 
-async def embedded_receive_throughput(node: Node, sender: Host, port: int, mb: int) -> float:
+def _rate_sink() -> tuple[asyncio.Future[float], Any]:
+    """A stream callback that reads to EOF and resolves to the MB/s it saw."""
     done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     async def sink(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -153,6 +154,12 @@ async def embedded_receive_throughput(node: Node, sender: Host, port: int, mb: i
             total += len(data)
         done.set_result(total / (time.perf_counter() - (start or 0)) / 1e6)
         w.close()
+
+    return done, sink
+
+
+async def embedded_receive_throughput(node: Node, sender: Host, port: int, mb: int) -> float:
+    done, sink = _rate_sink()
 
     server = await node.start_server(sink, port)
 
@@ -171,15 +178,7 @@ async def embedded_receive_throughput(node: Node, sender: Host, port: int, mb: i
 
 
 async def embedded_pair_throughput(a: Node, b: Node, mb: int, port: int) -> float:
-    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-
-    async def sink(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        total, start = 0, None
-        while data := await r.read(CHUNK):
-            start = start or time.perf_counter()
-            total += len(data)
-        done.set_result(total / (time.perf_counter() - (start or 0)) / 1e6)
-        w.close()
+    done, sink = _rate_sink()
 
     server = await a.start_server(sink, port)
     _, writer = await b.open_connection(a.address, port)
@@ -217,12 +216,11 @@ async def embedded_echo_server(node: Node, port: int) -> Any:
     return await node.start_server(echo, port)
 
 
-async def udp_rate_embedded(node: Node, host: Host, addr: str, packets: int) -> tuple[float, float]:
-    """Embedded → kernel UDP: packets/s at the receiver, embedded CPU s per 1,000 packets."""
+def _udp_counter(host: Host, addr: str) -> tuple[socket.socket, int, list[int], threading.Thread]:
+    """A kernel UDP socket in ``host`` counting datagrams until 1 s of silence."""
     rx = host.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     rx.bind((addr, 0))
     rx.settimeout(1.0)
-    port = rx.getsockname()[1]
     count = [0]
 
     def receive() -> None:
@@ -235,6 +233,12 @@ async def udp_rate_embedded(node: Node, host: Host, addr: str, packets: int) -> 
 
     t = threading.Thread(target=receive)
     t.start()
+    return rx, rx.getsockname()[1], count, t
+
+
+async def udp_rate_embedded(node: Node, host: Host, addr: str, packets: int) -> tuple[float, float]:
+    """Embedded → kernel UDP: packets/s at the receiver, embedded CPU s per 1,000 packets."""
+    rx, port, count, t = _udp_counter(host, addr)
     transport, _ = await node.create_datagram_endpoint(asyncio.DatagramProtocol)
     payload = b"p" * 64
     cpu0, t0 = time.thread_time(), time.perf_counter()
@@ -253,22 +257,7 @@ async def udp_rate_embedded(node: Node, host: Host, addr: str, packets: int) -> 
 def udp_rate_kernel(
     src: Host, dst: Host, addr: str, packets: int, daemon: Daemon
 ) -> tuple[float, float]:
-    rx = dst.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    rx.bind((addr, 0))
-    rx.settimeout(1.0)
-    port = rx.getsockname()[1]
-    count = [0]
-
-    def receive() -> None:
-        while True:
-            try:
-                rx.recv(2048)
-            except TimeoutError:
-                return
-            count[0] += 1
-
-    t = threading.Thread(target=receive)
-    t.start()
+    rx, port, count, t = _udp_counter(dst, addr)
     tx = src.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     payload = b"p" * 64
     cpu0, t0 = _cpu_of(daemon.pid), time.perf_counter()
