@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 import re
 import secrets
 import time
@@ -193,7 +194,9 @@ class MailStore:
     @classmethod
     async def open(cls, path: Path) -> MailStore:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Private mail: owner-only. SQLite gives the -wal and -shm files the same mode.
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode=WAL")

@@ -42,6 +42,12 @@ async def test_default_mailboxes_with_special_use(store: MailStore) -> None:
     assert len(validities) == 5 and 0 not in validities
 
 
+async def test_store_files_are_owner_only(store: MailStore, tmp_path: Path) -> None:
+    await store.deliver("INBOX", RAW)
+    for name in ("mail.db", "mail.db-wal", "mail.db-shm"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
 async def test_deliver_returns_uids_and_reads_back(store: MailStore) -> None:
     when = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
     uid1 = await store.deliver("INBOX", RAW, flags=["\\seen"], internal_date=when)
