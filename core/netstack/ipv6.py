@@ -47,6 +47,10 @@ _MAX_EXT_HEADERS = 8  # bound the work one packet can cause
 _FIXED = struct.Struct("!IHBB16s16s")
 
 
+_FOLD_MASKS: dict[int, int] = {}
+_FOLD_MASKS_MAX = 32
+
+
 def checksum_add(data: bytes | bytearray | memoryview) -> int:
     """One's-complement partial sum of ``data`` (odd length is zero padded), modulo 0xFFFF.
 
@@ -55,6 +59,16 @@ def checksum_add(data: bytes | bytearray | memoryview) -> int:
     value = int.from_bytes(data, "big")
     if len(data) & 1:
         value <<= 8
+    # Fold the halves together (hi * 2**(16k) + lo == hi + lo, mod 0xFFFF): a shift, a
+    # mask and an add per halving run about twice as fast as one long division.
+    while value.bit_length() > 1024:
+        half = ((value.bit_length() + 31) // 32) * 16
+        mask = _FOLD_MASKS.get(half)
+        if mask is None:
+            if len(_FOLD_MASKS) >= _FOLD_MASKS_MAX:
+                _FOLD_MASKS.clear()
+            mask = _FOLD_MASKS[half] = (1 << half) - 1
+        value = (value >> half) + (value & mask)
     return value % 0xFFFF
 
 

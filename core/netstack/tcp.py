@@ -374,7 +374,7 @@ class TcpConnection:
             raise LocalProtocolError(f"cannot send in state {self.state.value} or after shutdown")
         n = min(len(data), self.send_space)
         if n:
-            self._sndbuf += data[:n]
+            self._sndbuf += memoryview(data)[:n]
         return n
 
     def read(self, max_bytes: int = -1) -> bytes:
