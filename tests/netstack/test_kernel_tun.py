@@ -293,3 +293,39 @@ async def test_kernel_pings_us(lab: TunLab) -> None:
         )
         out, _ = await proc.communicate()
         assert proc.returncode == 0 and b"2 received" in out
+
+
+async def test_aiosmtpd_on_our_stack_receives_mail_from_kernel_smtplib(lab: TunLab) -> None:
+    """An asyncio protocol nobody here wrote (aiosmtpd's SMTP) served by our stack,
+    unchanged, to Python's smtplib on the kernel side."""
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+
+    received: list[tuple[str, list[str], bytes, object]] = []
+
+    class Handler:
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            assert isinstance(envelope.content, bytes)
+            received.append((envelope.mail_from, envelope.rcpt_tos, envelope.content, session.peer))
+            return "250 OK"
+
+    async with attach(lab) as stack:
+        server = await stack.create_server(lambda: SMTP(Handler()), 2525)
+        script = (
+            "import smtplib\n"
+            f"with smtplib.SMTP('{STACK_ADDR}', 2525, timeout=10) as s:\n"
+            "    body = 'Subject: hi\\r\\n\\r\\n' + ('x' * 70 + '\\r\\n') * 1500\n"
+            "    s.sendmail('a@mesh', ['b@mesh'], body)\n"
+            "print('sent')\n"
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *lab.netns_cmd(sys.executable, "-c", script),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert out == b"sent\n", err.decode()
+        ((mail_from, rcpts, content, peer),) = received
+        assert (mail_from, rcpts) == ("a@mesh", ["b@mesh"])
+        assert content.count(b"x" * 70 + b"\r\n") == 1500
+        assert isinstance(peer, tuple) and peer[0] == KERNEL_ADDR
+        server.close()
