@@ -1,5 +1,6 @@
 """The ICMPv6 messages the stack needs (RFC 4443): echo reply, destination
-unreachable / port unreachable (sent for UDP to a closed port, parsed when received)."""
+unreachable / port unreachable (sent for UDP to a closed port, parsed when received)
+and Packet Too Big (parsed: it lowers a TCP connection's MSS, RFC 8201)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ __all__ = [
     "TYPE_DEST_UNREACHABLE",
     "TYPE_ECHO_REPLY",
     "TYPE_ECHO_REQUEST",
+    "TYPE_PACKET_TOO_BIG",
     "IcmpMessage",
 ]
 
 TYPE_DEST_UNREACHABLE = 1
+TYPE_PACKET_TOO_BIG = 2
 TYPE_ECHO_REQUEST = 128
 TYPE_ECHO_REPLY = 129
 CODE_PORT_UNREACHABLE = 4
@@ -67,6 +70,16 @@ class IcmpMessage:
         return cls(
             TYPE_DEST_UNREACHABLE, CODE_PORT_UNREACHABLE, bytes(4) + bytes(invoking_packet[:room])
         )
+
+    @classmethod
+    def packet_too_big(cls, mtu: int, invoking_packet: bytes | memoryview) -> IcmpMessage:
+        room = MIN_MTU - HEADER_LEN - 8
+        return cls(TYPE_PACKET_TOO_BIG, 0, mtu.to_bytes(4, "big") + bytes(invoking_packet[:room]))
+
+    @property
+    def mtu(self) -> int:
+        """For Packet Too Big: the MTU of the next hop."""
+        return int.from_bytes(self.body[:4], "big")
 
     @property
     def invoking_packet(self) -> bytes:

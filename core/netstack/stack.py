@@ -29,6 +29,7 @@ from core.netstack.icmpv6 import (
     TYPE_DEST_UNREACHABLE,
     TYPE_ECHO_REPLY,
     TYPE_ECHO_REQUEST,
+    TYPE_PACKET_TOO_BIG,
     IcmpMessage,
 )
 from core.netstack.ipv6 import (
@@ -308,6 +309,28 @@ class NetStack:
             handler = self._udp.lookup(isrc, sport, idst, dport)
             if handler is not None:
                 handler.udp_error(ConnectionRefusedError(errno.ECONNREFUSED, "port unreachable"))
+        elif msg.type == TYPE_PACKET_TOO_BIG:
+            self._packet_too_big(msg)
+
+    def _packet_too_big(self, msg: IcmpMessage) -> None:
+        """RFC 8201: shrink the MSS of the TCP connection whose segment was too big."""
+        inner = msg.invoking_packet
+        if len(inner) < HEADER_LEN + 8 or inner[6] != PROTO_TCP:
+            return
+        key = (
+            inner[8:24],
+            int.from_bytes(inner[40:42], "big"),
+            inner[24:40],
+            int.from_bytes(inner[42:44], "big"),
+        )
+        sock = self._tcp.get(key)
+        if sock is None:
+            return
+        mtu = max(1280, min(msg.mtu, self.mtu))
+        seq = int.from_bytes(inner[44:48], "big")
+        if sock.conn.path_mtu_changed(mtu - HEADER_LEN - 20, seq):
+            log.debug("path MTU to %s is %d", ipaddress.IPv6Address(key[2]), mtu)
+            self.mark_dirty(sock)
 
     # ------------------------------------------------------------------ output
     def _emit(self, src: bytes, dst: bytes, proto: int, parts: tuple[bytes, ...]) -> None:

@@ -420,6 +420,22 @@ class TcpConnection:
             )
         self._fire(TcpEvent.ABORT)
 
+    def path_mtu_changed(self, mss: int, wire_seq: int) -> bool:
+        """An ICMPv6 Packet Too Big quoted our segment ``wire_seq``: send at most ``mss``
+        from now on and resend what was dropped (RFC 8201 section 5.2).  Ignored unless
+        the quoted sequence number is outstanding (RFC 5927 section 4.1) and the MSS
+        actually shrinks.  Returns whether it applied."""
+        rel = self._snd_una + _signed((wire_seq - self._iss - self._snd_una) & _M32)
+        if not self._snd_una <= rel < self._snd_max or mss >= self._mss:
+            return False
+        self._mss = max(IPV6_DEFAULT_MSS, mss)
+        self._cc.mss = self._mss
+        self._snd_nxt = self._snd_una
+        self._rtt_seq = None
+        self._sacked.clear()
+        self._sacked_bytes = 0
+        return True
+
     # ------------------------------------------------------------------ helpers
     def _wire_seq(self, rel: int) -> int:
         return (self._iss + rel) & _M32

@@ -337,3 +337,45 @@ async def test_buffered_data_and_eof_survive_peer_close_while_paused() -> None:
         assert bytes(got) == answer
         assert order == ["eof", "lost None"]
         server.close()
+
+
+async def test_packet_too_big_lowers_mss_and_transfer_completes() -> None:
+    """A hop with a 9000-byte MTU between the stacks drops bigger packets and answers
+    ICMPv6 Packet Too Big (as yggdrasil's ipv6rwc does); the sender shrinks its MSS."""
+    from core.netstack.icmpv6 import IcmpMessage
+    from core.netstack.ipv6 import PROTO_ICMPV6, build_packet
+
+    loop = asyncio.get_running_loop()
+    holder: dict[str, Any] = {}
+    router = ipaddress.IPv6Address("fd00:1::1").packed
+    a_addr = ipaddress.IPv6Address(A_ADDR).packed
+    too_big = 0
+
+    def a_to_b(pkt: bytes) -> None:
+        nonlocal too_big
+        if len(pkt) > 9000:
+            too_big += 1
+            msg = IcmpMessage.packet_too_big(9000, pkt).encode(router, a_addr)
+            ptb = build_packet(router, a_addr, PROTO_ICMPV6, (msg,))
+            loop.call_soon(holder["a"].receive_packet, ptb)
+            return
+        loop.call_soon(holder["b"].receive_packet, pkt)
+
+    from core.netstack.stack import NetStack
+
+    a = NetStack([A_ADDR], a_to_b)
+    b = NetStack([B_ADDR], lambda p: loop.call_soon(holder["a"].receive_packet, p))
+    holder.update(a=a, b=b)
+    async with a, b:
+        server = await b.start_server(echo_handler, 7)
+        reader, writer = await a.open_connection(B_ADDR, 7)
+        data = pattern(1_000_000)
+        writer.write(data)
+        writer.write_eof()
+        back = await asyncio.wait_for(reader.read(-1), 30)
+        assert back == data
+        assert too_big >= 1
+        (conn,) = [s.conn for s in a._tcp.values()]
+        assert conn.mss == 9000 - 60
+        writer.close()
+        server.close()
