@@ -552,41 +552,72 @@ class MailStore:
         self, mailbox: str, uids: Iterable[int], mode: str, flags: Iterable[str]
     ) -> dict[int, frozenset[str]]:
         """``mode`` is ``+`` (add), ``-`` (remove) or ``""`` (replace); new flags by UID."""
+        done, _ = await self.store_flags_ex(mailbox, uids, mode, flags)
+        return {uid: flags for uid, (flags, _) in done.items()}
+
+    async def store_flags_ex(
+        self,
+        mailbox: str,
+        uids: Iterable[int],
+        mode: str,
+        flags: Iterable[str],
+        *,
+        unchanged_since: int | None = None,
+    ) -> tuple[dict[int, tuple[frozenset[str], int]], list[int]]:
+        """Like :meth:`store_flags`, with modseqs and RFC 7162 ``UNCHANGEDSINCE``.
+
+        Returns ({uid: (flags, modseq)} for every entry stored or left as it was, [UIDs not
+        touched because their modseq is above ``unchanged_since``]).
+        """
         change = normalize_flags(flags)
         wanted = set(uids)
-        result: dict[int, frozenset[str]] = {}
-        changed = False
+        result: dict[int, tuple[frozenset[str], int]] = {}
+        modified: list[int] = []
+        updates: list[tuple[str, int, int, int]] = []
         if not wanted:
-            return result
+            return result, modified
         async with self._lock, self._tx():
             box = await self._mailbox_row(mailbox)
             rows = await self._all(
-                "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?",
+                "SELECT uid, flags, modseq FROM messages "
+                "WHERE mailbox_id = ? AND uid BETWEEN ? AND ?",
                 (box[0], min(wanted), max(wanted)),
             )
-            modseq = int(box[6])
-            for uid, text in rows:
+            modseq = int(box[6]) + 1  # one new modseq for this whole operation
+            for uid, text, old_modseq in rows:
                 if uid not in wanted:
+                    continue
+                if unchanged_since is not None and old_modseq > unchanged_since:
+                    modified.append(int(uid))
                     continue
                 old = _split_flags(text)
                 new = old | change if mode == "+" else old - change if mode == "-" else change
-                result[int(uid)] = new
                 if new == old:
+                    result[int(uid)] = (old, int(old_modseq))
                     continue
-                if not changed:
-                    modseq += 1
-                    changed = True
-                await self._db.execute(
+                result[int(uid)] = (new, modseq)
+                updates.append((" ".join(sorted(new)), modseq, box[0], int(uid)))
+            if updates:
+                await self._db.executemany(
                     "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
-                    (" ".join(sorted(new)), modseq, box[0], uid),
+                    updates,
                 )
-            if changed:
                 await self._db.execute(
                     "UPDATE mailboxes SET modseq = ? WHERE id = ?", (modseq, box[0])
                 )
-        if changed:
+        if updates:
             self._notify_change(box[1])
-        return result
+        return result, modified
+
+    async def entries(self, mailbox: str) -> tuple[list[tuple[int, frozenset[str], int]], int]:
+        """Every (uid, flags, modseq) in UID order and the mailbox's highest modseq."""
+        async with self._lock:
+            box = await self._mailbox_row(mailbox)
+            rows = await self._all(
+                "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid",
+                (box[0],),
+            )
+        return [(int(u), _split_flags(f), int(m)) for u, f, m in rows], int(box[6])
 
     async def copy(self, source: str, uids: Iterable[int], target: str) -> list[tuple[int, int]]:
         """Copy entries (sharing bodies); returns (source UID, new UID) pairs in UID order."""

@@ -626,6 +626,63 @@ async def test_garbage_giant_lines_and_literals_do_not_kill_the_server(env: Env)
     await run(client)
 
 
+# --- CONDSTORE (RFC 7162) -------------------------------------------------------------------
+
+
+async def test_condstore_modseq_changedsince_unchangedsince(env: Env) -> None:
+    for _ in range(3):
+        await env.store.deliver("INBOX", SIMPLE)
+
+    def client() -> None:
+        m, other = env.client(), env.client()
+        assert "CONDSTORE" in m.capabilities
+        assert m.enable("CONDSTORE")[0] == "OK"
+        assert m.untagged_responses.pop("ENABLED") == [b"CONDSTORE"]
+        other.select("INBOX")
+        assert tagged(m, "SELECT", "INBOX", "(CONDSTORE)")[0] == "OK"
+        m.state = "SELECTED"
+        highest = int(m.untagged_responses["HIGHESTMODSEQ"][-1])
+        _, data = m.fetch("1:*", "(MODSEQ)")
+        modseqs = [int(re.search(rb"MODSEQ \((\d+)\)", d).group(1)) for d in data]  # type: ignore[union-attr]
+        assert max(modseqs) == highest and len(set(modseqs)) == 3
+        _, data = m.store("2", "+FLAGS", "(\\Flagged)")
+        assert data == [b"2 (FLAGS (\\Flagged) MODSEQ (%d))" % (highest + 1)]  # other has \\Recent
+        m._simple_command("FETCH", "1:*", "(FLAGS)", f"(CHANGEDSINCE {highest})")  # type: ignore[attr-defined]
+        assert m.untagged_responses.pop("FETCH") == [
+            b"2 (FLAGS (\\Flagged) MODSEQ (%d))" % (highest + 1)
+        ]
+        typ, text = tagged(
+            m, "UID", "STORE", "1:3", f"(UNCHANGEDSINCE {highest})", "+FLAGS.SILENT", "(\\Seen)"
+        )
+        assert typ == "OK" and text.startswith(b"[MODIFIED 2]"), text
+        assert m.untagged_responses.pop("FETCH") == [
+            b"1 (UID 1 MODSEQ (%d))" % (highest + 2),
+            b"3 (UID 3 MODSEQ (%d))" % (highest + 2),
+        ]
+        assert m.search(None, "MODSEQ", str(highest + 1)) == (
+            "OK",
+            [b"1 2 3 (MODSEQ %d)" % (highest + 2)],
+        )
+        assert m.search(None, "MODSEQ", '"/flags/\\\\seen"', "all", str(highest + 2)) == (
+            "OK",
+            [b"1 3 (MODSEQ %d)" % (highest + 2)],
+        )
+        assert m.status("INBOX", "(HIGHESTMODSEQ)")[1] == [
+            b"INBOX (HIGHESTMODSEQ %d)" % (highest + 2)
+        ]
+        assert tagged(other, "FETCH", "2", "(MODSEQ)")[0] == "OK"  # turns CONDSTORE on
+        other.untagged_responses.clear()
+        m.store("1", "-FLAGS.SILENT", "(\\Seen)")
+        other.noop()
+        assert other.untagged_responses.pop("FETCH") == [
+            b"1 (UID 1 FLAGS (\\Recent) MODSEQ (%d))" % (highest + 3)
+        ]
+        other.logout()
+        m.logout()
+
+    await run(client)
+
+
 # --- entry points and shutdown --------------------------------------------------------------
 
 

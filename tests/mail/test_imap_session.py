@@ -62,6 +62,7 @@ async def test_login_select_fetch_byte_exact(store: MailStore) -> None:
         b"* 1 EXISTS\r\n* 1 RECENT\r\n"
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
         b"* OK [UIDNEXT 2] predicted next UID\r\n"
+        b"* OK [HIGHESTMODSEQ 2] highest\r\n"
         b"a2 OK [READ-WRITE] SELECT completed\r\n" % validity
     )
     await session.receive_data(b"a3 UID FETCH 1 (FLAGS BODY.PEEK[TEXT] RFC822.SIZE)\r\n")

@@ -112,6 +112,7 @@ class SessionBase:
         self.write = write
         self.state = State.NOT_AUTHENTICATED
         self.view: MailboxView | None = None
+        self.condstore = False  # RFC 7162: on once the client used or enabled CONDSTORE
         self.wakeup = asyncio.Event()
         self._unsubscribe = [
             store.subscribe_new_mail(lambda box, _uid: self._mark_dirty(box)),
@@ -141,12 +142,14 @@ class SessionBase:
             return
         view.dirty = False
         try:
-            current, _ = await self.store.uid_flags(view.name)
+            entries, _ = await self.store.entries(view.name)
         except MailboxNotFound:
             await self.write(b"* BYE the selected mailbox was deleted\r\n")
             self.state = State.LOGOUT
             return
         out: list[bytes] = []
+        current = [(uid, flags) for uid, flags, _ in entries]
+        modseqs = {uid: modseq for uid, _, modseq in entries}
         present = dict(current)
         if allow_expunge:
             for i in range(len(view.uids) - 1, -1, -1):
@@ -160,9 +163,10 @@ class SessionBase:
         for uid, flags in current:
             if uid <= last and uid in view.flags and view.flags[uid] != flags:
                 view.flags[uid] = flags
+                extra = b" MODSEQ (%d)" % modseqs[uid] if self.condstore else b""
                 out.append(
-                    b"* %d FETCH (UID %d FLAGS %s)\r\n"
-                    % (view.seq_of(uid) or 0, uid, render_flags(view.shown_flags(uid)))
+                    b"* %d FETCH (UID %d FLAGS %s%s)\r\n"
+                    % (view.seq_of(uid) or 0, uid, render_flags(view.shown_flags(uid)), extra)
                 )
         if new:
             view.uids.extend(new)

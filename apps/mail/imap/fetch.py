@@ -35,6 +35,7 @@ _SIMPLE = frozenset(
         "RFC822.TEXT",
         "ENVELOPE",
         "BODYSTRUCTURE",
+        "MODSEQ",
         "BODY",
     }
 )
@@ -159,6 +160,8 @@ def render_fetch(
             out.append(b"ENVELOPE " + meta.envelope)
         elif name == "BODYSTRUCTURE":
             out.append(b"BODYSTRUCTURE " + meta.bodystructure)
+        elif name == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % meta.modseq)
         else:
             assert raw is not None
             if name == "RFC822":

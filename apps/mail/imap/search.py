@@ -75,6 +75,7 @@ Predicate = Callable[[SearchContext], bool]
 class Criteria:
     predicate: Predicate
     needs: int  # NEED_NOTHING / NEED_HEADER / NEED_BODY
+    modseq: bool = False  # a MODSEQ key was used: the response carries (MODSEQ n)
 
 
 def _raw_headers(header: bytes) -> dict[str, list[str]]:
@@ -133,6 +134,9 @@ class _Tokens:
             raise StopIteration
         self._pos += 1
         return self._values[self._pos - 1]
+
+    def back(self) -> None:
+        self._pos -= 1
 
     def more(self) -> bool:
         return self._pos < len(self._values)
@@ -221,7 +225,7 @@ _DATE_KEYS = {
 def _all_of(parts: list[Criteria]) -> Criteria:
     preds = [p.predicate for p in parts]
     needs = max((p.needs for p in parts), default=NEED_NOTHING)
-    return Criteria(lambda c: all(p(c) for p in preds), needs)
+    return Criteria(lambda c: all(p(c) for p in preds), needs, any(p.modseq for p in parts))
 
 
 def _key(tokens: _Tokens, depth: int) -> Criteria:
@@ -274,12 +278,21 @@ def _other_key(key: str, value: str, tokens: _Tokens, depth: int) -> Criteria:
         return Criteria(lambda c: c.recent, NEED_NOTHING)
     if key == "NOT":
         inner = _key(tokens, depth + 1)
-        return Criteria(lambda c: not inner.predicate(c), inner.needs)
+        return Criteria(lambda c: not inner.predicate(c), inner.needs, inner.modseq)
     if key == "OR":
         left, right = _key(tokens, depth + 1), _key(tokens, depth + 1)
         return Criteria(
-            lambda c: left.predicate(c) or right.predicate(c), max(left.needs, right.needs)
+            lambda c: left.predicate(c) or right.predicate(c),
+            max(left.needs, right.needs),
+            left.modseq or right.modseq,
         )
+    if key == "MODSEQ":  # RFC 7162 section 3.1.5: MODSEQ [entry-name entry-type] n
+        if isinstance(tokens.take("a mod-sequence"), bytes):
+            tokens.atom("an entry type")  # per-flag modseqs are not kept: the message's counts
+        else:
+            tokens.back()
+        least = tokens.number()
+        return Criteria(lambda c: c.meta.modseq >= least, NEED_NOTHING, True)
     if key == "UID":
         uids = SequenceSet.parse(tokens.atom("a UID set"))
         return Criteria(lambda c: uids.contains(c.meta.uid, c.max_uid), NEED_NOTHING)

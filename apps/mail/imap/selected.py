@@ -27,15 +27,26 @@ def _chunks(items: list[tuple[int, int]], size: int) -> list[list[tuple[int, int
 class SelectedCommands(SessionBase):
     async def cmd_fetch(self, cmd: Command, uid_mode: bool = False) -> str:
         view = self.require_view()
-        if len(cmd.args) != 2:
-            raise bad("FETCH needs a sequence set and items")
+        if len(cmd.args) not in (2, 3):
+            raise bad("FETCH needs a sequence set, items and optionally (CHANGEDSINCE n)")
         targets = view.resolve(cmd.args[0], uid_mode)
         try:
             request = parse_fetch_items(cmd.args[1], uid_command=uid_mode)
         except ValueError as exc:
             raise bad(str(exc)) from None
+        changed_since = None
+        if len(cmd.args) == 3:  # RFC 7162 section 3.1.4.1
+            changed_since = _modifier(cmd.args[2], "CHANGEDSINCE")
+            self.condstore = True
+        if any(i.name == "MODSEQ" for i in request.items):
+            self.condstore = True
+        elif changed_since is not None:
+            request = dataclasses.replace(request, items=(*request.items, FetchItem("MODSEQ")))
         has_flags = any(i.name == "FLAGS" for i in request.items)
-        with_flags = dataclasses.replace(request, items=(*request.items, FetchItem("FLAGS")))
+        extra = (
+            (FetchItem("FLAGS"), FetchItem("MODSEQ")) if self.condstore else (FetchItem("FLAGS"),)
+        )
+        with_flags = dataclasses.replace(request, items=(*request.items, *extra))
         size = BODY_CHUNK if request.needs_header else META_CHUNK
         for chunk in _chunks(targets, size):
             uids = [uid for _, uid in chunk]
@@ -49,15 +60,17 @@ class SelectedCommands(SessionBase):
             if request.sets_seen and not view.readonly:
                 unseen = [u for u in uids if u in metas and "\\Seen" not in metas[u].flags]
                 if unseen:
-                    new = await self.store.store_flags(view.name, unseen, "+", ["\\Seen"])
-                    for uid, flags in new.items():
-                        metas[uid] = dataclasses.replace(metas[uid], flags=flags)
+                    new, _ = await self.store.store_flags_ex(view.name, unseen, "+", ["\\Seen"])
+                    for uid, (flags, modseq) in new.items():
+                        metas[uid] = dataclasses.replace(metas[uid], flags=flags, modseq=modseq)
                     changed = set(new)
             out: list[bytes] = []
             for seq, uid in chunk:
                 meta = metas.get(uid)
                 if meta is None:
                     continue  # expunged by another session; reported later
+                if changed_since is not None and meta.modseq <= changed_since:
+                    continue
                 view.flags[uid] = meta.flags
                 use = with_flags if uid in changed and not has_flags else request
                 out.append(render_fetch(seq, meta, use, raws.get(uid), view.shown_flags(uid)))
@@ -66,38 +79,49 @@ class SelectedCommands(SessionBase):
 
     async def cmd_store(self, cmd: Command, uid_mode: bool = False) -> str:
         view = self.require_view()
-        if len(cmd.args) < 3:
+        args = list(cmd.args)
+        unchanged_since = None
+        if len(args) > 1 and isinstance(args[1], list):  # RFC 7162 section 3.1.3
+            unchanged_since = _modifier(args.pop(1), "UNCHANGEDSINCE")
+            self.condstore = True
+        if len(args) < 3:
             raise bad("STORE needs a sequence set, an item and flags")
         if view.readonly:
             raise CommandFailed("NO", "the mailbox is selected read-only (EXAMINE)")
-        targets = view.resolve(cmd.args[0], uid_mode)
-        item = atom(cmd.args[1], "STORE item").upper()
+        targets = view.resolve(args[0], uid_mode)
+        item = atom(args[1], "STORE item").upper()
         silent = item.endswith(".SILENT")
         base = item.removesuffix(".SILENT")
         modes = {"FLAGS": "", "+FLAGS": "+", "-FLAGS": "-"}
         if base not in modes:
             raise bad(f"unknown STORE item {item!r}: use FLAGS, +FLAGS or -FLAGS")
-        flags = _flag_args(cmd.args[2:])
+        flags = [f for f in _flag_args(tuple(args[2:])) if f != "\\Recent"]
         try:
-            new = await self.store.store_flags(
-                view.name,
-                [u for _, u in targets],
-                modes[base],
-                [f for f in flags if f != "\\Recent"],
-            )
+            new, modified = await self.store.store_flags_ex(
+                view.name, [u for _, u in targets], modes[base], flags,
+                unchanged_since=unchanged_since,
+            )  # fmt: skip
         except StoreError as exc:
             raise bad(str(exc)) from None
         out: list[bytes] = []
         for seq, uid in targets:
             if uid not in new:
                 continue
-            view.flags[uid] = new[uid]
-            if not silent:
-                shown = render_flags(view.shown_flags(uid))
-                extra = b" UID %d" % uid if uid_mode else b""
-                out.append(b"* %d FETCH (FLAGS %s%s)\r\n" % (seq, shown, extra))
+            flags_now, modseq = new[uid]
+            changed = view.flags.get(uid) != flags_now
+            view.flags[uid] = flags_now
+            parts = [] if silent else [b"FLAGS " + render_flags(view.shown_flags(uid))]
+            if uid_mode:
+                parts.append(b"UID %d" % uid)
+            if self.condstore and (changed or not silent):
+                parts.append(b"MODSEQ (%d)" % modseq)  # even .SILENT reports it (3.1.3)
+            if not silent or (self.condstore and changed):
+                out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
         if out:
             await self.write(b"".join(out))
+        if modified:
+            numbers = modified if uid_mode else [view.seq_of(u) or 0 for u in modified]
+            return f"[MODIFIED {uid_set_text(sorted(numbers))}] conditional STORE failed"
         return "STORE completed"
 
     async def _copy_or_move(self, cmd: Command, uid_mode: bool, move: bool) -> str:
@@ -193,7 +217,16 @@ class SelectedCommands(SessionBase):
                 for c in batch:
                     c.raw = raws.get(c.meta.uid, b"")
             hits.extend((c.meta.uid if uid_mode else c.seq) for c in batch if criteria.predicate(c))
-        await self.write(b"* SEARCH" + b"".join(b" %d" % n for n in hits) + b"\r\n")
+        tail = b""
+        if criteria.modseq:
+            self.condstore = True
+            if hits:
+                wanted = set(hits)
+                highest = max(
+                    c.meta.modseq for c in contexts if (c.meta.uid if uid_mode else c.seq) in wanted
+                )
+                tail = b" (MODSEQ %d)" % highest
+        await self.write(b"* SEARCH" + b"".join(b" %d" % n for n in hits) + tail + b"\r\n")
         return "SEARCH completed"
 
     async def cmd_check(self, cmd: Command) -> str:
@@ -227,6 +260,20 @@ class SelectedCommands(SessionBase):
         if handler is None:
             raise bad(f"unknown command {cmd.name}")
         return await handler(cmd, True)
+
+
+def _modifier(value: Value, name: str) -> int:
+    """``(NAME n)`` as in ``(CHANGEDSINCE 12)`` / ``(UNCHANGEDSINCE 12)``."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], str)
+        or value[0].upper() != name
+        or not isinstance(value[1], str)
+        or not value[1].isdigit()
+    ):
+        raise bad(f"expected ({name} <mod-sequence>)")
+    return int(value[1])
 
 
 def _flag_args(values: tuple[Value, ...]) -> list[str]:

@@ -36,11 +36,11 @@ Authenticator = Callable[[str, str], Awaitable[bool]]
 
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN IDLE UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED "
-    "CHILDREN UNSELECT ENABLE NAMESPACE ID"
+    "CHILDREN UNSELECT ENABLE NAMESPACE ID CONDSTORE"
 )
 MAX_AUTH_FAILURES = 5
 SYSTEM_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
 ANY = frozenset({State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED})
 AUTHED = frozenset({State.AUTHENTICATED, State.SELECTED})
 SELECTED = frozenset({State.SELECTED})
@@ -256,7 +256,14 @@ class ImapSession(SelectedCommands):
         return "ID completed"
 
     async def cmd_enable(self, cmd: Command) -> str:
-        await self.write(b"* ENABLED\r\n")  # no ENABLE-able extension is implemented
+        asked = {atom(v, "capability").upper() for v in cmd.args}
+        if not asked:
+            raise bad("ENABLE needs at least one capability")
+        enabled = b""
+        if "CONDSTORE" in asked:
+            self.condstore = True
+            enabled = b" CONDSTORE"
+        await self.write(b"* ENABLED" + enabled + b"\r\n")
         return "ENABLE completed"
 
     # --- mailboxes -----------------------------------------------------------------------
@@ -340,15 +347,22 @@ class ImapSession(SelectedCommands):
         return await self._select(cmd, readonly=True)
 
     async def _select(self, cmd: Command, *, readonly: bool) -> str:
-        name = astring(self._one_arg(cmd), "mailbox name")
+        if len(cmd.args) == 2 and isinstance(cmd.args[1], list):  # (CONDSTORE), RFC 7162
+            if [atom(v, "select parameter").upper() for v in cmd.args[1]] != ["CONDSTORE"]:
+                raise bad("the only SELECT/EXAMINE parameter supported is (CONDSTORE)")
+            self.condstore = True
+        elif len(cmd.args) != 1:
+            raise bad(f"{cmd.name} needs a mailbox name")
+        name = astring(cmd.args[0], "mailbox name")
         self.view = None
         self.state = State.AUTHENTICATED
         try:
             info = await self.store.mailbox(name)
-            entries, _ = await self.store.uid_flags(name)
+            triples, highest = await self.store.entries(name)
             recent = set() if readonly else await self.store.claim_recent(name)
         except MailboxNotFound as exc:
             raise CommandFailed("NO", str(exc), "NONEXISTENT") from None
+        entries = [(uid, flags) for uid, flags, _ in triples]
         uids = [uid for uid, _ in entries]
         view = MailboxView(info.name, readonly, info.uidvalidity, uids, dict(entries), recent)
         keywords = sorted({f for _, fl in entries for f in fl if not f.startswith("\\")})
@@ -366,6 +380,7 @@ class ImapSession(SelectedCommands):
         lines += [
             f"* OK [UIDVALIDITY {info.uidvalidity}] UIDs valid",
             f"* OK [UIDNEXT {info.uidnext}] predicted next UID",
+            f"* OK [HIGHESTMODSEQ {highest}] highest",
         ]
         await self.write(("\r\n".join(lines) + "\r\n").encode())
         self.view = view
@@ -391,7 +406,10 @@ class ImapSession(SelectedCommands):
             "UIDNEXT": status.uidnext,
             "UIDVALIDITY": status.uidvalidity,
             "UNSEEN": status.unseen,
+            "HIGHESTMODSEQ": status.highest_modseq,
         }
+        if "HIGHESTMODSEQ" in items:
+            self.condstore = True
         body = " ".join(f"{i} {values[i]}" for i in items).encode()
         await self.write(b"* STATUS " + quote_astring(name) + b" (" + body + b")\r\n")
         return "STATUS completed"
