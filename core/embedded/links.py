@@ -197,6 +197,7 @@ class LinkConnection(asyncio.Protocol):
         inbound: bool,
         local_key: bytes,
         handshake_timeout: float,
+        write_high_water: int = 256 * 1024,
     ) -> None:
         self._owner = owner
         self._meta_bytes = meta_bytes
@@ -204,6 +205,7 @@ class LinkConnection(asyncio.Protocol):
         self.inbound = inbound
         self._local_key = local_key
         self._handshake_timeout = handshake_timeout
+        self._high_water = write_high_water
         self._reader = MetaReader(uri.password)
         self.transport: asyncio.Transport | None = None
         self.meta: Meta | None = None
@@ -223,6 +225,8 @@ class LinkConnection(asyncio.Protocol):
         if peer:
             host = str(peer[0])
             self.remote = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        # pause_writing above our high water, resume_writing (-> owner flushes) below
+        transport.set_write_buffer_limits(high=self._high_water)
         transport.write(self._meta_bytes)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)

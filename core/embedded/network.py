@@ -140,6 +140,7 @@ class PacketNetwork:
         self._ticker: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
+        self._flush_scheduled = False
 
     @property
     def router(self) -> Router:
@@ -236,6 +237,7 @@ class PacketNetwork:
             inbound=inbound,
             local_key=self.public_key,
             handshake_timeout=self.config.handshake_timeout,
+            write_high_water=self.config.write_high_water,
         )
         if inbound and len(self._pending) + len(self._links) >= self.config.max_links:
             log.warning("refusing inbound link: %d links open (max_links)", self.config.max_links)
@@ -368,12 +370,20 @@ class PacketNetwork:
             self._flush()
 
     def _flush(self) -> None:
+        """Write pending frames; queued packets only while a link's buffer has room."""
+        self._flush_scheduled = False
         high = self.config.write_high_water
         now = time.monotonic()
+        backlog = False
         for conn, link in self._links.items():
             link.session.set_now(now)
             data = link.session.data_to_send(conn.write_budget(high))
             conn.write(data)
+            if len(link.session.queue) and not conn.paused:
+                backlog = True  # the socket took it all: keep going on the next loop turn
+        if backlog and not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     # -- introspection ------------------------------------------------------------------
 
