@@ -265,3 +265,32 @@ async def test_yggdrasil_04_peer_is_refused_with_clear_log(
         assert "upgrade the remote node to Yggdrasil 0.5" in caplog.text
     finally:
         await net.close()
+
+
+async def test_embedded_nodes_route_through_a_daemon(tmp_path: Path) -> None:
+    """embedded X -- daemon -- embedded Y: lookups and traffic forwarded by yggdrasil-go."""
+    _need_daemon()
+    port = free_port()
+    x, y = _net(), _net()
+    got: list[tuple[bytes, bytes]] = []
+    y.set_handler(lambda src, data: got.append((src, data)))
+    async with daemon_running(tmp_path / "d", listen=[f"tls://127.0.0.1:{port}"]) as daemon:
+        await asyncio.to_thread(daemon.wait_listening, port)
+        for net in (x, y):
+            await net.start()
+            await net.add_peer(f"tls://127.0.0.1:{port}")
+        try:
+            root = min(x.public_key, y.public_key, daemon.public_key)
+            await _eventually(
+                lambda: x.tree().root == root and y.tree().root == root, "one tree via the daemon"
+            )
+            deadline = time.monotonic() + 20
+            while (x.public_key, b"via daemon") not in got:
+                assert time.monotonic() < deadline, "no packet crossed the daemon"
+                x.send(y.public_key, b"via daemon")  # the first waits for a lookup
+                await asyncio.sleep(0.3)
+            [path] = [p for k, p in x.tree().paths if k == y.public_key]
+            assert path == y.tree().coords
+        finally:
+            await x.close()
+            await y.close()
