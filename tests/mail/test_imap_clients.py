@@ -201,3 +201,36 @@ async def test_mutt_reads_pipes_and_moves_a_message(served: Served) -> None:
     archived = await store.list_uids("Archive")
     assert len(archived) == 1
     assert await store.fetch_raw("Archive", archived[0]) == MSG_B
+
+
+async def test_mutt_header_cache_with_condstore_sees_server_flag_changes(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    require(shutil.which("mutt") is not None, "mutt (Debian package mutt) is not installed")
+    store = served.store
+    for raw in (MSG_A, MSG_B, MSG_C):
+        await store.deliver("INBOX", raw)
+    cache = served.tmp / "hcache"
+    cache.mkdir()
+    rc = served.tmp / "muttrc"
+    rc.write_text(
+        f'set imap_user="{USER}"\nset imap_pass="{PASSWORD}"\n'
+        f'set folder="imap://127.0.0.1:{served.port}/"\nset spoolfile="+INBOX"\n'
+        f'set ssl_starttls=no\nset ssl_force_tls=no\nset header_cache="{cache}"\n'
+        "set imap_condstore=yes\nset wait_key=no\nset confirmcreate=no\n"
+        "set confirmappend=no\nset quit=yes\nset move=no\nset mail_check=0\nset timeout=1\n"
+    )
+    code, screen = await asyncio.to_thread(
+        _run_in_pty, ["mutt", "-n", "-F", str(rc), "-e", 'push "<quit>"'], 60
+    )
+    assert code == 0, screen[-2000:]
+    await store.store_flags("INBOX", [2], "+", ["\\Flagged"])  # changed while mutt is away
+    caplog.set_level("DEBUG", logger="apps.mail.imap.selected")
+    keys = "<tag-pattern>~F<enter><tag-prefix><copy-message>=Flagged<enter><quit>"
+    code, screen = await asyncio.to_thread(
+        _run_in_pty, ["mutt", "-n", "-F", str(rc), "-e", f'push "{keys}"'], 60
+    )
+    assert code == 0, screen[-2000:]
+    assert any("CHANGEDSINCE" in r.getMessage() for r in caplog.records)  # used the cache
+    (copied,) = await store.list_uids("Flagged")
+    assert await store.fetch_raw("Flagged", copied) == MSG_B

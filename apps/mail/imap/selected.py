@@ -6,6 +6,7 @@ Each handler returns the text of the tagged OK, or raises :class:`CommandFailed`
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from ..store import MailboxNotFound, StoreError
 from .base import CommandFailed, SessionBase, State, astring, atom, bad
@@ -15,6 +16,8 @@ from .search import NEED_BODY, NEED_NOTHING, SearchContext, parse_search
 from .wire import render_flags, uid_set_text
 
 __all__ = ["SelectedCommands"]
+
+log = logging.getLogger(__name__)
 
 META_CHUNK = 2000  # messages per store round trip when no message bytes are needed
 BODY_CHUNK = 100  # ... and when they are: bounds memory for FETCH 1:* BODY[]
@@ -38,6 +41,7 @@ class SelectedCommands(SessionBase):
         if len(cmd.args) == 3:  # RFC 7162 section 3.1.4.1
             changed_since = _modifier(cmd.args[2], "CHANGEDSINCE")
             self.condstore = True
+            log.debug("FETCH %s CHANGEDSINCE %d", view.name, changed_since)
         if any(i.name == "MODSEQ" for i in request.items):
             self.condstore = True
         elif changed_since is not None:
