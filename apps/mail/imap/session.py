@@ -136,6 +136,7 @@ class ImapSession(SelectedCommands):
             await self._dispatch(event)
 
     async def _dispatch(self, cmd: Command) -> None:
+        log.debug("IMAP %s %s", cmd.tag[:40], cmd.name[:40])  # never the arguments (passwords)
         entry = self._handlers.get(cmd.name)
         try:
             if entry is None:
