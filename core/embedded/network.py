@@ -299,7 +299,7 @@ class PacketNetwork:
                 conn.abort()
                 self._pending.discard(conn)
                 raise
-            static.last_error = error
+            static.last_error = error or "connection closed by the remote side"
             failures = min(failures + 1, 32)
             delay = min(self.config.backoff_min * 2 ** (failures - 1), cap)
             log.debug("peer %s down (%s); redial in %.1fs", base, error, delay)
