@@ -25,13 +25,28 @@ gets a challenge ACK), keepalive (RFC 1122 4.2.3.6) and ISNs per RFC 6528.
 from __future__ import annotations
 
 import collections
-import enum
 import errno
 import hashlib
 import logging
-from dataclasses import dataclass
 
 from core.netstack.tcp_cc import NewReno, RtoEstimator
+from core.netstack.tcp_sack import Reassembly, SackScoreboard
+from core.netstack.tcp_state import (
+    CAN_RECEIVE_DATA,
+    CAN_SEND,
+    MIN_MSS,
+    SYNCHRONIZED,
+    TRANSITIONS,
+    Connected,
+    ConnectionClosed,
+    DataReceived,
+    EofReceived,
+    Event,
+    LocalProtocolError,
+    TcpConfig,
+    TcpEvent,
+    TcpState,
+)
 from core.netstack.tcp_wire import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions, TcpSegment
 
 __all__ = [
@@ -54,142 +69,11 @@ log = logging.getLogger(__name__)
 
 _M32 = 0xFFFFFFFF
 IPV6_DEFAULT_MSS = 1220  # RFC 8200 minimum MTU 1280 - 60, used when the peer sends none
-MIN_MSS = 64
 _MAX_DUPACKS_PER_FLUSH = 16
 
 
 def _signed(x: int) -> int:
     return x - (1 << 32) if x & 0x80000000 else x
-
-
-class TcpState(enum.Enum):
-    CLOSED = "CLOSED"
-    SYN_SENT = "SYN-SENT"
-    SYN_RECEIVED = "SYN-RECEIVED"
-    ESTABLISHED = "ESTABLISHED"
-    FIN_WAIT_1 = "FIN-WAIT-1"
-    FIN_WAIT_2 = "FIN-WAIT-2"
-    CLOSE_WAIT = "CLOSE-WAIT"
-    CLOSING = "CLOSING"
-    LAST_ACK = "LAST-ACK"
-    TIME_WAIT = "TIME-WAIT"
-
-
-class TcpEvent(enum.Enum):
-    OPEN = "active open"
-    SYN_IN = "SYN received"
-    SYNACK_IN = "SYN-ACK received"
-    ACK_OF_SYN = "our SYN acknowledged"
-    CLOSE = "application shut down writing"
-    FIN_IN = "FIN received in order"
-    ACK_OF_FIN = "our FIN acknowledged"
-    TIMEOUT_2MSL = "TIME-WAIT expired"
-    RESET = "valid RST received"
-    ABORT = "application aborted"
-    GIVE_UP = "retransmissions/keepalives exhausted"
-
-
-S, E = TcpState, TcpEvent
-#: Every legal state change.  A pair that is not here is a bug in the caller.
-TRANSITIONS: dict[tuple[TcpState, TcpEvent], TcpState] = {
-    (S.CLOSED, E.OPEN): S.SYN_SENT,
-    (S.CLOSED, E.SYN_IN): S.SYN_RECEIVED,
-    (S.SYN_SENT, E.SYNACK_IN): S.ESTABLISHED,
-    (S.SYN_SENT, E.SYN_IN): S.SYN_RECEIVED,  # simultaneous open
-    (S.SYN_SENT, E.CLOSE): S.CLOSED,
-    (S.SYN_RECEIVED, E.ACK_OF_SYN): S.ESTABLISHED,
-    (S.SYN_RECEIVED, E.CLOSE): S.FIN_WAIT_1,
-    (S.ESTABLISHED, E.CLOSE): S.FIN_WAIT_1,
-    (S.ESTABLISHED, E.FIN_IN): S.CLOSE_WAIT,
-    (S.FIN_WAIT_1, E.ACK_OF_FIN): S.FIN_WAIT_2,
-    (S.FIN_WAIT_1, E.FIN_IN): S.CLOSING,
-    (S.FIN_WAIT_2, E.FIN_IN): S.TIME_WAIT,
-    (S.CLOSING, E.ACK_OF_FIN): S.TIME_WAIT,
-    (S.CLOSE_WAIT, E.CLOSE): S.LAST_ACK,
-    (S.LAST_ACK, E.ACK_OF_FIN): S.CLOSED,
-    (S.TIME_WAIT, E.TIMEOUT_2MSL): S.CLOSED,
-}
-for _state in TcpState:
-    if _state is not S.CLOSED:
-        for _ev in (E.RESET, E.ABORT, E.GIVE_UP):
-            TRANSITIONS.setdefault((_state, _ev), S.CLOSED)
-del S, E
-
-_SYNCHRONIZED = frozenset(
-    {
-        TcpState.ESTABLISHED,
-        TcpState.FIN_WAIT_1,
-        TcpState.FIN_WAIT_2,
-        TcpState.CLOSE_WAIT,
-        TcpState.CLOSING,
-        TcpState.LAST_ACK,
-        TcpState.TIME_WAIT,
-    }
-)
-_CAN_SEND = frozenset(
-    {TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT}
-)
-_CAN_RECEIVE_DATA = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2})
-
-
-class LocalProtocolError(RuntimeError):
-    """The application used the connection wrongly (e.g. send after shutdown)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TcpConfig:
-    """Per-connection tunables.  ``mss`` is what we advertise and the most we send; the
-    stack derives it from the link MTU (MTU - 40 IPv6 - 20 TCP)."""
-
-    mss: int = 65535 - 60
-    send_buffer: int = 4 << 20
-    receive_buffer: int = 4 << 20
-    initial_rto: float = 1.0
-    min_rto: float = 0.2
-    max_rto: float = 60.0
-    syn_retries: int = 6
-    max_retries: int = 15
-    delayed_ack: float = 0.04
-    time_wait: float = 60.0  # 2*MSL with Linux's MSL of 30 s
-    fin_wait_2_timeout: float = 60.0
-    keepalive_idle: float | None = None
-    keepalive_interval: float = 75.0
-    keepalive_count: int = 9
-
-    def __post_init__(self) -> None:
-        if not MIN_MSS <= self.mss <= 65535 - 60:
-            raise ValueError(f"TCP MSS {self.mss} out of range {MIN_MSS}..{65535 - 60}")
-        if self.send_buffer < self.mss or self.receive_buffer < self.mss:
-            raise ValueError("TCP send/receive buffers must hold at least one MSS")
-        if self.receive_buffer > (0xFFFF << 14):
-            raise ValueError("TCP receive buffer exceeds the largest scaled window (1 GiB)")
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The handshake completed."""
-
-
-@dataclass(frozen=True, slots=True)
-class DataReceived:
-    """Bytes wait in the receive buffer: call :meth:`TcpConnection.read`."""
-
-
-@dataclass(frozen=True, slots=True)
-class EofReceived:
-    """The peer sent FIN: no more data will arrive (after what is buffered)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
-    """The connection is over for the application (CLOSED or TIME-WAIT).
-    ``errno`` is set when it ended abnormally (refused, reset, timed out)."""
-
-    errno: int | None = None
-    reason: str | None = None
-
-
-Event = Connected | DataReceived | EofReceived | ConnectionClosed
 
 
 def isn_rfc6528(
@@ -250,8 +134,7 @@ class TcpConnection:
         # receive side (relative to the peer's ISN)
         self._rcv_nxt = 0
         self._rcvbuf = bytearray()
-        self._ooo: dict[int, bytes] = {}
-        self._ooo_bytes = 0
+        self._ooo = Reassembly()
         self._rcv_fin_seq: int | None = None
         self._eof_received = False
         self._our_scale = _scale_for(config.receive_buffer)
@@ -261,9 +144,7 @@ class TcpConnection:
         self._scale_ok = False
         self._sack_ok = False
         self._dupacks_owed = 0
-        self._last_ooo = 0
-        self._sacked: list[tuple[int, int]] = []  # sender scoreboard, merged, sorted
-        self._sacked_bytes = 0
+        self._sacked = SackScoreboard()
         self._rtx_next = 0
         # ACK generation
         self._ack_now = False
@@ -370,7 +251,7 @@ class TcpConnection:
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue data; returns how many bytes fitted in the bounded send buffer."""
-        if self._fin_seq is not None or self.state not in _CAN_SEND:
+        if self._fin_seq is not None or self.state not in CAN_SEND:
             raise LocalProtocolError(f"cannot send in state {self.state.value} or after shutdown")
         n = min(len(data), self.send_space)
         if n:
@@ -394,7 +275,7 @@ class TcpConnection:
 
     def shutdown(self) -> None:
         """Half-close: send FIN after the queued data (idempotent)."""
-        if self._fin_seq is not None or self.state not in _CAN_SEND:
+        if self._fin_seq is not None or self.state not in CAN_SEND:
             return
         if self.state is TcpState.SYN_SENT:
             self._fire(TcpEvent.CLOSE)
@@ -414,7 +295,7 @@ class TcpConnection:
         """Drop the connection now and tell the peer with a RST."""
         if self.state is TcpState.CLOSED:
             return
-        if self.state in _SYNCHRONIZED or self.state is TcpState.SYN_RECEIVED:
+        if self.state in SYNCHRONIZED or self.state is TcpState.SYN_RECEIVED:
             self._pending_rst = TcpSegment(
                 self.local_port, self.remote_port, self._wire_seq(self._snd_nxt), 0, RST, 0
             )
@@ -433,7 +314,6 @@ class TcpConnection:
         self._snd_nxt = self._snd_una
         self._rtt_seq = None
         self._sacked.clear()
-        self._sacked_bytes = 0
         return True
 
     # ------------------------------------------------------------------ helpers
@@ -483,7 +363,11 @@ class TcpConnection:
     def _segment(self, flags: int, seq: int, payload: bytes = b"") -> TcpSegment:
         options = NO_OPTIONS
         if self._ooo and self._sack_ok:
-            options = TcpOptions(sack_blocks=self._sack_blocks())
+            irs = self._irs
+            blocks = self._ooo.sack_blocks()
+            options = TcpOptions(
+                sack_blocks=tuple(((irs + s) & _M32, (irs + e) & _M32) for s, e in blocks)
+            )
         return TcpSegment(
             self.local_port,
             self.remote_port,
@@ -494,21 +378,6 @@ class TcpConnection:
             payload,
             options,
         )
-
-    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
-        """Up to 3 SACK blocks, the one holding the latest out-of-order segment first
-        (RFC 2018 section 4)."""
-        ranges: list[list[int]] = []
-        for s in sorted(self._ooo):
-            e = s + len(self._ooo[s])
-            if ranges and s <= ranges[-1][1]:
-                ranges[-1][1] = max(ranges[-1][1], e)
-            else:
-                ranges.append([s, e])
-        latest = self._last_ooo
-        ranges.sort(key=lambda r: (not r[0] <= latest < r[1], -r[0]))
-        irs = self._irs
-        return tuple(((irs + s) & _M32, (irs + e) & _M32) for s, e in ranges[:3])
 
     # ------------------------------------------------------------------ input
     def receive_segment(self, seg: TcpSegment, now: float) -> None:
@@ -544,7 +413,7 @@ class TcpConnection:
         payload = seg.payload
         if payload:
             self._rcv_mss = max(self._rcv_mss, len(payload))
-        if (payload or flags & FIN) and self.state in _CAN_RECEIVE_DATA:
+        if (payload or flags & FIN) and self.state in CAN_RECEIVE_DATA:
             self._receive_data(seq, payload, bool(flags & FIN))
         elif payload or flags & FIN:
             self._ack_now = True
@@ -616,7 +485,7 @@ class TcpConnection:
         if ack < self._snd_una:
             return True  # old duplicate ACK; the data may still be new
         wnd = seg.window << self._snd_scale
-        new_sack = self._sack_ok and self._update_scoreboard(seg.options.sack_blocks)
+        new_sack = bool(seg.options.sack_blocks) and self._update_scoreboard(seg.options)
         is_dup = (
             ack == self._snd_una
             and self._snd_max > self._snd_una
@@ -643,7 +512,7 @@ class TcpConnection:
 
     def _dupack_threshold(self) -> int:
         mss = self._mss
-        if self._sacked_bytes > 2 * mss:
+        if self._sacked.sacked_bytes > 2 * mss:
             return 1  # RFC 6675 IsLost: more than (DupThresh-1)*SMSS SACKed above una
         flight = self._snd_max - self._snd_una
         segments = -(-flight // mss)
@@ -666,7 +535,8 @@ class TcpConnection:
         if self._snd_nxt < ack:
             self._snd_nxt = ack
         if self._sacked:
-            self._prune_scoreboard()
+            self._sacked.prune(ack)
+            self._rtx_next = max(self._rtx_next, ack)
         if self._cc.on_ack(acked, ack, self._snd_max - ack):
             self._fast_rtx = True
         self._retries = 0
@@ -698,12 +568,8 @@ class TcpConnection:
         if payload:
             if seq == self._rcv_nxt:
                 self._append_in_order(payload)
-            elif seq not in self._ooo and self._ooo_bytes + len(payload) <= self._rcv_space():
-                self._ooo[seq] = payload
-                self._ooo_bytes += len(payload)
-                self._last_ooo = seq
-                self._owe_dupack()
             else:
+                self._ooo.store(seq, payload, self._rcv_space())
                 self._owe_dupack()
         if self._rcv_fin_seq == self._rcv_nxt and not self._eof_received:
             self._eof_received = True
@@ -724,15 +590,7 @@ class TcpConnection:
         self._unacked_bytes += len(payload)
         if self._ooo:
             self._ack_now = True  # filling a hole: ACK at once
-            for s in sorted(self._ooo):
-                if s > self._rcv_nxt:
-                    break
-                data = self._ooo.pop(s)
-                self._ooo_bytes -= len(data)
-                end = s + len(data)
-                if end > self._rcv_nxt:
-                    self._rcvbuf += data[self._rcv_nxt - s :]
-                    self._rcv_nxt = end
+            self._rcv_nxt = self._ooo.drain(self._rcv_nxt, self._rcvbuf)
         if self._app_closed:
             self._rcvbuf.clear()
         elif not self._data_event_pending:
@@ -854,57 +712,25 @@ class TcpConnection:
             cc_budget -= n
 
     # ------------------------------------------------------------------ SACK (RFC 6675)
-    def _update_scoreboard(self, blocks: tuple[tuple[int, int], ...]) -> bool:
+    # ------------------------------------------------------------------ SACK (RFC 6675)
+    def _update_scoreboard(self, options: TcpOptions) -> bool:
         """Merge the peer's SACK blocks; True if they told us something new."""
-        if not blocks:
+        if not self._sack_ok:
             return False
-        una, grew = self._snd_una, False
-        for wl, wr in blocks:
-            left = una + _signed((wl - self._iss - una) & _M32)
-            right = una + _signed((wr - self._iss - una) & _M32)
-            if not una < left < right <= self._snd_max:
-                continue  # D-SACK, stale or bogus: ignore
-            merged: list[tuple[int, int]] = []
-            for s, e in self._sacked:
-                if e < left or s > right:
-                    merged.append((s, e))
-                else:
-                    left, right = min(s, left), max(e, right)
-            merged.append((left, right))
-            merged.sort()
-            total = sum(e - s for s, e in merged)
-            if total != self._sacked_bytes:
-                grew = True
-            self._sacked, self._sacked_bytes = merged, total
-        return grew
-
-    def _prune_scoreboard(self) -> None:
-        una = self._snd_una
-        kept = [(max(s, una), e) for s, e in self._sacked if e > una]
-        self._sacked = kept
-        self._sacked_bytes = sum(e - s for s, e in kept)
-        if self._rtx_next < una:
-            self._rtx_next = una
-
-    def _holes(self, start: int) -> list[tuple[int, int]]:
-        """Un-SACKed ranges from ``start`` up to the highest SACKed byte."""
-        holes, pos = [], max(start, self._snd_una)
-        for s, e in self._sacked:
-            if s > pos:
-                holes.append((pos, s))
-            pos = max(pos, e)
-        return holes
+        una, base = self._snd_una, self._iss + self._snd_una
+        blocks = [
+            (una + _signed((wl - base) & _M32), una + _signed((wr - base) & _M32))
+            for wl, wr in options.sack_blocks
+        ]
+        return self._sacked.update(blocks, una, self._snd_max)
 
     def _pipe(self) -> int:
-        """RFC 6675 'pipe': bytes still in the network. SACKed bytes have left it and
-        holes not yet retransmitted are deemed lost."""
-        lost = sum(e - s for s, e in self._holes(self._rtx_next))
-        return (self._snd_max - self._snd_una) - self._sacked_bytes - lost
+        return self._sacked.pipe(self._snd_una, self._snd_max, self._rtx_next)
 
     def _sack_recover(self, out: list[TcpSegment], now: float) -> None:
         pipe = self._pipe()
         data_end = self._sndbuf_seq + len(self._sndbuf)
-        for start, end in self._holes(self._rtx_next):
+        for start, end in self._sacked.holes(max(self._rtx_next, self._snd_una)):
             while start < end and pipe < self._cc.cwnd:
                 n = min(self._mss, end - start, data_end - start)
                 if n <= 0:
@@ -1011,7 +837,6 @@ class TcpConnection:
         self._cc.on_timeout(self._snd_max - self._snd_una)
         self._fast_rtx = False
         self._sacked.clear()  # RFC 6675 section 5.1: the receiver may have reneged
-        self._sacked_bytes = 0
         self._snd_nxt = self._snd_una  # go back N
         self._rtx_at = now + self._rto.rto
 
