@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +205,50 @@ async def _collect(events: Subscription, until: set[str], timeout: float = 20) -
 
     await asyncio.wait_for(run(), timeout)
     return kinds
+
+
+PING_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from core.config import NodeConfig
+from core.errors import MeshError
+from core.node import Node
+
+async def main():
+    cfg = NodeConfig(data_dir=Path(sys.argv[1]), backend="yggdrasil", admin_endpoint=sys.argv[2])
+    async with await Node.open(cfg) as node:
+        try:
+            rtts = await node.ping(sys.argv[3], count=2, interval=0.1, timeout=5)
+        except MeshError as exc:
+            print("ERROR", exc)
+            return
+        print("RTTS", sum(r is not None for r in rtts))
+
+asyncio.run(main())
+"""
+
+
+def test_ping_without_raw_socket_privilege(lab: Lab, tmp_path: Path) -> None:
+    """Without CAP_NET_RAW, ping uses the unprivileged ICMP socket when the namespace's
+    ping_group_range allows it, and otherwise says which sysctl to set."""
+    a, b = lab.hosts["a"], lab.hosts["b"]
+    assert a.daemon and b.daemon
+    lab.wait_reachable(a, b.daemon.address)  # the session exists: no probe is lost to set-up
+    sysctl = "net.ipv4.ping_group_range"
+    before = a.run("sysctl", "-n", sysctl).stdout.split()
+
+    def run() -> str:
+        return a.run(
+            "setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw",
+            sys.executable, "-c", PING_SCRIPT, str(tmp_path), a.daemon.admin,
+            str(b.daemon.address),
+            timeout=60,
+        ).stdout  # fmt: skip
+
+    try:
+        a.run("sysctl", "-w", f"{sysctl}=1 0")
+        assert "ping_group_range" in run()
+        a.run("sysctl", "-w", f"{sysctl}=0 2147483647")
+        assert "RTTS 2" in run()
+    finally:
+        a.run("sysctl", "-w", f"{sysctl}={before[0]} {before[1]}")

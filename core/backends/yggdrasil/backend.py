@@ -48,7 +48,7 @@ from .daemon import ManagedDaemon
 from .daemonconf import DaemonSettings
 from .netns import InterfaceAddress, NetNamespace
 
-__all__ = ["YggdrasilBackend", "probe_daemon"]
+__all__ = ["DEFAULT_ENDPOINTS", "YggdrasilBackend", "find_default_endpoint", "probe_daemon"]
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,28 @@ DEFAULT_SESSION_TTL = 600.0
 DEFAULT_POLL_INTERVAL = 2.0
 
 
+# Upstream's Linux default AdminListen, then the one Debian's build (0.4.7 and 0.5.12)
+# compiles in and its systemd unit can write (RuntimeDirectory=yggdrasil).
+DEFAULT_ENDPOINTS = (DEFAULT_ADMIN_ENDPOINT, "unix:///var/run/yggdrasil/yggdrasil.sock")
+
+
+async def find_default_endpoint(timeout: float = 2.0) -> str | None:
+    """The first of :data:`DEFAULT_ENDPOINTS` where a daemon answers."""
+    for endpoint in DEFAULT_ENDPOINTS:
+        if await _probe(endpoint, timeout):
+            return endpoint
+    return None
+
+
 async def probe_daemon(endpoint: str, timeout: float = 2.0) -> bool:
-    """Whether a yggdrasil daemon answers ``getSelf`` at ``endpoint``."""
+    """Whether a yggdrasil daemon answers ``getSelf`` at ``endpoint`` (for the
+    default endpoint, also at Debian's default)."""
+    if endpoint == DEFAULT_ADMIN_ENDPOINT:
+        return await find_default_endpoint(timeout) is not None
+    return await _probe(endpoint, timeout)
+
+
+async def _probe(endpoint: str, timeout: float) -> bool:
     try:
         client = AdminClient(endpoint, timeout=timeout)
     except MeshError:
@@ -155,6 +175,7 @@ class YggdrasilBackend:
             endpoint = f"unix://{ManagedDaemon.admin_socket(config.data_dir)}"
         else:
             endpoint = config.admin_endpoint or DEFAULT_ADMIN_ENDPOINT
+        self._default_endpoint = not self.managed and config.admin_endpoint is None
         self.admin = AdminClient(endpoint)
         self.netns = NetNamespace(_netns_path(opts.get("netns")))
         self.poll_interval = float(opts.get("poll_interval", DEFAULT_POLL_INTERVAL))
@@ -202,6 +223,17 @@ class YggdrasilBackend:
             if self.managed:
                 await self._start_managed()
             else:
+                if self._default_endpoint:
+                    found = await find_default_endpoint()
+                    if found is None:
+                        raise DaemonUnreachableError(
+                            f"no yggdrasil daemon answers at {' or '.join(DEFAULT_ENDPOINTS)}; "
+                            "start it (systemctl start yggdrasil), set [node] admin / --admin "
+                            "to its AdminListen, or use --managed"
+                        )
+                    if found != str(self.admin):
+                        await self.admin.close()
+                        self.admin = AdminClient(found)
                 self._self = await self.admin.get_self()
                 self._tun = self.netns.find(self._self.address)
                 if self._tun is None:
