@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..store import MessageMeta
@@ -136,6 +137,22 @@ def _slice(data: bytes, partial: tuple[int, int] | None) -> tuple[bytes, str]:
     return data[start : start + length], f"<{start}>"
 
 
+_META_ITEMS: dict[str, Callable[[MessageMeta, frozenset[str]], bytes]] = {
+    "UID": lambda m, f: b"UID %d" % m.uid,
+    "FLAGS": lambda m, f: b"FLAGS " + render_flags(f),
+    "INTERNALDATE": lambda m, f: b"INTERNALDATE " + format_internal_date(m.internal_date),
+    "RFC822.SIZE": lambda m, f: b"RFC822.SIZE %d" % m.size,
+    "ENVELOPE": lambda m, f: b"ENVELOPE " + m.envelope,
+    "BODYSTRUCTURE": lambda m, f: b"BODYSTRUCTURE " + m.bodystructure,
+    "MODSEQ": lambda m, f: b"MODSEQ (%d)" % m.modseq,
+}
+_RAW_ITEMS: dict[str, Callable[[bytes], bytes]] = {
+    "RFC822": lambda raw: b"RFC822 " + istring(raw),
+    "RFC822.HEADER": lambda raw: b"RFC822.HEADER " + istring(split_header(raw)[0]),
+    "RFC822.TEXT": lambda raw: b"RFC822.TEXT " + istring(split_header(raw)[1]),
+}
+
+
 def render_fetch(
     seq: int,
     meta: MessageMeta,
@@ -147,35 +164,20 @@ def render_fetch(
     out: list[bytes] = []
     part: MimePart | None = None
     for item in request.items:
-        name = item.name
-        if name == "UID":
-            out.append(b"UID %d" % meta.uid)
-        elif name == "FLAGS":
-            out.append(b"FLAGS " + render_flags(flags))
-        elif name == "INTERNALDATE":
-            out.append(b"INTERNALDATE " + format_internal_date(meta.internal_date))
-        elif name == "RFC822.SIZE":
-            out.append(b"RFC822.SIZE %d" % meta.size)
-        elif name == "ENVELOPE":
-            out.append(b"ENVELOPE " + meta.envelope)
-        elif name == "BODYSTRUCTURE":
-            out.append(b"BODYSTRUCTURE " + meta.bodystructure)
-        elif name == "MODSEQ":
-            out.append(b"MODSEQ (%d)" % meta.modseq)
+        from_meta = _META_ITEMS.get(item.name)
+        if from_meta is not None:
+            out.append(from_meta(meta, flags))
+            continue
+        assert raw is not None, "the request needs message bytes"
+        from_raw = _RAW_ITEMS.get(item.name)
+        if from_raw is not None:
+            out.append(from_raw(raw))
+        elif item.name == "BODY[]" and not item.parts:
+            out.append(_labelled(item, _top_section(item, raw)))
         else:
-            assert raw is not None
-            if name == "RFC822":
-                out.append(b"RFC822 " + istring(raw))
-            elif name == "RFC822.HEADER":
-                out.append(b"RFC822.HEADER " + istring(split_header(raw)[0]))
-            elif name == "RFC822.TEXT":
-                out.append(b"RFC822.TEXT " + istring(split_header(raw)[1]))
-            elif name == "BODY[]" and not item.parts:
-                out.append(_labelled(item, _top_section(item, raw)))
-            else:
-                if part is None:
-                    part = parse_message(raw)
-                out.append(_render_body_item(item, part))
+            if part is None:
+                part = parse_message(raw)
+            out.append(_render_body_item(item, part))
     return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"
 
 
