@@ -149,3 +149,35 @@ async def test_fuzzed_input_only_yields_wellformed_responses(
     for line in out.split(b"\r\n"):
         if line and not line.startswith((b"hello", b"From:", b"Subject:", b")")):
             assert _LINE.match(line), line
+
+
+def test_public_surface() -> None:
+    import inspect
+
+    import apps.mail.imap as imap
+    import apps.mail.store as store_module
+
+    assert sorted(imap.__all__) == sorted(
+        [
+            "CAPABILITIES",
+            "DEFAULT_PORT",
+            "Authenticator",
+            "Command",
+            "CommandParser",
+            "ImapServer",
+            "ImapSession",
+            "NeedContinuation",
+            "ProtocolError",
+            "RawLine",
+            "start_imap_server",
+        ]
+    )
+    assert all(hasattr(imap, name) for name in imap.__all__)
+    assert all(hasattr(store_module, name) for name in store_module.__all__)
+    params = inspect.signature(imap.start_imap_server).parameters
+    assert list(params) == ["store", "authenticator", "host", "port", "username"]
+    assert params["host"].default == "127.0.0.1" and params["port"].default == 1143
+    assert params["username"].kind is inspect.Parameter.KEYWORD_ONLY
+    for method in ("deliver", "count", "fetch_raw", "list_uids", "get_flags", "close"):
+        assert inspect.iscoroutinefunction(getattr(MailStore, method)), method
+    assert not inspect.iscoroutinefunction(MailStore.subscribe_new_mail)
