@@ -349,6 +349,13 @@ class NetStack:
         if self._flush_handle is None and not self._closed:
             self._flush_handle = self._loop.call_soon(self._flush_all)
 
+    def flush(self) -> None:
+        """Produce output for everything pending now instead of at the end of this loop
+        iteration; a packet source calls it after handing over a batch of packets."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush_all()
+
     def _flush_all(self) -> None:
         self._flush_handle = None
         while self._dirty:

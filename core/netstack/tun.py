@@ -75,8 +75,14 @@ class TunDevice:
                 break
         return packets
 
-    def attach(self, loop: asyncio.AbstractEventLoop, receive: Callable[[bytes], None]) -> None:
-        """Deliver every packet the kernel sends to ``receive`` (until :meth:`close`)."""
+    def attach(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        receive: Callable[[bytes], None],
+        after_batch: Callable[[], None] | None = None,
+    ) -> None:
+        """Deliver every packet the kernel sends to ``receive`` (until :meth:`close`);
+        ``after_batch`` (e.g. ``NetStack.flush``) runs after each batch read."""
         if self._loop is not None:
             raise RuntimeError(f"TUN {self.name} is already attached")
         self._loop = loop
@@ -84,6 +90,8 @@ class TunDevice:
         def on_readable() -> None:
             for packet in self.read_batch():
                 receive(packet)
+            if after_batch is not None:
+                after_batch()
 
         loop.add_reader(self._fd, on_readable)
 

@@ -131,7 +131,7 @@ async def bench_tun(nbytes: int, pings: int, runs: int) -> dict[str, list[float]
     loop = asyncio.get_running_loop()
     with tun_lab("bench") as lab:
         stack = NetStack([STACK_ADDR], lab.tun.write)
-        lab.tun.attach(loop, stack.receive_packet)
+        lab.tun.attach(loop, stack.receive_packet, stack.flush)
         procs = []
         try:
             py = sys.executable

@@ -50,7 +50,7 @@ def attach(
     stack = NetStack([STACK_ADDR], send, mtu=lab.mtu)
     holder.append(stack)
     receive = inbound.wrap(loop, stack.receive_packet) if inbound else stack.receive_packet
-    lab.tun.attach(loop, receive)
+    lab.tun.attach(loop, receive, stack.flush)
     return stack
 
 
