@@ -124,8 +124,14 @@ async def test_mbsync_syncs_both_ways(served: Served) -> None:
     local["2"].rename(maildir / "INBOX" / "cur" / (local["2"].name.split(":")[0] + ":2,FS"))
     local["1"].rename(local["1"].with_name(local["1"].name.split(":")[0] + ":2,ST"))
     await store.deliver("INBOX", MSG_D)
+    projects = maildir / "Projects"  # a folder that exists only locally: mbsync CREATEs it
+    for sub in ("cur", "new", "tmp"):
+        (projects / sub).mkdir(parents=True)
+    (projects / "new" / "1700000001.local.host").write_bytes(MSG_A)
 
     await _mbsync(rc)
+    (project_uid,) = await store.list_uids("Projects")
+    assert _same(await store.fetch_raw("Projects", project_uid) or b"", MSG_A)
     uids = await store.list_uids("INBOX")
     assert uids[:2] == [2, 3]  # A expunged, UIDs never reused
     assert await store.get_flags("INBOX", 2) == {"\\Flagged", "\\Seen"}
