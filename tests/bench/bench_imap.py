@@ -118,6 +118,7 @@ async def main(messages: int, runs: int) -> None:
                 ),
                 ("UID SEARCH UNSEEN", b"UID SEARCH UNSEEN"),
                 ('SEARCH SUBJECT "number 9999" (headers read)', b'SEARCH SUBJECT "number 9999"'),
+                ('SEARCH BODY "needle" (every message read)', b'SEARCH BODY "needle"'),
             ):
                 samples = [await asyncio.to_thread(raw_fetch, port, command) for _ in range(runs)]
                 report(label, samples)
