@@ -294,3 +294,29 @@ async def test_embedded_nodes_route_through_a_daemon(tmp_path: Path) -> None:
         finally:
             await x.close()
             await y.close()
+
+
+async def test_static_peer_redials_after_daemon_restart(tmp_path: Path) -> None:
+    _need_daemon()
+    port = free_port()
+    net = _net()
+    events: list[str] = []
+    net.subscribe_peer_events(lambda ev: events.append(ev.kind))
+    await net.start()
+    try:
+        listen = [f"tcp://127.0.0.1:{port}"]
+        async with daemon_running(tmp_path / "d", listen=listen) as daemon:
+            await asyncio.to_thread(daemon.wait_listening, port)
+            await net.add_peer(f"tcp://127.0.0.1:{port}")
+            await _eventually(lambda: _daemon_peer_up(daemon, net.public_key), "first link")
+            key = daemon.conf["PrivateKey"]
+        [down] = await _eventually(
+            lambda: [p for p in net.peers() if not p.up and p.last_error], "link down"
+        )
+        assert down.key is None and down.uri == f"tcp://127.0.0.1:{port}"
+        # same key, same port: the static peer comes back by itself (1 s, 2 s, ... back-off)
+        async with daemon_running(tmp_path / "d2", listen=listen, private_key=key) as again:
+            await _eventually(lambda: _daemon_peer_up(again, net.public_key), "redialled link")
+        assert events[:3] == ["up", "down", "up"]
+    finally:
+        await net.close()
