@@ -43,6 +43,7 @@ __all__ = [
     "MailboxStatus",
     "MessageMeta",
     "StoreError",
+    "normalize_flags",
     "normalize_mailbox",
 ]
 

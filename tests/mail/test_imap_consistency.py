@@ -22,6 +22,9 @@ USER = "34" * 32 + "@mesh"
 RAW = b"Subject: x\r\n\r\nbody\r\n"
 
 _UNTAGGED = re.compile(rb"^\* (\d+) (EXISTS|EXPUNGE|FETCH \(UID (\d+))")
+_FETCH = re.compile(rb"^\* (\d+) FETCH \((.*)\)$")
+_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+_UID = re.compile(rb"UID (\d+)")
 
 
 async def _auth(user: str, password: str) -> bool:
@@ -35,6 +38,7 @@ class Client:
         self.out = bytearray()
         self.session = ImapSession(store, _auth, USER, self._write)
         self.view: list[int | None] = []
+        self.flags: dict[int, frozenset[str]] = {}  # what the server told (or we stored)
         self.n = 0
 
     async def _write(self, data: bytes) -> None:
@@ -48,6 +52,7 @@ class Client:
         lines = data.split(b"\r\n")
         assert any(line.startswith(f"{tag} OK".encode()) for line in lines), data
         for line in lines:
+            self._learn_flags(line)
             m = _UNTAGGED.match(line)
             if m is None:
                 continue
@@ -63,6 +68,25 @@ class Client:
                 self.view[seq - 1] = uid
         return data
 
+    def _learn_flags(self, line: bytes) -> None:
+        m = _FETCH.match(line)
+        if m is None:
+            return
+        flags, uid = _FLAGS.search(m.group(2)), _UID.search(m.group(2))
+        seq = int(m.group(1))
+        known = self.view[seq - 1] if seq <= len(self.view) else None
+        target = int(uid.group(1)) if uid else known
+        if flags is not None and target is not None:
+            names = flags.group(1).decode().split()
+            self.flags[target] = frozenset(f for f in names if f != "\\Recent")
+
+    def stored_silently(self, seq: int, mode: str, flag: str) -> None:
+        """A client applies its own .SILENT change to what it knows."""
+        uid = self.view[seq - 1]
+        if uid is not None and uid in self.flags:
+            old = self.flags[uid]
+            self.flags[uid] = old | {flag} if mode == "+" else old - {flag}
+
 
 ACTIONS = st.lists(
     st.tuples(
@@ -72,6 +96,9 @@ ACTIONS = st.lists(
                 "APPEND",
                 "DELETE_FIRST",
                 "DELETE_LAST",
+                "FLAG_FIRST",
+                "UNFLAG_FIRST",
+                "FETCH_UID_ONLY",
                 "EXPUNGE",
                 "UID_EXPUNGE",
                 "MOVE",
@@ -93,6 +120,14 @@ async def _act(client: Client, store: MailStore, action: str) -> None:
         await client.command(f"APPEND INBOX {{{len(RAW)}+}}\r\n{RAW.decode()}")
     elif action == "DELETE_FIRST" and count:
         await client.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        client.stored_silently(1, "+", "\\Deleted")
+    elif action == "FLAG_FIRST" and count:
+        await client.command("STORE 1 +FLAGS.SILENT (\\Flagged)")
+        client.stored_silently(1, "+", "\\Flagged")
+    elif action == "UNFLAG_FIRST" and count:
+        await client.command("STORE 1 -FLAGS (\\Flagged)")
+    elif action == "FETCH_UID_ONLY" and count:
+        await client.command("FETCH 1:* (UID)")
     elif action == "DELETE_LAST" and count:
         await client.command("STORE * +FLAGS (\\Deleted)")
     elif action == "EXPUNGE":
@@ -124,6 +159,7 @@ async def test_two_sessions_keep_exact_sequence_numbers(actions: list[tuple[int,
                 await c.command(f"LOGIN {USER} pw")
                 await c.command("SELECT INBOX")
                 assert c.view == [None, None, None]
+                await c.command("FETCH 1:* (UID FLAGS)")
             for who, action in actions:
                 await _act(clients[who], store, action)
                 if action in ("NOOP", "EXPUNGE", "UID_EXPUNGE", "MOVE", "APPEND"):
@@ -133,6 +169,9 @@ async def test_two_sessions_keep_exact_sequence_numbers(actions: list[tuple[int,
                 await c.command("NOOP")
                 await c.command("FETCH 1:* (UID)")
                 assert c.view == await store.list_uids("INBOX")
+                for uid, flags in c.flags.items():  # nothing changed behind the client's back
+                    if uid in c.view:
+                        assert flags == await store.get_flags("INBOX", uid), uid
                 c.session.detach()
         finally:
             await store.close()

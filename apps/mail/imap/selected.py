@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from ..store import MailboxNotFound, StoreError
+from ..store import MailboxNotFound, StoreError, normalize_flags
 from .base import CommandFailed, SessionBase, State, astring, atom, bad
 from .fetch import FetchItem, parse_fetch_items, render_fetch
 from .parser import Command, Value
@@ -75,8 +75,9 @@ class SelectedCommands(SessionBase):
                     continue  # expunged by another session; reported later
                 if changed_since is not None and meta.modseq <= changed_since:
                     continue
-                view.flags[uid] = meta.flags
                 use = with_flags if uid in changed and not has_flags else request
+                if has_flags or uid in changed:
+                    view.flags[uid] = meta.flags  # told now; otherwise sync reports it later
                 out.append(render_fetch(seq, meta, use, raws.get(uid), view.shown_flags(uid)))
             await self.write(b"".join(out))
         return "FETCH completed"
@@ -112,14 +113,19 @@ class SelectedCommands(SessionBase):
             if uid not in new:
                 continue
             flags_now, modseq = new[uid]
-            changed = view.flags.get(uid) != flags_now
+            known = view.flags.get(uid, frozenset())
+            changed = known != flags_now
+            # .SILENT only spares the client what it asked for; changes made meanwhile by
+            # another session are still reported.
+            surprise = flags_now != _apply(modes[base], known, flags)
             view.flags[uid] = flags_now
-            parts = [] if silent else [b"FLAGS " + render_flags(view.shown_flags(uid))]
+            show_flags = not silent or surprise
+            parts = [b"FLAGS " + render_flags(view.shown_flags(uid))] if show_flags else []
             if uid_mode:
                 parts.append(b"UID %d" % uid)
-            if self.condstore and (changed or not silent):
+            if self.condstore and (changed or show_flags):
                 parts.append(b"MODSEQ (%d)" % modseq)  # even .SILENT reports it (3.1.3)
-            if not silent or (self.condstore and changed):
+            if show_flags or (self.condstore and changed):
                 out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
         if out:
             await self.write(b"".join(out))
@@ -264,6 +270,11 @@ class SelectedCommands(SessionBase):
         if handler is None:
             raise bad(f"unknown command {cmd.name}")
         return await handler(cmd, True)
+
+
+def _apply(mode: str, old: frozenset[str], flags: list[str]) -> frozenset[str]:
+    change = normalize_flags(flags)
+    return old | change if mode == "+" else old - change if mode == "-" else change
 
 
 def _modifier(value: Value, name: str) -> int:
