@@ -181,3 +181,16 @@ def test_public_surface() -> None:
     for method in ("deliver", "count", "fetch_raw", "list_uids", "get_flags", "close"):
         assert inspect.iscoroutinefunction(getattr(MailStore, method)), method
     assert not inspect.iscoroutinefunction(MailStore.subscribe_new_mail)
+
+
+async def test_a_failing_collaborator_is_serverbug_not_a_dead_session(store: MailStore) -> None:
+    async def broken(user: str, password: str) -> bool:
+        raise RuntimeError("password database unavailable")
+
+    wire = Wire()
+    session = ImapSession(store, broken, USER, wire.write)
+    await session.receive_data(f"a LOGIN {USER} pw\r\nb NOOP\r\n".encode())
+    assert wire.take() == (
+        b"a NO [SERVERBUG] internal server error, see the node log\r\nb OK NOOP completed\r\n"
+    )
+    session.detach()

@@ -152,6 +152,13 @@ class ImapSession(SelectedCommands):
         except StoreError as exc:
             await self.write(CommandFailed("NO", str(exc)).line(cmd.tag))
             return
+        except (ConnectionError, TimeoutError):
+            raise
+        except Exception:
+            log.exception("IMAP %s failed", cmd.name[:40])
+            failure = CommandFailed("NO", "internal server error, see the node log", "SERVERBUG")
+            await self.write(failure.line(cmd.tag))
+            return
         if text is None:
             return  # the command continues (IDLE, AUTHENTICATE) or ended the session
         await self._finish_sync(cmd)
