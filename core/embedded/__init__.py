@@ -8,6 +8,13 @@ router) is :class:`PacketNetwork`, the equivalent of ironwood's
 from __future__ import annotations
 
 from .config import NetworkConfig
-from .network import PacketNetwork, PeerEvent, PeerInfo, TreeInfo
+from .network import PacketNetwork, PeerEvent, PeerInfo, TreeInfo, subnet_bloom_transform
 
-__all__ = ["NetworkConfig", "PacketNetwork", "PeerEvent", "PeerInfo", "TreeInfo"]
+__all__ = [
+    "NetworkConfig",
+    "PacketNetwork",
+    "PeerEvent",
+    "PeerInfo",
+    "TreeInfo",
+    "subnet_bloom_transform",
+]

@@ -180,7 +180,7 @@ class Tree:
         self._send_announces()
 
     def _cost(self, link: TreeLink) -> int:
-        return max(self.lags.get(link, UNKNOWN_LATENCY_NS) // 1_000_000, 1)
+        return max(self.lags.get(link, 0) // 1_000_000, 1)  # Go: Milliseconds(), 0 -> 1
 
     def _fix(self, now: float) -> None:
         best_root = best_parent = self.key
