@@ -240,3 +240,31 @@ async def test_mutt_header_cache_with_condstore_sees_server_flag_changes(
     assert any("CHANGEDSINCE" in r.getMessage() for r in caplog.records)  # used the cache
     (copied,) = await store.list_uids("Flagged")
     assert await store.fetch_raw("Flagged", copied) == MSG_B
+
+
+async def _curl(*args: str) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "--silent", "--show-error", "--max-time", "30", "--user", f"{USER}:{PASSWORD}",
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return out
+
+
+async def test_curl_imap_fetch_search_list_append(served: Served) -> None:
+    require(shutil.which("curl") is not None, "curl (Debian package curl) is not installed")
+    store = served.store
+    await store.deliver("INBOX", MSG_A)
+    await store.deliver("INBOX", MSG_B)
+    base = f"imap://127.0.0.1:{served.port}"
+    assert await _curl(f"{base}/INBOX;UID=2") == MSG_B
+    assert await _curl(f"{base}/INBOX;UID=1;SECTION=TEXT") == b"body A\r\n"
+    assert await _curl(f"{base}/INBOX", "-X", "UID SEARCH SUBJECT bravo") == b"* SEARCH 2\r\n"
+    listing = await _curl(f"{base}/")
+    assert b'* LIST (\\HasNoChildren \\Sent) "/" Sent\r\n' in listing
+    upload = served.tmp / "upload.eml"
+    upload.write_bytes(MSG_C)
+    await _curl("--upload-file", str(upload), f"{base}/Drafts")  # APPEND
+    (uid,) = await store.list_uids("Drafts")
+    assert await store.fetch_raw("Drafts", uid) == MSG_C
