@@ -14,7 +14,15 @@ from .parser import Value
 from .seqset import SequenceSet
 from .wire import render_flags
 
-__all__ = ["CommandFailed", "MailboxView", "SessionBase", "State", "astring", "atom"]
+__all__ = [
+    "TRANSITIONS",
+    "CommandFailed",
+    "MailboxView",
+    "SessionBase",
+    "State",
+    "astring",
+    "atom",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,19 @@ class State(enum.Enum):
     AUTHENTICATED = "authenticated"
     SELECTED = "selected"
     LOGOUT = "logout"
+
+
+# RFC 3501 section 3 (figure): every state change a session may make.
+TRANSITIONS = frozenset(
+    {
+        (State.NOT_AUTHENTICATED, State.AUTHENTICATED),
+        (State.NOT_AUTHENTICATED, State.LOGOUT),
+        (State.AUTHENTICATED, State.SELECTED),
+        (State.AUTHENTICATED, State.LOGOUT),
+        (State.SELECTED, State.AUTHENTICATED),
+        (State.SELECTED, State.LOGOUT),
+    }
+)
 
 
 class CommandFailed(Exception):
@@ -119,6 +140,15 @@ class SessionBase:
             store.subscribe_changes(self._mark_dirty),
         ]
 
+    def set_state(self, new: State) -> None:
+        """The one place the state changes; illegal transitions are bugs, not input errors."""
+        if new is self.state:
+            return
+        if (self.state, new) not in TRANSITIONS:
+            raise AssertionError(f"IMAP session cannot go from {self.state} to {new}")
+        log.debug("IMAP session %s -> %s", self.state.value, new.value)
+        self.state = new
+
     def _mark_dirty(self, mailbox: str) -> None:
         if self.view is not None and self.view.name == mailbox:
             self.view.dirty = True
@@ -145,7 +175,7 @@ class SessionBase:
             entries, _ = await self.store.entries(view.name)
         except MailboxNotFound:
             await self.write(b"* BYE the selected mailbox was deleted\r\n")
-            self.state = State.LOGOUT
+            self.set_state(State.LOGOUT)
             return
         out: list[bytes] = []
         current = [(uid, flags) for uid, flags, _ in entries]

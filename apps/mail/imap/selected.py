@@ -248,13 +248,13 @@ class SelectedCommands(SessionBase):
         if not view.readonly:
             await self.store.expunge(view.name)
         self.view = None
-        self.state = State.AUTHENTICATED
+        self.set_state(State.AUTHENTICATED)
         return "CLOSE completed"
 
     async def cmd_unselect(self, cmd: Command) -> str:
         self.require_view()
         self.view = None
-        self.state = State.AUTHENTICATED
+        self.set_state(State.AUTHENTICATED)
         return "UNSELECT completed"
 
     async def cmd_uid(self, cmd: Command) -> str:

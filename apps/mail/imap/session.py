@@ -127,7 +127,7 @@ class ImapSession(SelectedCommands):
         elif isinstance(event, ProtocolError):
             if event.fatal:
                 await self.write(f"* BYE {event.message}\r\n".encode())
-                self.state = State.LOGOUT
+                self.set_state(State.LOGOUT)
             else:
                 await self.write(f"{event.tag or '*'} BAD {event.message}\r\n".encode())
         elif isinstance(event, RawLine):
@@ -194,14 +194,14 @@ class ImapSession(SelectedCommands):
 
     async def cmd_logout(self, cmd: Command) -> None:
         await self.write(f"* BYE logging out\r\n{cmd.tag} OK LOGOUT completed\r\n".encode())
-        self.state = State.LOGOUT
+        self.set_state(State.LOGOUT)
 
     # --- authentication ------------------------------------------------------------------
 
     async def _authenticate(self, user: str, password: str) -> bool:
         ok = user.lower() == self.username.lower() and await self.authenticator(user, password)
         if ok:
-            self.state = State.AUTHENTICATED
+            self.set_state(State.AUTHENTICATED)
             log.info("IMAP login for %s", user)
             return True
         self._auth_failures += 1
@@ -212,7 +212,7 @@ class ImapSession(SelectedCommands):
         await self.write(f"{tag} NO [AUTHENTICATIONFAILED] invalid credentials\r\n".encode())
         if self._auth_failures >= MAX_AUTH_FAILURES:
             await self.write(b"* BYE too many failed logins\r\n")
-            self.state = State.LOGOUT
+            self.set_state(State.LOGOUT)
 
     async def cmd_login(self, cmd: Command) -> str | None:
         if len(cmd.args) != 2:
@@ -363,7 +363,7 @@ class ImapSession(SelectedCommands):
             raise bad(f"{cmd.name} needs a mailbox name")
         name = astring(cmd.args[0], "mailbox name")
         self.view = None
-        self.state = State.AUTHENTICATED
+        self.set_state(State.AUTHENTICATED)
         try:
             info = await self.store.mailbox(name)
             triples, highest = await self.store.entries(name)
@@ -392,7 +392,7 @@ class ImapSession(SelectedCommands):
         ]
         await self.write(("\r\n".join(lines) + "\r\n").encode())
         self.view = view
-        self.state = State.SELECTED
+        self.set_state(State.SELECTED)
         verb = "EXAMINE" if readonly else "SELECT"
         return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {verb} completed"
 
