@@ -56,9 +56,11 @@ def checksum_add(data: bytes | bytearray | memoryview) -> int:
 
     Partial sums of even-length pieces add up: sum(a + b) == sum(a) + sum(b) (mod 0xFFFF).
     """
-    value = int.from_bytes(data, "big")
-    if len(data) & 1:
-        value <<= 8
+    # Read little-endian (a little faster than big-endian in CPython): the little-endian
+    # one's-complement sum is the byte-swapped big-endian one, and a byte swap of a
+    # 16-bit value is a multiplication by 256 modulo 0xFFFF.  An odd final byte lands
+    # in the low half of its word either way, which is RFC 1071's zero padding.
+    value = int.from_bytes(data, "little")
     # Fold the halves together (hi * 2**(16k) + lo == hi + lo, mod 0xFFFF): a shift, a
     # mask and an add per halving run about twice as fast as one long division.
     while value.bit_length() > 1024:
@@ -69,7 +71,7 @@ def checksum_add(data: bytes | bytearray | memoryview) -> int:
                 _FOLD_MASKS.clear()
             mask = _FOLD_MASKS[half] = (1 << half) - 1
         value = (value >> half) + (value & mask)
-    return value % 0xFFFF
+    return (value % 0xFFFF) * 256 % 0xFFFF
 
 
 def checksum(*partial_sums: int) -> int:
