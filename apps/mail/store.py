@@ -221,7 +221,13 @@ class MailStore:
             cutoff = time.time() - DEDUP_RETENTION
             await self._db.execute("DELETE FROM dedup WHERE created < ?", (cutoff,))
             for name, special in DEFAULT_MAILBOXES:
-                if await self._mailbox_row(name, required=False) is None:
+                if special is None:
+                    present = await self._mailbox_row(name, required=False)
+                else:  # a renamed Sent keeps its role: look for the role, not the name
+                    present = await self._one(
+                        "SELECT 1 FROM mailboxes WHERE special_use = ?", (special,)
+                    )
+                if present is None and await self._mailbox_row(name, required=False) is None:
                     await self._insert_mailbox(name, special)
 
     # --- plumbing ------------------------------------------------------------------------
@@ -515,17 +521,27 @@ class MailStore:
             return
         async with self._lock, self._tx():
             box = await self._mailbox_row(old)
-            if await self._mailbox_row(new, required=False) is not None:
-                raise MailboxExists(f"mailbox {new!r} already exists")
             prefix = box[1] + "/"
-            for row in await self._all(
+            rows = await self._all(
                 "SELECT id, name FROM mailboxes WHERE id = ? OR substr(name, 1, ?) = ?",
                 (box[0], len(prefix), prefix),
-            ):
-                target = new + row[1][len(box[1]) :]
+            )
+            moving = {int(r[0]) for r in rows}
+            renames = [(new + name[len(box[1]) :], int(row_id)) for row_id, name in rows]
+            for target, _ in renames:
+                clash = await self._mailbox_row(target, required=False)
+                if clash is not None and int(clash[0]) not in moving:
+                    raise MailboxExists(f"mailbox {target!r} already exists")
+            # Two steps so that no intermediate name collides inside the moved subtree.
+            scratch = f"\x01{secrets.token_hex(8)}\x01"
+            for target, row_id in renames:
                 await self._db.execute(
-                    "UPDATE mailboxes SET name = ? WHERE id = ?", (target, row[0])
+                    "UPDATE mailboxes SET name = ? WHERE id = ?", (scratch + target, row_id)
                 )
+            await self._db.execute(
+                "UPDATE mailboxes SET name = substr(name, ?) WHERE substr(name, 1, ?) = ?",
+                (len(scratch) + 1, len(scratch), scratch),
+            )
         self._notify_change(box[1])
 
     async def set_subscribed(self, name: str, subscribed: bool) -> None:

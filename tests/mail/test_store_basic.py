@@ -150,6 +150,34 @@ async def test_rename_moves_children_and_inbox_rename_moves_messages(store: Mail
     assert await store.count("Old") == 1
 
 
+async def test_rename_into_own_subtree_and_clashes(store: MailStore) -> None:
+    await store.create_mailbox("A")
+    await store.create_mailbox("A/B")
+    await store.deliver("A/B", RAW)
+    await store.rename_mailbox("A", "A/B")  # A -> A/B, A/B -> A/B/B
+    names = {b.name for b in await store.list_mailboxes()}
+    assert {"A/B", "A/B/B"} <= names and "A" not in names
+    assert await store.count("A/B/B") == 1
+    await store.create_mailbox("Y/B")
+    with pytest.raises(MailboxExists):
+        await store.rename_mailbox("A/B", "Y")  # its child A/B/B would land on Y/B
+    assert {"A/B", "A/B/B", "Y/B"} <= {b.name for b in await store.list_mailboxes()}
+    with pytest.raises(MailboxExists):
+        await store.rename_mailbox("A/B", "Trash")
+
+
+async def test_renamed_special_use_mailbox_is_not_recreated(tmp_path: Path) -> None:
+    s = await MailStore.open(tmp_path / "m.db")
+    await s.rename_mailbox("Sent", "Sent Items")
+    await s.close()
+    s = await MailStore.open(tmp_path / "m.db")
+    try:
+        boxes = {b.name: b.special_use for b in await s.list_mailboxes()}
+        assert boxes["Sent Items"] == "\\Sent" and "Sent" not in boxes
+    finally:
+        await s.close()
+
+
 async def test_changed_since_and_recent(store: MailStore) -> None:
     await store.deliver("INBOX", RAW)
     await store.deliver("INBOX", RAW)
