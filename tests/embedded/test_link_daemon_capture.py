@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,20 @@ from core.embedded.bloom import Bloom
 from core.embedded.meta import MetaReader, encode_meta
 from core.embedded.network import subnet_bloom_transform
 from core.embedded.tree import check_announce
-from core.embedded.wire import Announce, FrameDecoder, PacketType, SigReq
+from core.embedded.wire import (
+    Announce,
+    FrameDecoder,
+    PacketType,
+    PathBroken,
+    PathLookup,
+    PathNotify,
+    SigReq,
+    SigRes,
+    Traffic,
+)
 from tests.conftest import require
 
-from .daemon_lab import Daemon, daemon_running, free_port, have_daemon
+from .daemon_lab import YGGDRASILCTL, Daemon, daemon_running, free_port, have_daemon
 
 
 def _capture(port: int, our_meta: bytes, seconds: float = 1.5) -> bytes:
@@ -84,22 +95,37 @@ def test_daemon_handshake_and_first_frames(tmp_path: Path, password: bytes, prio
             assert bytes(SigReq.parse(frame[1:])) == frame[1:]
 
 
-async def test_daemon_bloom_filter_bytes_match_ours(tmp_path: Path) -> None:
+_PARSERS: dict[int, Callable[[bytes], object]] = {
+    PacketType.SIG_REQ: SigReq.parse,
+    PacketType.SIG_RES: SigRes.parse,
+    PacketType.ANNOUNCE: Announce.parse,
+    PacketType.BLOOM_FILTER: Bloom.parse,
+    PacketType.PATH_LOOKUP: PathLookup.parse,
+    PacketType.PATH_NOTIFY: PathNotify.parse,
+    PacketType.PATH_BROKEN: PathBroken.parse,
+    PacketType.TRAFFIC: Traffic.parse,
+}
+
+
+async def test_daemon_frames_round_trip_and_bloom_matches_ours(tmp_path: Path) -> None:
+    """Every frame a live daemon sends us re-encodes to the same bytes; its bloom
+    filter for us is exactly the one we compute for its (transformed) key."""
     require(have_daemon(), "yggdrasil 0.5 daemon (Debian package yggdrasil) not installed")
     port = free_port()
-    blooms: list[bytes] = []
+    frames: list[bytes] = []
     net = PacketNetwork(os.urandom(32), bloom_transform=subnet_bloom_transform)
     router = net.router
     original = router.handle_frame
-
+    wanted = {PacketType.SIG_RES, PacketType.PATH_LOOKUP, PacketType.PATH_NOTIFY}
+    wanted.add(PacketType.TRAFFIC)
     expected = b""
-    seen = asyncio.Event()
+    done = asyncio.Event()
 
     def tap(link: object, frame: bytes) -> None:
-        if frame[0] == PacketType.BLOOM_FILTER:
-            blooms.append(frame[1:])
-            if frame[1:] == expected:
-                seen.set()
+        frames.append(frame)
+        kinds = {f[0] for f in frames}
+        if wanted <= kinds and any(f[1:] == expected for f in frames):
+            done.set()
         original(link, frame)  # type: ignore[arg-type]
 
     router.handle_frame = tap  # type: ignore[method-assign]
@@ -109,9 +135,32 @@ async def test_daemon_bloom_filter_bytes_match_ours(tmp_path: Path) -> None:
         await net.start()
         try:
             await net.add_peer(f"tcp://127.0.0.1:{port}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(seen.wait(), 15)
+            # make the daemon look us up and open a session (lookup, traffic), and look
+            # it up ourselves (its notify)
+            for _ in range(10):
+                net.send(daemon.public_key, b"\x00probe")
+                ctl = await asyncio.create_subprocess_exec(
+                    YGGDRASILCTL, "-endpoint", f"unix://{daemon.admin}",
+                    "debug_remoteGetSelf", f"key={net.public_key.hex()}",
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), 1.5)
+                finally:
+                    if ctl.returncode is None:
+                        ctl.kill()
+                    await ctl.wait()
+                if done.is_set():
+                    break
         finally:
             await net.close()
+    blooms = [f[1:] for f in frames if f[0] == PacketType.BLOOM_FILTER]
+    assert blooms[0] == bytes(Bloom())  # a new link first gets the empty filter
     assert expected in blooms, [b.hex()[:80] for b in blooms]
-    assert blooms[0] == bytes(Bloom())
+    kinds = {f[0] for f in frames}
+    assert wanted <= kinds, kinds
+    for frame in frames:
+        parse = _PARSERS.get(frame[0])
+        if parse is not None:
+            assert bytes(parse(frame[1:])) == frame[1:], frame.hex()  # type: ignore[call-overload]
