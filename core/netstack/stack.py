@@ -334,6 +334,10 @@ class NetStack:
 
     # ------------------------------------------------------------------ output
     def _emit(self, src: bytes, dst: bytes, proto: int, parts: tuple[bytes, ...]) -> None:
+        if dst in self._local:  # to ourselves: loop back, as the kernel's lo does
+            packet = build_packet(src, dst, proto, parts, self.hop_limit)
+            self._loop.call_soon(self.receive_packet, packet)
+            return
         try:
             self._send_packet(build_packet(src, dst, proto, parts, self.hop_limit))
         except (OSError, ValueError) as exc:  # the link is lossy by nature: drop

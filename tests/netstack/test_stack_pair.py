@@ -379,3 +379,29 @@ async def test_packet_too_big_lowers_mss_and_transfer_completes() -> None:
         assert conn.mss == 9000 - 60
         writer.close()
         server.close()
+
+
+async def test_connections_to_our_own_address_loop_back() -> None:
+    sent: list[bytes] = []
+    from core.netstack.stack import NetStack
+
+    async with NetStack([A_ADDR], sent.append) as stack:
+        server = await stack.start_server(echo_handler, 25)
+        reader, writer = await stack.open_connection(A_ADDR, 25)
+        writer.write(b"to myself")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(-1), 5) == b"to myself"
+        assert writer.get_extra_info("peername") == (A_ADDR, 25, 0, 0)
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Inbox(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                got.put_nowait(data)
+
+        t, _ = await stack.create_datagram_endpoint(Inbox, local_addr=(A_ADDR, 53))
+        t.sendto(b"dgram to myself", (A_ADDR, 53))
+        assert await asyncio.wait_for(got.get(), 5) == b"dgram to myself"
+        assert sent == []  # nothing left through the link
+        t.close()
+        writer.close()
+        server.close()
