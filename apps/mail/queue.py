@@ -66,6 +66,22 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX deliveries_due ON deliveries(state, next_attempt)",
     ),
+    # A message leaves the queue by itself once no delivery is pending and its Sent copy
+    # is filed: each "mark" is then one statement (one round trip to the database thread).
+    2: (
+        """CREATE TRIGGER deliveries_finished AFTER UPDATE OF state ON deliveries
+            WHEN NEW.state != 'pending'
+        BEGIN
+            DELETE FROM messages WHERE id = NEW.message AND sent_copy = 1 AND NOT EXISTS (
+                SELECT 1 FROM deliveries WHERE message = NEW.message AND state = 'pending');
+        END""",
+        """CREATE TRIGGER messages_sent_copy AFTER UPDATE OF sent_copy ON messages
+            WHEN NEW.sent_copy = 1
+        BEGIN
+            DELETE FROM messages WHERE id = NEW.id AND NOT EXISTS (
+                SELECT 1 FROM deliveries WHERE message = NEW.id AND state = 'pending');
+        END""",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -176,12 +192,11 @@ class OutboxQueue:
             await self._db.close()
 
     async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        async with self._db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await self._db.execute_fetchall(sql, args))
 
     async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
-        async with self._db.execute(sql, args) as cur:
-            return await cur.fetchone()
+        rows = await self._all(sql, args)
+        return rows[0] if rows else None
 
     # -- submission -----------------------------------------------------------------------
     async def enqueue(
@@ -205,13 +220,13 @@ class OutboxQueue:
                 (count,) = await self._one("SELECT count(*) FROM messages")
                 if count >= max_queue:
                     raise QueueFull(f"the outbound queue holds {count} messages (the limit)")
-            async with self._db.execute(
+            row = await self._db.execute_insert(
                 "INSERT INTO messages (token, sender, message_id, raw, created) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (token, sender, message_id, raw, stamp),
-            ) as cur:
-                assert cur.lastrowid is not None
-                msg_id = cur.lastrowid
+            )
+            assert row is not None
+            msg_id = int(row[0])
             await self._db.executemany(
                 "INSERT INTO deliveries (message, recipient, next_attempt, updated) "
                 "VALUES (?, ?, ?, ?)",
@@ -243,8 +258,24 @@ class OutboxQueue:
         row = await self._one("SELECT raw FROM messages WHERE id = ?", (message,))
         return None if row is None else bytes(row[0])
 
+    async def raws(self, messages: list[int]) -> dict[int, bytes]:
+        unique = tuple(dict.fromkeys(messages))
+        marks = ",".join("?" * len(unique))
+        rows = await self._all(f"SELECT id, raw FROM messages WHERE id IN ({marks})", unique)
+        return {int(r[0]): bytes(r[1]) for r in rows}
+
     async def mark_delivered(self, delivery: int, *, now: float | None = None) -> None:
         await self._finish(delivery, "delivered", None, now)
+
+    async def mark_delivered_many(self, deliveries: list[int], *, now: float | None = None) -> None:
+        stamp = time.time() if now is None else now
+        marks = ",".join("?" * len(deliveries))
+        async with self._lock:
+            await self._db.execute(
+                "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, "
+                f"last_error = NULL, updated = ? WHERE id IN ({marks})",
+                (stamp, *deliveries),
+            )
 
     async def mark_failed(self, delivery: int, error: str, *, now: float | None = None) -> None:
         await self._finish(delivery, "failed", error, now)
@@ -253,19 +284,18 @@ class OutboxQueue:
         self, delivery: int, state: str, error: str | None, now: float | None
     ) -> None:
         stamp = time.time() if now is None else now
-        async with self._lock, _Tx(self._db):
+        async with self._lock:  # one statement: autocommit, the trigger collects the message
             await self._db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
                 "updated = ? WHERE id = ?",
                 (state, error, stamp, delivery),
             )
-            await self._collect()
 
     async def mark_retry(
         self, delivery: int, next_attempt: float, error: str, *, now: float | None = None
     ) -> None:
         stamp = time.time() if now is None else now
-        async with self._lock, _Tx(self._db):
+        async with self._lock:
             await self._db.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, next_attempt = ?, "
                 "last_error = ?, updated = ? WHERE id = ? AND state = 'pending'",
@@ -281,16 +311,14 @@ class OutboxQueue:
         return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
     async def mark_sent_copy(self, message: int) -> None:
-        async with self._lock, _Tx(self._db):
-            await self._db.execute("UPDATE messages SET sent_copy = 1 WHERE id = ?", (message,))
-            await self._collect()
+        await self.mark_sent_copies([message])
 
-    async def _collect(self) -> None:
-        """Drop messages that are finished: Sent copy stored, no delivery pending."""
-        await self._db.execute(
-            "DELETE FROM messages WHERE sent_copy = 1 AND NOT EXISTS ("
-            "SELECT 1 FROM deliveries d WHERE d.message = messages.id AND d.state = 'pending')"
-        )
+    async def mark_sent_copies(self, messages: list[int]) -> None:
+        marks = ",".join("?" * len(messages))
+        async with self._lock:
+            await self._db.execute(
+                f"UPDATE messages SET sent_copy = 1 WHERE id IN ({marks})", tuple(messages)
+            )
 
     # -- inspection -----------------------------------------------------------------------
     async def pending(self) -> list[Delivery]:

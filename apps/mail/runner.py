@@ -30,14 +30,28 @@ from .dsn import MAILER_DAEMON, Bounce, build_dsn, status_from_reply
 from .message import dedup_key, header_fields, received_header
 from .ports import Connector, MailSink
 from .queue import Delivery, OutboxQueue
-from .smtp_client import ClientTransaction, run_transaction
+from .smtp_client import ClientSession, Envelope, run_session
 
 __all__ = ["QueueRunner"]
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH = 20  # messages to one node in one SMTP session
 MAX_IDLE_WAIT = 60.0  # re-check the queue at least this often (clock changes, missed wakes)
 ERROR_PAUSE = 1.0  # after an unexpected failure of the loop itself
+
+
+def _batches(due: list[Delivery], limit: int) -> list[list[Delivery]]:
+    """Due deliveries grouped by recipient, at most :data:`MAX_BATCH` a group, oldest first."""
+    groups: dict[str, list[list[Delivery]]] = {}
+    order: list[list[Delivery]] = []
+    for delivery in due:
+        chunks = groups.setdefault(delivery.recipient, [])
+        if not chunks or len(chunks[-1]) >= MAX_BATCH:
+            chunks.append([])
+            order.append(chunks[-1])
+        chunks[-1].append(delivery)
+    return order[:limit]
 
 
 class QueueRunner:
@@ -62,18 +76,23 @@ class QueueRunner:
         self._clock = clock
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        self._sent_wake = asyncio.Event()
         self._inflight: set[int] = set()
+        self._sessions = 0
 
     def wake(self) -> None:
         self._wake.set()
+        self._sent_wake.set()
 
     @property
     def in_flight(self) -> int:
+        """Deliveries being attempted now."""
         return len(self._inflight)
 
     async def run(self) -> None:
         """Run until cancelled (the owner cancels and awaits on close)."""
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._sent_copy_loop(), name="mail-sent-copies")
             while True:
                 self._wake.clear()
                 try:
@@ -84,26 +103,48 @@ class QueueRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
 
+    async def _sent_copy_loop(self) -> None:
+        """Files Sent copies apart from delivery, so neither waits for the other."""
+        while True:
+            self._sent_wake.clear()
+            try:
+                await self.store_sent_copies()
+                wait = MAX_IDLE_WAIT
+            except Exception:
+                log.exception("mail queue: filing Sent copies failed; retrying shortly")
+                wait = ERROR_PAUSE
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sent_wake.wait(), wait)
+
     async def _pass(self, tg: asyncio.TaskGroup) -> float:
-        await self.store_sent_copies()
         now = self._clock()
-        free = self.config.concurrency - len(self._inflight)
+        free = self.config.concurrency - self._sessions
         if free > 0:
-            for delivery in await self.queue.due(now, limit=free, exclude=self._inflight):
-                self._inflight.add(delivery.id)
-                tg.create_task(self._deliver(delivery), name=f"mail-delivery-{delivery.id}")
+            due = await self.queue.due(now, limit=free * MAX_BATCH, exclude=self._inflight)
+            for batch in _batches(due, free):
+                self._inflight.update(d.id for d in batch)
+                self._sessions += 1
+                tg.create_task(self._deliver(batch), name=f"mail-delivery-{batch[0].id}")
+        if self._sessions >= self.config.concurrency:
+            return MAX_IDLE_WAIT  # every slot is busy: the next one to finish wakes us
         next_due = await self.queue.next_due(exclude=self._inflight)
         if next_due is None:
             return MAX_IDLE_WAIT
         return min(MAX_IDLE_WAIT, max(0.0, next_due - self._clock()))
 
     async def store_sent_copies(self) -> int:
-        """File the Sent copy of every queued message that lacks one; returns how many."""
+        """File the Sent copy of every queued message that lacks one; returns how many.
+
+        Each copy is committed to the store under the key ``sent|<token>`` before the
+        queue learns of it (in one batch per round): a crash in between files nothing
+        twice.
+        """
         done = 0
-        for message, token, raw in await self.queue.unsent_copies():
-            await self.sink.deliver("Sent", raw, flags=("\\Seen",), dedup_key=f"sent|{token}")
-            await self.queue.mark_sent_copy(message)
-            done += 1
+        while batch := await self.queue.unsent_copies():
+            for _message, token, raw in batch:
+                await self.sink.deliver("Sent", raw, flags=("\\Seen",), dedup_key=f"sent|{token}")
+            await self.queue.mark_sent_copies([message for message, _, _ in batch])
+            done += len(batch)
         return done
 
     def _announce(self, uid: int, sender: str, subject: str) -> None:
@@ -111,40 +152,39 @@ class QueueRunner:
             data = {"mailbox": "INBOX", "uid": uid, "from": sender, "subject": subject}
             self.publish(NodeEvent("mail.new", data))
 
-    # -- one delivery -----------------------------------------------------------------------
-    async def _deliver(self, delivery: Delivery) -> None:
+    # -- one session: deliveries to one recipient -------------------------------------------
+    async def _deliver(self, batch: list[Delivery]) -> None:
         try:
-            await self._attempt(delivery)
+            await self._attempt(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("mail queue: delivery %d to %s failed", delivery.id, delivery.recipient)
-            try:
-                await self._retry(delivery, f"internal error: {exc}")
-            except Exception:
-                log.exception("mail queue: could not reschedule delivery %d", delivery.id)
+            log.exception("mail queue: delivery to %s failed", batch[0].recipient)
+            for delivery in batch:  # a no-op for the ones already marked
+                try:
+                    await self._retry(delivery, f"internal error: {exc}")
+                except Exception:
+                    log.exception("mail queue: could not reschedule delivery %d", delivery.id)
         finally:
-            self._inflight.discard(delivery.id)
+            self._inflight.difference_update(d.id for d in batch)
+            self._sessions -= 1
             self._wake.set()
 
-    async def _attempt(self, delivery: Delivery) -> None:
-        raw = await self.queue.raw(delivery.message)
-        if raw is None:
+    async def _attempt(self, batch: list[Delivery]) -> None:
+        raws = await self.queue.raws([d.message for d in batch])
+        batch = [d for d in batch if d.message in raws]
+        if not batch:
             return
         try:
-            rcpt = parse_mail_address(delivery.recipient)
+            rcpt = parse_mail_address(batch[0].recipient)
         except UsageError as exc:
-            await self._bounce(delivery, raw, str(exc), "5.1.3")
+            for d in batch:
+                await self._bounce(d, raws[d.message], str(exc), "5.1.3")
             return
         if rcpt == self.own:
-            await self._deliver_locally(delivery, raw)
+            for d in batch:
+                await self._deliver_locally(d, raws[d.message])
             return
-        txn = ClientTransaction(
-            helo_name=f"[IPv6:{self.own.node_address}]",
-            mail_from=str(self.own),
-            recipients=[str(rcpt)],
-            content=raw,
-        )
         timeout = self.config.io_timeout
         try:
             reader, writer = await asyncio.wait_for(
@@ -152,17 +192,24 @@ class QueueRunner:
             )
         except (OSError, TimeoutError, MeshError) as exc:
             reason = str(exc) or type(exc).__name__
-            await self._retry(delivery, f"cannot connect to [{rcpt.node_address}]: {reason}")
+            for d in batch:
+                await self._retry(d, f"cannot connect to [{rcpt.node_address}]: {reason}")
             return
-        outcome = await run_transaction(txn, reader, writer, timeout=timeout)
-        if str(rcpt) in outcome.delivered:
-            log.info("mail queue: delivered %s to %s", delivery.message_id, rcpt)
-            await self.queue.mark_delivered(delivery.id, now=self._clock())
-        elif str(rcpt) in outcome.permanent:
-            reason = outcome.permanent[str(rcpt)]
-            await self._bounce(delivery, raw, reason, status_from_reply(reason))
-        else:
-            await self._retry(delivery, outcome.temporary.get(str(rcpt), outcome.error or "?"))
+        session = ClientSession(
+            f"[IPv6:{self.own.node_address}]",
+            [Envelope(str(self.own), (str(rcpt),), raws[d.message]) for d in batch],
+        )
+        outcomes = await run_session(session, reader, writer, timeout=timeout)
+        delivered = [d for d, o in zip(batch, outcomes, strict=True) if str(rcpt) in o.delivered]
+        if delivered:
+            await self.queue.mark_delivered_many([d.id for d in delivered], now=self._clock())
+            log.info("mail queue: delivered %d message(s) to %s", len(delivered), rcpt)
+        for d, outcome in zip(batch, outcomes, strict=True):
+            if str(rcpt) in outcome.permanent:
+                reason = outcome.permanent[str(rcpt)]
+                await self._bounce(d, raws[d.message], reason, status_from_reply(reason))
+            elif str(rcpt) not in outcome.delivered:
+                await self._retry(d, outcome.temporary.get(str(rcpt), outcome.error or "?"))
 
     async def _deliver_locally(self, delivery: Delivery, raw: bytes) -> None:
         fields = header_fields(raw)

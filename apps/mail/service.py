@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Session
 
 from core.backend import MeshServer
 from core.errors import MeshError
@@ -41,6 +41,23 @@ log = logging.getLogger(__name__)
 MAIL_STORE_FILE_NAME = "mail.db"
 SMTP_IDENT = "meshsuite ESMTP"
 CLOSE_TIMEOUT = 5.0
+
+
+class _Session(Session):
+    """aiosmtpd's session without the deprecation warning it logs on every login."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class MeshSMTP(SMTP):
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
 
 class _Closable(Protocol):
@@ -155,7 +172,7 @@ class MailService:
         loop = asyncio.get_running_loop()
 
         def factory() -> SMTP:
-            smtp = SMTP(
+            smtp = MeshSMTP(
                 handler,
                 hostname=hostname,
                 ident=SMTP_IDENT,

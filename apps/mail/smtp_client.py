@@ -24,13 +24,16 @@ from dataclasses import dataclass, field
 __all__ = [
     "MAX_REPLY_LINE",
     "MAX_REPLY_LINES",
+    "ClientSession",
     "ClientTransaction",
+    "Envelope",
     "Outcome",
     "RemoteProtocolError",
     "Reply",
     "ReplyParser",
     "State",
     "dot_stuff",
+    "run_session",
     "run_transaction",
 ]
 
@@ -140,6 +143,7 @@ class State(enum.Enum):
     RCPT = "rcpt"
     DATA = "data"
     BODY = "body"
+    RSET = "rset"
     QUIT = "quit"
     DONE = "done"
     ERROR = "error"
@@ -147,36 +151,50 @@ class State(enum.Enum):
 
 @dataclass
 class Outcome:
-    """What happened to each recipient. ``error`` is set when the whole session failed."""
+    """What happened to each recipient of one message. ``error`` is set when the
+    session failed before the message was decided."""
 
     delivered: list[str] = field(default_factory=list)
     temporary: dict[str, str] = field(default_factory=dict)
     permanent: dict[str, str] = field(default_factory=dict)
     error: str | None = None
 
+    def decided(self, rcpt: str) -> bool:
+        return rcpt in self.delivered or rcpt in self.temporary or rcpt in self.permanent
 
-class ClientTransaction:
-    """One SMTP mail transaction, without I/O.
 
-    >>> txn = ClientTransaction("me.mesh", "a@mesh", ["b@mesh"], b"Subject: x\\r\\n\\r\\nhi\\r\\n")
-    >>> txn.receive_data(b"220 ready\\r\\n"); txn.data_to_send()
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    mail_from: str
+    recipients: tuple[str, ...]
+    content: bytes
+
+
+class ClientSession:
+    """One SMTP session carrying one or more messages, without I/O.
+
+    Messages go one after the other on the same connection (RFC 5321 section 3.3: a
+    new ``MAIL`` after the end of a transaction; ``RSET`` after an aborted one), which
+    spares the mesh a connection set-up per message. ``outcomes[i]`` tells what became
+    of message ``i``.
+
+    >>> mail = Envelope("a@mesh", ("b@mesh",), b"Subject: x\\r\\n\\r\\nhi\\r\\n")
+    >>> s = ClientSession("me.mesh", [mail])
+    >>> s.receive_data(b"220 ready\\r\\n"); s.data_to_send()
     b'EHLO me.mesh\\r\\n'
     """
 
-    def __init__(
-        self, helo_name: str, mail_from: str, recipients: list[str], content: bytes
-    ) -> None:
-        if not recipients:
-            raise LocalProtocolError("a transaction needs at least one recipient")
+    def __init__(self, helo_name: str, messages: list[Envelope]) -> None:
+        if not messages or any(not m.recipients for m in messages):
+            raise LocalProtocolError("a session needs messages, each with a recipient")
         self.helo_name = helo_name
-        self.mail_from = mail_from
-        self.recipients = list(recipients)
-        self.content = content
+        self.messages = list(messages)
+        self.outcomes = [Outcome() for _ in messages]
         self.state = State.GREETING
-        self.outcome = Outcome()
         self.extensions: dict[str, str] = {}
         self._parser = ReplyParser()
         self._outgoing = bytearray()
+        self._index = 0
         self._rcpt_index = 0
         self._accepted: list[str] = []
         self._handlers = {
@@ -187,6 +205,7 @@ class ClientTransaction:
             State.RCPT: self._on_rcpt,
             State.DATA: self._on_data,
             State.BODY: self._on_body,
+            State.RSET: self._on_rset,
             State.QUIT: self._on_quit,
         }
 
@@ -196,13 +215,17 @@ class ClientTransaction:
         return self.state in (State.DONE, State.ERROR)
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the server. A remote error ends the transaction (state ERROR)."""
+        """Feed bytes from the server; ``b""`` means the server closed the connection.
+
+        A remote error ends the session (state ERROR): undecided recipients are
+        temporary failures, to be retried.
+        """
         if self.done:
             if data:
                 raise LocalProtocolError(f"data received in state {self.state.value}")
             return
         if not data:
-            if self.state is State.QUIT:  # every recipient is decided; 221 is a courtesy
+            if self.state is State.QUIT:  # every message is decided; 221 is a courtesy
                 self._set_state(State.DONE)
             else:
                 self._fail("the server closed the connection")
@@ -214,6 +237,9 @@ class ClientTransaction:
             return
         for reply in replies:
             if self.done:
+                break
+            if reply.code == 421 and self.state is not State.QUIT:
+                self._fail(f"{self.state.value}: {reply}")  # the server is closing
                 break
             self._handlers[self.state](reply)
 
@@ -230,6 +256,14 @@ class ClientTransaction:
         return out
 
     # -- transitions ----------------------------------------------------------------------
+    @property
+    def _message(self) -> Envelope:
+        return self.messages[self._index]
+
+    @property
+    def _outcome(self) -> Outcome:
+        return self.outcomes[self._index]
+
     def _send(self, line: str) -> None:
         self._outgoing += line.encode("utf-8") + b"\r\n"
 
@@ -239,23 +273,25 @@ class ClientTransaction:
 
     def _fail(self, reason: str) -> None:
         """Session-level failure: every undecided recipient is a temporary failure."""
-        self.outcome.error = reason
-        for rcpt in self.recipients:
-            decided = (
-                rcpt in self.outcome.delivered
-                or rcpt in self.outcome.permanent
-                or rcpt in self.outcome.temporary
-            )
-            if not decided:
-                self.outcome.temporary[rcpt] = reason
+        pending = zip(self.messages[self._index :], self.outcomes[self._index :], strict=True)
+        for message, outcome in pending:
+            outcome.error = reason
+            for rcpt in message.recipients:
+                if not outcome.decided(rcpt):
+                    outcome.temporary[rcpt] = reason
         self._set_state(State.ERROR)
 
-    def _reject_all(self, reply: Reply, what: str) -> None:
-        """A reply that ends the transaction for every recipient still undecided."""
-        bucket = self.outcome.temporary if reply.transient else self.outcome.permanent
-        for rcpt in self.recipients:
-            if rcpt not in self.outcome.delivered and rcpt not in self.outcome.permanent:
+    def _reject(self, reply: Reply, what: str, recipients: list[str] | tuple[str, ...]) -> None:
+        bucket = self._outcome.temporary if reply.transient else self._outcome.permanent
+        for rcpt in recipients:
+            if not self._outcome.decided(rcpt):
                 bucket[rcpt] = f"{what}: {reply}"
+
+    def _reject_all_messages(self, reply: Reply, what: str) -> None:
+        """A greeting/EHLO refusal: nothing can be sent in this session."""
+        for index in range(len(self.messages)):
+            self._index = index
+            self._reject(reply, what, self._message.recipients)
         self._quit()
 
     def _quit(self) -> None:
@@ -264,7 +300,7 @@ class ClientTransaction:
 
     def _on_greeting(self, reply: Reply) -> None:
         if reply.code != 220:
-            self._reject_all(reply, "greeting")
+            self._reject_all_messages(reply, "greeting")
             return
         self._send(f"EHLO {self.helo_name}")
         self._set_state(State.EHLO)
@@ -274,90 +310,118 @@ class ClientTransaction:
             for line in reply.lines[1:]:
                 name, _, value = line.partition(" ")
                 self.extensions[name.upper()] = value
-            self._mail()
+            self._start_message()
         elif reply.code in (500, 502):  # EHLO unknown: a plain RFC 821 server
             self._send(f"HELO {self.helo_name}")
             self._set_state(State.HELO)
         else:
-            self._reject_all(reply, "EHLO")
+            self._reject_all_messages(reply, "EHLO")
 
     def _on_helo(self, reply: Reply) -> None:
         if reply.code == 250:
-            self._mail()
+            self._start_message()
         else:
-            self._reject_all(reply, "HELO")
+            self._reject_all_messages(reply, "HELO")
 
-    def _mail(self) -> None:
-        size = len(self.content)
-        limit = self.extensions.get("SIZE", "")
-        if limit.isdigit() and int(limit) and size > int(limit):
-            reply = Reply(
-                552, (f"5.3.4 message is {size} bytes; the server takes at most {limit}",)
-            )
-            self._reject_all(reply, "SIZE")
-            return
-        param = f" SIZE={size}" if "SIZE" in self.extensions else ""
-        self._send(f"MAIL FROM:<{self.mail_from}>{param}")
-        self._set_state(State.MAIL)
+    def _start_message(self) -> None:
+        while self._index < len(self.messages):
+            size = len(self._message.content)
+            limit = self.extensions.get("SIZE", "")
+            if not (limit.isdigit() and int(limit) and size > int(limit)):
+                param = f" SIZE={size}" if "SIZE" in self.extensions else ""
+                self._send(f"MAIL FROM:<{self._message.mail_from}>{param}")
+                self._set_state(State.MAIL)
+                self._rcpt_index, self._accepted = 0, []
+                return
+            text = f"5.3.4 message is {size} bytes; the server takes at most {limit}"
+            self._reject(Reply(552, (text,)), "SIZE", self._message.recipients)
+            self._index += 1
+        self._quit()
+
+    def _next_message(self, *, reset: bool) -> None:
+        self._index += 1
+        if self._index < len(self.messages) and reset:
+            self._send("RSET")
+            self._set_state(State.RSET)
+        else:
+            self._start_message()
+
+    def _on_rset(self, reply: Reply) -> None:
+        if reply.code == 250:
+            self._start_message()
+        else:
+            self._fail(f"RSET: {reply}")
 
     def _on_mail(self, reply: Reply) -> None:
         if reply.code == 250:
             self._next_rcpt()
         else:
-            self._reject_all(reply, "MAIL FROM")
+            self._reject(reply, "MAIL FROM", self._message.recipients)
+            self._next_message(reset=True)
 
     def _next_rcpt(self) -> None:
-        if self._rcpt_index < len(self.recipients):
-            self._send(f"RCPT TO:<{self.recipients[self._rcpt_index]}>")
+        if self._rcpt_index < len(self._message.recipients):
+            self._send(f"RCPT TO:<{self._message.recipients[self._rcpt_index]}>")
             self._set_state(State.RCPT)
         elif self._accepted:
             self._send("DATA")
             self._set_state(State.DATA)
         else:
-            self._quit()
+            self._next_message(reset=True)
 
     def _on_rcpt(self, reply: Reply) -> None:
-        rcpt = self.recipients[self._rcpt_index]
+        rcpt = self._message.recipients[self._rcpt_index]
         self._rcpt_index += 1
         if reply.code in (250, 251):
             self._accepted.append(rcpt)
-        elif reply.transient:
-            self.outcome.temporary[rcpt] = f"RCPT TO: {reply}"
         else:
-            self.outcome.permanent[rcpt] = f"RCPT TO: {reply}"
+            self._reject(reply, "RCPT TO", [rcpt])
         self._next_rcpt()
 
     def _on_data(self, reply: Reply) -> None:
         if reply.code == 354:
-            self._outgoing += dot_stuff(self.content)
+            self._outgoing += dot_stuff(self._message.content)
             self._set_state(State.BODY)
         else:
-            self._reject_accepted(reply, "DATA")
+            self._reject(reply, "DATA", self._accepted)
+            self._next_message(reset=True)
 
     def _on_body(self, reply: Reply) -> None:
         if reply.code == 250:
-            self.outcome.delivered.extend(self._accepted)
-            self._quit()
+            self._outcome.delivered.extend(self._accepted)
         else:
-            self._reject_accepted(reply, "end of DATA")
-
-    def _reject_accepted(self, reply: Reply, what: str) -> None:
-        bucket = self.outcome.temporary if reply.transient else self.outcome.permanent
-        for rcpt in self._accepted:
-            bucket[rcpt] = f"{what}: {reply}"
-        self._quit()
+            self._reject(reply, "end of DATA", self._accepted)
+        self._next_message(reset=False)
 
     def _on_quit(self, reply: Reply) -> None:
         self._set_state(State.DONE)
 
 
+def ClientTransaction(
+    helo_name: str, mail_from: str, recipients: list[str], content: bytes
+) -> ClientSession:
+    """A session with a single message (the common case)."""
+    return ClientSession(helo_name, [Envelope(mail_from, tuple(recipients), content)])
+
+
 async def run_transaction(
-    txn: ClientTransaction,
+    txn: ClientSession,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     *,
     timeout: float = 120.0,
 ) -> Outcome:
+    """:func:`run_session` for a one-message session: that message's outcome."""
+    return (await run_session(txn, reader, writer, timeout=timeout))[0]
+
+
+async def run_session(
+    txn: ClientSession,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    timeout: float = 120.0,
+) -> list[Outcome]:
     """Drive ``txn`` over a stream pair until it is done; close the writer at the end.
 
     ``timeout`` bounds every wait for the server (RFC 5321 section 4.5.3.2 suggests
@@ -381,4 +445,4 @@ async def run_transaction(
         writer.close()
         with contextlib.suppress(TimeoutError, ConnectionError, OSError):
             await asyncio.wait_for(writer.wait_closed(), 5.0)
-    return txn.outcome
+    return txn.outcomes

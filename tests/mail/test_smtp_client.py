@@ -9,7 +9,9 @@ from aiosmtpd.smtp import SMTP
 
 from apps.mail.smtp_client import (
     MAX_REPLY_LINE,
+    ClientSession,
     ClientTransaction,
+    Envelope,
     RemoteProtocolError,
     ReplyParser,
     State,
@@ -43,8 +45,8 @@ def test_happy_path_byte_exact() -> None:
     assert txn.data_to_send() == b"QUIT\r\n"
     txn.receive_data(b"221 bye\r\n")
     assert txn.state is State.DONE
-    assert txn.outcome.delivered == ["b@mesh"]
-    assert not txn.outcome.temporary and not txn.outcome.permanent
+    assert txn.outcomes[0].delivered == ["b@mesh"]
+    assert not txn.outcomes[0].temporary and not txn.outcomes[0].permanent
 
 
 def test_replies_split_across_reads() -> None:
@@ -60,7 +62,7 @@ def test_oversize_refused_before_mail_from() -> None:
     txn.data_to_send()
     txn.receive_data(b"250-x\r\n250 SIZE 1000\r\n")
     assert txn.data_to_send() == b"QUIT\r\n"
-    assert "552" in txn.outcome.permanent["b@mesh"]
+    assert "552" in txn.outcomes[0].permanent["b@mesh"]
 
 
 @pytest.mark.parametrize(
@@ -71,15 +73,15 @@ def test_rcpt_refusal(rcpt_reply: bytes, bucket: str) -> None:
     txn = _txn()
     txn.receive_data(b"220 x\r\n250 x\r\n250 ok\r\n" + rcpt_reply + b"\r\n")
     assert txn.data_to_send().endswith(b"QUIT\r\n")
-    assert "RCPT TO" in getattr(txn.outcome, bucket)["b@mesh"]
-    assert not txn.outcome.delivered
+    assert "RCPT TO" in getattr(txn.outcomes[0], bucket)["b@mesh"]
+    assert not txn.outcomes[0].delivered
 
 
 def test_partial_recipients() -> None:
     txn = _txn(rcpts=("b@mesh", "c@mesh"))
     txn.receive_data(b"220 x\r\n250 x\r\n250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n250 ok\r\n")
-    assert txn.outcome.delivered == ["b@mesh"]
-    assert "550" in txn.outcome.permanent["c@mesh"]
+    assert txn.outcomes[0].delivered == ["b@mesh"]
+    assert "550" in txn.outcomes[0].permanent["c@mesh"]
 
 
 @pytest.mark.parametrize(
@@ -88,7 +90,7 @@ def test_partial_recipients() -> None:
 def test_end_of_data_refusal(final: bytes, bucket: str) -> None:
     txn = _txn()
     txn.receive_data(b"220 x\r\n250 x\r\n250 ok\r\n250 ok\r\n354 go\r\n" + final + b"\r\n")
-    assert "end of DATA" in getattr(txn.outcome, bucket)["b@mesh"]
+    assert "end of DATA" in getattr(txn.outcomes[0], bucket)["b@mesh"]
 
 
 def test_ehlo_refused_falls_back_to_helo() -> None:
@@ -104,10 +106,10 @@ def test_ehlo_refused_falls_back_to_helo() -> None:
 def test_greeting_554_is_permanent_421_temporary() -> None:
     txn = _txn()
     txn.receive_data(b"554 go away\r\n")
-    assert "554" in txn.outcome.permanent["b@mesh"]
+    assert "554" in txn.outcomes[0].permanent["b@mesh"]
     txn = _txn()
     txn.receive_data(b"421 busy\r\n")
-    assert "421" in txn.outcome.temporary["b@mesh"]
+    assert "421" in txn.outcomes[0].temporary["b@mesh"]
 
 
 @pytest.mark.parametrize(
@@ -125,7 +127,7 @@ def test_garbage_is_a_temporary_failure(garbage: bytes) -> None:
     txn.data_to_send()
     txn.receive_data(garbage)
     assert txn.state is State.ERROR
-    assert "protocol error" in txn.outcome.temporary["b@mesh"]
+    assert "protocol error" in txn.outcomes[0].temporary["b@mesh"]
 
 
 def test_too_many_reply_lines() -> None:
@@ -138,11 +140,11 @@ def test_eof_mid_transaction_is_temporary_but_not_after_data() -> None:
     txn = _txn()
     txn.receive_data(b"220 x\r\n250 x\r\n")
     txn.receive_data(b"")
-    assert txn.state is State.ERROR and "closed" in txn.outcome.temporary["b@mesh"]
+    assert txn.state is State.ERROR and "closed" in txn.outcomes[0].temporary["b@mesh"]
     txn = _txn()
     txn.receive_data(b"220 x\r\n250 x\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n")
     txn.receive_data(b"")  # no 221: the mail was taken already
-    assert txn.state is State.DONE and txn.outcome.delivered == ["b@mesh"]
+    assert txn.state is State.DONE and txn.outcomes[0].delivered == ["b@mesh"]
 
 
 def test_dot_stuff() -> None:
@@ -190,3 +192,54 @@ async def test_silent_server_times_out() -> None:
         server.close()
         await server.wait_closed()
     assert "no reply within" in outcome.temporary["b@mesh"]
+
+
+def test_session_with_several_messages_byte_exact() -> None:
+    """Two messages on one connection: the first is refused at RCPT (RSET follows),
+    the second goes through; then a third is delivered after a completed one (no RSET)."""
+    mails = [
+        Envelope("a@mesh", ("b@mesh",), b"Subject: 1\r\n\r\none\r\n"),
+        Envelope("a@mesh", ("b@mesh",), b"Subject: 2\r\n\r\ntwo\r\n"),
+        Envelope("a@mesh", ("b@mesh",), b"Subject: 3\r\n\r\nthree\r\n"),
+    ]
+    s = ClientSession("h", mails)
+    s.receive_data(b"220 x\r\n250 x\r\n")
+    assert s.data_to_send() == b"EHLO h\r\nMAIL FROM:<a@mesh>\r\n"
+    s.receive_data(b"250 ok\r\n")
+    assert s.data_to_send() == b"RCPT TO:<b@mesh>\r\n"
+    s.receive_data(b"550 no\r\n")
+    assert s.data_to_send() == b"RSET\r\n"
+    s.receive_data(b"250 reset\r\n")
+    assert s.data_to_send() == b"MAIL FROM:<a@mesh>\r\n"
+    s.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert s.data_to_send() == b"RCPT TO:<b@mesh>\r\nDATA\r\nSubject: 2\r\n\r\ntwo\r\n.\r\n"
+    s.receive_data(b"250 stored\r\n")
+    assert s.data_to_send() == b"MAIL FROM:<a@mesh>\r\n"
+    s.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n250 stored\r\n")
+    assert s.data_to_send().endswith(b".\r\nQUIT\r\n")
+    assert [o.delivered for o in s.outcomes] == [[], ["b@mesh"], ["b@mesh"]]
+    assert "550" in s.outcomes[0].permanent["b@mesh"]
+
+
+def test_session_421_mid_way_defers_the_rest() -> None:
+    mails = [Envelope("a@mesh", ("b@mesh",), b"x\r\n") for _ in range(3)]
+    s = ClientSession("h", mails)
+    s.receive_data(b"220 x\r\n250 x\r\n250 ok\r\n250 ok\r\n354 go\r\n250 stored\r\n")
+    s.receive_data(b"421 4.3.2 shutting down\r\n")
+    assert s.state is State.ERROR
+    assert s.outcomes[0].delivered == ["b@mesh"]
+    assert all("421" in o.temporary["b@mesh"] for o in s.outcomes[1:])
+
+
+def test_batches_group_by_recipient() -> None:
+    from apps.mail.queue import Delivery
+    from apps.mail.runner import MAX_BATCH, _batches
+
+    def d(i: int, rcpt: str) -> Delivery:
+        return Delivery(i, i, "t", "a@mesh", f"<{i}>", rcpt, 0, 0.0, 0.0, None)
+
+    due = [d(i, "b@mesh") for i in range(MAX_BATCH + 5)] + [d(100, "c@mesh")]
+    batches = _batches(due, limit=10)
+    assert [len(b) for b in batches] == [MAX_BATCH, 5, 1]  # in order of the oldest mail
+    assert {x.recipient for x in batches[2]} == {"c@mesh"}
+    assert len(_batches(due, limit=2)) == 2
