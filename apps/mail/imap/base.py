@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ..store import MailboxNotFound, MailStore
 from .parser import Value
 from .seqset import SequenceSet
-from .wire import render_flags
+from .wire import render_flags, uid_set_text
 
 __all__ = [
     "TRANSITIONS",
@@ -134,6 +134,7 @@ class SessionBase:
         self.state = State.NOT_AUTHENTICATED
         self.view: MailboxView | None = None
         self.condstore = False  # RFC 7162: on once the client used or enabled CONDSTORE
+        self.qresync = False  # RFC 7162 section 3.2: only after ENABLE QRESYNC
         self.wakeup = asyncio.Event()
         self._unsubscribe = [
             store.subscribe_new_mail(lambda box, _uid: self._mark_dirty(box)),
@@ -160,6 +161,24 @@ class SessionBase:
             unsubscribe()
         self._unsubscribe = []
 
+    def forget(self, uids: list[int]) -> bytes:
+        """Drop expunged UIDs from the view; the responses that tell the client.
+
+        ``* n EXPUNGE`` per message (highest sequence number first), or one
+        ``* VANISHED <uids>`` once QRESYNC is enabled (RFC 7162 section 3.2.10).
+        """
+        view = self.require_view()
+        out: list[bytes] = []
+        gone: list[int] = []
+        for uid in sorted(uids, reverse=True):
+            seq = view.remove(uid)
+            if seq is not None:
+                out.append(b"* %d EXPUNGE\r\n" % seq)
+                gone.append(uid)
+        if self.qresync:
+            return b"* VANISHED %s\r\n" % uid_set_text(sorted(gone)).encode() if gone else b""
+        return b"".join(out)
+
     def require_view(self) -> MailboxView:
         if self.view is None:
             raise bad("no mailbox selected")
@@ -182,10 +201,7 @@ class SessionBase:
         modseqs = {uid: modseq for uid, _, modseq in entries}
         present = dict(current)
         if allow_expunge:
-            for i in range(len(view.uids) - 1, -1, -1):
-                if view.uids[i] not in present:
-                    out.append(b"* %d EXPUNGE\r\n" % (i + 1))
-                    view.remove(view.uids[i])
+            out.append(self.forget([uid for uid in view.uids if uid not in present]))
         elif any(uid not in present for uid in view.uids):
             view.dirty = True  # report the expunges after a command that allows them
         last = view.uids[-1] if view.uids else 0

@@ -157,12 +157,8 @@ class SelectedCommands(SessionBase):
         )
         if not move:
             return f"[{code}] COPY completed"
-        out = [f"* OK [{code}] moved\r\n".encode()]
-        for src, _ in sorted(pairs, reverse=True):
-            seq = view.remove(src)
-            if seq is not None:
-                out.append(b"* %d EXPUNGE\r\n" % seq)
-        await self.write(b"".join(out))
+        moved = f"* OK [{code}] moved\r\n".encode()
+        await self.write(moved + self.forget([src for src, _ in pairs]))
         return "MOVE completed"
 
     async def cmd_copy(self, cmd: Command, uid_mode: bool = False) -> str:
@@ -183,13 +179,9 @@ class SelectedCommands(SessionBase):
         elif cmd.args:
             raise bad("EXPUNGE takes no arguments")
         gone = await self.store.expunge(view.name, limit)
-        out: list[bytes] = []
-        for uid in sorted(gone, reverse=True):
-            seq = view.remove(uid)
-            if seq is not None:
-                out.append(b"* %d EXPUNGE\r\n" % seq)
+        out = self.forget(gone)
         if out:
-            await self.write(b"".join(out))
+            await self.write(out)
         return "EXPUNGE completed"
 
     async def cmd_search(self, cmd: Command, uid_mode: bool = False) -> str:
