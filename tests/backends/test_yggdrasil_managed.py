@@ -21,6 +21,7 @@ from core.node import Node
 from tests.lab.fixtures import LINK_PORT, echo_handler, open_node, require_lab
 from tests.lab.lab import YGG_04, YGG_05, Host, Lab
 
+pytestmark = pytest.mark.lab
 PORT = 4200
 SETPRIV_NO_NET_ADMIN = ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"]
 

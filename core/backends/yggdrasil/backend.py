@@ -27,6 +27,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from core.address import subnet_for_key
@@ -39,7 +40,7 @@ from core.backend import (
     ProtocolFactory,
 )
 from core.config import DEFAULT_ADMIN_ENDPOINT, NodeConfig
-from core.errors import MeshError
+from core.errors import MeshError, UsageError
 from core.identity import KEY_FILE_NAME, Identity
 
 from . import ping as icmp
@@ -91,6 +92,13 @@ async def _probe(endpoint: str, timeout: float) -> bool:
     finally:
         await client.close()
     return True
+
+
+def _positive(opts: Mapping[str, Any], key: str, default: float) -> float:
+    value = opts.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise UsageError(f"[yggdrasil] {key} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _netns_path(value: Any) -> str | None:
@@ -178,10 +186,10 @@ class YggdrasilBackend:
         self._default_endpoint = not self.managed and config.admin_endpoint is None
         self.admin = AdminClient(endpoint)
         self.netns = NetNamespace(_netns_path(opts.get("netns")))
-        self.poll_interval = float(opts.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        self.poll_interval = _positive(opts, "poll_interval", DEFAULT_POLL_INTERVAL)
         self.bind_to_device = bool(opts.get("bind_to_device", True))
-        self.session_ttl = float(opts.get("session_ttl", DEFAULT_SESSION_TTL))
-        self.start_timeout = float(opts.get("start_timeout", 30.0))
+        self.session_ttl = _positive(opts, "session_ttl", DEFAULT_SESSION_TTL)
+        self.start_timeout = _positive(opts, "start_timeout", 30.0)
         self.daemon: ManagedDaemon | None = None
         self._self: SelfInfo | None = None
         self._tun: InterfaceAddress | None = None
@@ -379,13 +387,17 @@ class YggdrasilBackend:
                 await server.rebind(tun.ifindex)
 
     # -- sockets -----------------------------------------------------------------------
-    def _socket(self, kind: int, proto: int = 0) -> socket.socket:
+    def _require_tun(self) -> InterfaceAddress:
         if self._tun is None:
             raise MeshError(
                 f"the daemon at {self.admin} has no TUN interface for {self.address} in "
                 f'{self.netns}; set IfName in its config (not "none") so apps can use '
                 "the mesh, or run the node in the daemon's network namespace"
             )
+        return self._tun
+
+    def _socket(self, kind: int, proto: int = 0) -> socket.socket:
+        self._require_tun()
         sock = self.netns.socket(socket.AF_INET6, kind, proto)
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -524,8 +536,7 @@ class YggdrasilBackend:
     async def ping(
         self, address: ipaddress.IPv6Address, *, count: int, interval: float, timeout: float
     ) -> list[float | None]:
-        if self._tun is None:
-            self._socket(socket.SOCK_RAW)  # raises the no-TUN explanation
+        tun = self._require_tun()
         return await icmp.ping(
             self.netns.socket,
             self.address,
@@ -533,7 +544,7 @@ class YggdrasilBackend:
             count=count,
             interval=interval,
             timeout=timeout,
-            device=self.tun_name if self.bind_to_device else None,
+            device=tun.ifname if self.bind_to_device else None,
         )
 
     async def status(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ CAP_NET_ADMIN = 12
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 TAIL_LINES = 200
 SHOWN_LINES = 12
+LOG_MAX = 4 * 1024 * 1024  # bytes of daemon.log kept before it is rotated once
 STOP_GRACE = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -296,6 +297,10 @@ class ManagedDaemon:
         )
 
     def _open_log(self) -> TextIO:
+        """``daemon.log`` for appending; over LOG_MAX it becomes ``daemon.log.1`` first."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.log_path.stat().st_size > LOG_MAX:
+                os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
         return open(self.log_path, "a", encoding="utf-8", errors="replace")
 
     async def _pump_logs(self, stream: asyncio.StreamReader, out: TextIO) -> None:
