@@ -127,7 +127,14 @@ async def test_proto_answers_for_daemon_admin_requests(setup: Setup) -> None:
     assert setup.daemon.identity.public_key.hex() in tree[address]["keys"]
     # And the other way: we ask the daemon.
     d_key = setup.daemon.identity.public_key
-    theirs = await setup.node.remote_nodeinfo(d_key)
+
+    async def their_nodeinfo() -> object:
+        try:
+            return await setup.node.remote_nodeinfo(d_key, timeout=3.0)
+        except TimeoutError:
+            return None
+
+    theirs = await poll(their_nodeinfo, 30)
     assert theirs["buildname"] == "yggdrasil" and theirs["buildversion"] == "0.5.12"
     assert split_keys(await setup.node.request_remote("peers", d_key)) == [key]
 
