@@ -417,6 +417,10 @@ class TcpConnection:
             self._receive_data(seq, payload, bool(flags & FIN))
         elif payload or flags & FIN:
             self._ack_now = True
+        elif not self._rcv_nxt <= seq <= self._rcv_nxt + self._rcv_space():
+            # An unacceptable empty segment, such as a keepalive or zero-window probe
+            # (seq = rcv_nxt - 1), is answered with an ACK (RFC 9293 3.10.7.4).
+            self._ack_now = True
 
     def _receive_in_syn_sent(self, seg: TcpSegment, now: float) -> None:
         flags = seg.flags
@@ -711,7 +715,6 @@ class TcpConnection:
             self._sent(nxt, n + (1 if flags & FIN else 0), now)
             cc_budget -= n
 
-    # ------------------------------------------------------------------ SACK (RFC 6675)
     # ------------------------------------------------------------------ SACK (RFC 6675)
     def _update_scoreboard(self, options: TcpOptions) -> bool:
         """Merge the peer's SACK blocks; True if they told us something new."""

@@ -329,3 +329,44 @@ async def test_aiosmtpd_on_our_stack_receives_mail_from_kernel_smtplib(lab: TunL
         assert content.count(b"x" * 70 + b"\r\n") == 1500
         assert isinstance(peer, tuple) and peer[0] == KERNEL_ADDR
         server.close()
+
+
+async def test_kernel_sender_stalls_on_our_closed_window_and_resumes(lab: TunLab) -> None:
+    """Our reader pauses: the window we advertise closes, the kernel stops and probes
+    (we answer its zero-window probes), and everything arrives after resume."""
+    n = 16 * 1024 * 1024
+    got = bytearray()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    transports: list[asyncio.Transport] = []
+
+    class Slow(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            transport.pause_reading()
+            transports.append(transport)
+
+        def data_received(self, data: bytes) -> None:
+            got.extend(data)
+
+        def eof_received(self) -> bool:
+            done.set_result(None)
+            return False
+
+    async with attach(lab) as stack:
+        sender = await Kernel.start(lab, "serve-send", KERNEL_ADDR, "9003", str(n), ready=True)
+        await stack.create_connection(Slow, KERNEL_ADDR, 9003)
+        (conn,) = [s.conn for s in stack._tcp.values()]
+        limit = stack.tcp_config.receive_buffer
+        for _ in range(500):  # the kernel fills our 4 MiB window...
+            if conn.receive_buffered > limit - 128:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.6)  # ...then probes it (its persist timer starts at 200 ms)
+        # full up to the window-scale granularity (2**7 bytes for 4 MiB)
+        assert stack.tcp_config.receive_buffer - 128 < conn.receive_buffered
+        assert conn.receive_buffered <= stack.tcp_config.receive_buffer
+        assert not got
+        transports[0].resume_reading()
+        await asyncio.wait_for(done, 30)
+        assert len(got) == n and bytes(got) == pattern(n)
+        assert (await sender.result())["sent"] == n

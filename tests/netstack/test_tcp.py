@@ -32,12 +32,18 @@ Drop = Callable[[TcpSegment], bool]
 class Pair:
     """Client ``a`` and server ``b`` with a shared fake clock."""
 
-    def __init__(self, cfg: TcpConfig = CFG, iss_a: int = 1000, iss_b: int = 5000):
+    def __init__(
+        self,
+        cfg: TcpConfig = CFG,
+        iss_a: int = 1000,
+        iss_b: int = 5000,
+        cfg_b: TcpConfig | None = None,
+    ):
         self.now = 0.0
         self.a = TcpConnection.open(cfg, 40000, 80, iss_a, self.now)
         syn = self.a.segments_to_send(self.now)
         assert len(syn) == 1 and syn[0].flags == SYN
-        self.b = TcpConnection.accept(cfg, syn[0], iss_b, self.now)
+        self.b = TcpConnection.accept(cfg_b or cfg, syn[0], iss_b, self.now)
         self.log: list[tuple[str, TcpSegment]] = []
 
     def step(self, drop: Drop | None = None) -> int:
@@ -297,13 +303,28 @@ def test_keepalive_gives_up_on_silent_peer() -> None:
 
 
 def test_keepalive_answered_keeps_connection() -> None:
+    """Only ``a`` probes; ``b`` (no keepalive of its own) must answer each probe."""
     cfg = TcpConfig(mss=1000, keepalive_idle=10, keepalive_interval=1, keepalive_count=3)
-    p = Pair(cfg)
+    p = Pair(cfg, cfg_b=CFG)
     p.run()
+    probes = 0
     for _ in range(20):
         p.advance(5)
+        before = len(p.log)
         p.run()
+        probes += sum(1 for name, _ in p.log[before:] if name == "a>b")
     assert p.a.state is TcpState.ESTABLISHED
+    assert probes >= 5
+
+
+def test_zero_length_probe_below_window_is_acked() -> None:
+    p = established()
+    ack = p.b.segments_to_send(p.now) or [p.b._segment(ACK, p.b._snd_nxt)]
+    rcv_nxt = ack[0].ack
+    probe = TcpSegment(40000, 80, (rcv_nxt - 1) & 0xFFFFFFFF, ack[0].seq, ACK, 1000)
+    p.b.receive_segment(probe, p.now)
+    reply = p.b.segments_to_send(p.now)
+    assert [s.flags for s in reply] == [ACK] and reply[0].ack == rcv_nxt
 
 
 def test_sequence_numbers_wrap() -> None:
