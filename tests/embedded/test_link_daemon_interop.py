@@ -182,13 +182,19 @@ async def test_password_match_and_mismatch(
         await good.start()
         await bad.start()
         try:
-            await good.add_peer(f"tcp://127.0.0.1:{port}?password=s3cret")
+            await good.add_peer(f"tcp://127.0.0.1:{port}?password=s3cret&priority=4")
             await bad.add_peer(f"tcp://127.0.0.1:{port}?password=wrong")
             await _eventually(lambda: _daemon_peer_up(daemon, good.public_key), "good peer up")
             await _eventually(
                 lambda: "password does not match" in caplog.text, "our refusal log line"
             )
             assert not _daemon_peer_up(daemon, bad.public_key)
+            # the daemon read the priority TLV of our handshake (it keeps the larger one)
+            peers = (await asyncio.to_thread(daemon.ctl, "getPeers"))["peers"]
+            [entry] = [p for p in peers if p.get("key") == good.public_key.hex()]
+            assert entry["priority"] == 4
+            [ours] = [p for p in good.peers() if p.up]
+            assert ours.priority == 4 and ours.key == daemon.public_key
             assert not [p for p in bad.peers() if p.up]
         finally:
             await good.close()
