@@ -297,6 +297,16 @@ async def test_embedded_nodes_route_through_a_daemon(tmp_path: Path) -> None:
                 await asyncio.sleep(0.3)
             [path] = [p for k, p in x.tree().paths if k == y.public_key]
             assert path == y.tree().coords
+            # Y leaves: the daemon has no next hop for X's traffic and sends PathBroken
+            # back along X's coordinates; X marks the path broken (and looks it up again)
+            await y.close()
+            info = x.router.pathfinder.paths[y.public_key]
+            for _ in range(60):
+                if info.broken:
+                    break
+                x.send(y.public_key, b"after Y left")
+                await asyncio.sleep(0.2)
+            assert info.broken
         finally:
             await x.close()
             await y.close()
