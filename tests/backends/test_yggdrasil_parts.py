@@ -133,3 +133,43 @@ def test_echo_request_and_reply() -> None:
     assert parse_echo_reply(packet) is None  # a request is not a reply
     assert parse_echo_reply(bytes([1, 4, 0, 0, 0, 0, 0, 0])) is None  # unreachable
     assert parse_echo_reply(b"\x81") is None
+
+
+def test_public_surface() -> None:
+    import core.backends.yggdrasil as ygg
+    from core.backend import Backend
+    from core.config import NodeConfig
+
+    assert sorted(ygg.__all__) == sorted(
+        [
+            "AdminClient",
+            "AdminCommandError",
+            "AdminProtocolError",
+            "DaemonUnreachableError",
+            "SelfInfo",
+            "SessionInfo",
+            "TunInfo",
+            "YggdrasilBackend",
+            "probe_daemon",
+        ]
+    )
+    assert all(hasattr(ygg, name) for name in ygg.__all__)
+    members = [n for n in dir(Backend) if not n.startswith("_")] + ["name"]
+    assert all(hasattr(ygg.YggdrasilBackend, n) for n in members)
+    backend = ygg.YggdrasilBackend(NodeConfig(data_dir=Path("/nonexistent")), None)
+    with pytest.raises(MeshError, match="not started"):
+        _ = backend.address
+    assert not hasattr(backend, "public_key")  # before start: unknown, not an error
+
+
+def test_bad_options_are_usage_errors() -> None:
+    from core.backends.yggdrasil import YggdrasilBackend
+    from core.config import NodeConfig
+    from core.errors import UsageError
+
+    config = NodeConfig(data_dir=Path("/x"), services={"yggdrasil": {"poll_interval": "fast"}})
+    with pytest.raises(UsageError, match="poll_interval must be a positive number"):
+        YggdrasilBackend(config, None)
+    config = NodeConfig(data_dir=Path("/x"), services={"yggdrasil": {"netns": "lb-nope"}})
+    with pytest.raises(MeshError, match="network namespace /var/run/netns/lb-nope does not"):
+        YggdrasilBackend(config, None)

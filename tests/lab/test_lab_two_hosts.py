@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.address import address_for_key
+from core.backend import Backend
 from core.events import Subscription
 from tests.lab.fixtures import echo_handler, open_node, two_host_lab
 from tests.lab.lab import Lab
@@ -29,6 +30,7 @@ async def test_stream_echo_and_peer_key_across_hosts(lab: Lab) -> None:
     assert a.daemon and b.daemon
     async with await open_node(a) as na, await open_node(b) as nb:
         assert na.key.hex() == a.daemon.key and nb.address == b.daemon.address
+        assert isinstance(na.backend, Backend)  # the runtime Protocol check, once started
         await nb.start_server(echo_handler, PORT)
         reader, writer = await na.open_connection(nb.address, PORT)
         hello = json.loads(await asyncio.wait_for(reader.readline(), 10))

@@ -108,6 +108,11 @@ def _netns_path(value: Any) -> str | None:
     return text if "/" in text else f"/var/run/netns/{text}"
 
 
+class NotStartedError(MeshError, AttributeError):
+    """Key and address are unknown before ``start``; an AttributeError too, so
+    ``hasattr`` and runtime Protocol checks answer instead of raising."""
+
+
 class _Server:
     """A listening socket on [node address]:port, rebound when the TUN is recreated."""
 
@@ -205,7 +210,7 @@ class YggdrasilBackend:
     # -- identity --------------------------------------------------------------------
     def _info(self) -> SelfInfo:
         if self._self is None:
-            raise MeshError("the yggdrasil backend is not started")
+            raise NotStartedError("the yggdrasil backend is not started")
         return self._self
 
     @property
