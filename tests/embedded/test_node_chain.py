@@ -9,6 +9,7 @@ headers parse, and nothing was undecryptable, replayed or of an unknown key sequ
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ def check_captures(chain: Chain) -> None:
                 nonce, off = decode_uvarint(data, off)
                 assert nonce >= 1 and len(data) - off >= 16 + 32
         counters = node.conn.sessions_manager.counters
+        print(dict(counters), node.sessions())
         assert counters["bad_packet"] == 0 and counters["undecryptable"] == 0, counters
         assert counters["replayed"] == 0, counters
 
@@ -134,3 +136,34 @@ async def test_daemon_sessions_with_both(chain: Chain) -> None:
     kinds = {d[0] for d in from_daemon}
     assert SessionType.INIT in kinds and SessionType.TRAFFIC in kinds
     check_captures(chain)
+
+
+async def test_session_heals_after_daemon_restart(tmp_path: Path) -> None:
+    """The daemon forgets our session (restart, same key): both sides resynchronise."""
+    require(have_yggdrasil(), "yggdrasil 0.5 at /usr/sbin/yggdrasil")
+    port = free_port()
+    d_id = Identity.generate()
+    node = EmbeddedYggdrasil(Identity.generate().seed)
+
+    async def nodeinfo() -> object:
+        try:
+            return await node.remote_nodeinfo(d_id.public_key, timeout=2.0)
+        except TimeoutError:
+            return None
+
+    async with node:
+        for run in ("first", "second"):
+            async with run_daemon(tmp_path / run, d_id,
+                                  listen=[f"tcp://127.0.0.1:{port}"]):  # fmt: skip
+                if run == "first":
+                    await node.add_peer(f"tcp://127.0.0.1:{port}")
+                await poll(lambda: any(p.up for p in node.peers()), 30)
+                info = await poll(nodeinfo, 40)
+                assert isinstance(info, dict) and info["e2test"] == run
+                if run == "first":
+                    first_answer = asyncio.get_running_loop().time()
+        # Our session was kept and repaired by the restarted daemon's init, not rebuilt.
+        (session,) = node.sessions()
+        assert session.key == d_id.public_key
+        assert session.uptime >= asyncio.get_running_loop().time() - first_answer
+        assert node.conn.sessions_manager.counters["bad_packet"] == 0
