@@ -30,7 +30,7 @@ import hashlib
 import logging
 
 from core.netstack.tcp_cc import NewReno, RtoEstimator
-from core.netstack.tcp_sack import Reassembly, SackScoreboard
+from core.netstack.tcp_sack import ByteQueue, Reassembly, SackScoreboard
 from core.netstack.tcp_state import (
     CAN_RECEIVE_DATA,
     CAN_SEND,
@@ -133,7 +133,7 @@ class TcpConnection:
         self._mss = min(config.mss, IPV6_DEFAULT_MSS)
         # receive side (relative to the peer's ISN)
         self._rcv_nxt = 0
-        self._rcvbuf = bytearray()
+        self._rcvbuf = ByteQueue()
         self._ooo = Reassembly()
         self._rcv_fin_seq: int | None = None
         self._eof_received = False
@@ -264,12 +264,7 @@ class TcpConnection:
         if not self._rcvbuf:
             return b""
         before = self._rcv_space()
-        if max_bytes < 0 or max_bytes >= len(self._rcvbuf):
-            data = bytes(self._rcvbuf)
-            self._rcvbuf.clear()
-        else:
-            data = bytes(self._rcvbuf[:max_bytes])
-            del self._rcvbuf[:max_bytes]
+        data = self._rcvbuf.take(max_bytes)
         self._maybe_window_update(before)
         return data
 
@@ -589,7 +584,7 @@ class TcpConnection:
         self._dupacks_owed = min(self._dupacks_owed + 1, _MAX_DUPACKS_PER_FLUSH)
 
     def _append_in_order(self, payload: bytes) -> None:
-        self._rcvbuf += payload
+        self._rcvbuf.append(payload)
         self._rcv_nxt += len(payload)
         self._unacked_bytes += len(payload)
         if self._ooo:
