@@ -381,3 +381,32 @@ def test_lossy_bulk_transfer_in_lockstep() -> None:
     assert bytes(got) == data
     fins = [s for _, s in p.log if s.flags & FIN]
     assert not fins
+
+
+def test_byte_queue_and_reassembly() -> None:
+    from core.netstack.tcp_sack import ByteQueue, Reassembly, SackScoreboard
+
+    q = ByteQueue()
+    for chunk in (b"abc", b"", b"defg", b"h"):
+        q.append(chunk)
+    assert len(q) == 8
+    assert q.take(2) == b"ab" and q.take(3) == b"cde" and len(q) == 3
+    assert q.take() == b"fgh" and len(q) == 0 and q.take() == b""
+
+    r = Reassembly()
+    assert r.store(20, b"x" * 10, 100) and r.store(40, b"y" * 5, 100)
+    assert not r.store(20, b"dup", 100) and not r.store(60, b"z" * 90, 100)
+    assert r.sack_blocks() == [(40, 45), (20, 30)]  # most recent first
+    out = ByteQueue()
+    assert r.drain(10, out) == 10 and len(out) == 0  # gap before 20: nothing yet
+    assert r.drain(25, out) == 30 and out.take() == b"x" * 5  # overlap trimmed
+    assert r.sack_blocks() == [(40, 45)]
+
+    sb = SackScoreboard()
+    assert sb.update([(5, 10), (20, 30)], una=1, snd_max=40)
+    assert not sb.update([(6, 9)], una=1, snd_max=40)  # nothing new
+    assert not sb.update([(0, 3), (30, 50)], una=1, snd_max=40)  # outside: ignored
+    assert sb.holes(1) == [(1, 5), (10, 20)] and sb.sacked_bytes == 15
+    assert sb.pipe(una=1, snd_max=40, rtx_next=1) == 39 - 15 - 14
+    sb.prune(12)
+    assert sb.ranges == [(20, 30)] and sb.holes(12) == [(12, 20)]
