@@ -48,8 +48,10 @@ __all__ = [
     "Host",
     "Lab",
     "LabError",
+    "MeshUp",
     "NodeProcess",
     "lab_available",
+    "mesh_cli",
 ]
 
 TAG = "lb"
@@ -230,6 +232,53 @@ class NodeProcess:
         return err
 
 
+def mesh_cli(data_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The ``mesh`` CLI of this checkout against the node of ``data_dir``."""
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli.main", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+@dataclass
+class MeshUp:
+    """A ``mesh up`` process in a host; :meth:`stop` sends SIGTERM like Ctrl-C would."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    stderr: str = ""
+
+    def wait_announced(self, timeout: float) -> None:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
+            if not ready:
+                continue
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.stderr += line
+            if line.startswith("mesh node up:"):
+                return
+        raise LabError(f"mesh up did not come up within {timeout:g} s:\n{self.stderr}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.stderr += err or ""
+        return self.proc.returncode
+
+
 @dataclass
 class Host:
     lab: Lab
@@ -345,6 +394,21 @@ class Host:
             node.stop()
             raise
         return node
+
+    def mesh_up(self, data_dir: Path, *args: str, timeout: float = 60) -> MeshUp:
+        """``mesh --data-dir D up ARGS`` inside this host, once it announced itself.
+
+        For the yggdrasil backend pass e.g. ``--backend yggdrasil --managed --if-name
+        lb-tun --no-services``; the control socket is ``D/control.sock`` (use
+        :func:`mesh_cli` from any namespace: it is a Unix socket)."""
+        proc = self.spawn("-m", "core.cli.main", "--data-dir", str(data_dir), "up", *args)
+        up = MeshUp(proc, data_dir)
+        try:
+            up.wait_announced(timeout)
+        except BaseException:
+            up.stop()
+            raise
+        return up
 
     def close(self) -> None:
         if self._netns is not None:
