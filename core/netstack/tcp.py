@@ -678,7 +678,7 @@ class TcpConnection:
         flags = ACK
         if self._fin_seq is not None and start + n == self._fin_seq:
             flags |= FIN
-        out.append(self._segment(flags, start, bytes(self._sndbuf[off : off + n])))
+        out.append(self._segment(flags, start, self._send_slice(off, n)))
 
     def _send_new(self, out: list[TcpSegment], now: float) -> None:
         data_end = self._sndbuf_seq + len(self._sndbuf)
@@ -706,7 +706,7 @@ class TcpConnection:
             if fin_seq is not None and nxt + n == fin_seq:
                 flags |= FIN
             off = nxt - self._sndbuf_seq
-            out.append(self._segment(flags, nxt, bytes(self._sndbuf[off : off + n])))
+            out.append(self._segment(flags, nxt, self._send_slice(off, n)))
             self._sent(nxt, n + (1 if flags & FIN else 0), now)
             cc_budget -= n
 
@@ -737,7 +737,7 @@ class TcpConnection:
                 if self._fin_seq is not None and start + n == self._fin_seq:
                     flags |= FIN
                 off = start - self._sndbuf_seq
-                out.append(self._segment(flags, start, bytes(self._sndbuf[off : off + n])))
+                out.append(self._segment(flags, start, self._send_slice(off, n)))
                 self.fast_retransmits += 1
                 start += n
                 self._rtx_next = start
@@ -746,6 +746,11 @@ class TcpConnection:
                 return
         if self._rtx_at is None:
             self._rtx_at = now + self._rto.rto
+
+    def _send_slice(self, off: int, n: int) -> bytes:
+        """``n`` bytes of the send buffer from ``off``, copied once."""
+        with memoryview(self._sndbuf) as view:
+            return bytes(view[off : off + n])
 
     def _sent(self, seq: int, length: int, now: float) -> None:
         end = seq + length
