@@ -112,7 +112,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     emit(
         {
             "password_file": str(path),
-            "note": "restart the node (mesh up) for mail clients to use the new password",
+            "note": "a running node uses the new password from the next login on",
         },
         as_json=args.json,
     )

@@ -25,6 +25,7 @@ __all__ = [
     "normalize_crlf",
     "received_header",
     "split_header",
+    "strip_bcc",
 ]
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -43,6 +44,33 @@ def split_header(raw: bytes) -> tuple[bytes, bytes]:
     if idx < 0:
         return raw, b""
     return raw[: idx + 4], raw[idx + 4 :]
+
+
+_HIDDEN_FIELDS = (b"bcc", b"resent-bcc")
+
+
+def strip_bcc(raw: bytes) -> bytes:
+    """The message without ``Bcc:``/``Resent-Bcc:`` fields (folded lines included).
+
+    Clients usually leave Bcc out of what they submit; when one does not, the copy that
+    leaves the node must not tell the other recipients who else got it (RFC 5322
+    section 3.6.3). The Sent copy keeps the field.
+    """
+    header, body = split_header(raw)
+    if b"cc" not in header.lower():
+        return raw
+    kept: list[bytes] = []
+    dropping = False
+    for line in header.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and line.strip():
+            if not dropping:
+                kept.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        dropping = b":" in line and name in _HIDDEN_FIELDS
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + body
 
 
 def header_fields(raw: bytes) -> Message:

@@ -155,6 +155,16 @@ def load_password(data_dir: Path) -> PasswordRecord:
     return PasswordRecord.from_json(path.read_text(), path)
 
 
+def _file_stamp(data_dir: Path | None) -> tuple[int, int, int] | None:
+    if data_dir is None:
+        return None
+    try:
+        st = (data_dir / PASSWORD_FILE_NAME).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 class PasswordVerifier:
     """Checks logins for submission SMTP and IMAP against one record.
 
@@ -163,11 +173,35 @@ class PasswordVerifier:
     logs in for every message does not pay scrypt each time.
     """
 
-    def __init__(self, record: PasswordRecord, username: str) -> None:
-        self._record = record
+    def __init__(
+        self, record: PasswordRecord, username: str, *, data_dir: Path | None = None
+    ) -> None:
+        self._record: PasswordRecord | None = record
         self.username = username
         self._memo_salt = secrets.token_bytes(16)
         self._memo: bytes | None = None
+        self._data_dir = data_dir
+        self._stamp = _file_stamp(data_dir)
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path, username: str) -> PasswordVerifier:
+        """Loads the record now (raising if none is set) and again whenever the file
+        changes, so ``mesh mail passwd`` takes effect without restarting the node."""
+        return cls(load_password(data_dir), username, data_dir=data_dir)
+
+    def _current(self) -> PasswordRecord | None:
+        if self._data_dir is None:
+            return self._record
+        stamp = _file_stamp(self._data_dir)
+        if stamp != self._stamp:
+            self._stamp, self._memo = stamp, None
+            try:
+                self._record = load_password(self._data_dir)
+                log.info("mail password record reloaded")
+            except MeshError as exc:
+                log.error("mail logins refused until this is fixed: %s", exc)
+                self._record = None
+        return self._record
 
     def _memo_digest(self, password: bytes) -> bytes:
         return hashlib.sha256(self._memo_salt + password).digest()
@@ -175,10 +209,13 @@ class PasswordVerifier:
     async def verify_password(self, password: bytes) -> bool:
         if len(password) > MAX_PASSWORD_LENGTH * 4:
             return False
+        record = self._current()
+        if record is None:
+            return False
         digest = self._memo_digest(password)
         if self._memo is not None and hmac.compare_digest(digest, self._memo):
             return True
-        ok = await asyncio.to_thread(self._record.check, password)
+        ok = await asyncio.to_thread(record.check, password)
         if ok:
             self._memo = digest
         return ok

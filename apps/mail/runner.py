@@ -27,7 +27,7 @@ from core.mailaddr import MailAddress, parse_mail_address
 
 from .config import MailConfig
 from .dsn import MAILER_DAEMON, Bounce, build_dsn, status_from_reply
-from .message import dedup_key, header_fields, received_header
+from .message import dedup_key, header_fields, received_header, strip_bcc
 from .ports import Connector, MailSink
 from .queue import Delivery, OutboxQueue
 from .smtp_client import ClientSession, Envelope, run_session
@@ -171,7 +171,9 @@ class QueueRunner:
             self._wake.set()
 
     async def _attempt(self, batch: list[Delivery]) -> None:
-        raws = await self.queue.raws([d.message for d in batch])
+        raws = {
+            k: strip_bcc(v) for k, v in (await self.queue.raws([d.message for d in batch])).items()
+        }
         batch = [d for d in batch if d.message in raws]
         if not batch:
             return

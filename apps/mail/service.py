@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +28,7 @@ from core.errors import MeshError
 from .config import MailConfig
 from .imap import ImapServer
 from .inbound import MeshInboundHandler, RateLimiter
-from .passwords import PasswordVerifier, load_password
+from .passwords import PasswordVerifier
 from .queue import OUTBOX_FILE_NAME, OutboxQueue
 from .runner import QueueRunner
 from .store import MailStore
@@ -103,8 +103,8 @@ class MailService:
         self._imap: ImapServer | None = None
 
     async def start(self) -> None:
-        record = load_password(self.data_dir)  # no password, no mail service
-        verifier = PasswordVerifier(record, str(self.own))
+        # No password, no mail service (raises, saying to run `mesh mail passwd`).
+        verifier = PasswordVerifier.from_data_dir(self.data_dir, str(self.own))
         try:
             await self._start(verifier)
         except BaseException:
@@ -145,9 +145,10 @@ class MailService:
             max_recipients=self.config.max_recipients,
         )
         hostname = f"[IPv6:{self.own.node_address}]"
-        mesh_server = await self.node.create_server(
-            self._smtp_factory(inbound, hostname, auth=False), self.config.mesh_port
-        )
+        with _bind_errors(f"[{self.own.node_address}]:{self.config.mesh_port}", "mesh_port"):
+            mesh_server = await self.node.create_server(
+                self._smtp_factory(inbound, hostname, auth=False), self.config.mesh_port
+            )
         self._servers.append(mesh_server)
         submission = SubmissionHandler(
             own=self.own,
@@ -158,13 +159,15 @@ class MailService:
             max_queue=self.config.max_queue,
         )
         host, port = self.config.submission
-        server = await loop.create_server(
-            self._smtp_factory(submission, "localhost", auth=True), host, port
-        )
+        with _bind_errors(f"{host}:{port}", "smtp"):
+            server = await loop.create_server(
+                self._smtp_factory(submission, "localhost", auth=True), host, port
+            )
         self._servers.append(server)
         self.submission_port = server.sockets[0].getsockname()[1]
         self._imap = ImapServer(store, verifier, username=str(self.own))
-        await self._imap.start(*self.config.imap)
+        with _bind_errors("{}:{}".format(*self.config.imap), "imap"):
+            await self._imap.start(*self.config.imap)
         self.imap_port = self._imap.port
         self._runner_task = loop.create_task(runner.run(), name="mail-queue-runner")
 
@@ -221,6 +224,17 @@ class MailService:
             await self.store.close()
             self.store = None
 
+    def endpoints(self) -> dict[str, Any]:
+        """For ``mesh status``: where the mail service listens."""
+        host = self.config.submission[0]
+        return {
+            "mail_address": str(self.own),
+            "mesh_smtp": f"[{self.own.node_address}]:{self.config.mesh_port}",
+            "submission": f"{host}:{self.submission_port}",
+            "imap": f"{self.config.imap[0]}:{self.imap_port}",
+            "deliveries_in_flight": self.runner.in_flight if self.runner else 0,
+        }
+
     # -- control API ------------------------------------------------------------------------
     def control_methods(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         return {"mail.queue": self._control_queue}
@@ -231,6 +245,19 @@ class MailService:
         from .cli import delivery_json
 
         return [delivery_json(d) for d in await self.queue.pending()]
+
+
+@contextlib.contextmanager
+def _bind_errors(where: str, key: str) -> Iterator[None]:
+    """A listener that cannot bind says which one and what to change."""
+    try:
+        yield
+    except OSError as exc:
+        raise MeshError(
+            f"mail: cannot listen on {where} ({exc.strerror or exc}); another program may "
+            f"use it: stop it or set another address with `{key} = ...` under [mail] in "
+            "mesh.toml"
+        ) from exc
 
 
 def create_service(node: Any, config: Mapping[str, Any], data_dir: Path) -> MailService:

@@ -94,13 +94,20 @@ async def test_reply_and_mail_to_self(pair: tuple[MailNode, MailNode]) -> None:
 
 async def test_message_id_and_date_added_when_missing(pair: tuple[MailNode, MailNode]) -> None:
     a, b = pair
-    raw = f"From: {a.address}\r\nTo: {b.address}\r\nSubject: bare\r\n\r\nno ids\r\n".encode()
+    raw = (
+        f"From: {a.address}\r\nTo: {b.address}\r\nBcc: {b.address}\r\nSubject: bare\r\n"
+        "\r\nno ids\r\n"
+    ).encode()
     await smtp_send(a, raw, [b.address])
     await wait_for("the mail at B", lambda: b.store.count("INBOX"))
     stored = await b.store.fetch_raw("INBOX", (await b.store.list_uids("INBOX"))[0])
     assert stored is not None
     got = email.message_from_bytes(stored, policy=default)
     assert got["Message-ID"] and got["Date"]
+    assert got["Bcc"] is None  # not shown to recipients ...
+    await wait_for("A's Sent copy", lambda: a.store.count("Sent"))
+    sent = await a.store.fetch_raw("Sent", (await a.store.list_uids("Sent"))[0])
+    assert sent is not None and b"\r\nBcc: " in sent  # ... but kept in the sender's copy
 
 
 def _rules_dialogue(port: int, a: str, b: str) -> None:
@@ -183,3 +190,35 @@ def test_password_file(tmp_path: Path) -> None:
     path.write_text('{"version": 1, "kdf": "md5"}')
     with pytest.raises(MeshError, match="mesh mail passwd"):
         load_password(tmp_path)
+
+
+def _login(port: int, user: str, password: str) -> int:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="localhost", timeout=30) as smtp:
+        try:
+            return smtp.login(user, password)[0]
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code
+
+
+async def test_new_password_applies_without_restart(pair: tuple[MailNode, MailNode]) -> None:
+    a, _ = pair
+    port = a.service.submission_port
+    assert port is not None
+    assert await asyncio.to_thread(_login, port, a.address, PASSWORD) == 235
+    set_password(a.data_dir, "the new password")
+    assert await asyncio.to_thread(_login, port, a.address, PASSWORD) == 535
+    assert await asyncio.to_thread(_login, port, a.address, "the new password") == 235
+    (a.data_dir / PASSWORD_FILE_NAME).unlink()  # no record: nobody gets in
+    assert await asyncio.to_thread(_login, port, a.address, "the new password") == 535
+
+
+async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    mesh = LoopbackMesh()
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(MeshError, match=r"cannot listen on 127\.0\.0\.1:\d+.*\[mail\]"):
+            await MailNode.start(mesh, tmp_path / "a", smtp=f"127.0.0.1:{port}")
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
