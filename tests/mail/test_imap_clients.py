@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -268,3 +269,49 @@ async def test_curl_imap_fetch_search_list_append(served: Served) -> None:
     await _curl("--upload-file", str(upload), f"{base}/Drafts")  # APPEND
     (uid,) = await store.list_uids("Drafts")
     assert await store.fetch_raw("Drafts", uid) == MSG_C
+
+
+async def test_mutt_qresync_resynchronises_expunges_and_flags(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    require(shutil.which("mutt") is not None, "mutt (Debian package mutt) is not installed")
+    store = served.store
+    for raw in (MSG_A, MSG_B, MSG_C):
+        await store.deliver("INBOX", raw)
+    cache = served.tmp / "hcache"
+    cache.mkdir()
+    rc = served.tmp / "muttrc"
+    rc.write_text(
+        f'set imap_user="{USER}"\nset imap_pass="{PASSWORD}"\n'
+        f'set folder="imap://127.0.0.1:{served.port}/"\nset spoolfile="+INBOX"\n'
+        f'set ssl_starttls=no\nset ssl_force_tls=no\nset header_cache="{cache}"\n'
+        "set imap_condstore=yes\nset imap_qresync=yes\nset wait_key=no\n"
+        "set confirmcreate=no\nset confirmappend=no\nset quit=yes\nset move=no\n"
+        "set mail_check=0\nset timeout=1\n"
+    )
+    code, screen = await asyncio.to_thread(
+        _run_in_pty, ["mutt", "-n", "-F", str(rc), "-e", 'push "<sync-mailbox><quit>"'], 60
+    )
+    assert code == 0, screen[-2000:]
+    # While mutt is away: B is expunged, C flagged.
+    await store.store_flags("INBOX", [2], "+", ["\\Deleted"])
+    await store.expunge("INBOX")
+    await store.store_flags("INBOX", [3], "+", ["\\Flagged"])
+    caplog.set_level("DEBUG", logger="apps.mail.imap")
+    keys = (
+        "<tag-pattern>~A<enter><tag-prefix><copy-message>=All<enter>"
+        "<untag-pattern>~A<enter><tag-pattern>~F<enter><tag-prefix><copy-message>=Flagged<enter>"
+        "<quit>"
+    )
+    code, screen = await asyncio.to_thread(
+        _run_in_pty, ["mutt", "-n", "-F", str(rc), "-e", f'push "{keys}"'], 60
+    )
+    assert code == 0, screen[-2000:]
+    # mutt resynchronises with UID FETCH ... (CHANGEDSINCE n VANISHED) (mutt imap/message.c)
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert re.search(r"FETCH INBOX CHANGEDSINCE \d+ VANISHED", log), log
+    assert b"[Msgs:2 " in screen and b"Flag:1" in screen, screen[-1500:]  # B gone, C flagged
+    copied = {await store.fetch_raw("All", uid) for uid in await store.list_uids("All")}
+    assert copied == {MSG_A, MSG_C}
+    (flagged,) = await store.list_uids("Flagged")
+    assert await store.fetch_raw("Flagged", flagged) == MSG_C

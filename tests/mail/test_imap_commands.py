@@ -683,6 +683,60 @@ async def test_condstore_modseq_changedsince_unchangedsince(env: Env) -> None:
     await run(client)
 
 
+async def test_qresync_select_fetch_vanished_and_expunge(env: Env) -> None:
+    store = env.store
+    for _ in range(5):
+        await store.deliver("INBOX", SIMPLE)
+    validity = (await store.mailbox("INBOX")).uidvalidity
+
+    def client() -> None:
+        m = env.client()
+        assert "QRESYNC" in m.capabilities
+        with pytest.raises(imaplib.IMAP4.error, match="ENABLE QRESYNC"):
+            m._simple_command("SELECT", "INBOX", f"(QRESYNC ({validity} 1))")  # type: ignore[attr-defined]
+        assert m.enable("QRESYNC")[0] == "OK"
+        assert m.untagged_responses.pop("ENABLED") == [b"QRESYNC"]
+        m.select("INBOX")
+        highest = int(m.untagged_responses["HIGHESTMODSEQ"][-1])
+        env.call(store.store_flags("INBOX", [2, 4], "+", ["\\Deleted"]))
+        env.call(store.expunge("INBOX"))
+        env.call(store.store_flags("INBOX", [5], "+", ["\\Flagged"]))
+        m.untagged_responses.clear()
+        m.noop()
+        assert m.untagged_responses.pop("VANISHED") == [b"2,4"]  # not "* n EXPUNGE"
+        assert "EXPUNGE" not in m.untagged_responses
+        flagged_modseq = highest + 3  # store, expunge, store
+        assert m.untagged_responses.pop("FETCH") == [
+            b"3 (UID 5 FLAGS (\\Flagged \\Recent) MODSEQ (%d))" % flagged_modseq
+        ]
+        # A client coming back with its cache: SELECT (QRESYNC (uidvalidity modseq known-uids))
+        typ, _ = tagged(m, "SELECT", "INBOX", f"(QRESYNC ({validity} {highest} 1:5))")
+        assert typ == "OK"
+        assert "CLOSED" in m.untagged_responses
+        assert m.untagged_responses.pop("VANISHED") == [b"(EARLIER) 2,4"]
+        assert m.untagged_responses.pop("FETCH") == [
+            b"3 (UID 5 FLAGS (\\Flagged) MODSEQ (%d))" % flagged_modseq
+        ]
+        m.untagged_responses.clear()
+        assert tagged(m, "SELECT", "INBOX", f"(QRESYNC ({validity + 1} {highest}))")[0] == "OK"
+        assert "VANISHED" not in m.untagged_responses  # other UIDVALIDITY: cache is void
+        m.untagged_responses.clear()
+        typ, _ = tagged(m, "UID", "FETCH", "1:*", "(FLAGS)", f"(CHANGEDSINCE {highest} VANISHED)")
+        assert typ == "OK"
+        assert m.untagged_responses.pop("VANISHED") == [b"(EARLIER) 2,4"]
+        assert m.untagged_responses.pop("FETCH") == [
+            b"3 (UID 5 FLAGS (\\Flagged) MODSEQ (%d))" % flagged_modseq
+        ]
+        m.state = "SELECTED"
+        m.store("1", "+FLAGS.SILENT", "(\\Deleted)")
+        m.untagged_responses.clear()
+        assert m.expunge()[0] == "OK"
+        assert m.untagged_responses.pop("VANISHED") == [b"1"]
+        m.logout()
+
+    await run(client)
+
+
 # --- entry points and shutdown --------------------------------------------------------------
 
 

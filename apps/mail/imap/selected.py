@@ -12,7 +12,9 @@ from ..store import MailboxNotFound, StoreError, normalize_flags
 from .base import CommandFailed, SessionBase, State, astring, atom, bad
 from .fetch import FetchItem, parse_fetch_items, render_fetch
 from .parser import Command, Value
+from .qresync import parse_fetch_modifiers, vanished_earlier
 from .search import NEED_BODY, NEED_NOTHING, SearchContext, parse_search
+from .seqset import SequenceSet
 from .wire import render_flags, uid_set_text
 
 __all__ = ["SelectedCommands"]
@@ -38,10 +40,23 @@ class SelectedCommands(SessionBase):
         except ValueError as exc:
             raise bad(str(exc)) from None
         changed_since = None
-        if len(cmd.args) == 3:  # RFC 7162 section 3.1.4.1
-            changed_since = _modifier(cmd.args[2], "CHANGEDSINCE")
+        if len(cmd.args) == 3:  # RFC 7162 sections 3.1.4.1 and 3.2.6
+            modifiers = parse_fetch_modifiers(cmd.args[2], uid_mode=uid_mode, qresync=self.qresync)
+            changed_since = modifiers.changed_since
             self.condstore = True
-            log.debug("FETCH %s CHANGEDSINCE %d", view.name, changed_since)
+            log.debug(
+                "FETCH %s CHANGEDSINCE %s%s",
+                view.name,
+                changed_since,
+                " VANISHED" if modifiers.vanished else "",
+            )
+            if modifiers.vanished:
+                info = await self.store.mailbox(view.name)
+                entries, _ = await self.store.entries(view.name)
+                # Still in this session's view = not yet reported: not "earlier".
+                present = sorted(set(view.uids) | {uid for uid, _, _ in entries})
+                within = SequenceSet.parse(atom(cmd.args[0], "UID set"))
+                await self.write(vanished_earlier(present, info.uidnext, within))
         if any(i.name == "MODSEQ" for i in request.items):
             self.condstore = True
         elif changed_since is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["SequenceSet"]
+__all__ = ["SequenceSet", "absent_ranges", "clip_ranges", "ranges_text"]
 
 _RANGE = re.compile(r"^(\d+|\*)(?::(\d+|\*))?$")
 MAX_RANGES = 10_000
@@ -62,3 +63,44 @@ class SequenceSet:
         for a, b in self._bounds(count):
             seen.update(range(max(a, 1), min(b, count) + 1))
         return sorted(seen)
+
+
+def absent_ranges(present: list[int], high: int) -> list[tuple[int, int]]:
+    """The ranges of ``1..high`` not in ``present`` (ascending)."""
+    out: list[tuple[int, int]] = []
+    start = 1
+    for number in present:
+        if number > high:
+            break
+        if number > start:
+            out.append((start, number - 1))
+        start = max(start, number + 1)
+    if start <= high:
+        out.append((start, high))
+    return out
+
+
+def clip_ranges(
+    ranges: list[tuple[int, int]], within: SequenceSet, star: int
+) -> list[tuple[int, int]]:
+    """``ranges`` (ascending, disjoint) intersected with a sequence set, merged, ascending."""
+    ends = [b for _, b in ranges]
+    pieces: list[tuple[int, int]] = []
+    for low, high in within._bounds(star):
+        i = bisect.bisect_left(ends, low)
+        while i < len(ranges) and ranges[i][0] <= high:
+            a, b = ranges[i]
+            pieces.append((max(a, low), min(b, high)))
+            i += 1
+    pieces.sort()
+    merged: list[tuple[int, int]] = []
+    for a, b in pieces:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def ranges_text(ranges: list[tuple[int, int]]) -> str:
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in ranges)

@@ -25,6 +25,7 @@ from .parser import (
     RawLine,
     Value,
 )
+from .qresync import SelectParams, parse_select_params, resync
 from .selected import SelectedCommands
 from .wire import parse_date_time, quote_astring
 
@@ -36,7 +37,7 @@ Authenticator = Callable[[str, str], Awaitable[bool]]
 
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN IDLE UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED "
-    "CHILDREN UNSELECT ENABLE NAMESPACE ID CONDSTORE"
+    "CHILDREN UNSELECT ENABLE NAMESPACE ID CONDSTORE QRESYNC"
 )
 MAX_AUTH_FAILURES = 5
 SYSTEM_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
@@ -270,7 +271,10 @@ class ImapSession(SelectedCommands):
         enabled = b""
         if "CONDSTORE" in asked:
             self.condstore = True
-            enabled = b" CONDSTORE"
+            enabled += b" CONDSTORE"
+        if "QRESYNC" in asked:  # implies CONDSTORE (RFC 7162 section 3.2.3)
+            self.condstore = self.qresync = True
+            enabled += b" QRESYNC"
         await self.write(b"* ENABLED" + enabled + b"\r\n")
         return "ENABLE completed"
 
@@ -355,13 +359,15 @@ class ImapSession(SelectedCommands):
         return await self._select(cmd, readonly=True)
 
     async def _select(self, cmd: Command, *, readonly: bool) -> str:
-        if len(cmd.args) == 2 and isinstance(cmd.args[1], list):  # (CONDSTORE), RFC 7162
-            if [atom(v, "select parameter").upper() for v in cmd.args[1]] != ["CONDSTORE"]:
-                raise bad("the only SELECT/EXAMINE parameter supported is (CONDSTORE)")
-            self.condstore = True
+        params = SelectParams()
+        if len(cmd.args) == 2 and isinstance(cmd.args[1], list):  # RFC 7162 parameters
+            params = parse_select_params(cmd.args[1], qresync_enabled=self.qresync)
+            self.condstore = self.condstore or params.condstore
         elif len(cmd.args) != 1:
             raise bad(f"{cmd.name} needs a mailbox name")
         name = astring(cmd.args[0], "mailbox name")
+        if self.view is not None:  # RFC 7162 section 3.2.11
+            await self.write(b"* OK [CLOSED] previous mailbox closed\r\n")
         self.view = None
         self.set_state(State.AUTHENTICATED)
         try:
@@ -390,7 +396,10 @@ class ImapSession(SelectedCommands):
             f"* OK [UIDNEXT {info.uidnext}] predicted next UID",
             f"* OK [HIGHESTMODSEQ {highest}] highest",
         ]
-        await self.write(("\r\n".join(lines) + "\r\n").encode())
+        if params.uidvalidity is not None:
+            log.debug("%s %s with QRESYNC from modseq %d", cmd.name, name, params.modseq)
+        extra = resync(params, info.uidvalidity, info.uidnext, triples, recent)
+        await self.write(("\r\n".join(lines) + "\r\n").encode() + extra)
         self.view = view
         self.set_state(State.SELECTED)
         verb = "EXAMINE" if readonly else "SELECT"
