@@ -27,7 +27,7 @@ from core.backend import (
 )
 from core.config import NodeConfig
 from core.discovery import Discovery, InterfacePolicy
-from core.embedded.network import PeerEvent
+from core.embedded.network import PacketNetwork, PeerEvent
 from core.embedded.node import EmbeddedConfig, EmbeddedYggdrasil
 from core.errors import MeshError, UsageError
 from core.identity import Identity
@@ -110,9 +110,9 @@ class EmbeddedBackend:
                 await self.ygg.add_peer(uri)
             if self._config.multicast_interfaces:
                 policies = [InterfacePolicy(regex=r) for r in self._config.multicast_interfaces]
-                self._discovery = Discovery(
-                    self.public_key, policies, self._listen_local, self.ygg.add_peer
-                )
+                net = self.ygg.network
+                call = net.call if isinstance(net, PacketNetwork) else self.ygg.add_peer
+                self._discovery = Discovery(self.public_key, policies, self._listen_local, call)
                 await self._discovery.start()
         except OSError as exc:
             await self.close()

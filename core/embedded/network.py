@@ -257,6 +257,33 @@ class PacketNetwork:
         task = asyncio.create_task(self._static_loop(parsed.base), name=f"peer {parsed.base}")
         self._statics[parsed.base] = _Static(parsed, task)
 
+    async def call(self, uri: str) -> None:
+        """Dial ``uri`` once and keep that link while it lasts; no redial (yggdrasil's
+        ``CallPeer``, used by LAN discovery). Skipped when the ``?key=`` in ``uri`` is
+        already linked. Raises ``OSError``/``TimeoutError`` if the dial fails."""
+        self._check_open()
+        parsed = parse_peer_uri(uri)
+        linked = {link.session.key for link in self._links.values()}
+        if parsed.pinned_keys and parsed.pinned_keys & linked:
+            return
+        conn = self._new_conn(parsed, inbound=False)
+        ssl_ctx = self._tls_contexts()[1] if parsed.scheme == "tls" else None
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    lambda: conn,
+                    parsed.host,
+                    parsed.port,
+                    ssl=ssl_ctx,
+                    server_hostname=(parsed.sni or "") if ssl_ctx is not None else None,
+                ),
+                self.config.connect_timeout,
+            )
+        except BaseException:
+            conn.abort()
+            self._pending.discard(conn)
+            raise
+
     async def remove_peer(self, uri: str) -> None:
         base = parse_peer_uri(uri).base
         static = self._statics.pop(base, None)
