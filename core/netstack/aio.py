@@ -358,7 +358,8 @@ class Server(asyncio.AbstractServer):
         return self._stack.loop
 
     def is_serving(self) -> bool:
-        return self._listener is not None
+        listener = self._listener
+        return listener is not None and self._stack.listening(listener)
 
     async def start_serving(self) -> None:
         if self._listener is None and not self._closed.is_set():

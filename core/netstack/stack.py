@@ -430,6 +430,10 @@ class NetStack:
         self._listeners[(addr, port)] = listener
         return listener
 
+    def listening(self, listener: _Listener) -> bool:
+        """Whether ``listener`` still owns its port (False after close())."""
+        return self._listeners.get((listener.host, listener.port)) is listener
+
     def tcp_unlisten(self, listener: _Listener) -> None:
         if self._listeners.get((listener.host, listener.port)) is listener:
             del self._listeners[(listener.host, listener.port)]

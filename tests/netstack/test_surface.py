@@ -59,6 +59,9 @@ async def test_serve_forever_until_closed() -> None:
         await server.wait_closed()
         await asyncio.gather(task, return_exceptions=True)
         assert task.done() and not server.is_serving()
+        other = await b.create_server(asyncio.Protocol, 8444)
+        assert other.is_serving()
+    assert not other.is_serving()  # the stack closed under it
 
 
 async def test_connect_timeout_cancels_cleanly() -> None:
