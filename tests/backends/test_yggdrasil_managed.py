@@ -18,7 +18,7 @@ from core.backends.yggdrasil.daemon import has_cap_net_admin
 from core.errors import MeshError
 from core.identity import KEY_FILE_NAME, Identity, load_or_create_identity
 from core.node import Node
-from tests.lab.fixtures import LINK_PORT, echo_handler, open_node, require_lab
+from tests.lab.fixtures import LINK_PORT, echo_handler, finish, open_node, require_lab
 from tests.lab.lab import YGG_04, YGG_05, Host, Lab
 
 pytestmark = pytest.mark.lab
@@ -67,8 +67,7 @@ async def _echo_roundtrip(client: Node, server: Node, port: int) -> dict[str, st
     hello = json.loads(await asyncio.wait_for(reader.readline(), 20))
     writer.write(b"ping")
     assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
-    writer.close()
-    await writer.wait_closed()
+    await finish(reader, writer)
     assert isinstance(hello, dict)
     return hello
 

@@ -24,6 +24,7 @@ from tests.lab.lab import YGG_05, Host, Lab, lab_available
 __all__ = [
     "LINK_PORT",
     "echo_handler",
+    "finish",
     "line_lab",
     "open_node",
     "require_lab",
@@ -88,3 +89,13 @@ async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         pass
     finally:
         writer.close()
+
+
+async def finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, wait until the echo service closed its side (its handler is done:
+    nothing is left running when the test's loop ends), then close."""
+    writer.write_eof()
+    while await asyncio.wait_for(reader.read(65536), 20):
+        pass
+    writer.close()
+    await writer.wait_closed()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.fixtures import LINK_PORT, line_lab, open_node
+from tests.lab.fixtures import LINK_PORT, finish, line_lab, open_node
 from tests.lab.lab import Lab, NodeProcess
 
 PORT = 4300
@@ -54,8 +54,7 @@ async def test_a_reaches_a_service_on_hidden_c_through_b(lab: Lab, c_service: No
         writer.write(b"x" * 100_000)
         await writer.drain()
         assert await asyncio.wait_for(reader.readexactly(100_000), 20) == b"x" * 100_000
-        writer.close()
-        await writer.wait_closed()
+        await finish(reader, writer)
         rtts = await na.ping(c.daemon.address, count=2, interval=0.1, timeout=5)
         assert all(r is not None for r in rtts)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from core.events import Subscription
-from tests.lab.fixtures import echo_handler, open_node, two_host_lab
+from tests.lab.fixtures import echo_handler, finish, open_node, two_host_lab
 from tests.lab.lab import Lab
 
 PORT = 4400
@@ -49,8 +49,7 @@ async def test_attached_node_recovers_from_a_daemon_restart(lab: Lab) -> None:
         async def roundtrip() -> dict[str, str]:
             reader, writer = await nb.open_connection(na.address, PORT, timeout=20)
             hello = json.loads(await asyncio.wait_for(reader.readline(), 20))
-            writer.close()
-            await writer.wait_closed()
+            await finish(reader, writer)
             assert isinstance(hello, dict)
             return hello
 

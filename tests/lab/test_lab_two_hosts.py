@@ -14,7 +14,7 @@ import pytest
 from core.address import address_for_key
 from core.backend import Backend
 from core.events import Subscription
-from tests.lab.fixtures import echo_handler, open_node, two_host_lab
+from tests.lab.fixtures import echo_handler, finish, open_node, two_host_lab
 from tests.lab.lab import Lab
 
 PORT = 4100
@@ -40,8 +40,7 @@ async def test_stream_echo_and_peer_key_across_hosts(lab: Lab) -> None:
         writer.write(payload)
         await writer.drain()
         assert await asyncio.wait_for(reader.readexactly(len(payload)), 20) == payload
-        writer.close()
-        await writer.wait_closed()
+        await finish(reader, writer)
 
 
 async def test_status_shows_daemon_peers_and_sessions(lab: Lab) -> None:
@@ -80,8 +79,12 @@ async def test_ping_to_nobody_is_lost(lab: Lab) -> None:
 async def test_datagrams_carry_mesh_source(lab: Lab) -> None:
     a, b = lab.hosts["a"], lab.hosts["b"]
     got: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+    made: list[asyncio.BaseTransport] = []
 
     class Sink(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(transport)
+
         def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
             got.put_nowait((data, str(addr[0])))
 
@@ -101,6 +104,10 @@ async def test_datagrams_carry_mesh_source(lab: Lab) -> None:
             else:
                 pytest.fail("no datagram arrived over the mesh")
             assert data == b"hello" and source == str(na.address)
+            assert made == [rx] and isinstance(rx, asyncio.DatagramTransport)
+            assert rx.get_extra_info("sockname")[0] == str(nb.address)
+            assert tx.get_extra_info("peername")[0] == str(nb.address)
+            rx.sendto(b"back", (str(na.address), tx.get_extra_info("sockname")[1]))
         finally:
             tx.close()
             rx.close()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.fixtures import echo_handler, open_node, two_host_lab
+from tests.lab.fixtures import echo_handler, finish, open_node, two_host_lab
 from tests.lab.lab import YGG_04, Lab
 
 PORT = 4500
@@ -29,8 +29,7 @@ async def test_echo_peer_key_status_and_ping_on_0_4_7(lab: Lab) -> None:
         assert hello == {"peer": str(nb.address), "peer_key": nb.key.hex()}
         writer.write(b"0.4.7")
         assert await asyncio.wait_for(reader.readexactly(5), 10) == b"0.4.7"
-        writer.close()
-        await writer.wait_closed()
+        await finish(reader, writer)
         status = await na.status()
         assert status["backend_status"]["daemon"]["generation"] == "0.4"
         (peer,) = status["peers"]

@@ -48,6 +48,7 @@ from .admin import AdminClient, DaemonUnreachableError, SelfInfo
 from .daemon import ManagedDaemon
 from .daemonconf import DaemonSettings
 from .netns import InterfaceAddress, NetNamespace
+from .udp import DatagramAdapter
 
 __all__ = ["DEFAULT_ENDPOINTS", "YggdrasilBackend", "find_default_endpoint", "probe_daemon"]
 
@@ -471,7 +472,11 @@ class YggdrasilBackend:
             sock.bind((str(self.address), local_port))
             if remote is not None:
                 sock.connect((str(remote[0]), remote[1]))
-            return await loop.create_datagram_endpoint(protocol_factory, sock=sock)
+            _, adapter = await loop.create_datagram_endpoint(
+                lambda: DatagramAdapter(protocol_factory()), sock=sock
+            )
+            assert isinstance(adapter, DatagramAdapter) and adapter.transport is not None
+            return adapter.transport, adapter.inner
         except BaseException:
             sock.close()
             raise
