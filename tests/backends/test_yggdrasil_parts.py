@@ -173,3 +173,39 @@ def test_bad_options_are_usage_errors() -> None:
     config = NodeConfig(data_dir=Path("/x"), services={"yggdrasil": {"netns": "lb-nope"}})
     with pytest.raises(MeshError, match="network namespace /var/run/netns/lb-nope does not"):
         YggdrasilBackend(config, None)
+
+
+async def test_kernel_udp_is_handed_out_as_a_datagram_transport() -> None:
+    import asyncio
+    import socket
+
+    from core.backends.yggdrasil.udp import DatagramAdapter
+
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.DatagramTransport)
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[object, ...]) -> None:
+            got.put_nowait(data)
+            self.transport.sendto(data.upper(), addr)
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.bind(("::1", 0))
+    _, adapter = await loop.create_datagram_endpoint(lambda: DatagramAdapter(Echo()), sock=sock)
+    assert isinstance(adapter, DatagramAdapter) and adapter.transport is not None
+    server = adapter.transport
+    client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        client.setblocking(False)
+        await loop.sock_sendto(client, b"hi", server.get_extra_info("sockname")[:2])
+        assert await asyncio.wait_for(got.get(), 5) == b"hi"
+        assert await asyncio.wait_for(loop.sock_recv(client, 10), 5) == b"HI"
+        assert server.get_write_buffer_size() == 0 and not server.is_closing()
+    finally:
+        client.close()
+        server.close()
+    assert server.is_closing()
