@@ -6,6 +6,7 @@ Registered through the ``meshsuite.commands`` entry point (``register(subparsers
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import os
 import smtplib
@@ -18,6 +19,7 @@ from typing import Any
 
 from core.cli.output import emit
 from core.config import load_config
+from core.control.client import ControlClient, NodeNotRunning
 from core.datadir import resolve_data_dir
 from core.errors import MeshError, UsageError
 from core.identity import KEY_FILE_NAME, load_identity
@@ -73,19 +75,46 @@ def _mail_config(data_dir: Path) -> MailConfig:
     return MailConfig.from_mapping(load_config(data_dir).service("mail"))
 
 
+def _ask_node(data_dir: Path, method: str) -> Any | None:
+    """The running node's answer to a control call, or None when no node runs."""
+    path = data_dir / "control.sock"
+    if not path.exists():
+        return None
+
+    async def call() -> Any:
+        async with await ControlClient.connect(path, timeout=3) as client:
+            return await client.call(method)
+
+    try:
+        return asyncio.run(call())
+    except NodeNotRunning:
+        return None
+
+
 def cmd_address(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
-    own = _own_address(data_dir)
-    config = _mail_config(data_dir)
+    status = _ask_node(data_dir, "status")
+    mail = (status or {}).get("services", {}).get("mail", {})
+    if "mail_address" in mail:  # the running node knows best (e.g. a daemon's own key)
+        own = parse_mail_address(mail["mail_address"])
+        submission, imap = mail["submission"], mail["imap"]
+        mesh_port = int(mail["mesh_smtp"].rsplit(":", 1)[1])
+    else:
+        own = _own_address(data_dir)
+        config = _mail_config(data_dir)
+        submission = "{}:{}".format(*config.submission)
+        imap = "{}:{}".format(*config.imap)
+        mesh_port = config.mesh_port
     emit(
         {
             "mail_address": str(own),
             "node_address": str(own.node_address),
-            "smtp_submission": "{}:{}".format(*config.submission),
-            "imap": "{}:{}".format(*config.imap),
-            "mesh_smtp_port": config.mesh_port,
+            "smtp_submission": submission,
+            "imap": imap,
+            "mesh_smtp_port": mesh_port,
             "username": str(own),
             "password_set": (data_dir / PASSWORD_FILE_NAME).exists(),
+            "node": "running" if mail else "not running",
         },
         as_json=args.json,
     )
@@ -188,19 +217,22 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
+    """From the running node (control API ``mail.queue``), else from outbox.db itself."""
     data_dir = resolve_data_dir(args.data_dir)
-    pending = read_queue(data_dir / OUTBOX_FILE_NAME)
+    rows = _ask_node(data_dir, "mail.queue")
+    if rows is None:
+        rows = [delivery_json(d) for d in read_queue(data_dir / OUTBOX_FILE_NAME)]
     if args.json:
-        emit([delivery_json(d) for d in pending], as_json=True)
+        emit(rows, as_json=True)
         return 0
-    if not pending:
+    if not rows:
         print("the outbound queue is empty")
         return 0
     now = time.time()
-    for d in pending:
-        wait = max(0.0, d.next_attempt - now)
+    for r in rows:
+        wait = max(0.0, float(r["next_attempt"]) - now)
         print(
-            f"{d.recipient}  {d.message_id}  attempts={d.attempts}  "
-            f"next in {wait:.0f} s  last error: {d.last_error or '-'}"
+            f"{r['recipient']}  {r['message_id']}  attempts={r['attempts']}  "
+            f"next in {wait:.0f} s  last error: {r['last_error'] or '-'}"
         )
     return 0
