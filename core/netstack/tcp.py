@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import hashlib
 import logging
 
 from core.netstack.tcp_cc import NewReno, RtoEstimator
@@ -46,8 +45,19 @@ from core.netstack.tcp_state import (
     TcpConfig,
     TcpEvent,
     TcpState,
+    isn_rfc6528,
 )
-from core.netstack.tcp_wire import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions, TcpSegment
+from core.netstack.tcp_wire import (
+    ACK,
+    FIN,
+    NO_OPTIONS,
+    PSH,
+    RST,
+    SYN,
+    TcpOptions,
+    TcpSegment,
+    reset_for,
+)
 
 __all__ = [
     "TRANSITIONS",
@@ -74,25 +84,6 @@ _MAX_DUPACKS_PER_FLUSH = 16
 
 def _signed(x: int) -> int:
     return x - (1 << 32) if x & 0x80000000 else x
-
-
-def isn_rfc6528(
-    secret: bytes, local: bytes, lport: int, remote: bytes, rport: int, now: float
-) -> int:
-    """ISN = M + F(4-tuple, secret) (RFC 6528 section 3): M a 4-microsecond timer, F a
-    keyed hash (BLAKE2b) of the connection identifiers."""
-    ident = local + lport.to_bytes(2, "big") + remote + rport.to_bytes(2, "big")
-    f = int.from_bytes(hashlib.blake2b(ident, key=secret, digest_size=4).digest(), "big")
-    return (int(now * 250_000) + f) & _M32
-
-
-def reset_for(seg: TcpSegment) -> TcpSegment | None:
-    """The RST answering ``seg`` when no connection exists (RFC 9293 3.10.7.1)."""
-    if seg.flags & RST:
-        return None
-    if seg.flags & ACK:
-        return TcpSegment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
-    return TcpSegment(seg.dst_port, seg.src_port, 0, (seg.seq + seg.seg_len) & _M32, RST | ACK, 0)
 
 
 def _scale_for(buffer: int) -> int:

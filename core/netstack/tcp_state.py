@@ -7,6 +7,7 @@ state change it makes is a lookup in :data:`TRANSITIONS`.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "TcpConfig",
     "TcpEvent",
     "TcpState",
+    "isn_rfc6528",
 ]
 
 MIN_MSS = 64
@@ -157,3 +159,13 @@ class ConnectionClosed:
 
 
 Event = Connected | DataReceived | EofReceived | ConnectionClosed
+
+
+def isn_rfc6528(
+    secret: bytes, local: bytes, lport: int, remote: bytes, rport: int, now: float
+) -> int:
+    """ISN = M + F(4-tuple, secret) (RFC 6528 section 3): M a 4-microsecond timer, F a
+    keyed hash (BLAKE2b) of the connection identifiers."""
+    ident = local + lport.to_bytes(2, "big") + remote + rport.to_bytes(2, "big")
+    f = int.from_bytes(hashlib.blake2b(ident, key=secret, digest_size=4).digest(), "big")
+    return (int(now * 250_000) + f) & 0xFFFFFFFF

@@ -26,6 +26,7 @@ __all__ = [
     "TcpOptions",
     "TcpSegment",
     "flags_text",
+    "reset_for",
 ]
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
@@ -216,3 +217,14 @@ class TcpSegment:
             f"TcpSegment({self.src_port}->{self.dst_port} [{flags_text(self.flags)}] "
             f"seq={self.seq} ack={self.ack} win={self.window} len={len(self.payload)})"
         )
+
+
+def reset_for(seg: TcpSegment) -> TcpSegment | None:
+    """The RST answering ``seg`` when no connection exists (RFC 9293 3.10.7.1)."""
+    if seg.flags & RST:
+        return None
+    if seg.flags & ACK:
+        return TcpSegment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
+    return TcpSegment(
+        seg.dst_port, seg.src_port, 0, (seg.seq + seg.seg_len) & 0xFFFFFFFF, RST | ACK, 0
+    )
