@@ -94,6 +94,33 @@ async def bench_ping() -> None:
                         f"{kernel_avg.group(1) if kernel_avg else '?'} ms; "
                         + out.strip().splitlines()[-2]
                     )
+                    await bench_udp(lab.netns, node)
+
+
+async def bench_udp(netns: str, node: EmbeddedYggdrasil, count: int = 5000) -> None:
+    """Kernel UDP (daemon host) -> embedded node: datagrams/s that arrive, 1200 B each."""
+    got = 0
+    first = last = 0.0
+
+    def on_packet(packet: bytes) -> None:
+        nonlocal got, first, last
+        if packet[6] == 17:
+            got += 1
+            last = time.perf_counter()
+            first = first or last
+
+    node.set_ipv6_handler(on_packet)
+    script = (
+        "import socket,time; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM);"
+        f"d=b'x'*1200; [s.sendto(d, ('{node.address}', 9)) for _ in range({count})]"
+    )
+    await sh("ip", "netns", "exec", netns, "python3", "-c", script)
+    await asyncio.sleep(2)
+    rate = (got - 1) / (last - first) if got > 1 and last > first else 0.0
+    print(
+        f"udp daemon kernel -> embedded: {got}/{count} datagrams of 1200 B arrived, "
+        f"{rate:,.0f}/s = {rate * 1200 * 8 / 1e6:,.1f} Mbit/s while arriving"
+    )
 
 
 def main() -> None:
