@@ -119,7 +119,9 @@ async def bench_udp(netns: str, node: EmbeddedYggdrasil, count: int = 5000) -> N
     rate = (got - 1) / (last - first) if got > 1 and last > first else 0.0
     print(
         f"udp daemon kernel -> embedded: {got}/{count} datagrams of 1200 B arrived, "
-        f"{rate:,.0f}/s = {rate * 1200 * 8 / 1e6:,.1f} Mbit/s while arriving"
+        f"{rate:,.0f}/s = {rate * 1200 * 8 / 1e6:,.1f} Mbit/s while arriving; not delivered "
+        f"by the session layer: {dict(node.conn.sessions_manager.counters)}, by the IPv6 "
+        f"layer: {node.ipv6.dropped}"
     )
 
 
