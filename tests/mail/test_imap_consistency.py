@@ -22,6 +22,7 @@ USER = "34" * 32 + "@mesh"
 RAW = b"Subject: x\r\n\r\nbody\r\n"
 
 _UNTAGGED = re.compile(rb"^\* (\d+) (EXISTS|EXPUNGE|FETCH \(UID (\d+))")
+_VANISHED = re.compile(rb"^\* VANISHED ([0-9:,]+)$")
 _FETCH = re.compile(rb"^\* (\d+) FETCH \((.*)\)$")
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _UID = re.compile(rb"UID (\d+)")
@@ -40,6 +41,8 @@ class Client:
         self.view: list[int | None] = []
         self.flags: dict[int, frozenset[str]] = {}  # what the server told (or we stored)
         self.n = 0
+        # A QRESYNC client must know every UID: VANISHED names messages by UID only.
+        self.qresync = False
 
     async def _write(self, data: bytes) -> None:
         self.out += data
@@ -53,6 +56,14 @@ class Client:
         assert any(line.startswith(f"{tag} OK".encode()) for line in lines), data
         for line in lines:
             self._learn_flags(line)
+            gone = _VANISHED.match(line)  # QRESYNC: expunges by UID (RFC 7162 3.2.10)
+            if gone is not None:
+                for piece in gone.group(1).decode().split(","):
+                    low, _, high = piece.partition(":")
+                    for uid in range(int(low), int(high or low) + 1):
+                        assert uid in self.view, ("VANISHED for an unknown UID", uid)
+                        self.view.remove(uid)
+                continue
             m = _UNTAGGED.match(line)
             if m is None:
                 continue
@@ -66,6 +77,11 @@ class Client:
                 uid = int(m.group(3))
                 assert self.view[seq - 1] in (None, uid), (seq, uid, self.view)
                 self.view[seq - 1] = uid
+        if self.qresync and None in self.view and not text.startswith("UID FETCH"):
+            for _ in range(5):
+                await self.command("UID FETCH 1:* (UID)")
+                if None not in self.view:
+                    break
         return data
 
     def _learn_flags(self, line: bytes) -> None:
@@ -80,9 +96,8 @@ class Client:
             names = flags.group(1).decode().split()
             self.flags[target] = frozenset(f for f in names if f != "\\Recent")
 
-    def stored_silently(self, seq: int, mode: str, flag: str) -> None:
+    def stored_silently(self, uid: int | None, mode: str, flag: str) -> None:
         """A client applies its own .SILENT change to what it knows."""
-        uid = self.view[seq - 1]
         if uid is not None and uid in self.flags:
             old = self.flags[uid]
             self.flags[uid] = old | {flag} if mode == "+" else old - {flag}
@@ -119,11 +134,13 @@ async def _act(client: Client, store: MailStore, action: str) -> None:
     if action == "APPEND":
         await client.command(f"APPEND INBOX {{{len(RAW)}+}}\r\n{RAW.decode()}")
     elif action == "DELETE_FIRST" and count:
+        first = client.view[0]  # the message the client means, before any response arrives
         await client.command("STORE 1 +FLAGS.SILENT (\\Deleted)")
-        client.stored_silently(1, "+", "\\Deleted")
+        client.stored_silently(first, "+", "\\Deleted")
     elif action == "FLAG_FIRST" and count:
+        first = client.view[0]
         await client.command("STORE 1 +FLAGS.SILENT (\\Flagged)")
-        client.stored_silently(1, "+", "\\Flagged")
+        client.stored_silently(first, "+", "\\Flagged")
     elif action == "UNFLAG_FIRST" and count:
         await client.command("STORE 1 -FLAGS (\\Flagged)")
     elif action == "FETCH_UID_ONLY" and count:
@@ -147,8 +164,10 @@ async def _act(client: Client, store: MailStore, action: str) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(ACTIONS)
-async def test_two_sessions_keep_exact_sequence_numbers(actions: list[tuple[int, str]]) -> None:
+@given(ACTIONS, st.booleans())
+async def test_two_sessions_keep_exact_sequence_numbers(
+    actions: list[tuple[int, str]], qresync: bool
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = await MailStore.open(Path(tmp) / "mail.db")
         try:
@@ -157,8 +176,11 @@ async def test_two_sessions_keep_exact_sequence_numbers(actions: list[tuple[int,
             clients = [Client(store), Client(store)]
             for c in clients:
                 await c.command(f"LOGIN {USER} pw")
+                if qresync and c is clients[0]:
+                    await c.command("ENABLE QRESYNC")
+                    c.qresync = True
                 await c.command("SELECT INBOX")
-                assert c.view == [None, None, None]
+                assert len(c.view) == 3
                 await c.command("FETCH 1:* (UID FLAGS)")
             for who, action in actions:
                 await _act(clients[who], store, action)
