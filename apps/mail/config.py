@@ -110,13 +110,15 @@ class MailConfig:
     rate_burst: int = 60  # messages a mesh peer may send at once ...
     rate_per_minute: float = 120.0  # ... and sustained
     io_timeout: float = 120.0
+    connections_per_peer: int = 8  # open SMTP connections from one address ...
+    max_connections: int = 128  # ... and in all, per server (DATA is held in memory)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> MailConfig:
         known = {
             "smtp", "imap", "mesh_port", "max_size", "max_recipients", "retry_initial",
             "retry_max", "expire_after", "concurrency", "max_queue", "rate_burst",
-            "rate_per_minute", "io_timeout",
+            "rate_per_minute", "io_timeout", "connections_per_peer", "max_connections",
         }  # fmt: skip
         unknown = set(config) - known
         if unknown:
@@ -141,4 +143,6 @@ class MailConfig:
             rate_burst=int(_number(config, "rate_burst", 60)),
             rate_per_minute=_number(config, "rate_per_minute", 120.0),
             io_timeout=_number(config, "io_timeout", 120.0),
+            connections_per_peer=int(_number(config, "connections_per_peer", 8)),
+            max_connections=int(_number(config, "max_connections", 128)),
         )

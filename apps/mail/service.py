@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import SMTP
 
 from core.backend import MeshServer
 from core.errors import MeshError
@@ -31,6 +31,7 @@ from .inbound import MeshInboundHandler, RateLimiter
 from .passwords import PasswordVerifier
 from .queue import OUTBOX_FILE_NAME, OutboxQueue
 from .runner import QueueRunner
+from .smtp_server import ConnectionLimiter, MeshSMTP
 from .store import MailStore
 from .submission import SubmissionHandler
 
@@ -41,23 +42,7 @@ log = logging.getLogger(__name__)
 MAIL_STORE_FILE_NAME = "mail.db"
 SMTP_IDENT = "meshsuite ESMTP"
 CLOSE_TIMEOUT = 5.0
-
-
-class _Session(Session):
-    """aiosmtpd's session without the deprecation warning it logs on every login."""
-
-    @property
-    def login_data(self) -> Any:
-        return self._login_data
-
-    @login_data.setter
-    def login_data(self, value: Any) -> None:
-        self._login_data = value
-
-
-class MeshSMTP(SMTP):
-    def _create_session(self) -> Session:
-        return _Session(self.loop)
+COMMANDS_PER_CONNECTION = 1000
 
 
 class _Closable(Protocol):
@@ -173,10 +158,14 @@ class MailService:
 
     def _smtp_factory(self, handler: Any, hostname: str, *, auth: bool) -> Callable[[], SMTP]:
         loop = asyncio.get_running_loop()
+        limiter = ConnectionLimiter(
+            per_peer=self.config.connections_per_peer, total=self.config.max_connections
+        )
 
         def factory() -> SMTP:
             smtp = MeshSMTP(
                 handler,
+                limiter=limiter,
                 hostname=hostname,
                 ident=SMTP_IDENT,
                 data_size_limit=self.config.max_size,
@@ -184,6 +173,8 @@ class MailService:
                 auth_require_tls=not auth,
                 auth_exclude_mechanism=() if auth else ("PLAIN", "LOGIN"),
                 timeout=self.config.io_timeout * 2.5,
+                # Bound one connection's work: generous for sessions of 20 messages.
+                command_call_limit=COMMANDS_PER_CONNECTION,
                 loop=loop,
             )
             self._connections.add(smtp)

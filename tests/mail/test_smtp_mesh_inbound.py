@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP
 from apps.mail.config import MESH_SMTP_PORT
 from apps.mail.inbound import MeshInboundHandler, RateLimiter
 from apps.mail.smtp_client import ClientTransaction, Reply, ReplyParser, run_transaction
+from apps.mail.smtp_server import ConnectionLimiter, MeshSMTP
 from apps.mail.store import MailStore
 from core.node import Node
 from tests.mail.test_smtp_loopmesh import LoopbackMesh
@@ -223,3 +224,40 @@ def test_rate_limiter_is_bounded_and_refills() -> None:
     for peer in "abcdef":
         limiter.take(peer)
     assert len(limiter) == 3
+
+
+async def test_connection_limits_per_peer(receiver: Receiver, sender: Node) -> None:
+    a, b = sender, receiver.node
+    loop = asyncio.get_running_loop()
+    limiter = ConnectionLimiter(per_peer=2, total=10)
+    port = MESH_SMTP_PORT + 1
+    await b.create_server(
+        lambda: MeshSMTP(receiver.handler, limiter=limiter, hostname="b", loop=loop), port
+    )
+    dialogues = []
+    for _ in range(2):
+        reader, writer = await a.open_connection(b.address, port)
+        d = Dialogue(reader, writer)
+        assert (await d.reply()).code == 220
+        dialogues.append(d)
+    reader, writer = await a.open_connection(b.address, port)
+    refused = Dialogue(reader, writer)
+    assert (await refused.reply()).code == 421
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # and closed
+    writer.close()
+    assert limiter.open == 2
+    dialogues[0].writer.close()
+    await wait_for_open(limiter, 1)
+    reader, writer = await a.open_connection(b.address, port)
+    assert (await Dialogue(reader, writer).reply()).code == 220
+    writer.close()
+    dialogues[1].writer.close()
+    await wait_for_open(limiter, 0)
+
+
+async def wait_for_open(limiter: ConnectionLimiter, count: int) -> None:
+    for _ in range(200):
+        if limiter.open == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{limiter.open} connections open, expected {count}")

@@ -1,0 +1,100 @@
+"""The aiosmtpd server protocol as the mail service runs it, plus connection limits.
+
+aiosmtpd keeps a message's DATA in memory until the end, so the number of connections is
+what bounds memory: :class:`ConnectionLimiter` caps them per peer address and in total;
+a connection over the cap gets ``421`` and is closed before the greeting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Session
+
+__all__ = ["ConnectionLimiter", "MeshSMTP"]
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionLimiter:
+    """Open connections per peer address and in total, each with a cap."""
+
+    def __init__(self, *, per_peer: int, total: int) -> None:
+        self.per_peer = per_peer
+        self.total = total
+        self._counts: dict[str, int] = {}
+        self._open = 0
+
+    def acquire(self, peer: str) -> bool:
+        if self._open >= self.total or self._counts.get(peer, 0) >= self.per_peer:
+            return False
+        self._counts[peer] = self._counts.get(peer, 0) + 1
+        self._open += 1
+        return True
+
+    def release(self, peer: str) -> None:
+        left = self._counts.get(peer, 0) - 1
+        if left <= 0:
+            self._counts.pop(peer, None)
+        else:
+            self._counts[peer] = left
+        self._open = max(0, self._open - 1)
+
+    @property
+    def open(self) -> int:
+        return self._open
+
+
+class _Session(Session):
+    """aiosmtpd's session without the deprecation warning it logs on every login."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
+class MeshSMTP(SMTP):
+    """aiosmtpd's SMTP with an optional :class:`ConnectionLimiter`."""
+
+    def __init__(self, handler: Any, *, limiter: ConnectionLimiter | None = None, **kw: Any):
+        super().__init__(handler, **kw)
+        self._limiter = limiter
+        self._limited_peer: str | None = None
+        self._refused = False
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._limiter is not None and self._limited_peer is None:
+            peer = transport.get_extra_info("peername")
+            name = str(peer[0]) if peer else "?"
+            if not self._limiter.acquire(name):
+                log.warning("smtp: refused a connection from [%s]: too many open", name)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(b"421 4.7.0 too many connections from you; try again later\r\n")
+                transport.close()
+                self._refused = True
+                return
+            self._limited_peer = name
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._limiter is not None and self._limited_peer is not None:
+            self._limiter.release(self._limited_peer)
+            self._limited_peer = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        result: bool | None = super().eof_received()
+        return result
