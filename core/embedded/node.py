@@ -260,6 +260,14 @@ class EmbeddedYggdrasil:
             if self._ipv6_handler is not None:
                 self._ipv6_handler(v6.build_packet_too_big(packet, self.ipv6.mtu))
             return
+        self._route_out(packet)
+
+    def _route_out(self, packet: bytes) -> None:
+        """To the mesh, or, for our own address/subnet, back up our own stack (loopback)."""
+        header = v6.IPv6Header.parse(packet)
+        if self.ipv6.is_local(header.dst) and self.ipv6.is_local(header.src):
+            asyncio.get_running_loop().call_soon(self._on_ipv6, packet)
+            return
         self.ipv6.write(packet)
 
     def key_for_address(self, address: ipaddress.IPv6Address | str | bytes) -> bytes | None:
@@ -304,7 +312,7 @@ class EmbeddedYggdrasil:
                     self.address.packed, dst.packed, v6.ICMPV6_ECHO_REQUEST, ident, seq,
                     os.urandom(ECHO_DATA_SIZE),
                 )  # fmt: skip
-                self.ipv6.write(packet)
+                self._route_out(packet)
                 results[seq] = (await asyncio.wait_for(future, timeout)) - sent
             except TimeoutError:
                 pass
@@ -381,13 +389,13 @@ class EmbeddedYggdrasil:
 
     def _on_ipv6(self, packet: bytes) -> None:
         echo = v6.parse_echo(packet)
-        if echo is not None and echo.dst == self.address.packed:
+        if echo is not None and echo.dst == self.address.packed and not self._closed:
             if echo.mtype == v6.ICMPV6_ECHO_REQUEST:
                 reply = v6.build_echo(
                     echo.dst, echo.src, v6.ICMPV6_ECHO_REPLY, echo.ident, echo.seq, echo.data
                 )
                 with contextlib.suppress(ValueError):
-                    self.ipv6.write(reply)
+                    self._route_out(reply)
                 return
             future = self._pings.get((echo.src, echo.ident, echo.seq))
             if future is not None:

@@ -195,3 +195,18 @@ async def test_close_is_clean_and_ping_needs_start() -> None:
     await node.close()
     await node.close()
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("embedded-")]
+
+
+async def test_own_address_is_loopback() -> None:
+    hub = MemoryHub()
+    node = EmbeddedYggdrasil(Identity.generate().seed, network_factory=hub.factory)
+    async with node:
+        rtts = await node.ping(node.address, count=2, interval=0.01, timeout=2)
+        assert all(r is not None for r in rtts)
+        got: list[bytes] = []
+        node.set_ipv6_handler(got.append)
+        to_self = (node.subnet.network_address + 1).packed
+        node.send_ipv6(udp_packet(node.address.packed, to_self, b"me"))
+        await poll(lambda: bool(got), 2)
+        assert got[0].endswith(b"me")
+        assert hub.sent == 0 and hub.lookups == []  # nothing went to the mesh
