@@ -7,11 +7,13 @@
         db = b.start_daemon(peers=[a.peer_uri(b, 7001)])
         lab.wait_peered(da, db)
 
-Names: namespaces ``lb-<lab>-<host>``, veths ``lb-<lab>-<a><b>``, the TUN ``lb-tun``
-inside each namespace. Everything made is removed on close (also after a failure):
-daemons by pid, any process left in a namespace (``ip netns pids``), the namespaces
-(their veths go with them) and the scratch directory. A lab of the same name left
-behind by a killed run is removed on start.
+Names: namespaces ``lb-<lab><tag>-<host>``, veths ``lb-<lab><tag>-<a><b>`` (``tag``: 3
+characters from the pid, so concurrent runs never collide), the TUN ``lb-tun`` inside
+each namespace. Everything made is removed on close (also after a failure): daemons by
+pid, any process left in a namespace (``ip netns pids``), the namespaces (their veths go
+with them) and the scratch directory. Each namespace is registered in
+``/run/meshsuite-lab/`` with its owner's pid; a later lab removes those whose owner
+died (a killed run).
 
 Sockets inside a host are made by a worker thread that entered the namespace
 (:class:`core.backends.yggdrasil.netns.NetNamespace`), so the test process can hold
@@ -59,6 +61,15 @@ YGG_05 = "/usr/sbin/yggdrasil"
 YGG_04 = "/opt/meshsuite/yggdrasil-0.4.7/usr/sbin/yggdrasil"
 TUN = f"{TAG}-tun"
 REPO = Path(__file__).resolve().parents[2]
+
+
+OWNERS = Path("/run/meshsuite-lab")  # one file per lab namespace: the owner's pid
+
+
+def _pid_tag(pid: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    n = pid % 36**3
+    return digits[n // 1296] + digits[n // 36 % 36] + digits[n % 36]
 
 
 class LabError(RuntimeError):
@@ -423,7 +434,11 @@ class Lab:
         if not name.isalnum() or len(name) > 5:
             raise ValueError("a lab name is 1-5 letters/digits (interface names ≤ 15 chars)")
         self.name = name
-        self.prefix = f"{TAG}-{name}-"
+        # Two runs on one machine (a developer and CI, or two helpers) must not collide:
+        # a 3-character tag from the pid makes the names this process's own, and each
+        # namespace is registered with its owner's pid so a later run removes it once
+        # that owner is gone.
+        self.prefix = f"{TAG}-{name}{_pid_tag(os.getpid())}-"
         self.hosts: dict[str, Host] = {}
         self._pids: set[int] = set()
         self._subnet = 0
@@ -445,10 +460,26 @@ class Lab:
         out = _run("ip", "netns", "list", check=False).stdout
         return [line.split()[0] for line in out.splitlines() if line.startswith(self.prefix)]
 
-    def _remove_stale(self) -> None:
-        for ns in self._namespaces():
-            self._kill_namespace_pids(ns)
-            _run("ip", "netns", "del", ns, check=False)
+    @staticmethod
+    def _remove_stale() -> None:
+        """Namespaces of labs whose process died without cleaning up."""
+        if not OWNERS.is_dir():
+            return
+        for record in OWNERS.glob(f"{TAG}-*"):
+            try:
+                owner_line, _, scratch = record.read_text().partition("\n")
+                owner = int(owner_line)
+                os.kill(owner, 0)
+                continue  # its owner still runs
+            except ProcessLookupError:
+                pass
+            except (OSError, ValueError):
+                continue
+            Lab._kill_namespace_pids(record.name)
+            _run("ip", "netns", "del", record.name, check=False)
+            if Path(scratch).name.startswith(f"{TAG}-"):
+                shutil.rmtree(scratch, ignore_errors=True)
+            record.unlink(missing_ok=True)
 
     @staticmethod
     def _kill_namespace_pids(ns: str) -> None:
@@ -461,6 +492,8 @@ class Lab:
         if len(name) != 1 or not name.isalnum():
             raise ValueError("a host name is one letter or digit")
         ns = f"{self.prefix}{name}"
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / ns).write_text(f"{os.getpid()}\n{self.dir}")
         _run("ip", "netns", "add", ns)
         host = Host(self, name, ns, self.dir / name)
         self.hosts[name] = host  # registered first: close() removes it even if setup fails
@@ -528,9 +561,10 @@ class Lab:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self._pids.clear()
-        for ns in self._namespaces():
+        for ns in {*self._namespaces(), *(h.ns for h in self.hosts.values())}:
             self._kill_namespace_pids(ns)
             _run("ip", "netns", "del", ns, check=False)
+            (OWNERS / ns).unlink(missing_ok=True)
         self.hosts.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
