@@ -783,3 +783,31 @@ async def test_close_ends_connected_and_idling_sessions(env: Env) -> None:
         plain.shutdown()
 
     await run(gone)
+
+
+async def test_connection_limit(tmp_path: Path) -> None:
+    store = await MailStore.open(tmp_path / "limit.db")
+
+    async def authenticator(user: str, password: str) -> bool:
+        return True
+
+    server = ImapServer(store, authenticator, username=USER, max_connections=2)
+    await server.start("127.0.0.1", 0)
+    try:
+
+        def client() -> None:
+            first, second = _raw(server.port), _raw(server.port)
+            third = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+            assert _read_until(third, rb"\r\n") == (
+                b"* BYE too many connections, close some mail clients\r\n"
+            )
+            third.close()
+            first.sendall(b"a LOGOUT\r\n")
+            assert b"a OK" in _read_until(first, rb"a OK.*\r\n")
+            first.close()
+            second.close()
+
+        await run(client)
+    finally:
+        await server.close()
+        await store.close()

@@ -21,13 +21,22 @@ DEFAULT_PORT = 1143
 READ_SIZE = 64 * 1024
 # RFC 3501 section 5.4: an inactivity autologout timer must be at least 30 minutes.
 AUTOLOGOUT_SECONDS = 31 * 60
+MAX_CONNECTIONS = 64  # one person's mail clients; bounds what a runaway local program can take
 
 
 class ImapServer:
-    def __init__(self, store: MailStore, authenticator: Authenticator, *, username: str) -> None:
+    def __init__(
+        self,
+        store: MailStore,
+        authenticator: Authenticator,
+        *,
+        username: str,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.store = store
         self.authenticator = authenticator
         self.username = username
+        self.max_connections = max_connections
         self.server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -61,8 +70,15 @@ class ImapServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
         peer = writer.get_extra_info("peername")
+        if len(self._connections) >= self.max_connections:
+            log.warning("IMAP: refusing %s, %d connections open", peer, len(self._connections))
+            writer.write(b"* BYE too many connections, close some mail clients\r\n")
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            return
+        self._connections[task] = writer
 
         async def write(data: bytes) -> None:
             writer.write(data)
