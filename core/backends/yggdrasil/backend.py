@@ -1,7 +1,8 @@
 """The yggdrasil backend: kernel IPv6 sockets on the daemon's TUN, facts from its admin socket.
 
-*attach*: a daemon already runs; ``config.admin_endpoint`` (default
-``unix:///var/run/yggdrasil.sock``) reaches it; the node key and address are the daemon's.
+*attach*: a daemon already runs; ``config.admin_endpoint`` (unset: upstream's and then
+Debian's default socket, :data:`DEFAULT_ENDPOINTS`) reaches it; the node key and address
+are the daemon's.
 *managed* (``config.managed``): :class:`~.daemon.ManagedDaemon` runs one from the suite's
 identity, with its admin socket in the data dir.
 
