@@ -158,9 +158,9 @@ class MailService:
 
     def _smtp_factory(self, handler: Any, hostname: str, *, auth: bool) -> Callable[[], SMTP]:
         loop = asyncio.get_running_loop()
-        limiter = ConnectionLimiter(
-            per_peer=self.config.connections_per_peer, total=self.config.max_connections
-        )
+        # Every local client comes from 127.0.0.1: per-peer caps are for the mesh side.
+        per_peer = self.config.max_connections if auth else self.config.connections_per_peer
+        limiter = ConnectionLimiter(per_peer=per_peer, total=self.config.max_connections)
 
         def factory() -> SMTP:
             smtp = MeshSMTP(

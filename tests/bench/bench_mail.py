@@ -330,17 +330,21 @@ def bench_lab(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any],
         try:
             b_addr, a_addr = node_b.ready(), node_a.ready()
             submitted: dict[str, float] = {}
-            clients = [
-                threading.Thread(
-                    target=_submit,
-                    args=(ha, a_addr, b_addr, range(k, n, args.clients), args.size, submitted),
-                )
-                for k in range(args.clients)
-            ]
+            errors: list[BaseException] = []
+
+            def client(k: int) -> None:
+                try:
+                    _submit(ha, a_addr, b_addr, range(k, n, args.clients), args.size, submitted)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            clients = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
             for t in clients:
                 t.start()
             for t in clients:
                 t.join()
+            if errors:
+                raise RuntimeError(f"{len(errors)} submission client(s) failed: {errors[0]!r}")
             submit_end = time.monotonic()
             stored = _stamps(node_b.wait(_count("stored", n), "B to store every mail"), "stored")
             # Unloaded latency: one mail at a time, the next once B has stored the last.
