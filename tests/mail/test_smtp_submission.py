@@ -222,3 +222,17 @@ async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     finally:
         blocker.close()
         await blocker.wait_closed()
+
+
+async def test_many_local_clients_at_once(pair: tuple[MailNode, MailNode]) -> None:
+    """Every local client comes from 127.0.0.1: no per-peer cap on submission."""
+    a, _ = pair
+    port = a.service.submission_port
+    assert port is not None
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(12)]
+    try:
+        greetings = [await asyncio.wait_for(r.readline(), 10) for r, _ in conns]
+        assert all(g.startswith(b"220 ") for g in greetings)
+    finally:
+        for _, w in conns:
+            w.close()
