@@ -1,5 +1,5 @@
 """The docs/yggdrasil.md walkthrough, as users run it: `mesh up --backend yggdrasil
---managed` in two hosts, then `mesh status` and `mesh ping <address|key|key@mesh>`
+--managed` in two hosts, then `mesh status`, `mesh peers` and `mesh ping <address|key|key@mesh>`
 through each node's control socket; SIGTERM stops the node and its daemon."""
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def test_two_hosts_mesh_up_managed_then_ping(lab: Lab, tmp_path: Path) -> None:
         for target in (address_a, key_a, f"{key_a}@mesh"):
             ping = mesh_cli(db, "ping", target, "-c", "2", "-i", "0.1", "--json")
             assert json.loads(ping.stdout)["received"] == 2, ping.stdout + ping.stderr
+        peers = json.loads(mesh_cli(db, "peers", "--json").stdout)
+        assert [p["key"] for p in peers] == [key_a] and peers[0]["inbound"] is False
         daemon_a = int((da / "yggdrasil" / "daemon.pid").read_text())
     finally:
         if up_b is not None:
