@@ -3,11 +3,13 @@
 Run (as root, for the real-daemon lab)::
 
     .venv/bin/python tests/bench/bench_mail.py [--mails 1000] [--size 10240] [--clients 4]
-        [--path lab|loopback]
+        [--path lab|embedded|loopback]
 
 ``lab`` (default when root): two network namespaces with a real yggdrasil 0.5.12 daemon
 each; node A and node B are separate processes attached to them (as ``mesh up`` runs
 them), so the mesh leg crosses both TUNs and each node has its own interpreter.
+``embedded``: the same two processes on the embedded backend (Yggdrasil 0.5 in Python,
+userspace TCP), linked over one loopback TCP connection; no root needed.
 ``loopback``: everything in this one process on the loopback carrier of the tests
 (no root needed; one GIL for both nodes and the clients, so it reads low).
 
@@ -42,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
@@ -57,6 +60,7 @@ from apps.mail.runner import MAX_BATCH
 from apps.mail.service import MailService
 from apps.mail.smtp_client import ClientSession, Envelope, run_session
 from core.config import NodeConfig
+from core.identity import load_or_create_identity
 from core.node import Node
 
 PASSWORD = "benchmark password"
@@ -84,13 +88,15 @@ def _render(msg: EmailMessage) -> bytes:
     return msg.as_bytes(policy=SMTP_POLICY)  # CRLF line ends, as on the wire
 
 
-def _mail_config(n: int) -> dict[str, Any]:
+def _mail_config(n: int, smtp_port: int = SUBMISSION_PORT) -> dict[str, Any]:
     # 1,000 mails from one peer in seconds: lift B's per-peer rate limit for the bench.
     return {
-        "smtp": f"127.0.0.1:{SUBMISSION_PORT}",
-        "imap": "127.0.0.1:1143",
+        "smtp": f"127.0.0.1:{smtp_port}",
+        "imap": f"127.0.0.1:{smtp_port + 118}",
         "rate_burst": 10 * n,
         "rate_per_minute": 600 * n,
+        "retry_initial": 0.5,  # a mail deferred while the embedded path is looked up
+        "retry_max": 1,
     }
 
 
@@ -120,8 +126,29 @@ def _emit(kind: str, stamp: float, mid: str) -> None:
 # -- roles run as separate processes inside lab hosts ----------------------------------------
 
 
-async def _attached_node(data_dir: Path, admin: str) -> Node:
-    return await Node.open(NodeConfig(data_dir=data_dir, backend="yggdrasil", admin_endpoint=admin))
+async def _attached_node(data_dir: Path, spec: str) -> Node:
+    """``unix://...`` (a daemon's admin socket), ``listen:URI`` or ``peer:URI`` (embedded)."""
+    kind, _, uri = spec.partition(":")
+    if kind in ("listen", "peer"):
+        identity, _ = load_or_create_identity(data_dir)
+        config = NodeConfig(
+            data_dir=data_dir,
+            backend="embedded",
+            listen=(uri,) if kind == "listen" else (),
+            peers=(uri,) if kind == "peer" else (),
+        )
+        return await Node.open(config, identity)
+    return await Node.open(NodeConfig(data_dir=data_dir, backend="yggdrasil", admin_endpoint=spec))
+
+
+async def _until_reachable(node: Node, target: str) -> None:
+    """The first packets to a new destination may go while the path is looked up."""
+    for _ in range(120):
+        with contextlib.suppress(Exception):
+            if (await node.ping(target, count=1, timeout=1))[0] is not None:
+                return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{target} is not reachable")
 
 
 async def _until_sigterm() -> None:
@@ -130,10 +157,10 @@ async def _until_sigterm() -> None:
     await stop.wait()
 
 
-async def role_node(data_dir: Path, admin: str, n: int) -> None:
+async def role_node(data_dir: Path, spec: str, n: int, smtp_port: int) -> None:
     """A mail node; reports each INBOX commit as ``stored <t> <Message-ID>``."""
-    node = await _attached_node(data_dir, admin)
-    service = MailService(node, MailConfig.from_mapping(_mail_config(n)), data_dir)
+    node = await _attached_node(data_dir, spec)
+    service = MailService(node, MailConfig.from_mapping(_mail_config(n, smtp_port)), data_dir)
     await service.start()
     assert service.store is not None
     store = service.store
@@ -170,8 +197,8 @@ class _Sink:
         return "250 OK"
 
 
-async def role_sink(data_dir: Path, admin: str) -> None:
-    node = await _attached_node(data_dir, admin)
+async def role_sink(data_dir: Path, spec: str) -> None:
+    node = await _attached_node(data_dir, spec)
     loop = asyncio.get_running_loop()
     sink = _Sink()
     await node.create_server(
@@ -205,8 +232,9 @@ async def _send_sessions(node: Node, target: str, n: int, size: int, started: An
     )
 
 
-async def role_sink_sender(data_dir: Path, admin: str, target: str, n: int, size: int) -> None:
-    node = await _attached_node(data_dir, admin)
+async def role_sink_sender(data_dir: Path, spec: str, target: str, n: int, size: int) -> None:
+    node = await _attached_node(data_dir, spec)
+    await _until_reachable(node, target)
     await _send_sessions(node, target, n, size, lambda mid, t: _emit("started", t, mid))
     print("done", flush=True)
     await node.close()
@@ -215,11 +243,22 @@ async def role_sink_sender(data_dir: Path, admin: str, target: str, n: int, size
 # -- the lab path -------------------------------------------------------------------------------
 
 
-class _Proc:
-    """A role process in a lab host whose stdout lines are collected by a thread."""
+def _spawn_here(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
-    def __init__(self, host: Any, *args: str) -> None:
-        self.proc = host.spawn(str(Path(__file__).resolve()), *args)
+
+class _Proc:
+    """A role process (in a lab host, or here) whose stdout lines a thread collects."""
+
+    def __init__(self, spawn: Any, *args: str) -> None:
+        self.proc = spawn(str(Path(__file__).resolve()), *args)
         self.lines: list[str] = []
         self.cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -271,7 +310,7 @@ def _count(kind: str, n: int) -> Any:
 
 
 def _submit(
-    host: Any,
+    make_socket: Any,
     user: str,
     to: str,
     ids: range,
@@ -281,7 +320,7 @@ def _submit(
 ) -> None:
     class NsSMTP(smtplib.SMTP):
         def _get_socket(self, h: str, p: int, timeout: float) -> socket.socket:
-            sock = host.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = make_socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.settimeout(timeout)
             sock.connect((h, p))
             return sock
@@ -298,6 +337,79 @@ def _submit(
                 after_each(i)
 
 
+@dataclass
+class _Side:
+    """Where a node runs: how to start processes there, make sockets there, reach it."""
+
+    spawn: Any
+    make_socket: Any
+    node_spec: str  # for the MTA node
+    sink_spec: str  # for the bare-sink run's node
+
+
+def _bench_processes(
+    args: argparse.Namespace, a: _Side, b: _Side, scratch: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    dirs = {name: scratch / f"mail-{name}" for name in ("a", "b", "sa", "sb")}
+    for d in dirs.values():
+        d.mkdir()
+    n = args.mails
+    # bare sink
+    sink = _Proc(b.spawn, "--role", "sink", str(dirs["sb"]), b.sink_spec)
+    try:
+        target = sink.ready()
+        sender = _Proc(a.spawn, "--role", "sink-sender", str(dirs["sa"]), a.sink_spec, target,
+                       str(n), str(args.size))  # fmt: skip
+        try:
+            arrived = _stamps(sink.wait(_count("arrived", n), "the sink"), "arrived")
+            started = _stamps(sender.wait(lambda ls: "done" in ls, "the sender"), "started")
+        finally:
+            sender.stop()
+    finally:
+        sink.stop()
+    bare = _summary("bare aiosmtpd sink (mesh SMTP only)", started, arrived)
+    # meshsuite
+    for name in ("a", "b"):
+        set_password(dirs[name], PASSWORD)
+    ports = {"a": SUBMISSION_PORT, "b": SUBMISSION_PORT + 1}
+    node_b = _Proc(b.spawn, "--role", "node", str(dirs["b"]), b.node_spec, str(n), str(ports["b"]))
+    node_a = _Proc(a.spawn, "--role", "node", str(dirs["a"]), a.node_spec, str(n), str(ports["a"]))
+    try:
+        b_addr, a_addr = node_b.ready(), node_a.ready()
+        submitted: dict[str, float] = {}
+        errors: list[BaseException] = []
+
+        def client(k: int) -> None:
+            try:
+                _submit(a.make_socket, a_addr, b_addr, range(k, n, args.clients), args.size,
+                        submitted)  # fmt: skip
+            except BaseException as exc:
+                errors.append(exc)
+
+        clients = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join()
+        if errors:
+            raise RuntimeError(f"{len(errors)} submission client(s) failed: {errors[0]!r}")
+        submit_end = time.monotonic()
+        stored = _stamps(node_b.wait(_count("stored", n), "B to store every mail"), "stored")
+        # Unloaded latency: one mail at a time, the next once B has stored the last.
+        single: dict[str, float] = {}
+        light = range(n, n + LIGHT_MAILS)
+        _submit(a.make_socket, a_addr, b_addr, light, args.size, single,
+                lambda i: node_b.wait(_count("stored", i + 1), "B to store it"))  # fmt: skip
+        one_by_one = _stamps(node_b.lines, "stored")
+    finally:
+        node_a.stop()
+        node_b.stop()
+    mta = _summary("meshsuite (submit→queue→mesh→store)", submitted, stored)
+    mta["submit_rate"] = n / (submit_end - min(submitted.values()))
+    mta["single"] = _summary("", single, {k: v for k, v in one_by_one.items() if k in single})
+    return mta, bare
+
+
 def bench_lab(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], str]:
     from tests.lab.fixtures import two_host_lab
 
@@ -306,65 +418,31 @@ def bench_lab(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any],
     try:
         ha, hb = lab.hosts["a"], lab.hosts["b"]
         assert ha.daemon and hb.daemon
-        dirs = {name: lab.dir / f"mail-{name}" for name in ("a", "b", "sa", "sb")}
-        for d in dirs.values():
-            d.mkdir()
-        n = args.mails
-        # bare sink
-        sink = _Proc(hb, "--role", "sink", str(dirs["sb"]), hb.daemon.admin)
-        target = sink.ready()
-        sender = _Proc(ha, "--role", "sink-sender", str(dirs["sa"]), ha.daemon.admin, target,
-                       str(n), str(args.size))  # fmt: skip
-        try:
-            arrived = _stamps(sink.wait(_count("arrived", n), "the sink"), "arrived")
-            started = _stamps(sender.wait(lambda ls: "done" in ls, "the sender"), "started")
-        finally:
-            sender.stop()
-            sink.stop()
-        bare = _summary("bare aiosmtpd sink (mesh SMTP only)", started, arrived)
-        # meshsuite
-        for name in ("a", "b"):
-            set_password(dirs[name], PASSWORD)
-        node_b = _Proc(hb, "--role", "node", str(dirs["b"]), hb.daemon.admin, str(n))
-        node_a = _Proc(ha, "--role", "node", str(dirs["a"]), ha.daemon.admin, str(n))
-        try:
-            b_addr, a_addr = node_b.ready(), node_a.ready()
-            submitted: dict[str, float] = {}
-            errors: list[BaseException] = []
-
-            def client(k: int) -> None:
-                try:
-                    _submit(ha, a_addr, b_addr, range(k, n, args.clients), args.size, submitted)
-                except BaseException as exc:
-                    errors.append(exc)
-
-            clients = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-            for t in clients:
-                t.start()
-            for t in clients:
-                t.join()
-            if errors:
-                raise RuntimeError(f"{len(errors)} submission client(s) failed: {errors[0]!r}")
-            submit_end = time.monotonic()
-            stored = _stamps(node_b.wait(_count("stored", n), "B to store every mail"), "stored")
-            # Unloaded latency: one mail at a time, the next once B has stored the last.
-            single: dict[str, float] = {}
-            light = range(n, n + LIGHT_MAILS)
-            _submit(ha, a_addr, b_addr, light, args.size, single,
-                    lambda i: node_b.wait(_count("stored", i + 1), "B to store it"))  # fmt: skip
-            one_by_one = _stamps(node_b.lines, "stored")
-        finally:
-            node_a.stop()
-            node_b.stop()
-        mta = _summary("meshsuite (submit→queue→mesh→store)", submitted, stored)
-        mta["submit_rate"] = n / (submit_end - min(submitted.values()))
-        one = _summary("", single, {k: v for k, v in one_by_one.items() if k in single})
-        mta["single"] = one
+        a = _Side(ha.spawn, ha.socket, ha.daemon.admin, ha.daemon.admin)
+        b = _Side(hb.spawn, hb.socket, hb.daemon.admin, hb.daemon.admin)
+        mta, bare = _bench_processes(args, a, b, lab.dir)
         what = "lab: two namespaces, real yggdrasil 0.5.12 daemons, nodes A and B as processes"
         return mta, bare, what
     finally:
         with contextlib.suppress(StopIteration):
             next(labs)
+
+
+def bench_embedded(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Two embedded nodes (Yggdrasil in Python) as processes, linked over loopback TCP."""
+    with tempfile.TemporaryDirectory(prefix="bench-mail-") as tmp:
+        link = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(2)]
+        a = _Side(_spawn_here, socket.socket, f"peer:{link[0]}", f"peer:{link[1]}")
+        b = _Side(_spawn_here, socket.socket, f"listen:{link[0]}", f"listen:{link[1]}")
+        mta, bare = _bench_processes(args, a, b, Path(tmp))
+    what = "embedded: two in-Python Yggdrasil nodes as processes, one loopback TCP link"
+    return mta, bare, what
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # -- the loopback path (one process) -------------------------------------------------------------
@@ -494,7 +572,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--clients", type=int, default=4)
     default_path = "lab" if os.geteuid() == 0 else "loopback"
-    parser.add_argument("--path", choices=["lab", "loopback"], default=default_path)
+    parser.add_argument("--path", choices=["lab", "embedded", "loopback"], default=default_path)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -503,16 +581,21 @@ def main() -> None:
 
         out = f"{os.environ['BENCH_PROFILE']}.{Path(rest[0]).name}"
         cProfile.runctx(
-            "asyncio.run(role_node(Path(rest[0]), rest[1], int(rest[2])))", globals(), locals(), out
+            "asyncio.run(role_node(Path(rest[0]), rest[1], int(rest[2]), int(rest[3])))",
+            globals(),
+            locals(),
+            out,
         )
     elif args.role == "node":
-        asyncio.run(role_node(Path(rest[0]), rest[1], int(rest[2])))
+        asyncio.run(role_node(Path(rest[0]), rest[1], int(rest[2]), int(rest[3])))
     elif args.role == "sink":
         asyncio.run(role_sink(Path(rest[0]), rest[1]))
     elif args.role == "sink-sender":
         asyncio.run(role_sink_sender(Path(rest[0]), rest[1], rest[2], int(rest[3]), int(rest[4])))
     elif args.path == "lab":
         _print(*bench_lab(args), args)
+    elif args.path == "embedded":
+        _print(*bench_embedded(args), args)
     else:
         _print(*asyncio.run(bench_loopback(args)), args)
 
