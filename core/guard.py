@@ -129,6 +129,7 @@ class GuardProtocol(asyncio.Protocol):
                 self.admitted.set_exception(
                     ConnectionRefusedError(f"{self._service}: peer is not a mesh address")
                 )
+                self.admitted.exception()  # retrieved: an inbound refusal has no waiter
             return
         transport.pause_reading()
         self._task = asyncio.get_running_loop().create_task(self._admit(transport, addr))
@@ -142,6 +143,7 @@ class GuardProtocol(asyncio.Protocol):
         if transport.is_closing():
             if not self.admitted.done():
                 self.admitted.set_exception(ConnectionResetError(f"{self._service}: closed"))
+                self.admitted.exception()
             return
         inner = self._factory()
         if not isinstance(inner, asyncio.Protocol):

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from core.address import address_for_key, is_mesh_address, subnet_for_key
 from core.backend import (
@@ -69,8 +69,8 @@ class _DatagramGuard(asyncio.DatagramProtocol):
         self.refused = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.inner.connection_made(transport)
+        # Python 3.11's selector UDP transport does not derive from DatagramTransport.
+        self.inner.connection_made(cast(asyncio.DatagramTransport, transport))
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if not is_mesh_address(str(addr[0])):

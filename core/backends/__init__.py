@@ -43,7 +43,8 @@ async def select_backend(config: NodeConfig, identity: Identity | None) -> tuple
     if _embedded_available():
         return _embedded(config, identity), f"auto: no daemon at {endpoint}, embedded node"
     raise MeshError(
-        f"no yggdrasil daemon answers at {endpoint} and the embedded node is not available; "
+        f"no yggdrasil daemon answers at {endpoint} (or Debian's "
+        "unix:///var/run/yggdrasil/yggdrasil.sock) and the embedded node is not available; "
         "install and start yggdrasil, or run `mesh up --backend yggdrasil --managed` as root"
     )
 
