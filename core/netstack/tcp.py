@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 _M32 = 0xFFFFFFFF
 IPV6_DEFAULT_MSS = 1220  # RFC 8200 minimum MTU 1280 - 60, used when the peer sends none
 _MAX_DUPACKS_PER_FLUSH = 16
+OOW_ACK_INTERVAL = 0.5
 
 
 def _signed(x: int) -> int:
@@ -135,6 +136,7 @@ class TcpConnection:
         self._scale_ok = False
         self._sack_ok = False
         self._dupacks_owed = 0
+        self._last_oow_ack = -OOW_ACK_INTERVAL
         self._sacked = SackScoreboard()
         self._rtx_next = 0
         # ACK generation
@@ -385,7 +387,7 @@ class TcpConnection:
             if self.state is TcpState.SYN_RECEIVED and seq == 0:
                 self._snd_nxt = 0  # our SYN-ACK was lost: send it again
             else:
-                self._ack_now = True  # RFC 5961 section 4: challenge ACK
+                self._oow_ack()  # RFC 5961 section 4: challenge ACK
             return
         if not flags & ACK:
             return
@@ -406,6 +408,14 @@ class TcpConnection:
         elif not self._rcv_nxt <= seq <= self._rcv_nxt + self._rcv_space():
             # An unacceptable empty segment, such as a keepalive or zero-window probe
             # (seq = rcv_nxt - 1), is answered with an ACK (RFC 9293 3.10.7.4).
+            self._oow_ack()
+
+    def _oow_ack(self) -> None:
+        """ACK an out-of-window or otherwise invalid segment, at most once per
+        ``OOW_ACK_INTERVAL``: two confused ends must not ACK each other's ACKs forever
+        (RFC 5961 section 7; Linux's tcp_invalid_ratelimit)."""
+        if self._now - self._last_oow_ack >= OOW_ACK_INTERVAL:
+            self._last_oow_ack = self._now
             self._ack_now = True
 
     def _receive_in_syn_sent(self, seg: TcpSegment, now: float) -> None:
@@ -447,7 +457,7 @@ class TcpConnection:
         if seq == self._rcv_nxt:
             self._fail(TcpEvent.RESET, errno.ECONNRESET, "connection reset by peer")
         elif self._rcv_nxt <= seq < self._rcv_nxt + window:
-            self._ack_now = True  # RFC 5961 section 3.2: challenge ACK
+            self._oow_ack()  # RFC 5961 section 3.2: challenge ACK
 
     def _receive_ack(self, seg: TcpSegment, seq: int, now: float) -> bool:
         """Process the ACK field. Returns False when the segment must be dropped."""
@@ -470,7 +480,7 @@ class TcpConnection:
             self._fire(TcpEvent.ACK_OF_SYN)
             return True
         if ack > self._snd_max:
-            self._ack_now = True  # acknowledges something we never sent
+            self._oow_ack()  # acknowledges something we never sent
             return False
         if ack < self._snd_una:
             return True  # old duplicate ACK; the data may still be new
@@ -484,7 +494,13 @@ class TcpConnection:
                 or (not seg.payload and not seg.flags & (SYN | FIN) and wnd == self._snd_wnd)
             )
         )
-        if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
+        # RFC 9293's SND.WL1/WL2 rule, plus "the ACK advanced" (as Linux does): a window
+        # is relative to its ACK, so an ACK that moves SND.UNA must bring its window.
+        if (
+            ack > self._snd_una
+            or self._snd_wl1 < seq
+            or (self._snd_wl1 == seq and self._snd_wl2 <= ack)
+        ):
             self._snd_wnd = wnd
             self._max_snd_wnd = max(self._max_snd_wnd, wnd)
             self._snd_wl1, self._snd_wl2 = seq, ack
@@ -659,15 +675,16 @@ class TcpConnection:
 
     def _retransmit_first(self, out: list[TcpSegment]) -> None:
         start = self._snd_una
-        data_end = self._sndbuf_seq + len(self._sndbuf)
+        # Never beyond what was sent: new data must pass the window checks of _send_new.
+        data_end = min(self._sndbuf_seq + len(self._sndbuf), self._snd_max)
         n = min(self._mss, data_end - start)
         if n <= 0:
-            if self._fin_seq is not None and start == self._fin_seq:
+            if self._fin_seq is not None and start == self._fin_seq < self._snd_max:
                 out.append(self._segment(FIN | ACK, start))
             return
         off = start - self._sndbuf_seq
         flags = ACK
-        if self._fin_seq is not None and start + n == self._fin_seq:
+        if start + n == self._fin_seq and self._fin_seq < self._snd_max:  # FIN was sent
             flags |= FIN
         out.append(self._segment(flags, start, self._send_slice(off, n)))
 
@@ -718,14 +735,14 @@ class TcpConnection:
 
     def _sack_recover(self, out: list[TcpSegment], now: float) -> None:
         pipe = self._pipe()
-        data_end = self._sndbuf_seq + len(self._sndbuf)
+        data_end = min(self._sndbuf_seq + len(self._sndbuf), self._snd_max)
         for start, end in self._sacked.holes(max(self._rtx_next, self._snd_una)):
             while start < end and pipe < self._cc.cwnd:
                 n = min(self._mss, end - start, data_end - start)
                 if n <= 0:
                     return
                 flags = ACK
-                if self._fin_seq is not None and start + n == self._fin_seq:
+                if start + n == self._fin_seq and self._fin_seq < self._snd_max:
                     flags |= FIN
                 off = start - self._sndbuf_seq
                 out.append(self._segment(flags, start, self._send_slice(off, n)))
