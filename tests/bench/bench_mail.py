@@ -22,7 +22,8 @@ Two runs over the same path, printed side by side:
 * **bare sink**: as many mails of the same size sent by a node at A with the MTA's SMTP
   client the way its queue runner sends a backlog (sessions of up to 20 messages, 8
   sessions at a time), to an aiosmtpd server on B's mesh address that only notes the
-  arrival. Latency = session start → arrival.
+  arrival (same socket options as the MTA: TCP_NODELAY). Latency = session start →
+  arrival.
 
 Timestamps are ``time.monotonic()`` (CLOCK_MONOTONIC: one clock for all processes).
 """
@@ -52,13 +53,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from aiosmtpd.smtp import SMTP
 
 from apps.mail.config import MailConfig
 from apps.mail.passwords import set_password
 from apps.mail.runner import MAX_BATCH
 from apps.mail.service import MailService
 from apps.mail.smtp_client import ClientSession, Envelope, run_session
+from apps.mail.smtp_server import MeshSMTP, set_nodelay
 from core.config import NodeConfig
 from core.identity import load_or_create_identity
 from core.node import Node
@@ -202,7 +203,7 @@ async def role_sink(data_dir: Path, spec: str) -> None:
     loop = asyncio.get_running_loop()
     sink = _Sink()
     await node.create_server(
-        lambda: SMTP(sink, hostname="sink", data_size_limit=None, loop=loop), SINK_PORT
+        lambda: MeshSMTP(sink, hostname="sink", data_size_limit=None, loop=loop), SINK_PORT
     )
     print(f"ready {node.mail_address}", flush=True)
     await _until_sigterm()
@@ -220,6 +221,7 @@ async def _send_sessions(node: Node, target: str, n: int, size: int, started: An
             for msg in msgs:
                 started(str(msg["Message-ID"]), time.monotonic())
             reader, writer = await node.open_connection(target, SINK_PORT)
+            set_nodelay(writer.transport)
             txn = ClientSession(
                 "[IPv6:bench]", [Envelope(sender, (target,), _render(m)) for m in msgs]
             )
@@ -481,7 +483,7 @@ async def _loopback_sink(a: Node, b: Node, n: int, size: int) -> dict[str, Any]:
 
     sink = Sink()
     server = await b.create_server(
-        lambda: SMTP(sink, hostname="sink", data_size_limit=None, loop=loop), SINK_PORT
+        lambda: MeshSMTP(sink, hostname="sink", data_size_limit=None, loop=loop), SINK_PORT
     )
     started: dict[str, float] = {}
     try:
