@@ -198,6 +198,37 @@ async def test_recipient_offline_then_back(pair: tuple[LabMail, LabMail]) -> Non
     await wait_for("the mail at B after it came back", lambda: _count(b), timeout=30)
 
 
+async def test_recipient_daemon_down_then_back(lab: Lab, tmp_path: Path) -> None:
+    """B's whole daemon goes away (no route to B at all) and comes back with a new TUN."""
+    a = await LabMail.start(
+        lab.hosts["a"], tmp_path / "a", retry_initial=0.5, retry_max=1, io_timeout=3
+    )
+    b = await LabMail.start(lab.hosts["b"], tmp_path / "b")
+    hb = lab.hosts["b"]
+    assert hb.daemon is not None and lab.hosts["a"].daemon is not None
+    try:
+        hb.daemon.stop()
+        msg = _message(a.address, [b.address], "while your daemon was down")
+        await asyncio.to_thread(_submit, a.service.submission_port, a.address, msg, [b.address])
+
+        async def retried() -> bool:
+            assert a.service.queue is not None
+            pending = await a.service.queue.pending()
+            return bool(pending) and pending[0].attempts >= 2
+
+        await wait_for("A to retry", retried, timeout=30)
+        hb.daemon.start()
+        lab.wait_peered(lab.hosts["a"].daemon, hb.daemon)
+        await wait_for("the mail at B after its daemon came back", lambda: _count(b), timeout=60)
+        assert await _count(b) == 1
+    finally:
+        if hb.daemon.proc is None:
+            hb.daemon.start()
+            lab.wait_peered(lab.hosts["a"].daemon, hb.daemon)
+        await a.close()
+        await b.close()
+
+
 async def test_expiry_bounces_to_a(lab: Lab, tmp_path: Path) -> None:
     a = await LabMail.start(
         lab.hosts["a"], tmp_path / "a", retry_initial=0.3, retry_max=0.5, expire_after=2
