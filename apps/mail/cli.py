@@ -192,14 +192,13 @@ def cmd_send(args: argparse.Namespace) -> int:
             "running (`mesh up`)?"
         ) from None
     del reply
-    emit(
-        {
-            "message_id": msg["Message-ID"],
-            "queued_for": [r for r in recipients if r not in refused],
-            "refused": {r: f"{c} {m.decode()}" for r, (c, m) in refused.items()},
-        },
-        as_json=args.json,
-    )
+    result: dict[str, Any] = {
+        "message_id": msg["Message-ID"],
+        "queued_for": [r for r in recipients if r not in refused],
+    }
+    if refused or args.json:
+        result["refused"] = {r: f"{c} {m.decode()}" for r, (c, m) in refused.items()}
+    emit(result, as_json=args.json)
     return 0 if not refused else 1
 
 
