@@ -271,7 +271,7 @@ class NetStack:
     def _passive_open(
         self, listener: _Listener, src: bytes, dst: bytes, seg: TcpSegment, now: float
     ) -> None:
-        if listener.half_open >= self.syn_backlog or len(self._tcp) >= self.max_connections:
+        if listener.half_open >= self.syn_backlog or not self._room_for_one():
             self.stats.syn_dropped += 1  # SYN-flood bound: the peer will retry
             log.debug("SYN to port %d dropped: backlog full", seg.dst_port)
             return
@@ -449,8 +449,12 @@ class NetStack:
         laddr = self._primary if local is None else _addr_bytes(local)
         if laddr not in self._local:
             raise OSError(errno.EADDRNOTAVAIL, f"{ipaddress.IPv6Address(laddr)} is not ours")
-        if len(self._tcp) >= self.max_connections:
-            raise OSError(errno.EMFILE, f"connection table full ({self.max_connections})")
+        if not self._room_for_one():
+            raise OSError(
+                errno.EMFILE,
+                f"connection table full ({self.max_connections} live connections); "
+                "close some or raise max_connections",
+            )
         lport = self._ephemeral(lambda p: (laddr, p, raddr, port) not in self._tcp)
         now = self._loop.time()
         iss = isn_rfc6528(self._secret, laddr, lport, raddr, port, now)
@@ -460,6 +464,18 @@ class NetStack:
         self._tcp[sock.key] = sock
         self.mark_dirty(sock)
         return sock
+
+    def _room_for_one(self) -> bool:
+        """Whether the table can take one more connection; when full, the oldest
+        TIME-WAIT entry is dropped to make room (as Linux does when it runs out of
+        TIME-WAIT buckets)."""
+        if len(self._tcp) < self.max_connections:
+            return True
+        for sock in self._tcp.values():  # dicts keep insertion order: oldest first
+            if sock.conn.state is TcpState.TIME_WAIT:
+                self._remove(sock)
+                return True
+        return False
 
     def _ephemeral(self, free: Callable[[int], bool]) -> int:
         for _ in range(64):

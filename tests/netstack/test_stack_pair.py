@@ -405,3 +405,26 @@ async def test_connections_to_our_own_address_loop_back() -> None:
         t.close()
         writer.close()
         server.close()
+
+
+async def test_full_table_recycles_time_wait_then_refuses() -> None:
+    a, b = stack_pair(max_connections=3)
+    async with a, b:
+        server = await b.start_server(echo_handler, 7)
+        for _ in range(5):  # each leaves a TIME-WAIT entry on the client side
+            reader, writer = await a.open_connection(B_ADDR, 7)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(-1), 5) == b""
+            writer.close()
+            await writer.wait_closed()
+            for _ in range(100):
+                if all(s.conn.state.value == "TIME-WAIT" for s in a._tcp.values()):
+                    break
+                await asyncio.sleep(0.01)
+        assert a.connection_count == 3  # recycled, never more than the bound
+        held = [await a.open_connection(B_ADDR, 7) for _ in range(3)]  # all live now
+        with pytest.raises(OSError, match="connection table full"):
+            await a.open_connection(B_ADDR, 7)
+        for _, w in held:
+            w.close()
+        server.close()
