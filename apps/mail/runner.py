@@ -31,7 +31,6 @@ from .message import dedup_key, header_fields, received_header, strip_bcc
 from .ports import Connector, MailSink
 from .queue import Delivery, OutboxQueue
 from .smtp_client import ClientSession, Envelope, run_session
-from .smtp_server import set_nodelay
 
 __all__ = ["QueueRunner"]
 
@@ -198,7 +197,6 @@ class QueueRunner:
             for d in batch:
                 await self._retry(d, f"cannot connect to [{rcpt.node_address}]: {reason}")
             return
-        set_nodelay(writer.transport)
         session = ClientSession(
             f"[IPv6:{self.own.node_address}]",
             [Envelope(str(self.own), (str(rcpt),), raws[d.message]) for d in batch],

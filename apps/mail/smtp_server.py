@@ -9,34 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session
 
-__all__ = ["ConnectionLimiter", "MeshSMTP", "set_nodelay"]
+__all__ = ["ConnectionLimiter", "MeshSMTP"]
 
 log = logging.getLogger(__name__)
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """Turn Nagle's algorithm off on a kernel TCP socket under ``transport``.
-
-    SMTP is a dialogue of small writes (aiosmtpd sends each line of a multi-line reply
-    on its own): with Nagle on, the second line waits for the peer's delayed ACK, about
-    40 ms on Linux, in every EHLO. asyncio sets TCP_NODELAY itself only on sockets made
-    with ``proto=IPPROTO_TCP``; sockets made with ``proto=0`` (as the yggdrasil backend
-    makes them) miss out. Userspace transports have no socket and are left alone.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    if sock.type != socket.SOCK_STREAM:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError as exc:
-        log.debug("could not set TCP_NODELAY: %s", exc)
 
 
 class ConnectionLimiter:
@@ -104,7 +83,6 @@ class MeshSMTP(SMTP):
                 self._refused = True
                 return
             self._limited_peer = name
-        set_nodelay(transport)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:

@@ -43,6 +43,25 @@ async def test_stream_echo_and_peer_key_across_hosts(lab: Lab) -> None:
         await finish(reader, writer)
 
 
+async def test_mesh_streams_have_nagle_off_on_both_ends(lab: Lab) -> None:
+    # Dialogue protocols (SMTP, IMAP, chat) must not wait ~40 ms for delayed ACKs.
+    a, b = lab.hosts["a"], lab.hosts["b"]
+    accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
+
+    async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.put_nowait(writer.get_extra_info("socket"))
+        await reader.read()
+        writer.close()
+
+    async with await open_node(a) as na, await open_node(b) as nb:
+        await nb.start_server(keep, PORT + 1)
+        _reader, writer = await na.open_connection(nb.address, PORT + 1)
+        server_side = await asyncio.wait_for(accepted.get(), 10)
+        for sock in (writer.get_extra_info("socket"), server_side):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        writer.close()
+
+
 async def test_status_shows_daemon_peers_and_sessions(lab: Lab) -> None:
     a, b = lab.hosts["a"], lab.hosts["b"]
     assert a.daemon and b.daemon

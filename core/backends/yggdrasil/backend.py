@@ -134,7 +134,7 @@ class _Server:
         return self._port
 
     async def bind(self) -> None:
-        sock = self._backend._socket(socket.SOCK_STREAM)
+        sock = self._backend._socket(socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((str(self._backend.address), self._port))
@@ -404,6 +404,9 @@ class YggdrasilBackend:
         return self._tun
 
     def _socket(self, kind: int, proto: int = 0) -> socket.socket:
+        # Stream sockets are made with proto=IPPROTO_TCP: asyncio then turns Nagle off
+        # on them and on every socket they accept (as it does for its own sockets), so
+        # dialogue protocols (SMTP, IMAP, chat, signaling) do not wait for delayed ACKs.
         self._require_tun()
         sock = self.netns.socket(socket.AF_INET6, kind, proto)
         try:
@@ -446,7 +449,7 @@ class YggdrasilBackend:
         timeout: float = 30.0,
     ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
         loop = asyncio.get_running_loop()
-        sock = self._socket(socket.SOCK_STREAM)
+        sock = self._socket(socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.bind((str(self.address), 0))
             try:
