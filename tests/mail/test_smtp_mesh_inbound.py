@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.policy import default
@@ -18,7 +17,7 @@ from aiosmtpd.smtp import SMTP
 from apps.mail.config import MESH_SMTP_PORT
 from apps.mail.inbound import MeshInboundHandler, RateLimiter
 from apps.mail.smtp_client import ClientTransaction, Reply, ReplyParser, run_transaction
-from apps.mail.smtp_server import ConnectionLimiter, MeshSMTP, set_nodelay
+from apps.mail.smtp_server import ConnectionLimiter, MeshSMTP
 from apps.mail.store import MailStore
 from core.node import Node
 from tests.mail.test_smtp_loopmesh import LoopbackMesh
@@ -262,22 +261,3 @@ async def wait_for_open(limiter: ConnectionLimiter, count: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{limiter.open} connections open, expected {count}")
-
-
-async def test_nodelay_on_sockets_asyncio_leaves_alone() -> None:
-    """asyncio only sets TCP_NODELAY on sockets made with proto=IPPROTO_TCP; the
-    yggdrasil backend makes them with proto=0, and SMTP then stalls ~40 ms per EHLO."""
-    loop = asyncio.get_running_loop()
-    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, server.sockets[0].getsockname())
-        transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
-        set_nodelay(transport)
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        transport.close()
-    finally:
-        server.close()
-        await server.wait_closed()
