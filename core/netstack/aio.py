@@ -286,6 +286,16 @@ class TcpTransport(asyncio.Transport):
             self._stack.mark_dirty(self._sock)
         self._stack.loop.call_soon(self._call_connection_lost, None)
 
+    def set_keepalive(
+        self, idle: float | None, interval: float | None = None, count: int | None = None
+    ) -> None:
+        """TCP keepalive for this connection (the kernel socket's SO_KEEPALIVE with
+        TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT); ``idle=None`` turns it off.  A peer
+        that stops answering ends the connection with ``TimeoutError``."""
+        if self._sock is not None:
+            self._sock.conn.set_keepalive(idle, interval, count)
+            self._stack.mark_dirty(self._sock)
+
     def get_write_buffer_size(self) -> int:
         return len(self._pending)
 

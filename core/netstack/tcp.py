@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+from dataclasses import replace
 
 from core.netstack.tcp_cc import NewReno, RtoEstimator
 from core.netstack.tcp_sack import ByteQueue, Reassembly, SackScoreboard
@@ -289,6 +290,21 @@ class TcpConnection:
             )
         self._fire(TcpEvent.ABORT)
 
+    def set_keepalive(
+        self, idle: float | None, interval: float | None = None, count: int | None = None
+    ) -> None:
+        """Turn keepalive on (``idle`` seconds of silence before probing) or off
+        (``None``) for this connection, like SO_KEEPALIVE/TCP_KEEPIDLE/TCP_KEEPINTVL/
+        TCP_KEEPCNT on a kernel socket."""
+        cfg = self.config
+        self.config = replace(
+            cfg,
+            keepalive_idle=idle,
+            keepalive_interval=cfg.keepalive_interval if interval is None else interval,
+            keepalive_count=cfg.keepalive_count if count is None else count,
+        )
+        self._ka_probes = 0
+
     def path_mtu_changed(self, mss: int, wire_seq: int) -> bool:
         """An ICMPv6 Packet Too Big quoted our segment ``wire_seq``: send at most ``mss``
         from now on and resend what was dropped (RFC 8201 section 5.2).  Ignored unless
@@ -405,9 +421,11 @@ class TcpConnection:
             self._receive_data(seq, payload, bool(flags & FIN))
         elif payload or flags & FIN:
             self._ack_now = True
+        elif seq == self._rcv_nxt - 1:
+            self._ack_now = True  # a keepalive or zero-window probe: always answered
         elif not self._rcv_nxt <= seq <= self._rcv_nxt + self._rcv_space():
-            # An unacceptable empty segment, such as a keepalive or zero-window probe
-            # (seq = rcv_nxt - 1), is answered with an ACK (RFC 9293 3.10.7.4).
+            # Any other unacceptable empty segment is answered with an ACK (RFC 9293
+            # 3.10.7.4), rate-limited.
             self._oow_ack()
 
     def _oow_ack(self) -> None:

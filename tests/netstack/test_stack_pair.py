@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from core.netstack.aio import TcpTransport
 from core.netstack.tcp import TcpConfig
 from tests.netstack._link import A_ADDR, B_ADDR, Impairment, stack_pair
 
@@ -428,3 +429,26 @@ async def test_full_table_recycles_time_wait_then_refuses() -> None:
         for _, w in held:
             w.close()
         server.close()
+
+
+async def test_keepalive_per_connection_detects_a_vanished_peer() -> None:
+    """The peer's stack disappears silently (no RST): keepalive notices."""
+    ab, ba = Impairment(), Impairment()
+    a, b = stack_pair(ab, ba)
+    async with a, b:
+        server = await b.start_server(echo_handler, 7)
+        lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+        class Watch(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(exc)
+
+        transport, _ = await a.create_connection(Watch, B_ADDR, 7)
+        assert isinstance(transport, TcpTransport)
+        transport.set_keepalive(0.05, interval=0.02, count=3)
+        await asyncio.sleep(0.2)
+        assert not lost.done()  # the peer answers the probes
+        server.close()
+        ab.loss = ba.loss = 1.0  # the path dies: no RST, no answers
+        exc = await asyncio.wait_for(lost, 5)
+        assert isinstance(exc, TimeoutError) and "keepalive" in str(exc)
