@@ -59,7 +59,7 @@ from apps.mail.passwords import set_password
 from apps.mail.runner import MAX_BATCH
 from apps.mail.service import MailService
 from apps.mail.smtp_client import ClientSession, Envelope, run_session
-from apps.mail.smtp_server import MeshSMTP, set_nodelay
+from apps.mail.smtp_server import MeshSMTP
 from core.config import NodeConfig
 from core.identity import load_or_create_identity
 from core.node import Node
@@ -221,7 +221,6 @@ async def _send_sessions(node: Node, target: str, n: int, size: int, started: An
             for msg in msgs:
                 started(str(msg["Message-ID"]), time.monotonic())
             reader, writer = await node.open_connection(target, SINK_PORT)
-            set_nodelay(writer.transport)
             txn = ClientSession(
                 "[IPv6:bench]", [Envelope(sender, (target,), _render(m)) for m in msgs]
             )
