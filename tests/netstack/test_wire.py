@@ -104,6 +104,7 @@ def test_bad_checksum_rejected() -> None:
             "fragmented IPv6 packets are not supported (mesh MTU is large)",
         ),
     ],
+    ids=["short", "ipv4", "truncated", "jumbogram", "fragment"],
 )
 def test_ipv6_errors_are_exact(data: bytes, message: str) -> None:
     with pytest.raises(ValueError) as info:
