@@ -27,6 +27,8 @@ import aiosqlite
 
 from core.errors import MeshError
 
+from .groupcommit import GroupCommit
+
 __all__ = [
     "OUTBOX_FILE_NAME",
     "SCHEMA_VERSION",
@@ -40,6 +42,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE_NAME = "outbox.db"
+MAX_GROUP_COMMIT = 64  # submissions sharing one transaction at most
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -94,6 +97,19 @@ class QueueFull(MeshError):
 class QueuedMessage:
     id: int
     token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Enqueue:
+    """One submission waiting for its group commit."""
+
+    token: str
+    sender: str
+    raw: bytes
+    message_id: str
+    recipients: tuple[str, ...]
+    stamp: float
+    max_queue: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +185,9 @@ class OutboxQueue:
         self._db = db
         self.path = path
         self._lock = asyncio.Lock()
+        self._enqueues: GroupCommit[_Enqueue, QueuedMessage] = GroupCommit(
+            self._enqueue_batch, max_batch=MAX_GROUP_COMMIT, name="outbox"
+        )
 
     @classmethod
     async def open(cls, path: Path) -> OutboxQueue:
@@ -188,6 +207,7 @@ class OutboxQueue:
         return cls(db, path)
 
     async def close(self) -> None:
+        await self._enqueues.close()
         async with self._lock:
             await self._db.close()
 
@@ -209,30 +229,52 @@ class OutboxQueue:
         now: float | None = None,
         max_queue: int | None = None,
     ) -> QueuedMessage:
-        """Store the message and one pending delivery per recipient, in one transaction."""
+        """Store the message and one pending delivery per recipient, in one transaction.
+
+        Returns once that transaction is committed (``synchronous=FULL``). Concurrent
+        submissions share a transaction (group commit, :mod:`apps.mail.groupcommit`):
+        each message is still all-or-nothing, and each caller hears only after the commit
+        that holds its message.
+        """
         stamp = time.time() if now is None else now
-        unique = list(dict.fromkeys(recipients))
+        unique = tuple(dict.fromkeys(recipients))
         if not unique:
             raise ValueError("a queued message needs at least one recipient")
-        token = secrets.token_hex(16)
+        item = _Enqueue(secrets.token_hex(16), sender, raw, message_id, unique, stamp, max_queue)
+        return await self._enqueues.submit(item)
+
+    async def _enqueue_batch(self, items: list[_Enqueue]) -> list[QueuedMessage | BaseException]:
+        """One transaction for ``items``: five statements, however many messages."""
+        results: list[QueuedMessage | BaseException] = []
+        messages: list[tuple[Any, ...]] = []
+        deliveries: list[tuple[Any, ...]] = []
         async with self._lock, _Tx(self._db):
-            if max_queue is not None:
-                (count,) = await self._one("SELECT count(*) FROM messages")
-                if count >= max_queue:
-                    raise QueueFull(f"the outbound queue holds {count} messages (the limit)")
-            row = await self._db.execute_insert(
-                "INSERT INTO messages (token, sender, message_id, raw, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (token, sender, message_id, raw, stamp),
-            )
-            assert row is not None
-            msg_id = int(row[0])
-            await self._db.executemany(
-                "INSERT INTO deliveries (message, recipient, next_attempt, updated) "
-                "VALUES (?, ?, ?, ?)",
-                [(msg_id, rcpt, stamp, stamp) for rcpt in unique],
-            )
-        return QueuedMessage(msg_id, token)
+            count, top = await self._one("SELECT count(*), coalesce(max(id), 0) FROM messages")
+            for item in items:
+                if item.max_queue is not None and count >= item.max_queue:
+                    results.append(
+                        QueueFull(f"the outbound queue holds {count} messages (the limit)")
+                    )
+                    continue
+                count += 1
+                top += 1  # ids as SQLite would pick them (max + 1), known before the insert
+                messages.append(
+                    (top, item.token, item.sender, item.message_id, item.raw, item.stamp)
+                )
+                deliveries.extend((top, rcpt, item.stamp, item.stamp) for rcpt in item.recipients)
+                results.append(QueuedMessage(top, item.token))
+            if messages:
+                await self._db.executemany(
+                    "INSERT INTO messages (id, token, sender, message_id, raw, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    messages,
+                )
+                await self._db.executemany(
+                    "INSERT INTO deliveries (message, recipient, next_attempt, updated) "
+                    "VALUES (?, ?, ?, ?)",
+                    deliveries,
+                )
+        return results
 
     # -- the runner's view ------------------------------------------------------------------
     async def due(self, now: float, *, limit: int, exclude: Iterable[int] = ()) -> list[Delivery]:

@@ -21,6 +21,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from .message import normalize_crlf
+
 __all__ = [
     "MAX_REPLY_LINE",
     "MAX_REPLY_LINES",
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 MAX_REPLY_LINE = 1000
 MAX_REPLY_LINES = 100  # an EHLO reply lists extensions; 100 is far above any real one
 _REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])([ -])(.*)$", re.S)
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _LEADING_DOT = re.compile(rb"^\.", re.M)
 
 
@@ -129,10 +130,12 @@ class ReplyParser:
 
 def dot_stuff(content: bytes) -> bytes:
     """The DATA payload for ``content``: CRLF line ends, leading dots doubled, ``.`` line."""
-    body = _BARE_LF.sub(b"\r\n", content)
+    body = normalize_crlf(content)
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
-    return _LEADING_DOT.sub(b"..", body) + b".\r\n"
+    if body.startswith(b".") or b"\n." in body:
+        body = _LEADING_DOT.sub(b"..", body)
+    return body + b".\r\n"
 
 
 class State(enum.Enum):

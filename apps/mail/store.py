@@ -31,6 +31,8 @@ import aiosqlite
 
 from core.errors import MeshError
 
+from .groupcommit import GroupCommit
+from .message import normalize_crlf
 from .store_schema import migrate
 
 __all__ = [
@@ -60,7 +62,6 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 )
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 _KEYWORD = re.compile(r"^[!#$&'+,\-.0-9:;<=>?@A-Z^_`a-z|}~]+$")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class StoreError(MeshError):
@@ -161,7 +162,7 @@ def _prepare(raw: bytes) -> _Prepared:
     # Imported here: the imap package imports this module (store <- imap.session).
     from .imap.mime import bodystructure, envelope, parse_message, split_header
 
-    raw = _BARE_LF.sub(b"\r\n", raw)  # IMAP requires CRLF line ends (RFC 3501 section 2.3.1)
+    raw = normalize_crlf(raw)  # IMAP requires CRLF line ends (RFC 3501 section 2.3.1)
     if len(raw) > MAX_MESSAGE_SIZE:
         raise StoreError(f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_SIZE} limit")
     part = parse_message(raw)
@@ -176,6 +177,20 @@ def _prepare(raw: bytes) -> _Prepared:
     return _Prepared(raw, len(header), envelope(part.fields), bodystructure(part), sent)
 
 
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """One message waiting for its group commit."""
+
+    mailbox: str  # normalised
+    prepared: _Prepared
+    flags: frozenset[str]
+    stamp: float
+    tz: int
+    dedup_key: str | None
+
+
+MAX_GROUP_COMMIT = 64  # deliveries sharing one transaction at most
+
 NewMailCallback = Callable[[str, int], None]
 ChangeCallback = Callable[[str], None]
 
@@ -189,6 +204,9 @@ class MailStore:
         self._lock = asyncio.Lock()
         self._new_mail: list[NewMailCallback] = []
         self._changes: list[ChangeCallback] = []
+        self._deliveries: GroupCommit[_Delivery, tuple[str, int] | None] = GroupCommit(
+            self._deliver_batch, max_batch=MAX_GROUP_COMMIT, name="mail store"
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -213,6 +231,7 @@ class MailStore:
         return store
 
     async def close(self) -> None:
+        await self._deliveries.close()
         async with self._lock:
             await self._db.close()
 
@@ -313,39 +332,91 @@ class MailStore:
         internal_date: datetime | None = None,
         dedup_key: str | None = None,
     ) -> int | None:
-        """Store ``raw`` durably; the new UID, or None if ``dedup_key`` was seen before."""
+        """Store ``raw`` durably; the new UID, or None if ``dedup_key`` was seen before.
+
+        Returns after the commit. Concurrent deliveries share one transaction (group
+        commit, :mod:`apps.mail.groupcommit`), each acknowledged only after that commit.
+        """
         clean_flags = normalize_flags(flags)
         prepared = await asyncio.to_thread(_prepare, raw)
         stamp, tz = _date_parts(internal_date)
-        async with self._lock:
-            async with self._tx():
-                if dedup_key is not None:
-                    seen = await self._one("SELECT 1 FROM dedup WHERE key = ?", (dedup_key,))
-                    if seen is not None:
-                        return None
-                box = await self._mailbox_row(mailbox)
-                async with self._db.execute(
-                    "INSERT INTO bodies (raw, size, header_size, envelope, bodystructure, "
-                    "sent_date) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        prepared.raw,
-                        len(prepared.raw),
-                        prepared.header_size,
-                        prepared.envelope,
-                        prepared.bodystructure,
-                        prepared.sent_date,
-                    ),
-                ) as cur:
-                    body_id = cur.lastrowid
-                uid, _ = await self._add_entry(box, body_id, clean_flags, stamp, tz)
-                if dedup_key is not None:
-                    await self._db.execute(
-                        "INSERT INTO dedup (key, mailbox_id, uid, created) VALUES (?, ?, ?, ?)",
-                        (dedup_key, box[0], uid, time.time()),
-                    )
-            name = box[1]
-        self._notify_new([(name, uid)])
-        return uid
+        item = _Delivery(normalize_mailbox(mailbox), prepared, clean_flags, stamp, tz, dedup_key)
+        done = await self._deliveries.submit(item)
+        if done is None:
+            return None
+        self._notify_new([done])
+        return done[1]
+
+    async def _deliver_batch(
+        self, items: list[_Delivery]
+    ) -> list[tuple[str, int] | BaseException | None]:
+        """One transaction for ``items``, a fixed number of statements however many."""
+        results: list[tuple[str, int] | BaseException | None] = []
+        async with self._lock, self._tx():
+            keys = tuple({i.dedup_key for i in items if i.dedup_key is not None})
+            seen: set[str] = set()
+            if keys:
+                marks = ",".join("?" * len(keys))
+                rows = await self._all(f"SELECT key FROM dedup WHERE key IN ({marks})", keys)
+                seen = {str(r[0]) for r in rows}
+            names = tuple({i.mailbox for i in items})
+            marks = ",".join("?" * len(names))
+            boxes = {
+                str(r[1]): [int(r[0]), int(r[2]), int(r[3])]  # id, next uid, last modseq
+                for r in await self._all(
+                    f"SELECT id, name, uidnext, modseq FROM mailboxes WHERE name IN ({marks})",
+                    names,
+                )
+            }
+            (top,) = await self._one("SELECT coalesce(max(id), 0) FROM bodies")
+            bodies: list[tuple[Any, ...]] = []
+            entries: list[tuple[Any, ...]] = []
+            dedups: list[tuple[Any, ...]] = []
+            now = time.time()
+            for item in items:
+                if item.dedup_key is not None and item.dedup_key in seen:
+                    results.append(None)
+                    continue
+                box = boxes.get(item.mailbox)
+                if box is None:
+                    results.append(MailboxNotFound(f"no mailbox named {item.mailbox!r}"))
+                    continue
+                if item.dedup_key is not None:
+                    seen.add(item.dedup_key)
+                p = item.prepared
+                top += 1  # the id SQLite would pick (max + 1), known before the insert
+                bodies.append(
+                    (top, p.raw, len(p.raw), p.header_size, p.envelope, p.bodystructure,
+                     p.sent_date)
+                )  # fmt: skip
+                uid, box[1], box[2] = box[1], box[1] + 1, box[2] + 1
+                entries.append(
+                    (box[0], uid, top, " ".join(sorted(item.flags)), item.stamp, item.tz, box[2])
+                )
+                if item.dedup_key is not None:
+                    dedups.append((item.dedup_key, box[0], uid, now))
+                results.append((item.mailbox, uid))
+            if bodies:
+                await self._db.executemany(
+                    "INSERT INTO bodies (id, raw, size, header_size, envelope, bodystructure, "
+                    "sent_date) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    bodies,
+                )
+                await self._db.executemany(
+                    "INSERT INTO messages (mailbox_id, uid, body_id, flags, internal_date, "
+                    "internal_tz, modseq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    entries,
+                )
+                await self._db.executemany(
+                    "UPDATE mailboxes SET uidnext = ?, modseq = ? WHERE id = ?",
+                    [(nxt, modseq, box_id) for box_id, nxt, modseq in boxes.values()],
+                )
+            if dedups:
+                await self._db.executemany(
+                    "INSERT INTO dedup (key, mailbox_id, uid, created) VALUES (?, ?, ?, ?)",
+                    dedups,
+                )
+        return results
 
     async def _add_entry(
         self, box: Any, body_id: Any, flags: frozenset[str], stamp: float, tz: int

@@ -160,7 +160,9 @@ class SubmissionHandler:
             return (
                 f"550 5.7.1 the header From: must be exactly <{self.own}> (this node), not {shown}"
             )
-        message, mid = ensure_submission_headers(raw, domain=f"{self.own.key.hex()[:16]}.mesh")
+        message, mid = ensure_submission_headers(
+            raw, domain=f"{self.own.key.hex()[:16]}.mesh", fields=fields
+        )
         try:
             queued = await self.queue.enqueue(
                 str(self.own), message, mid, envelope.rcpt_tos, max_queue=self.max_queue
