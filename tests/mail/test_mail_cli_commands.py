@@ -14,9 +14,10 @@ import pytest
 from apps.mail import cli
 from apps.mail.passwords import PASSWORD_FILE_NAME, load_password
 from core.errors import MeshError, UsageError
-from core.identity import load_or_create_identity
+from core.identity import KEY_FILE_NAME, load_or_create_identity, write_key_file
 from core.mailaddr import MailAddress
-from tests.mail.test_smtp_loopmesh import PASSWORD, LoopbackMesh, MailNode, wait_for
+from core.node import Node
+from tests.mail.helpers import PASSWORD, MailNode, on_shared_mesh, wait_for
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,16 +62,21 @@ def test_address_and_passwd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         _run(tmp_path, "mail", "passwd", "--stdin", stdin="")
 
 
-async def test_send_and_queue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    mesh = LoopbackMesh()
+@on_shared_mesh
+async def test_send_and_queue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mesh_nodes: list[Node]
+) -> None:
     a_dir = tmp_path / "a"
-    identity, _ = load_or_create_identity(a_dir)
+    a_dir.mkdir()
+    # A's data dir holds the key of the (shared, running) node A, as `mesh node` keeps it.
+    assert mesh_nodes[0].identity is not None
+    write_key_file(a_dir / KEY_FILE_NAME, mesh_nodes[0].identity)
     port = _free_port()
     (a_dir / "mesh.toml").write_text(f'[mail]\nsmtp = "127.0.0.1:{port}"\n')
-    a = await MailNode.start(
-        mesh, a_dir, identity, smtp=f"127.0.0.1:{port}", retry_initial=30, retry_max=60
+    a = await MailNode.serve(
+        mesh_nodes[0], a_dir, smtp=f"127.0.0.1:{port}", retry_initial=30, retry_max=60
     )
-    b = await MailNode.start(mesh, tmp_path / "b")
+    b = await MailNode.serve(mesh_nodes[1], tmp_path / "b")
     try:
         code = await asyncio.to_thread(
             _run,

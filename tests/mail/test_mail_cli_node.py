@@ -19,8 +19,8 @@ from core.identity import Identity, load_or_create_identity
 from core.mailaddr import MailAddress
 from core.process import NodeProcess
 from core.service import ServicePlugin
+from tests.mail.helpers import PASSWORD, wait_for
 from tests.mail.test_mail_cli_commands import _run
-from tests.mail.test_smtp_loopmesh import PASSWORD, wait_for
 
 
 def _free_port() -> int:

@@ -7,30 +7,11 @@ import asyncio
 import email
 import os
 import shutil
-from collections.abc import AsyncIterator
 from email.policy import default
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import require
-from tests.mail.test_smtp_loopmesh import PASSWORD, LoopbackMesh, MailNode, wait_for
-
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[MailNode, MailNode]]:
-    mesh = LoopbackMesh()
-    a = await MailNode.start(mesh, tmp_path / "a")
-    try:
-        b = await MailNode.start(mesh, tmp_path / "b")
-    except BaseException:
-        await a.close()
-        raise
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
+from tests.mail.helpers import PASSWORD, MailNode, on_shared_mesh, wait_for
 
 
 async def _run(*cmd: str, home: Path, stdin: bytes = b"") -> tuple[int, str]:
@@ -80,12 +61,13 @@ def _mbsyncrc(path: Path, node: MailNode, secret: Path, maildir: Path) -> None:
     )
 
 
+@on_shared_mesh
 async def test_mutt_sends_and_mbsync_fetches(
-    pair: tuple[MailNode, MailNode], tmp_path: Path
+    mail_pair: tuple[MailNode, MailNode], tmp_path: Path
 ) -> None:
     require(shutil.which("mutt") is not None, "mutt (Debian package mutt) is not installed")
     require(shutil.which("mbsync") is not None, "mbsync (Debian package isync) not installed")
-    a, b = pair
+    a, b = mail_pair
     home = tmp_path / "home"
     home.mkdir()
     secret = home / "mail-pass"

@@ -22,8 +22,8 @@ from core.identity import Identity
 from core.node import Node
 from tests.lab.fixtures import require_lab
 from tests.lab.lab import Lab
+from tests.mail.helpers import PASSWORD, reachable, wait_for
 from tests.mail.test_mail_e2e_lab import LabMail, _imap_fetch_all, _message, _submit
-from tests.mail.test_smtp_loopmesh import PASSWORD, wait_for
 from tests.node.rootlink import RootLink, link_root
 
 
@@ -48,10 +48,7 @@ class EmbeddedMail(LabMail):
 
 
 async def _reachable(src: LabMail, dst: LabMail) -> None:
-    for _ in range(60):
-        if (await src.node.ping(dst.node.address, count=1, timeout=1))[0] is not None:
-            return
-    raise AssertionError(f"{dst.node.address} unreachable from {src.node.address}")
+    await reachable(src.node, dst.node)
 
 
 async def _mail_round_trip(a: LabMail, b: LabMail) -> None:

@@ -33,7 +33,7 @@ from apps.mail.store import MailStore
 from core.node import Node
 from tests.lab.fixtures import open_node, two_host_lab
 from tests.lab.lab import Host, Lab
-from tests.mail.test_smtp_loopmesh import PASSWORD, wait_for
+from tests.mail.helpers import PASSWORD, wait_for
 
 pytestmark = pytest.mark.lab
 

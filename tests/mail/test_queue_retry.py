@@ -14,7 +14,8 @@ from apps.mail.service import MAIL_STORE_FILE_NAME, MailService
 from apps.mail.store import MailStore
 from core.identity import Identity
 from core.mailaddr import MailAddress
-from tests.mail.test_smtp_loopmesh import LoopbackMesh, MailNode, smtp_send, wait_for
+from core.node import Node
+from tests.mail.helpers import EmbeddedMesh, MailNode, on_shared_mesh, smtp_send, wait_for
 
 FAST = {"retry_initial": 0.2, "retry_max": 0.4}
 
@@ -40,10 +41,10 @@ def _status_block(dsn: Message) -> Message:
     return block
 
 
-async def test_recipient_offline_then_back(tmp_path: Path) -> None:
-    mesh = LoopbackMesh()
-    a = await MailNode.start(mesh, tmp_path / "a", **FAST)
-    b = await MailNode.start(mesh, tmp_path / "b")
+@on_shared_mesh
+async def test_recipient_offline_then_back(tmp_path: Path, mesh_nodes: list[Node]) -> None:
+    a = await MailNode.serve(mesh_nodes[0], tmp_path / "a", **FAST)
+    b = await MailNode.serve(mesh_nodes[1], tmp_path / "b")
     try:
         await b.service.close()  # B's node stays, its mail service is gone
         await smtp_send(a, _mail(a.address, b.address), [b.address])
@@ -74,9 +75,14 @@ async def _drained(node: MailNode) -> bool:
     return await node.queue.message_count() == 0
 
 
-async def test_expiry_bounces_into_the_senders_inbox(tmp_path: Path) -> None:
-    mesh = LoopbackMesh()
-    a = await MailNode.start(mesh, tmp_path / "a", expire_after=1.0, **FAST)
+@on_shared_mesh
+async def test_expiry_bounces_into_the_senders_inbox(
+    tmp_path: Path, mesh_nodes: list[Node]
+) -> None:
+    # No node has that key: the connection attempt times out (io_timeout) and retries.
+    a = await MailNode.serve(
+        mesh_nodes[0], tmp_path / "a", expire_after=1.0, io_timeout=1.0, **FAST
+    )
     nobody = str(MailAddress(Identity.generate().public_key))
     try:
         await smtp_send(a, _mail(a.address, nobody, "to nobody"), [nobody])
@@ -93,10 +99,10 @@ async def test_expiry_bounces_into_the_senders_inbox(tmp_path: Path) -> None:
         await a.close()
 
 
-async def test_permanent_refusal_bounces_at_once(tmp_path: Path) -> None:
-    mesh = LoopbackMesh()
-    a = await MailNode.start(mesh, tmp_path / "a", retry_initial=60, retry_max=60)
-    b = await MailNode.start(mesh, tmp_path / "b", max_size=2000)
+@on_shared_mesh
+async def test_permanent_refusal_bounces_at_once(tmp_path: Path, mesh_nodes: list[Node]) -> None:
+    a = await MailNode.serve(mesh_nodes[0], tmp_path / "a", retry_initial=60, retry_max=60)
+    b = await MailNode.serve(mesh_nodes[1], tmp_path / "b", max_size=2000)
     try:
         await smtp_send(a, _mail(a.address, b.address, "too big", size=10_000), [b.address])
         await wait_for("the bounce", lambda: a.store.count("INBOX"))
@@ -111,10 +117,10 @@ async def test_permanent_refusal_bounces_at_once(tmp_path: Path) -> None:
         await b.close()
 
 
-async def test_sent_copy_exactly_once_after_crashes(tmp_path: Path) -> None:
+@on_shared_mesh
+async def test_sent_copy_exactly_once_after_crashes(tmp_path: Path, mesh: EmbeddedMesh) -> None:
     """Crash after the queue commit, and again after the Sent copy but before it was
-    marked: every restart converges on one Sent copy."""
-    mesh = LoopbackMesh()
+    marked: every restart (node and service) converges on one Sent copy."""
     identity = Identity.generate()
     own = str(MailAddress(identity.public_key))
     data = tmp_path / "a"
@@ -129,7 +135,7 @@ async def test_sent_copy_exactly_once_after_crashes(tmp_path: Path) -> None:
     await store.close()
     del first
     for _ in range(2):  # start, drain, stop; twice
-        a = await MailNode.start(mesh, data, identity)
+        a = await MailNode.start(mesh, data, identity, wait=False)  # mail to self only
         try:
             await wait_for("the queue to drain", lambda a=a: _drained(a))
             assert await a.store.count("Sent") == 2

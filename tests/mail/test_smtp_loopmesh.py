@@ -1,34 +1,22 @@
-"""A loopback "mesh" for in-process mail tests, and tests that it behaves like one.
+"""A loopback stand-in for the mesh carrier, kept ONLY for ``tests/bench/bench_mail.py
+--path loopback`` (the last user; no test uses it any more: the mail tests run on real
+embedded nodes, see ``tests/mail/helpers.py``). Delete this file once that bench path
+moves to embedded nodes (``--path embedded`` already measures them).
 
-Until the lab (real daemons in namespaces) runs every case end to end, the mesh side
-of the MTA runs on real :class:`core.node.Node` objects whose backend carries bytes over
-127.0.0.1 TCP: each listener gets a loopback port, and every connection is presented to
-the node with the peer's *mesh* address as ``peername`` (the client binds its source port
-first and registers it, so the server side looks it up without any in-band preamble).
-The node's own trust boundary (:class:`core.guard.GuardProtocol`) runs unchanged on top
-and attaches ``peer_key``. Only the packet carrier is a stand-in; the acceptance runs in
-``test_mail_e2e_lab.py`` on real yggdrasil daemons.
+The carrier presents each connection with the peer's *mesh* address as ``peername``;
+the node's own trust boundary (:class:`core.guard.GuardProtocol`) runs on top.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import smtplib
 import socket
-import time
-from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from apps.mail.config import MailConfig
-from apps.mail.passwords import set_password
-from apps.mail.queue import OutboxQueue
-from apps.mail.service import MailService
-from apps.mail.store import MailStore
 from core.address import address_for_key, subnet_for_key
 from core.backend import EventSink, PeerInfo, ProtocolFactory
 from core.config import NodeConfig
@@ -36,16 +24,7 @@ from core.errors import MeshError
 from core.identity import Identity
 from core.node import Node
 
-__all__ = [
-    "PASSWORD",
-    "LoopbackBackend",
-    "LoopbackMesh",
-    "MailNode",
-    "smtp_send",
-    "wait_for",
-]
-
-PASSWORD = "correct horse battery"
+__all__ = ["LoopbackBackend", "LoopbackMesh"]
 
 
 class _MeshTransport(asyncio.Transport):
@@ -258,92 +237,6 @@ class LoopbackBackend:
 
     async def status(self) -> dict[str, Any]:
         return {"backend": self.name}
-
-
-@dataclass
-class MailNode:
-    """A node with the mail service running on it (submission/IMAP on free ports)."""
-
-    node: Node
-    service: MailService
-    data_dir: Path
-
-    @classmethod
-    async def start(
-        cls, mesh: LoopbackMesh, data_dir: Path, identity: Identity | None = None, **config: Any
-    ) -> MailNode:
-        if not (data_dir / "mail-password.json").exists():
-            set_password(data_dir, PASSWORD)
-        node = await mesh.node(data_dir, identity)
-        settings = {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0", **config}
-        service = MailService(node, MailConfig.from_mapping(settings), data_dir)
-        try:
-            await service.start()
-        except BaseException:
-            await node.close()
-            raise
-        return cls(node, service, data_dir)
-
-    @property
-    def address(self) -> str:
-        return str(self.node.mail_address)
-
-    @property
-    def store(self) -> MailStore:
-        assert self.service.store is not None
-        return self.service.store
-
-    @property
-    def queue(self) -> OutboxQueue:
-        assert self.service.queue is not None
-        return self.service.queue
-
-    async def close(self) -> None:
-        await self.service.close()
-        await self.node.close()
-
-
-def _smtp_send_sync(
-    port: int, user: str, password: str, msg: bytes | EmailMessage, from_addr: str, to: list[str]
-) -> dict[str, Any]:
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="localhost", timeout=30) as smtp:
-        smtp.login(user, password)
-        if isinstance(msg, EmailMessage):
-            return smtp.send_message(msg, from_addr=from_addr, to_addrs=to)
-        return smtp.sendmail(from_addr, to, msg)
-
-
-async def smtp_send(
-    sender: MailNode,
-    msg: bytes | EmailMessage,
-    to: list[str],
-    *,
-    password: str = PASSWORD,
-    from_addr: str | None = None,
-) -> dict[str, Any]:
-    """smtplib (in a thread: it blocks) through the sender's submission port."""
-    assert sender.service.submission_port is not None
-    return await asyncio.to_thread(
-        _smtp_send_sync,
-        sender.service.submission_port,
-        sender.address,
-        password,
-        msg,
-        from_addr or sender.address,
-        to,
-    )
-
-
-async def wait_for(what: str, probe: Any, timeout: float = 20.0) -> Any:
-    """Poll an async ``probe`` until it returns something true, or fail saying ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last {last!r})")
 
 
 # -- the stand-in must present what a real backend presents ---------------------------------

@@ -1,4 +1,4 @@
-"""The mail service end to end on the loopback carrier: smtplib submits at A, B stores;
+"""The mail service end to end between real embedded nodes: smtplib submits at A, B stores;
 Sent copies, mail to oneself, login and sender rules, no password → no service."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import email
 import smtplib
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
@@ -17,23 +16,8 @@ from apps.mail.config import MailConfig
 from apps.mail.passwords import PASSWORD_FILE_NAME, PasswordRecord, load_password, set_password
 from apps.mail.service import MailService
 from core.errors import MeshError, UsageError
-from tests.mail.test_smtp_loopmesh import PASSWORD, LoopbackMesh, MailNode, smtp_send, wait_for
-
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[MailNode, MailNode]]:
-    mesh = LoopbackMesh()
-    a = await MailNode.start(mesh, tmp_path / "a", retry_initial=0.2, retry_max=0.5)
-    try:
-        b = await MailNode.start(mesh, tmp_path / "b")
-    except BaseException:
-        await a.close()
-        raise
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
+from core.node import Node
+from tests.mail.helpers import PASSWORD, MailNode, on_shared_mesh, smtp_send, wait_for
 
 
 def _message(a: MailNode, to: list[str], subject: str = "hello") -> EmailMessage:
@@ -48,8 +32,9 @@ def _message(a: MailNode, to: list[str], subject: str = "hello") -> EmailMessage
     return msg
 
 
-async def test_submit_at_a_is_stored_at_b(pair: tuple[MailNode, MailNode]) -> None:
-    a, b = pair
+@on_shared_mesh
+async def test_submit_at_a_is_stored_at_b(mail_pair: tuple[MailNode, MailNode]) -> None:
+    a, b = mail_pair
     refused = await smtp_send(a, _message(a, [b.address]), [b.address])
     assert refused == {}
     await wait_for("the mail at B", lambda: b.store.count("INBOX"))
@@ -80,8 +65,9 @@ async def _empty(node: MailNode) -> bool:
     return await node.queue.message_count() == 0
 
 
-async def test_reply_and_mail_to_self(pair: tuple[MailNode, MailNode]) -> None:
-    a, b = pair
+@on_shared_mesh
+async def test_reply_and_mail_to_self(mail_pair: tuple[MailNode, MailNode]) -> None:
+    a, b = mail_pair
     await smtp_send(b, _message(b, [a.address, b.address], "reply"), [a.address, b.address])
     await wait_for("B's mail at A", lambda: a.store.count("INBOX"))
     await wait_for("B's mail to itself", lambda: b.store.count("INBOX"))
@@ -92,8 +78,9 @@ async def test_reply_and_mail_to_self(pair: tuple[MailNode, MailNode]) -> None:
     assert raw is not None and b"Subject: reply" in raw
 
 
-async def test_message_id_and_date_added_when_missing(pair: tuple[MailNode, MailNode]) -> None:
-    a, b = pair
+@on_shared_mesh
+async def test_message_id_and_date_added_when_missing(mail_pair: tuple[MailNode, MailNode]) -> None:
+    a, b = mail_pair
     raw = (
         f"From: {a.address}\r\nTo: {b.address}\r\nBcc: {b.address}\r\nSubject: bare\r\n"
         "\r\nno ids\r\n"
@@ -147,8 +134,9 @@ def _auth_login_dialogue(port: int, a: str) -> None:
         assert code == 235
 
 
-async def test_submission_rules(pair: tuple[MailNode, MailNode]) -> None:
-    a, b = pair
+@on_shared_mesh
+async def test_submission_rules(mail_pair: tuple[MailNode, MailNode]) -> None:
+    a, b = mail_pair
     port = a.service.submission_port
     assert port is not None
     await asyncio.to_thread(_rules_dialogue, port, a.address, b.address)
@@ -157,20 +145,16 @@ async def test_submission_rules(pair: tuple[MailNode, MailNode]) -> None:
     assert await b.store.count("INBOX") == 0
 
 
-async def test_no_password_no_service(tmp_path: Path) -> None:
-    mesh = LoopbackMesh()
-    node = await mesh.node(tmp_path / "n")
-    try:
-        service = MailService(
-            node,
-            MailConfig.from_mapping({"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0"}),
-            tmp_path / "n",
-        )
-        with pytest.raises(MeshError, match="mesh mail passwd"):
-            await service.start()
-        assert service.submission_port is None and service.imap_port is None
-    finally:
-        await node.close()
+@on_shared_mesh
+async def test_no_password_no_service(tmp_path: Path, mesh_nodes: list[Node]) -> None:
+    service = MailService(
+        mesh_nodes[2],
+        MailConfig.from_mapping({"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0"}),
+        tmp_path / "n",
+    )
+    with pytest.raises(MeshError, match="mesh mail passwd"):
+        await service.start()
+    assert service.submission_port is None and service.imap_port is None
 
 
 def test_password_file(tmp_path: Path) -> None:
@@ -200,8 +184,9 @@ def _login(port: int, user: str, password: str) -> int:
             return exc.smtp_code
 
 
-async def test_new_password_applies_without_restart(pair: tuple[MailNode, MailNode]) -> None:
-    a, _ = pair
+@on_shared_mesh
+async def test_new_password_applies_without_restart(mail_pair: tuple[MailNode, MailNode]) -> None:
+    a, _ = mail_pair
     port = a.service.submission_port
     assert port is not None
     assert await asyncio.to_thread(_login, port, a.address, PASSWORD) == 235
@@ -212,21 +197,22 @@ async def test_new_password_applies_without_restart(pair: tuple[MailNode, MailNo
     assert await asyncio.to_thread(_login, port, a.address, "the new password") == 535
 
 
-async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
-    mesh = LoopbackMesh()
+@on_shared_mesh
+async def test_port_in_use_is_a_clear_error(tmp_path: Path, mesh_nodes: list[Node]) -> None:
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     try:
         with pytest.raises(MeshError, match=r"cannot listen on 127\.0\.0\.1:\d+.*\[mail\]"):
-            await MailNode.start(mesh, tmp_path / "a", smtp=f"127.0.0.1:{port}")
+            await MailNode.serve(mesh_nodes[2], tmp_path / "a", smtp=f"127.0.0.1:{port}")
     finally:
         blocker.close()
         await blocker.wait_closed()
 
 
-async def test_many_local_clients_at_once(pair: tuple[MailNode, MailNode]) -> None:
+@on_shared_mesh
+async def test_many_local_clients_at_once(mail_pair: tuple[MailNode, MailNode]) -> None:
     """Every local client comes from 127.0.0.1: no per-peer cap on submission."""
-    a, _ = pair
+    a, _ = mail_pair
     port = a.service.submission_port
     assert port is not None
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(12)]
