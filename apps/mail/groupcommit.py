@@ -42,6 +42,8 @@ class GroupCommit(Generic[T, R]):
         self._ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        self.commits = 0  # transactions committed (each holding one or more items)
+        self.largest = 0  # the most items one transaction held
 
     async def submit(self, item: T) -> R:
         """Commit ``item`` with whatever else is waiting; its result once it is durable."""
@@ -85,6 +87,8 @@ class GroupCommit(Generic[T, R]):
     async def _flush(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
             results = await self._commit([item for item, _ in batch])
+            self.commits += 1
+            self.largest = max(self.largest, len(batch))
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)

@@ -29,6 +29,7 @@ from core.mailaddr import MailAddress, parse_mail_address
 
 from .message import dedup_key, from_addresses, header_fields, received_header
 from .ports import MailSink
+from .smtp_server import ehlo_with_pipelining
 
 __all__ = ["MeshInboundHandler", "RateLimiter"]
 
@@ -100,6 +101,11 @@ class MeshInboundHandler:
         self.limiter = limiter
         self.publish = publish
         self.max_recipients = max_recipients
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        return ehlo_with_pipelining(session, hostname, responses)
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]

@@ -200,6 +200,8 @@ class ClientSession:
         self._index = 0
         self._rcpt_index = 0
         self._accepted: list[str] = []
+        self._pipelining = False  # the server offered PIPELINING (RFC 2920)
+        self._mail_ok = True
         self._handlers = {
             State.GREETING: self._on_greeting,
             State.EHLO: self._on_ehlo,
@@ -313,6 +315,7 @@ class ClientSession:
             for line in reply.lines[1:]:
                 name, _, value = line.partition(" ")
                 self.extensions[name.upper()] = value
+            self._pipelining = "PIPELINING" in self.extensions
             self._start_message()
         elif reply.code in (500, 502):  # EHLO unknown: a plain RFC 821 server
             self._send(f"HELO {self.helo_name}")
@@ -334,7 +337,11 @@ class ClientSession:
                 param = f" SIZE={size}" if "SIZE" in self.extensions else ""
                 self._send(f"MAIL FROM:<{self._message.mail_from}>{param}")
                 self._set_state(State.MAIL)
-                self._rcpt_index, self._accepted = 0, []
+                self._rcpt_index, self._accepted, self._mail_ok = 0, [], True
+                if self._pipelining:  # MAIL, every RCPT and DATA in one flight
+                    for rcpt in self._message.recipients:
+                        self._send(f"RCPT TO:<{rcpt}>")
+                    self._send("DATA")
                 return
             text = f"5.3.4 message is {size} bytes; the server takes at most {limit}"
             self._reject(Reply(552, (text,)), "SIZE", self._message.recipients)
@@ -360,12 +367,19 @@ class ClientSession:
             self._next_rcpt()
         else:
             self._reject(reply, "MAIL FROM", self._message.recipients)
-            self._next_message(reset=True)
+            if self._pipelining:  # the RCPT and DATA replies are on their way: read them
+                self._mail_ok = False
+                self._next_rcpt()
+            else:
+                self._next_message(reset=True)
 
     def _next_rcpt(self) -> None:
         if self._rcpt_index < len(self._message.recipients):
-            self._send(f"RCPT TO:<{self._message.recipients[self._rcpt_index]}>")
+            if not self._pipelining:
+                self._send(f"RCPT TO:<{self._message.recipients[self._rcpt_index]}>")
             self._set_state(State.RCPT)
+        elif self._pipelining:  # DATA went with the RCPTs; its reply comes next
+            self._set_state(State.DATA)
         elif self._accepted:
             self._send("DATA")
             self._set_state(State.DATA)
@@ -375,7 +389,7 @@ class ClientSession:
     def _on_rcpt(self, reply: Reply) -> None:
         rcpt = self._message.recipients[self._rcpt_index]
         self._rcpt_index += 1
-        if reply.code in (250, 251):
+        if reply.code in (250, 251) and self._mail_ok:
             self._accepted.append(rcpt)
         else:
             self._reject(reply, "RCPT TO", [rcpt])
@@ -383,7 +397,9 @@ class ClientSession:
 
     def _on_data(self, reply: Reply) -> None:
         if reply.code == 354:
-            self._outgoing += dot_stuff(self._message.content)
+            # Pipelined with no recipient accepted, a server may still say 354: an empty
+            # message ends the transaction and its reply decides nothing.
+            self._outgoing += dot_stuff(self._message.content) if self._accepted else b".\r\n"
             self._set_state(State.BODY)
         else:
             self._reject(reply, "DATA", self._accepted)

@@ -190,6 +190,7 @@ class _Delivery:
 
 
 MAX_GROUP_COMMIT = 64  # deliveries sharing one transaction at most
+PREPARE_INLINE = 64 * 1024  # messages up to this size are parsed on the event loop
 
 NewMailCallback = Callable[[str, int], None]
 ChangeCallback = Callable[[str], None]
@@ -338,7 +339,12 @@ class MailStore:
         commit, :mod:`apps.mail.groupcommit`), each acknowledged only after that commit.
         """
         clean_flags = normalize_flags(flags)
-        prepared = await asyncio.to_thread(_prepare, raw)
+        # Parsing is pure Python (it holds the GIL either way): a thread only pays off by
+        # keeping the event loop responsive while a large message is parsed.
+        if len(raw) <= PREPARE_INLINE:
+            prepared = _prepare(raw)
+        else:
+            prepared = await asyncio.to_thread(_prepare, raw)
         stamp, tz = _date_parts(internal_date)
         item = _Delivery(normalize_mailbox(mailbox), prepared, clean_flags, stamp, tz, dedup_key)
         done = await self._deliveries.submit(item)

@@ -26,6 +26,7 @@ from core.mailaddr import MailAddress, parse_mail_address
 from .message import ensure_submission_headers, from_addresses, header_fields
 from .passwords import PasswordVerifier
 from .queue import OutboxQueue, QueueFull
+from .smtp_server import ehlo_with_pipelining
 
 __all__ = ["SubmissionHandler"]
 
@@ -117,6 +118,11 @@ class SubmissionHandler:
             f"530 5.7.0 log in first (AUTH PLAIN or LOGIN): user <{self.own}>, "
             "password from `mesh mail passwd`"
         )
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        return ehlo_with_pipelining(session, hostname, responses)
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
