@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import re
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 from core.address import address_for_key
 from core.embedded.node import EmbeddedYggdrasil
 from core.embedded.session import Deliver, SessionManager, Transmit
 from core.identity import Identity
-from tests.embedded.e2_daemon import have_netns, have_yggdrasil, poll, run_daemon
-from tests.embedded.e2_lab import sh, veth_lab
+from tests.lab.fixtures import poll, root_linked_daemon
+from tests.lab.lab import Host, lab_available
 
 
 def bench_sessions(count: int = 20000, size: int = 1280) -> None:
@@ -62,42 +60,37 @@ def bench_sessions(count: int = 20000, size: int = 1280) -> None:
 
 
 async def bench_ping() -> None:
-    if not (have_yggdrasil() and have_netns()):
-        print("ping: needs root and yggdrasil; skipped")
+    ok, why = lab_available()
+    if not ok:
+        print(f"ping: {why}; skipped")
         return
-    async with veth_lab(index=7) as lab:
-        d_id = Identity.generate()
-        with tempfile.TemporaryDirectory() as tmp:
-            async with run_daemon(
-                Path(tmp), d_id, listen=[f"tcp://[{lab.ns_addr}]:14799"],
-                ifname=f"e2t{lab.netns[4:]}"[:15], netns=lab.netns,
-            ) as _daemon:  # fmt: skip
-                node = EmbeddedYggdrasil(Identity.generate().seed)
-                async with node:
-                    await node.add_peer(f"tcp://[{lab.ns_addr}]:14799")
-                    d_addr = address_for_key(d_id.public_key)
+    with root_linked_daemon("e2bn", 0xE7, 14799) as lab:
+        node = EmbeddedYggdrasil(Identity.generate().seed)
+        async with node:
+            await node.add_peer(lab.uri)
+            d_addr = address_for_key(lab.daemon.public_key)
 
-                    async def up() -> bool:
-                        return (await node.ping(d_addr, 1, 0.1, 1.0))[0] is not None
+            async def up() -> bool:
+                return (await node.ping(d_addr, 1, 0.1, 1.0))[0] is not None
 
-                    await poll(up, 40, 0.2)
-                    ours = [r for r in await node.ping(d_addr, 50, 0.02, 2.0) if r]
-                    out = await sh("ip", "netns", "exec", lab.netns, "ping", "-6", "-c", "50",
-                                   "-i", "0.02", "-q", str(node.address))  # fmt: skip
-                    kernel_avg = re.search(r"= [0-9.]+/([0-9.]+)/", out)
-                    print(
-                        f"echo embedded -> daemon kernel: {len(ours)}/50 answered, median "
-                        f"{statistics.median(ours) * 1000:.2f} ms"
-                    )
-                    print(
-                        "echo daemon kernel -> embedded (ping -6 -c 50 -i 0.02): avg "
-                        f"{kernel_avg.group(1) if kernel_avg else '?'} ms; "
-                        + out.strip().splitlines()[-2]
-                    )
-                    await bench_udp(lab.netns, node)
+            await poll(up, 40, 0.2)
+            ours = [r for r in await node.ping(d_addr, 50, 0.02, 2.0) if r]
+            done = await lab.host.arun("ping", "-6", "-c", "50", "-i", "0.02", "-q",
+                                       str(node.address))  # fmt: skip
+            out = done.stdout
+            kernel_avg = re.search(r"= [0-9.]+/([0-9.]+)/", out)
+            print(
+                f"echo embedded -> daemon kernel: {len(ours)}/50 answered, median "
+                f"{statistics.median(ours) * 1000:.2f} ms"
+            )
+            print(
+                "echo daemon kernel -> embedded (ping -6 -c 50 -i 0.02): avg "
+                f"{kernel_avg.group(1) if kernel_avg else '?'} ms; " + out.strip().splitlines()[-2]
+            )
+            await bench_udp(lab.host, node)
 
 
-async def bench_udp(netns: str, node: EmbeddedYggdrasil, count: int = 5000) -> None:
+async def bench_udp(host: Host, node: EmbeddedYggdrasil, count: int = 5000) -> None:
     """Kernel UDP (daemon host) -> embedded node: datagrams/s that arrive, 1200 B each."""
     got = 0
     first = last = 0.0
@@ -114,7 +107,7 @@ async def bench_udp(netns: str, node: EmbeddedYggdrasil, count: int = 5000) -> N
         "import socket,time; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM);"
         f"d=b'x'*1200; [s.sendto(d, ('{node.address}', 9)) for _ in range({count})]"
     )
-    await sh("ip", "netns", "exec", netns, "python3", "-c", script)
+    await host.arun("python3", "-c", script)
     await asyncio.sleep(2)
     rate = (got - 1) / (last - first) if got > 1 and last > first else 0.0
     print(

@@ -9,52 +9,45 @@ once a minute each); prints our key sequence numbers and any loss.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 from core.address import address_for_key
 from core.embedded.node import EmbeddedYggdrasil
 from core.identity import Identity
-from tests.embedded.e2_daemon import poll, run_daemon
-from tests.embedded.e2_lab import sh, veth_lab
+from tests.lab.fixtures import poll, root_linked_daemon
 
 
 async def soak(duration: float = 170.0) -> None:
-    async with veth_lab(index=8) as lab:
-        d_id = Identity.generate()
-        with tempfile.TemporaryDirectory() as tmp:
-            async with run_daemon(
-                Path(tmp), d_id, listen=[f"tcp://[{lab.ns_addr}]:14798"],
-                ifname=f"e2t{lab.netns[4:]}"[:15], netns=lab.netns,
-            ):  # fmt: skip
-                node = EmbeddedYggdrasil(Identity.generate().seed)
-                async with node:
-                    await node.add_peer(f"tcp://[{lab.ns_addr}]:14798")
-                    d_addr = address_for_key(d_id.public_key)
+    with root_linked_daemon("e2sk", 0xE8, 14798) as lab:
+        host, d_key = lab.host, lab.daemon.public_key
+        node = EmbeddedYggdrasil(Identity.generate().seed)
+        async with node:
+            await node.add_peer(lab.uri)
+            d_addr = address_for_key(d_key)
 
-                    async def up() -> bool:
-                        return (await node.ping(d_addr, 1, 0.1, 1.0))[0] is not None
+            async def up() -> bool:
+                return (await node.ping(d_addr, 1, 0.1, 1.0))[0] is not None
 
-                    await poll(up, 40, 0.2)
-                    start = time.monotonic()
-                    lost_ours = lost_kernel = 0
-                    manager = node.conn.sessions_manager
-                    while time.monotonic() - start < duration:
-                        ours = await node.ping(d_addr, 1, 0.1, 2.0)
-                        lost_ours += ours[0] is None
-                        out = await sh("ip", "netns", "exec", lab.netns, "ping", "-6", "-c", "1",
-                                       "-W", "2", str(node.address), check=False)  # fmt: skip
-                        lost_kernel += "1 received" not in out
-                        info = manager._sessions[d_id.public_key]
-                        print(
-                            f"t={time.monotonic() - start:5.1f}s local_key_seq="
-                            f"{info.local_key_seq} remote_key_seq={info.remote_key_seq} "
-                            f"counters={dict(manager.counters)}",
-                            flush=True,
-                        )
-                        await asyncio.sleep(5)
-                    print(f"lost: ours {lost_ours}, kernel's {lost_kernel}")
+            await poll(up, 40, 0.2)
+            start = time.monotonic()
+            lost_ours = lost_kernel = 0
+            manager = node.conn.sessions_manager
+            while time.monotonic() - start < duration:
+                ours = await node.ping(d_addr, 1, 0.1, 2.0)
+                lost_ours += ours[0] is None
+                done = await host.arun("ping", "-6", "-c", "1", "-W", "2", str(node.address),
+                                       check=False)  # fmt: skip
+                out = done.stdout
+                lost_kernel += "1 received" not in out
+                info = manager._sessions[d_key]
+                print(
+                    f"t={time.monotonic() - start:5.1f}s local_key_seq="
+                    f"{info.local_key_seq} remote_key_seq={info.remote_key_seq} "
+                    f"counters={dict(manager.counters)}",
+                    flush=True,
+                )
+                await asyncio.sleep(5)
+            print(f"lost: ours {lost_ours}, kernel's {lost_kernel}")
 
 
 if __name__ == "__main__":

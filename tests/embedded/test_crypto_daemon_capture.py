@@ -20,7 +20,8 @@ from core.embedded import crypto
 from core.embedded.session import SESSION_INIT_SIZE, SessionInit, SessionType
 from core.identity import Identity
 from tests.conftest import require
-from tests.embedded.e2_daemon import have_yggdrasil, poll, run_daemon
+from tests.lab.fixtures import poll
+from tests.lab.lab import daemon_available, daemon_running, free_port
 
 
 class Relay:
@@ -81,16 +82,8 @@ def find_inits(stream: bytes, kind: int, receiver: Identity, sender: Identity) -
     return found
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_daemon_session_init_and_ack_open_with_our_crypto(tmp_path: Path) -> None:
-    require(have_yggdrasil(), "yggdrasil 0.5 at /usr/sbin/yggdrasil")
+    require(*daemon_available())
     a_id, b_id = Identity.generate(), Identity.generate()
     b_port = free_port()
     relay = Relay(b_port)
@@ -98,19 +91,28 @@ async def test_daemon_session_init_and_ack_open_with_our_crypto(tmp_path: Path) 
     started = int(time.time())
     try:
         async with (
-            run_daemon(tmp_path / "b", b_id, listen=[f"tcp://127.0.0.1:{b_port}"]),
-            run_daemon(tmp_path / "a", a_id, peers=[f"tcp://127.0.0.1:{relay_port}"]) as a,
+            daemon_running(
+                tmp_path / "b",
+                private_key=b_id.to_yggdrasil_hex(),
+                listen=[f"tcp://127.0.0.1:{b_port}"],
+                node_info={"e2test": "b"},
+            ),
+            daemon_running(
+                tmp_path / "a",
+                private_key=a_id.to_yggdrasil_hex(),
+                peers=[f"tcp://127.0.0.1:{relay_port}"],
+            ) as a,
         ):
 
             async def peered() -> bool:
-                peers = (await a.ctl("getPeers"))["peers"]
+                peers = (await a.actl("getPeers"))["peers"]
                 return any(p.get("up") for p in peers)
 
             await poll(peered, 20)
 
             async def nodeinfo() -> object:
                 try:
-                    return await a.ctl("getNodeInfo", key=b_id.public_key.hex())
+                    return await a.actl("getNodeInfo", key=b_id.public_key.hex())
                 except RuntimeError:  # routing not converged yet: ask again
                     return None
 

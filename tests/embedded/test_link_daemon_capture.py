@@ -35,8 +35,14 @@ from core.embedded.wire import (
     Traffic,
 )
 from tests.conftest import require
-
-from .daemon_lab import YGGDRASILCTL, Daemon, daemon_running, free_port, have_daemon
+from tests.lab.lab import (
+    YGG_05,
+    ctl_binary,
+    daemon_available,
+    daemon_running,
+    free_port,
+    loopback_daemon,
+)
 
 
 def _capture(port: int, our_meta: bytes, seconds: float = 1.5) -> bytes:
@@ -59,10 +65,10 @@ def _capture(port: int, our_meta: bytes, seconds: float = 1.5) -> bytes:
 
 @pytest.mark.parametrize(("password", "priority"), [(b"", 0), (b"correct horse", 3)])
 def test_daemon_handshake_and_first_frames(tmp_path: Path, password: bytes, priority: int) -> None:
-    require(have_daemon(), "yggdrasil 0.5 daemon (Debian package yggdrasil) not installed")
+    require(*daemon_available())
     port = free_port()
     query = f"?password={password.decode()}&priority={priority}" if password else ""
-    daemon = Daemon(tmp_path / "d", listen=[f"tcp://127.0.0.1:{port}{query}"])
+    daemon = loopback_daemon(tmp_path / "d", listen=[f"tcp://127.0.0.1:{port}{query}"])
     seed = bytes.fromhex(daemon.conf["PrivateKey"])[:32]
     try:
         daemon.start()
@@ -110,7 +116,7 @@ _PARSERS: dict[int, Callable[[bytes], object]] = {
 async def test_daemon_frames_round_trip_and_bloom_matches_ours(tmp_path: Path) -> None:
     """Every frame a live daemon sends us re-encodes to the same bytes; its bloom
     filter for us is exactly the one we compute for its (transformed) key."""
-    require(have_daemon(), "yggdrasil 0.5 daemon (Debian package yggdrasil) not installed")
+    require(*daemon_available())
     port = free_port()
     frames: list[bytes] = []
     net = PacketNetwork(os.urandom(32), bloom_transform=subnet_bloom_transform)
@@ -140,7 +146,7 @@ async def test_daemon_frames_round_trip_and_bloom_matches_ours(tmp_path: Path) -
             for _ in range(10):
                 net.send(daemon.public_key, b"\x00probe")
                 ctl = await asyncio.create_subprocess_exec(
-                    YGGDRASILCTL, "-endpoint", f"unix://{daemon.admin}",
+                    ctl_binary(YGG_05), f"-endpoint={daemon.admin}",
                     "debug_remoteGetSelf", f"key={net.public_key.hex()}",
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                 )  # fmt: skip

@@ -15,14 +15,21 @@ import pytest
 from core.embedded import PacketNetwork
 from core.embedded.network import subnet_bloom_transform
 from tests.conftest import require
-
-from .daemon_lab import YGGDRASIL_04, YGGDRASILCTL, Daemon, daemon_running, free_port, have_daemon
+from tests.lab.lab import (
+    YGG_04,
+    YGG_05,
+    Daemon,
+    ctl_binary,
+    daemon_available,
+    daemon_running,
+    free_port,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _need_daemon() -> None:
-    require(have_daemon(), "yggdrasil 0.5 daemon (Debian package yggdrasil) not installed")
+    require(*daemon_available())
 
 
 async def _eventually(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
@@ -59,10 +66,9 @@ def _root_of(tree: dict[str, str], key: str) -> str:
 async def _start_ctl(daemon: Daemon, *args: str) -> asyncio.subprocess.Process:
     """A yggdrasilctl request left running in the background (killed by the caller)."""
     return await asyncio.create_subprocess_exec(
-        YGGDRASILCTL,
+        ctl_binary(YGG_05),
         "-json",
-        "-endpoint",
-        f"unix://{daemon.admin}",
+        f"-endpoint={daemon.admin}",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -259,13 +265,13 @@ def _try_ctl(daemon: Daemon, command: str, **args: str) -> dict[str, Any] | None
 async def test_yggdrasil_04_peer_is_refused_with_clear_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    require(os.access(YGGDRASIL_04, os.X_OK), f"yggdrasil 0.4.7 not unpacked at {YGGDRASIL_04}")
+    require(os.access(YGG_04, os.X_OK), f"yggdrasil 0.4.7 not unpacked at {YGG_04}")
     caplog.set_level(logging.WARNING, logger="core.embedded")
     net = _net()
     await net.start()
     try:
         uri = await net.listen("tcp://127.0.0.1:0")
-        async with daemon_running(tmp_path / "old", peers=[uri], binary=YGGDRASIL_04):
+        async with daemon_running(tmp_path / "old", peers=[uri], binary=YGG_04):
             await _eventually(lambda: "Yggdrasil 0.4 protocol" in caplog.text, "0.4 refusal")
         assert not [p for p in net.peers() if p.up]
         assert "upgrade the remote node to Yggdrasil 0.5" in caplog.text

@@ -10,7 +10,6 @@ headers parse, and nothing was undecryptable, replayed or of an unknown key sequ
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,11 @@ from core.embedded.node import EmbeddedYggdrasil
 from core.embedded.session import SESSION_INIT_SIZE, SessionType, decode_uvarint
 from core.identity import Identity
 from tests.conftest import require
-from tests.embedded.e2_daemon import Daemon, have_yggdrasil, poll, run_daemon
 from tests.embedded.test_node_memory import udp_packet
+from tests.lab.fixtures import poll
+from tests.lab.lab import Daemon, daemon_available, daemon_running, free_port
 
 pytestmark = pytest.mark.lab
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -56,10 +50,9 @@ def record(node: EmbeddedYggdrasil, into: list[tuple[bytes, bytes]]) -> None:
 
 @pytest.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
-    require(have_yggdrasil(), "yggdrasil 0.5 at /usr/sbin/yggdrasil")
+    require(*daemon_available())
     port = free_port()
-    async with run_daemon(tmp_path / "d", Identity.generate(),
-                          listen=[f"tcp://127.0.0.1:{port}"]) as daemon:  # fmt: skip
+    async with daemon_running(tmp_path / "d", listen=[f"tcp://127.0.0.1:{port}"]) as daemon:
         a = EmbeddedYggdrasil(Identity.generate().seed)
         b = EmbeddedYggdrasil(Identity.generate().seed)
         captured: dict[str, list[tuple[bytes, bytes]]] = {"a": [], "b": []}
@@ -68,7 +61,7 @@ async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
         async with a, b:
             for node in (a, b):
                 await node.add_peer(f"tcp://127.0.0.1:{port}")
-            d_key = daemon.identity.public_key
+            d_key = daemon.public_key
             await poll(lambda: all(any(p.up and p.key == d_key for p in n.peers())
                                    for n in (a, b)), 15)  # fmt: skip
             yield Chain(daemon, a, b, captured)
@@ -86,12 +79,12 @@ async def test_embedded_nodes_ping_each_other_through_the_daemon(chain: Chain) -
     back = await b.ping(a.address, count=3, interval=0.1, timeout=3.0)
     assert all(r is not None for r in back), back
     # Neither embedded node is peered with the other: the daemon forwarded everything.
-    assert {p.key for p in a.peers()} == {chain.daemon.identity.public_key}
+    assert {p.key for p in a.peers()} == {chain.daemon.public_key}
     assert a.key_for_address(b.address) == b.public_key
     # A spoofed source over a real, daemon-routed session is dropped by b.
     got: list[bytes] = []
     b.set_ipv6_handler(got.append)
-    forged = udp_packet(address_for_key(chain.daemon.identity.public_key).packed,
+    forged = udp_packet(address_for_key(chain.daemon.public_key).packed,
                         b.address.packed, b"spoofed")  # fmt: skip
     dropped = b.ipv6.dropped
     a._send_session(b.public_key, bytes([v6.TYPE_SESSION_TRAFFIC]) + forged)
@@ -125,14 +118,14 @@ async def test_daemon_sessions_with_both(chain: Chain) -> None:
 
         async def nodeinfo(node: EmbeddedYggdrasil = node) -> object:
             try:
-                return await chain.daemon.ctl("getNodeInfo", key=node.public_key.hex())
+                return await chain.daemon.actl("getNodeInfo", key=node.public_key.hex())
             except RuntimeError:
                 return None
 
         await poll(nodeinfo, 40)
-    sessions = (await chain.daemon.ctl("getSessions"))["sessions"]
+    sessions = (await chain.daemon.actl("getSessions"))["sessions"]
     assert {s["key"] for s in sessions} >= {chain.a.public_key.hex(), chain.b.public_key.hex()}
-    from_daemon = [d for s, d in chain.captured["a"] if s == chain.daemon.identity.public_key]
+    from_daemon = [d for s, d in chain.captured["a"] if s == chain.daemon.public_key]
     kinds = {d[0] for d in from_daemon}
     assert SessionType.INIT in kinds and SessionType.TRAFFIC in kinds
     check_captures(chain)
@@ -140,7 +133,7 @@ async def test_daemon_sessions_with_both(chain: Chain) -> None:
 
 async def test_session_heals_after_daemon_restart(tmp_path: Path) -> None:
     """The daemon forgets our session (restart, same key): both sides resynchronise."""
-    require(have_yggdrasil(), "yggdrasil 0.5 at /usr/sbin/yggdrasil")
+    require(*daemon_available())
     port = free_port()
     d_id = Identity.generate()
     node = EmbeddedYggdrasil(Identity.generate().seed)
@@ -153,8 +146,12 @@ async def test_session_heals_after_daemon_restart(tmp_path: Path) -> None:
 
     async with node:
         for run in ("first", "second"):
-            async with run_daemon(tmp_path / run, d_id,
-                                  listen=[f"tcp://127.0.0.1:{port}"]):  # fmt: skip
+            async with daemon_running(
+                tmp_path / run,
+                private_key=d_id.to_yggdrasil_hex(),
+                listen=[f"tcp://127.0.0.1:{port}"],
+                node_info={"e2test": run},
+            ):
                 if run == "first":
                     await node.add_peer(f"tcp://127.0.0.1:{port}")
                 await poll(lambda: any(p.up for p in node.peers()), 30)

@@ -1,7 +1,8 @@
 """EmbeddedYggdrasil against a REAL yggdrasil 0.5.12 daemon with a TUN in a namespace.
 
-The daemon runs in its own network namespace (``e2-x…``) with a TUN and listens on its
-veth address; our node runs in the root namespace and peers with it over the veth. The
+The daemon runs in a lab host (its own network namespace, :mod:`tests.lab.lab`) with a
+TUN and listens on its end of a veth to the root namespace (:meth:`Host.link_root`); our
+node runs in the test process and peers with it over that veth. The
 kernel in the namespace then pings our node (``ping -6``) and answers our pings.
 """
 
@@ -12,7 +13,6 @@ import ipaddress
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +21,8 @@ from core.embedded import ipv6 as v6
 from core.embedded.node import EmbeddedYggdrasil
 from core.embedded.proto import split_keys
 from core.identity import Identity
-from tests.conftest import require
-from tests.embedded.e2_daemon import Daemon, have_netns, have_yggdrasil, poll, run_daemon
-from tests.embedded.e2_lab import Lab, sh, veth_lab
+from tests.lab.fixtures import poll, root_linked_daemon
+from tests.lab.lab import Daemon, Host
 
 pytestmark = pytest.mark.lab
 PORT = 14700
@@ -31,13 +30,18 @@ PORT = 14700
 
 @dataclass
 class Setup:
-    lab: Lab
+    host: Host
     daemon: Daemon
     node: EmbeddedYggdrasil
 
     @property
     def daemon_address(self) -> ipaddress.IPv6Address:
-        return address_for_key(self.daemon.identity.public_key)
+        return address_for_key(self.daemon.public_key)
+
+    async def run(self, *cmd: str, check: bool = True) -> str:
+        """A command in the daemon's host, off the event loop; its output."""
+        done = await self.host.arun(*cmd, check=check)
+        return done.stdout + done.stderr
 
 
 async def peered(node: EmbeddedYggdrasil, key: bytes) -> bool:
@@ -49,7 +53,7 @@ async def ask_until(daemon: Daemon, command: str, key: bytes, timeout: float = 3
 
     async def attempt() -> object:
         try:
-            return await daemon.ctl(command, key=key.hex())
+            return await daemon.actl(command, key=key.hex())
         except RuntimeError:
             return None
 
@@ -57,46 +61,35 @@ async def ask_until(daemon: Daemon, command: str, key: bytes, timeout: float = 3
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    require(have_yggdrasil(), "yggdrasil 0.5 at /usr/sbin/yggdrasil")
-    require(have_netns(), "root and iproute2 for network namespaces")
-    async with veth_lab() as lab:
-        d_id = Identity.generate()
-        async with run_daemon(
-            tmp_path / "daemon",
-            d_id,
-            listen=[f"tcp://[{lab.ns_addr}]:{PORT}"],
-            ifname=f"e2t{lab.netns[4:]}"[:15],
-            netns=lab.netns,
-        ) as daemon:
-            node = EmbeddedYggdrasil(Identity.generate().seed)
-            await node.start()
-            try:
-                await node.add_peer(f"tcp://[{lab.ns_addr}]:{PORT}")
-                await poll(lambda: peered(node, d_id.public_key), 15)
-                yield Setup(lab, daemon, node)
-            finally:
-                await node.close()
+async def setup() -> AsyncIterator[Setup]:
+    with root_linked_daemon("e2nd", 0xE2, PORT) as lab:
+        node = EmbeddedYggdrasil(Identity.generate().seed)
+        await node.start()
+        try:
+            await node.add_peer(lab.uri)
+            await poll(lambda: peered(node, lab.daemon.public_key), 15)
+            yield Setup(lab.host, lab.daemon, node)
+        finally:
+            await node.close()
 
 
 async def test_kernel_ping_from_daemon_namespace_gets_replies(setup: Setup) -> None:
     target = str(setup.node.address)
-    ns = ["ip", "netns", "exec", setup.lab.netns]
 
     async def replies() -> bool:
-        out = await sh(*ns, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "2", target, check=False)
+        out = await setup.run("ping", "-6", "-c", "3", "-i", "0.3", "-W", "2", target, check=False)
         return " 0% packet loss" in out
 
     await poll(replies, 40, interval=0.5)
-    out = await sh(*ns, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "3", target)
+    out = await setup.run("ping", "-6", "-c", "3", "-i", "0.3", "-W", "3", target)
     assert "3 received" in out, out
     rtts = [float(m) for m in re.findall(r"time=([0-9.]+) ms", out)]
     assert len(rtts) == 3
     # Bigger than the minimum MTU, still one session packet each way (no fragments).
-    big = await sh(*ns, "ping", "-6", "-c", "2", "-i", "0.3", "-s", "8000", "-W", "3", target)
+    big = await setup.run("ping", "-6", "-c", "2", "-i", "0.3", "-s", "8000", "-W", "3", target)
     assert "2 received" in big, big
     # The daemon's session is with our key, and it maps our address to it.
-    sessions = (await setup.daemon.ctl("getSessions"))["sessions"]
+    sessions = (await setup.daemon.actl("getSessions"))["sessions"]
     assert any(s["key"] == setup.node.public_key.hex() for s in sessions)
 
 
@@ -107,8 +100,8 @@ async def test_embedded_ping_gets_daemon_kernel_replies(setup: Setup) -> None:
     await poll(answered, 40, interval=0.2)
     rtts = await setup.node.ping(setup.daemon_address, count=3, interval=0.2, timeout=3.0)
     assert all(r is not None and 0 < r < 3.0 for r in rtts), rtts
-    assert setup.node.key_for_address(setup.daemon_address) == setup.daemon.identity.public_key
-    assert any(s.key == setup.daemon.identity.public_key for s in setup.node.sessions())
+    assert setup.node.key_for_address(setup.daemon_address) == setup.daemon.public_key
+    assert any(s.key == setup.daemon.public_key for s in setup.node.sessions())
 
 
 async def test_proto_answers_for_daemon_admin_requests(setup: Setup) -> None:
@@ -121,12 +114,12 @@ async def test_proto_answers_for_daemon_admin_requests(setup: Setup) -> None:
     assert int(got_self[address]["routing_entries"]) >= 2  # us and the daemon
     peers = await ask_until(setup.daemon, "debug_remoteGetPeers", key)
     assert isinstance(peers, dict)
-    assert peers[address]["keys"] == [setup.daemon.identity.public_key.hex()]
+    assert peers[address]["keys"] == [setup.daemon.public_key.hex()]
     tree = await ask_until(setup.daemon, "debug_remoteGetTree", key)
     assert isinstance(tree, dict)
-    assert setup.daemon.identity.public_key.hex() in tree[address]["keys"]
+    assert setup.daemon.public_key.hex() in tree[address]["keys"]
     # And the other way: we ask the daemon.
-    d_key = setup.daemon.identity.public_key
+    d_key = setup.daemon.public_key
 
     async def their_nodeinfo() -> object:
         try:
@@ -148,10 +141,9 @@ async def test_udp_from_daemon_kernel_reaches_ipv6_handler(setup: Setup) -> None
         "import socket,sys; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM);"
         f"s.sendto(b'hello-e2', ('{target}', 9999))"
     )
-    ns = ["ip", "netns", "exec", setup.lab.netns]
 
     async def got() -> bool:
-        await sh(*ns, "python3", "-c", script)
+        await setup.run("python3", "-c", script)
         await asyncio.sleep(0.2)
         return any(p[6] == 17 and p.endswith(b"hello-e2") for p in received)
 

@@ -14,8 +14,8 @@ from core.embedded import ipv6 as v6
 from core.embedded.node import EmbeddedConfig, EmbeddedYggdrasil, bloom_transform
 from core.embedded.proto import split_keys
 from core.identity import Identity
-from tests.embedded.e2_daemon import poll
 from tests.embedded.e2_memnet import MemoryHub
+from tests.lab.fixtures import poll
 
 
 def udp_packet(src: bytes, dst: bytes, data: bytes, hop_limit: int = 64) -> bytes:

@@ -12,22 +12,27 @@ A test module makes its lab once::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from core.identity import Identity
 from core.node import Node
 from tests.conftest import require
-from tests.lab.lab import YGG_05, Host, Lab, lab_available
+from tests.lab.lab import YGG_05, Daemon, Host, Lab, RootLink, lab_available
 
 __all__ = [
     "LINK_PORT",
+    "RootLinked",
     "echo_handler",
     "finish",
     "line_lab",
     "open_node",
+    "poll",
     "require_lab",
+    "root_linked_daemon",
     "two_host_lab",
 ]
 
@@ -70,9 +75,52 @@ def line_lab(name: str, binary: str = YGG_05) -> Iterator[Lab]:
         yield lab
 
 
+@dataclass(frozen=True)
+class RootLinked:
+    """A lab host whose daemon listens on its end of a veth to the test process."""
+
+    lab: Lab
+    host: Host
+    daemon: Daemon
+    link: RootLink
+    uri: str  # what an in-process node peers with
+
+
+@contextlib.contextmanager
+def root_linked_daemon(name: str, subnet: int, port: int = LINK_PORT) -> Iterator[RootLinked]:
+    """Lab ``name`` with host ``a``: its daemon (TUN ``lb-tun``) listens on
+    ``tcp://[fd6c:62<subnet>::2]:port``, the host's end of a veth from this process's
+    namespace (:meth:`Host.link_root`). Blocks while it starts; all removed on exit."""
+    require_lab()
+    with Lab(name) as lab:
+        host = lab.host("a")
+        link = host.link_root(subnet)
+        try:
+            uri = f"tcp://[{link.host_addr}]:{port}"
+            daemon = host.start_daemon(listen=[uri])
+            yield RootLinked(lab, host, daemon, link, uri)
+        finally:
+            link.close()
+
+
 async def open_node(host: Host, identity: Identity | None = None, **overrides: Any) -> Node:
     """A node in the test process whose sockets live in ``host``'s namespace."""
     return await Node.open(host.node_config(**overrides), identity)
+
+
+async def poll(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
+    """Await ``predicate()`` (sync or async) until truthy; return it or raise TimeoutError."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
 
 
 async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

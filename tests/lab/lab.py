@@ -15,6 +15,11 @@ with them) and the scratch directory. Each namespace is registered in
 ``/run/meshsuite-lab/`` with its owner's pid; a later lab removes those whose owner
 died (a killed run).
 
+Daemons outside any host (:func:`loopback_daemon`, :func:`running_daemon`,
+:func:`daemon_running`) run in the test process's namespace with ``IfName: none`` on
+loopback: no root and no TUN needed. :meth:`Host.link_root` joins a host to the test
+process's namespace with a veth, so in-process nodes can peer with a host's daemon.
+
 Sockets inside a host are made by a worker thread that entered the namespace
 (:class:`core.backends.yggdrasil.netns.NetNamespace`), so the test process can hold
 sockets in several hosts at once; in-process nodes get ``[yggdrasil] netns`` for the same.
@@ -22,6 +27,7 @@ sockets in several hosts at once; in-process nodes get ``[yggdrasil] netns`` for
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -52,8 +59,14 @@ __all__ = [
     "LabError",
     "MeshUp",
     "NodeProcess",
+    "RootLink",
+    "daemon_available",
+    "daemon_running",
+    "free_port",
     "lab_available",
+    "loopback_daemon",
     "mesh_cli",
+    "running_daemon",
 ]
 
 TAG = "lb"
@@ -89,6 +102,19 @@ def lab_available(binary: str = YGG_05) -> tuple[bool, str]:
     return True, ""
 
 
+def daemon_available(binary: str = YGG_05) -> tuple[bool, str]:
+    """Whether a daemon outside the lab's hosts (loopback, no TUN) can run here."""
+    if not os.access(binary, os.X_OK) or not os.access(ctl_binary(binary), os.X_OK):
+        return False, f"the yggdrasil daemon and yggdrasilctl at {Path(binary).parent}"
+    return True, ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def ctl_binary(binary: str) -> str:
     return str(Path(binary).with_name("yggdrasilctl"))
 
@@ -115,15 +141,46 @@ def _wait(what: str, probe: Any, timeout: float = 30.0, interval: float = 0.1) -
     raise LabError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
+def daemon_config(
+    binary: str,
+    admin_path: Path,
+    *,
+    if_name: str,
+    listen: list[str] | None = None,
+    peers: list[str] | None = None,
+    private_key: str | None = None,
+    node_info: dict[str, Any] | None = None,
+    multicast: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``yggdrasil -genconf -json`` with the lab's settings: no multicast unless given,
+    own admin socket, the given TUN name (``none``: no TUN), key and links."""
+    config: dict[str, Any] = json.loads(_run(binary, "-genconf", "-json").stdout)
+    if private_key is not None:
+        config["PrivateKey"] = private_key
+    config.update(
+        Listen=listen or [],
+        Peers=peers or [],
+        MulticastInterfaces=multicast or [],
+        AdminListen=f"unix://{admin_path}",
+        IfName=if_name,
+    )
+    if node_info is not None:
+        config["NodeInfo"] = node_info
+    config.pop("LinkLocalTCPPort", None)
+    return config
+
+
 @dataclass
 class Daemon:
-    """A yggdrasil daemon the lab runs in a host (not managed by the suite)."""
+    """A yggdrasil daemon the lab runs: in a host, or (``host`` None) in the test
+    process's namespace (see :func:`loopback_daemon`)."""
 
-    host: Host
+    host: Host | None
     binary: str
     config_path: Path
     log_path: Path
     admin_path: Path
+    conf: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     key: str = ""
     address: ipaddress.IPv6Address = field(default=ipaddress.IPv6Address(0))
@@ -137,52 +194,74 @@ class Daemon:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self) -> None:
+    @property
+    def public_key(self) -> bytes:
+        return bytes.fromhex(self.conf["PrivateKey"])[32:]
+
+    @property
+    def where(self) -> str:
+        return self.host.ns if self.host is not None else f"{self.config_path.parent}"
+
+    def start(self, timeout: float = 20) -> None:
+        argv = [self.binary, "-useconffile", str(self.config_path)]
+        if self.host is not None:
+            argv = ["ip", "netns", "exec", self.host.ns, *argv]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.host.ns,
-                self.binary,
-                "-useconffile",
-                str(self.config_path),
-            ],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
-        self.host.lab._pids.add(self.proc.pid)
-        info = _wait(f"{self.host.ns} daemon admin", self._self_if_running, timeout=20)
+        if self.host is not None:
+            self.host.lab._pids.add(self.proc.pid)
+        info = _wait(f"{self.where} daemon admin", self._self_if_running, timeout=timeout)
         self.key = info["key"]
         self.address = ipaddress.IPv6Address(info["address"])
-        _wait(f"{self.host.ns} TUN address", lambda: self.host.has_address(self.address))
+        if self.host is not None and self.conf.get("IfName") != "none":
+            _wait(f"{self.host.ns} TUN address", lambda: self.host.has_address(self.address))
 
     def _self_if_running(self) -> dict[str, Any] | None:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise LabError(f"daemon in {self.host.ns} exited:\n{self.log_tail()}")
+            raise LabError(f"daemon in {self.where} exited:\n{self.log_tail()}")
         try:
             return self.ctl("getSelf")
         except LabError:
             return None
 
     def ctl(self, request: str, **args: str) -> dict[str, Any]:
+        """``yggdrasilctl -json -endpoint=… request key=value``; :class:`LabError` unless
+        it answered a JSON object (it exits 0 on some fatal errors)."""
         cmd = [ctl_binary(self.binary), "-json", f"-endpoint={self.admin}", request]
         cmd += [f"{k}={v}" for k, v in args.items()]
-        proc = _run(*cmd, check=False, timeout=10)
-        if proc.returncode != 0:
+        proc = _run(*cmd, check=False, timeout=20)
+        try:
+            value = json.loads(proc.stdout)
+        except ValueError:
+            value = None
+        if proc.returncode != 0 or not isinstance(value, dict) or not value:
             raise LabError(f"yggdrasilctl {request}: {proc.stdout.strip()} {proc.stderr.strip()}")
-        value = json.loads(proc.stdout)
-        assert isinstance(value, dict)
         return value
+
+    async def actl(self, request: str, **args: str) -> dict[str, Any]:
+        """:meth:`ctl` off the event loop (in-process nodes must keep running)."""
+        return await asyncio.to_thread(self.ctl, request, **args)
 
     def peers_up(self) -> list[dict[str, Any]]:
         peers = self.ctl("getPeers").get("peers") or []
         return [p for p in peers if p.get("up", True)]
+
+    def wait_listening(self, port: int, timeout: float = 10.0) -> None:
+        """Until a TCP/TLS listener on 127.0.0.1:``port`` accepts (loopback daemons)."""
+
+        def accepts() -> bool:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return True
+
+        _wait(f"the daemon to listen on {port}", accepts, timeout=timeout, interval=0.05)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
@@ -194,14 +273,82 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        self.host.lab._pids.discard(self.proc.pid)
+        if self.host is not None:
+            self.host.lab._pids.discard(self.proc.pid)
         self.proc = None
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log(self) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return self.log_path.read_text(errors="replace")
         except OSError:
-            return "(no log)"
+            return ""
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log().splitlines()[-lines:]) or "(no log)"
+
+
+def loopback_daemon(
+    workdir: Path,
+    *,
+    listen: list[str] | None = None,
+    peers: list[str] | None = None,
+    private_key: str | None = None,
+    binary: str = YGG_05,
+    node_info: dict[str, Any] | None = None,
+) -> Daemon:
+    """A daemon (not started) in the test process's namespace: ``IfName: none``, so
+    neither root nor a TUN is needed; links on loopback. Owner: :meth:`Daemon.stop`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    admin_path = workdir / "admin.sock"
+    conf = daemon_config(
+        binary,
+        admin_path,
+        if_name="none",
+        listen=listen,
+        peers=peers,
+        private_key=private_key,
+        node_info=node_info if node_info is not None else {"name": "meshsuite-test"},
+    )
+    config_path = workdir / "yggdrasil.conf"
+    config_path.write_text(json.dumps(conf))
+    config_path.chmod(0o600)
+    return Daemon(None, binary, config_path, workdir / "yggdrasil.log", admin_path, conf)
+
+
+@contextlib.contextmanager
+def running_daemon(workdir: Path, **kwargs: Any) -> Iterator[Daemon]:
+    """A started :func:`loopback_daemon`, stopped (by pid) on exit."""
+    daemon = loopback_daemon(workdir, **kwargs)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@contextlib.asynccontextmanager
+async def daemon_running(workdir: Path, **kwargs: Any) -> AsyncIterator[Daemon]:
+    """:func:`running_daemon` for async tests: never blocks the event loop (the
+    in-process node under test must keep answering its links meanwhile)."""
+    daemon = await asyncio.to_thread(loopback_daemon, workdir, **kwargs)
+    try:
+        await asyncio.to_thread(daemon.start)
+        yield daemon
+    finally:
+        await asyncio.to_thread(daemon.stop)
+
+
+@dataclass(frozen=True)
+class RootLink:
+    """A veth between the test process's namespace and a host (:meth:`Host.link_root`)."""
+
+    root_if: str
+    host_if: str
+    root_addr: str
+    host_addr: str
+
+    def close(self) -> None:
+        _run("ip", "link", "del", self.root_if, check=False)
 
 
 @dataclass
@@ -309,6 +456,12 @@ class Host:
     ) -> subprocess.CompletedProcess[str]:
         return _run("ip", "netns", "exec", self.ns, *cmd, check=check, timeout=timeout)
 
+    async def arun(
+        self, *cmd: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """:meth:`run` off the event loop (in-process nodes keep running meanwhile)."""
+        return await asyncio.to_thread(self.run, *cmd, check=check, timeout=timeout)
+
     @property
     def netns(self) -> NetNamespace:
         if self._netns is None:
@@ -343,24 +496,50 @@ class Host:
         listen: list[str] | None = None,
         peers: list[str] | None = None,
         binary: str = YGG_05,
+        private_key: str | None = None,
+        node_info: dict[str, Any] | None = None,
+        multicast: list[dict[str, Any]] | None = None,
+        if_name: str = TUN,
     ) -> Daemon:
-        gen = _run(binary, "-genconf", "-json")
-        config = json.loads(gen.stdout)
+        """A daemon in this host, by default with the TUN ``lb-tun`` (``if_name="none"``:
+        without); blocks until it answers (and its TUN has its address)."""
         admin_path = self.dir / "admin.sock"
-        config.update(
-            Listen=listen or [],
-            Peers=peers or [],
-            MulticastInterfaces=[],
-            AdminListen=f"unix://{admin_path}",
-            IfName=TUN,
+        config = daemon_config(
+            binary,
+            admin_path,
+            if_name=if_name,
+            listen=listen,
+            peers=peers,
+            private_key=private_key,
+            node_info=node_info,
+            multicast=multicast,
         )
         config_path = self.dir / "yggdrasil.conf"
         config_path.write_text(json.dumps(config, indent=2))
         config_path.chmod(0o600)
-        daemon = Daemon(self, binary, config_path, self.dir / "daemon.log", admin_path)
+        daemon = Daemon(self, binary, config_path, self.dir / "daemon.log", admin_path, config)
+        self.daemon = daemon  # registered first: the lab stops it even if start fails
         daemon.start()
-        self.daemon = daemon
         return daemon
+
+    def link_root(self, subnet: int) -> RootLink:
+        """A veth from the test process's namespace into this host: ``fd6c:62<subnet>::1``
+        there, ``::2`` here (``subnet`` keeps concurrent labs apart). Names stay inside
+        the lab's prefix; deleting this host's namespace deletes the pair."""
+        prefix = self.ns.rsplit("-", 1)[0]  # lb-<lab><tag>
+        link = RootLink(
+            root_if=f"{prefix}-r"[:15],
+            host_if=f"{prefix}-r{self.name}"[:15],
+            root_addr=f"fd6c:62{subnet:02x}::1",
+            host_addr=f"fd6c:62{subnet:02x}::2",
+        )
+        _run("ip", "link", "add", link.root_if, "type", "veth", "peer", "name", link.host_if,
+             "netns", self.ns)  # fmt: skip
+        _run("ip", "-6", "addr", "add", f"{link.root_addr}/64", "dev", link.root_if, "nodad")
+        _run("ip", "link", "set", link.root_if, "up")
+        self.run("ip", "-6", "addr", "add", f"{link.host_addr}/64", "dev", link.host_if, "nodad")
+        self.run("ip", "link", "set", link.host_if, "up")
+        return link
 
     def node_config(self, **overrides: Any) -> NodeConfig:
         """A config for a node in this host: attached to its daemon unless managed=True."""

@@ -20,11 +20,9 @@ from apps.mail.service import MailService
 from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
-from tests.lab.fixtures import require_lab
-from tests.lab.lab import Lab
+from tests.lab.fixtures import RootLinked, root_linked_daemon
 from tests.mail.helpers import PASSWORD, reachable, wait_for
 from tests.mail.test_mail_e2e_lab import LabMail, _imap_fetch_all, _message, _submit
-from tests.node.rootlink import RootLink, link_root
 
 
 class EmbeddedMail(LabMail):
@@ -95,29 +93,18 @@ async def test_mail_between_two_embedded_nodes(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab_with_root_link() -> Iterator[tuple[Lab, RootLink]]:
-    require_lab()
-    with Lab("mse") as lab:
-        a = lab.host("a")
-        root = link_root(a, 0xED)
-        daemon = a.start_daemon(listen=[f"tcp://[{root.host_addr}]:7001"])
-        assert daemon.pid
-        try:
-            yield lab, root
-        finally:
-            root.close()
+def lab_with_root_link() -> Iterator[RootLinked]:
+    with root_linked_daemon("mse", 0xED, 7001) as lab:
+        yield lab
 
 
 @pytest.fixture
 async def mixed(
-    lab_with_root_link: tuple[Lab, RootLink], tmp_path: Path
+    lab_with_root_link: RootLinked, tmp_path: Path
 ) -> AsyncIterator[tuple[LabMail, LabMail]]:
-    lab, root = lab_with_root_link
-    on_daemon = await LabMail.start(lab.hosts["a"], tmp_path / "d")
+    on_daemon = await LabMail.start(lab_with_root_link.host, tmp_path / "d")
     try:
-        embedded = await EmbeddedMail.embedded(
-            tmp_path / "e", peers=(f"tcp://[{root.host_addr}]:7001",)
-        )
+        embedded = await EmbeddedMail.embedded(tmp_path / "e", peers=(lab_with_root_link.uri,))
     except BaseException:
         await on_daemon.close()
         raise

@@ -14,7 +14,7 @@ import pytest
 
 from core.identity import Identity
 from tests.lab.fixtures import require_lab
-from tests.lab.lab import REPO, YGG_05, Lab
+from tests.lab.lab import REPO, Lab
 
 pytestmark = pytest.mark.lab
 
@@ -41,20 +41,11 @@ def _wait(what: str, probe: object, timeout: float = 40) -> object:
 def test_embedded_node_and_daemon_peer_by_lan_discovery(lan: Lab, tmp_path: Path) -> None:
     a, b = lan.hosts["a"], lan.hosts["b"]
     daemon_key = Identity.generate()
-    conf = {
-        "PrivateKey": daemon_key.to_yggdrasil_hex(), "IfName": "none",
-        "AdminListen": f"unix://{a.dir}/admin.sock", "Listen": [], "Peers": [],
-        "MulticastInterfaces": [
-            {"Regex": a.link_ifname(b), "Beacon": True, "Listen": True, "Port": 0,
-             "Priority": 0, "Password": ""}
-        ],
-    }  # fmt: skip
-    (a.dir / "ygg.json").write_text(json.dumps(conf))
-    log = (a.dir / "ygg.log").open("w")
-    daemon = subprocess.Popen(
-        ["ip", "netns", "exec", a.ns, YGG_05, "-useconffile", str(a.dir / "ygg.json")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    beacon = {"Regex": a.link_ifname(b), "Beacon": True, "Listen": True, "Port": 0,
+              "Priority": 0, "Password": ""}  # fmt: skip
+    daemon = a.start_daemon(
+        private_key=daemon_key.to_yggdrasil_hex(), if_name="none", multicast=[beacon]
+    )
     data = tmp_path / "node"
     node = b.spawn(
         "-m", "core.cli.main", "--data-dir", str(data), "up", "--backend", "embedded",
@@ -76,11 +67,7 @@ def test_embedded_node_and_daemon_peer_by_lan_discovery(lan: Lab, tmp_path: Path
         assert peers[0]["key"] == daemon_key.public_key.hex()
         assert str(peers[0]["uri"]).startswith("tls://[fe80:")
         # The daemon sees the node too.
-        ctl = subprocess.run(
-            ["yggdrasilctl", "-json", f"-endpoint=unix://{a.dir}/admin.sock", "getPeers"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        keys = [p.get("key") for p in json.loads(ctl.stdout).get("peers", [])]
+        keys = [p.get("key") for p in daemon.ctl("getPeers").get("peers", [])]
         status = subprocess.run(
             [sys.executable, "-m", "core.cli.main", "--data-dir", str(data), "status", "--json"],
             capture_output=True, text=True, cwd=REPO, timeout=30,
@@ -89,6 +76,4 @@ def test_embedded_node_and_daemon_peer_by_lan_discovery(lan: Lab, tmp_path: Path
     finally:
         node.terminate()
         node.communicate(timeout=20)
-        daemon.terminate()
-        daemon.wait(10)
-        log.close()
+        daemon.stop()

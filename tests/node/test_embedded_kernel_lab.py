@@ -26,7 +26,6 @@ from core.node import Node
 from tests.conftest import require
 from tests.lab.fixtures import require_lab
 from tests.lab.lab import Daemon, Host, Lab
-from tests.node.rootlink import link_root
 
 pytestmark = pytest.mark.lab
 
@@ -48,7 +47,7 @@ def klab() -> Iterator[KLab]:
     require_lab()
     with Lab("ek") as lab:
         a = lab.host("a")
-        root = link_root(a, 0xEE)
+        root = a.link_root(0xEE)
         b = lab.host("b")
         lab.link(a, b)
         daemon = a.start_daemon(
