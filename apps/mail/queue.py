@@ -19,8 +19,8 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiosqlite
@@ -28,6 +28,7 @@ import aiosqlite
 from core.errors import MeshError
 
 from .groupcommit import GroupCommit
+from .sqlwriter import TransactionThread
 
 __all__ = [
     "OUTBOX_FILE_NAME",
@@ -162,27 +163,43 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
         log.info("%s migrated to schema version %d", path.name, version)
 
 
-class _Tx:
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    async def __aenter__(self) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+def _enqueue_rows(
+    conn: sqlite3.Connection, items: list[_Enqueue]
+) -> list[QueuedMessage | BaseException]:
+    """Insert ``items`` in the caller's open transaction: three statements in all."""
+    results: list[QueuedMessage | BaseException] = []
+    messages: list[tuple[Any, ...]] = []
+    deliveries: list[tuple[Any, ...]] = []
+    count, top = conn.execute("SELECT count(*), coalesce(max(id), 0) FROM messages").fetchone()
+    for item in items:
+        if item.max_queue is not None and count >= item.max_queue:
+            results.append(QueueFull(f"the outbound queue holds {count} messages (the limit)"))
+            continue
+        count += 1
+        top += 1  # ids as SQLite would pick them (max + 1), known before the insert
+        messages.append((top, item.token, item.sender, item.message_id, item.raw, item.stamp))
+        deliveries.extend((top, rcpt, item.stamp, item.stamp) for rcpt in item.recipients)
+        results.append(QueuedMessage(top, item.token))
+    if messages:
+        conn.executemany(
+            "INSERT INTO messages (id, token, sender, message_id, raw, created) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            messages,
+        )
+        conn.executemany(
+            "INSERT INTO deliveries (message, recipient, next_attempt, updated) "
+            "VALUES (?, ?, ?, ?)",
+            deliveries,
+        )
+    return results
 
 
 class OutboxQueue:
     """The queue. ``await OutboxQueue.open(path)``; ``await close()``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, writer: TransactionThread) -> None:
         self._db = db
+        self._writer = writer  # submissions: a whole transaction per hop
         self.path = path
         self._lock = asyncio.Lock()
         self._enqueues: GroupCommit[_Enqueue, QueuedMessage] = GroupCommit(
@@ -201,14 +218,16 @@ class OutboxQueue:
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
             await _migrate(db, path)
+            writer = await TransactionThread.open(path, name="outbox-writer")
         except BaseException:
             await db.close()
             raise
-        return cls(db, path)
+        return cls(db, path, writer)
 
     async def close(self) -> None:
         await self._enqueues.close()
         async with self._lock:
+            await self._writer.close()
             await self._db.close()
 
     async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -244,37 +263,9 @@ class OutboxQueue:
         return await self._enqueues.submit(item)
 
     async def _enqueue_batch(self, items: list[_Enqueue]) -> list[QueuedMessage | BaseException]:
-        """One transaction for ``items``: five statements, however many messages."""
-        results: list[QueuedMessage | BaseException] = []
-        messages: list[tuple[Any, ...]] = []
-        deliveries: list[tuple[Any, ...]] = []
-        async with self._lock, _Tx(self._db):
-            count, top = await self._one("SELECT count(*), coalesce(max(id), 0) FROM messages")
-            for item in items:
-                if item.max_queue is not None and count >= item.max_queue:
-                    results.append(
-                        QueueFull(f"the outbound queue holds {count} messages (the limit)")
-                    )
-                    continue
-                count += 1
-                top += 1  # ids as SQLite would pick them (max + 1), known before the insert
-                messages.append(
-                    (top, item.token, item.sender, item.message_id, item.raw, item.stamp)
-                )
-                deliveries.extend((top, rcpt, item.stamp, item.stamp) for rcpt in item.recipients)
-                results.append(QueuedMessage(top, item.token))
-            if messages:
-                await self._db.executemany(
-                    "INSERT INTO messages (id, token, sender, message_id, raw, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    messages,
-                )
-                await self._db.executemany(
-                    "INSERT INTO deliveries (message, recipient, next_attempt, updated) "
-                    "VALUES (?, ?, ?, ?)",
-                    deliveries,
-                )
-        return results
+        """One transaction for ``items`` in one hop to the writer thread."""
+        async with self._lock:
+            return await self._writer.run(partial(_enqueue_rows, items=items))
 
     # -- the runner's view ------------------------------------------------------------------
     async def due(self, now: float, *, limit: int, exclude: Iterable[int] = ()) -> list[Delivery]:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from core.errors import MeshError
 
 from .groupcommit import GroupCommit
 from .message import normalize_crlf
+from .sqlwriter import TransactionThread
+from .store_deliver import Missing, PendingDelivery, Prepared, deliver_rows
 from .store_schema import migrate
 
 __all__ = [
@@ -149,16 +152,7 @@ def _to_datetime(stamp: float, tz_minutes: int) -> datetime:
     return datetime.fromtimestamp(stamp, timezone(timedelta(minutes=tz_minutes)))
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    raw: bytes
-    header_size: int
-    envelope: bytes
-    bodystructure: bytes
-    sent_date: float | None
-
-
-def _prepare(raw: bytes) -> _Prepared:
+def _prepare(raw: bytes) -> Prepared:
     # Imported here: the imap package imports this module (store <- imap.session).
     from .imap.mime import bodystructure, envelope, parse_message, split_header
 
@@ -174,19 +168,7 @@ def _prepare(raw: bytes) -> _Prepared:
         except (TypeError, ValueError, IndexError, OverflowError, OSError):
             sent = None
     header, _ = split_header(raw)
-    return _Prepared(raw, len(header), envelope(part.fields), bodystructure(part), sent)
-
-
-@dataclass(frozen=True, slots=True)
-class _Delivery:
-    """One message waiting for its group commit."""
-
-    mailbox: str  # normalised
-    prepared: _Prepared
-    flags: frozenset[str]
-    stamp: float
-    tz: int
-    dedup_key: str | None
+    return Prepared(raw, len(header), envelope(part.fields), bodystructure(part), sent)
 
 
 MAX_GROUP_COMMIT = 64  # deliveries sharing one transaction at most
@@ -199,13 +181,14 @@ ChangeCallback = Callable[[str], None]
 class MailStore:
     """The mailbox store. Create with ``await MailStore.open(path)``; ``await close()``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, writer: TransactionThread) -> None:
         self._db = db
+        self._writer = writer  # deliveries: a whole transaction per hop
         self.path = path
         self._lock = asyncio.Lock()
         self._new_mail: list[NewMailCallback] = []
         self._changes: list[ChangeCallback] = []
-        self._deliveries: GroupCommit[_Delivery, tuple[str, int] | None] = GroupCommit(
+        self._deliveries: GroupCommit[PendingDelivery, tuple[str, int] | None] = GroupCommit(
             self._deliver_batch, max_batch=MAX_GROUP_COMMIT, name="mail store"
         )
 
@@ -224,16 +207,22 @@ class MailStore:
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
             await migrate(db)
-            store = cls(db, path)
-            await store._init_defaults()
+            writer = await TransactionThread.open(path, name="mail-store-writer")
         except BaseException:
             await db.close()
+            raise
+        store = cls(db, path, writer)
+        try:
+            await store._init_defaults()
+        except BaseException:
+            await store.close()
             raise
         return store
 
     async def close(self) -> None:
         await self._deliveries.close()
         async with self._lock:
+            await self._writer.close()
             await self._db.close()
 
     async def _init_defaults(self) -> None:
@@ -346,7 +335,9 @@ class MailStore:
         else:
             prepared = await asyncio.to_thread(_prepare, raw)
         stamp, tz = _date_parts(internal_date)
-        item = _Delivery(normalize_mailbox(mailbox), prepared, clean_flags, stamp, tz, dedup_key)
+        item = PendingDelivery(
+            normalize_mailbox(mailbox), prepared, clean_flags, stamp, tz, dedup_key
+        )
         done = await self._deliveries.submit(item)
         if done is None:
             return None
@@ -354,75 +345,13 @@ class MailStore:
         return done[1]
 
     async def _deliver_batch(
-        self, items: list[_Delivery]
+        self, items: list[PendingDelivery]
     ) -> list[tuple[str, int] | BaseException | None]:
-        """One transaction for ``items``, a fixed number of statements however many."""
-        results: list[tuple[str, int] | BaseException | None] = []
-        async with self._lock, self._tx():
-            keys = tuple({i.dedup_key for i in items if i.dedup_key is not None})
-            seen: set[str] = set()
-            if keys:
-                marks = ",".join("?" * len(keys))
-                rows = await self._all(f"SELECT key FROM dedup WHERE key IN ({marks})", keys)
-                seen = {str(r[0]) for r in rows}
-            names = tuple({i.mailbox for i in items})
-            marks = ",".join("?" * len(names))
-            boxes = {
-                str(r[1]): [int(r[0]), int(r[2]), int(r[3])]  # id, next uid, last modseq
-                for r in await self._all(
-                    f"SELECT id, name, uidnext, modseq FROM mailboxes WHERE name IN ({marks})",
-                    names,
-                )
-            }
-            (top,) = await self._one("SELECT coalesce(max(id), 0) FROM bodies")
-            bodies: list[tuple[Any, ...]] = []
-            entries: list[tuple[Any, ...]] = []
-            dedups: list[tuple[Any, ...]] = []
-            now = time.time()
-            for item in items:
-                if item.dedup_key is not None and item.dedup_key in seen:
-                    results.append(None)
-                    continue
-                box = boxes.get(item.mailbox)
-                if box is None:
-                    results.append(MailboxNotFound(f"no mailbox named {item.mailbox!r}"))
-                    continue
-                if item.dedup_key is not None:
-                    seen.add(item.dedup_key)
-                p = item.prepared
-                top += 1  # the id SQLite would pick (max + 1), known before the insert
-                bodies.append(
-                    (top, p.raw, len(p.raw), p.header_size, p.envelope, p.bodystructure,
-                     p.sent_date)
-                )  # fmt: skip
-                uid, box[1], box[2] = box[1], box[1] + 1, box[2] + 1
-                entries.append(
-                    (box[0], uid, top, " ".join(sorted(item.flags)), item.stamp, item.tz, box[2])
-                )
-                if item.dedup_key is not None:
-                    dedups.append((item.dedup_key, box[0], uid, now))
-                results.append((item.mailbox, uid))
-            if bodies:
-                await self._db.executemany(
-                    "INSERT INTO bodies (id, raw, size, header_size, envelope, bodystructure, "
-                    "sent_date) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    bodies,
-                )
-                await self._db.executemany(
-                    "INSERT INTO messages (mailbox_id, uid, body_id, flags, internal_date, "
-                    "internal_tz, modseq) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    entries,
-                )
-                await self._db.executemany(
-                    "UPDATE mailboxes SET uidnext = ?, modseq = ? WHERE id = ?",
-                    [(nxt, modseq, box_id) for box_id, nxt, modseq in boxes.values()],
-                )
-            if dedups:
-                await self._db.executemany(
-                    "INSERT INTO dedup (key, mailbox_id, uid, created) VALUES (?, ?, ?, ?)",
-                    dedups,
-                )
-        return results
+        """One transaction (one hop to the writer thread) for ``items``."""
+        async with self._lock:
+            rows = await self._writer.run(partial(deliver_rows, items=items))
+        return [MailboxNotFound(f"no mailbox named {r.mailbox!r}") if isinstance(r, Missing)
+                else r for r in rows]  # fmt: skip
 
     async def _add_entry(
         self, box: Any, body_id: Any, flags: frozenset[str], stamp: float, tz: int
