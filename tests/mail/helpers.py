@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -135,14 +135,19 @@ class EmbeddedMesh:
             self._hub = None
 
 
+def _mail_config(config: dict[str, Any]) -> MailConfig:
+    return MailConfig.from_mapping({"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0", **config})
+
+
 @dataclass
 class MailNode:
-    """An embedded node with the mail service running on it (submission/IMAP on free
-    loopback ports)."""
+    """A node with the mail service running on it (submission/IMAP on free loopback
+    ports); closing it closes the node too when it owns it."""
 
     node: Node
     service: MailService
     data_dir: Path
+    owns_node: bool = True
 
     @classmethod
     async def start(
@@ -153,9 +158,15 @@ class MailNode:
         *,
         wait: bool = True,
         **config: Any,
-    ) -> MailNode:
+    ) -> Self:
         """A new node of ``mesh`` (see :meth:`EmbeddedMesh.node`) with the service on it."""
         node = await mesh.node(data_dir, identity, wait=wait)
+        return await cls.adopt(node, data_dir, **config)
+
+    @classmethod
+    async def adopt(cls, node: Node, data_dir: Path, **config: Any) -> Self:
+        """The mail service on ``node``, which the result then owns (closes); the node is
+        closed here if the service does not start."""
         try:
             served = await cls.serve(node, data_dir, **config)
         except BaseException:
@@ -164,18 +175,21 @@ class MailNode:
         served.owns_node = True
         return served
 
-    owns_node: bool = True
-
     @classmethod
-    async def serve(cls, node: Node, data_dir: Path, **config: Any) -> MailNode:
+    async def serve(cls, node: Node, data_dir: Path, **config: Any) -> Self:
         """The mail service on a node someone else owns (closing stops only the service)."""
         data_dir.mkdir(parents=True, exist_ok=True)
         if not (data_dir / "mail-password.json").exists():
             set_password(data_dir, PASSWORD)
-        settings = {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0", **config}
-        service = MailService(node, MailConfig.from_mapping(settings), data_dir)
+        service = MailService(node, _mail_config(config), data_dir)
         await service.start()
         return cls(node, service, data_dir, owns_node=False)
+
+    async def restart_service(self, **config: Any) -> None:
+        """Stop the mail service and start a new one on the same node and data dir."""
+        await self.service.close()
+        self.service = MailService(self.node, _mail_config(config), self.data_dir)
+        await self.service.start()
 
     @property
     def address(self) -> str:

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from apps.mail.config import MailConfig
 from apps.mail.passwords import set_password
-from apps.mail.service import MailService
 from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
@@ -32,17 +30,8 @@ class EmbeddedMail(LabMail):
     async def embedded(cls, data_dir: Path, **node: Any) -> EmbeddedMail:
         data_dir.mkdir(parents=True, exist_ok=True)
         set_password(data_dir, PASSWORD)
-        n = await Node.open(
-            NodeConfig(data_dir=data_dir, backend="embedded", **node), Identity.generate()
-        )
-        settings = {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0"}
-        service = MailService(n, MailConfig.from_mapping(settings), data_dir)
-        try:
-            await service.start()
-        except BaseException:
-            await n.close()
-            raise
-        return cls(n, service, data_dir)
+        config = NodeConfig(data_dir=data_dir, backend="embedded", **node)
+        return await cls.adopt(await Node.open(config, Identity.generate()), data_dir)
 
 
 async def _reachable(src: LabMail, dst: LabMail) -> None:
@@ -102,7 +91,7 @@ def lab_with_root_link() -> Iterator[RootLinked]:
 async def mixed(
     lab_with_root_link: RootLinked, tmp_path: Path
 ) -> AsyncIterator[tuple[LabMail, LabMail]]:
-    on_daemon = await LabMail.start(lab_with_root_link.host, tmp_path / "d")
+    on_daemon = await LabMail.on_host(lab_with_root_link.host, tmp_path / "d")
     try:
         embedded = await EmbeddedMail.embedded(tmp_path / "e", peers=(lab_with_root_link.uri,))
     except BaseException:

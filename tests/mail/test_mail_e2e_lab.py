@@ -25,15 +25,13 @@ from typing import Any
 
 import pytest
 
-from apps.mail.config import MESH_SMTP_PORT, MailConfig
+from apps.mail.config import MESH_SMTP_PORT
 from apps.mail.passwords import set_password
-from apps.mail.service import MAIL_STORE_FILE_NAME, MailService
+from apps.mail.service import MAIL_STORE_FILE_NAME
 from apps.mail.smtp_client import ClientTransaction, run_transaction
-from apps.mail.store import MailStore
-from core.node import Node
 from tests.lab.fixtures import open_node, two_host_lab
 from tests.lab.lab import Host, Lab
-from tests.mail.helpers import PASSWORD, wait_for
+from tests.mail.helpers import PASSWORD, MailNode, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -43,51 +41,21 @@ def lab() -> Iterator[Lab]:
     yield from two_host_lab("msm")
 
 
-class LabMail:
+class LabMail(MailNode):
     """A node attached to a lab host's daemon, with the mail service on it."""
 
-    def __init__(self, node: Node, service: MailService, data_dir: Path) -> None:
-        self.node, self.service, self.data_dir = node, service, data_dir
-
     @classmethod
-    async def start(cls, host: Host, data_dir: Path, **config: Any) -> LabMail:
+    async def on_host(cls, host: Host, data_dir: Path, **config: Any) -> LabMail:
         data_dir.mkdir(parents=True, exist_ok=True)
         set_password(data_dir, PASSWORD)
-        node = await open_node(host, data_dir=data_dir)
-        settings = {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0", **config}
-        service = MailService(node, MailConfig.from_mapping(settings), data_dir)
-        try:
-            await service.start()
-        except BaseException:
-            await node.close()
-            raise
-        return cls(node, service, data_dir)
-
-    @property
-    def address(self) -> str:
-        return str(self.node.mail_address)
-
-    @property
-    def store(self) -> MailStore:
-        assert self.service.store is not None
-        return self.service.store
-
-    async def restart_service(self, **config: Any) -> None:
-        await self.service.close()
-        settings = {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0", **config}
-        self.service = MailService(self.node, MailConfig.from_mapping(settings), self.data_dir)
-        await self.service.start()
-
-    async def close(self) -> None:
-        await self.service.close()
-        await self.node.close()
+        return await cls.adopt(await open_node(host, data_dir=data_dir), data_dir, **config)
 
 
 @pytest.fixture
 async def pair(lab: Lab, tmp_path: Path) -> AsyncIterator[tuple[LabMail, LabMail]]:
-    a = await LabMail.start(lab.hosts["a"], tmp_path / "a", retry_initial=0.5, retry_max=1)
+    a = await LabMail.on_host(lab.hosts["a"], tmp_path / "a", retry_initial=0.5, retry_max=1)
     try:
-        b = await LabMail.start(lab.hosts["b"], tmp_path / "b")
+        b = await LabMail.on_host(lab.hosts["b"], tmp_path / "b")
     except BaseException:
         await a.close()
         raise
@@ -200,10 +168,10 @@ async def test_recipient_offline_then_back(pair: tuple[LabMail, LabMail]) -> Non
 
 async def test_recipient_daemon_down_then_back(lab: Lab, tmp_path: Path) -> None:
     """B's whole daemon goes away (no route to B at all) and comes back with a new TUN."""
-    a = await LabMail.start(
+    a = await LabMail.on_host(
         lab.hosts["a"], tmp_path / "a", retry_initial=0.5, retry_max=1, io_timeout=3
     )
-    b = await LabMail.start(lab.hosts["b"], tmp_path / "b")
+    b = await LabMail.on_host(lab.hosts["b"], tmp_path / "b")
     hb = lab.hosts["b"]
     assert hb.daemon is not None and lab.hosts["a"].daemon is not None
     try:
@@ -230,10 +198,10 @@ async def test_recipient_daemon_down_then_back(lab: Lab, tmp_path: Path) -> None
 
 
 async def test_expiry_bounces_to_a(lab: Lab, tmp_path: Path) -> None:
-    a = await LabMail.start(
+    a = await LabMail.on_host(
         lab.hosts["a"], tmp_path / "a", retry_initial=0.3, retry_max=0.5, expire_after=2
     )
-    b = await LabMail.start(lab.hosts["b"], tmp_path / "b")
+    b = await LabMail.on_host(lab.hosts["b"], tmp_path / "b")
     try:
         await b.service.close()  # B's node is up, nothing listens on the mail port
         msg = _message(a.address, [b.address], "will expire")
@@ -348,7 +316,7 @@ async def test_sigkill_mid_queue_every_mail_arrives_once(lab: Lab, tmp_path: Pat
     host_a = lab.hosts["a"]
     assert host_a.daemon is not None
     # B accepts a burst, then 450s (rate limit) so A's queue is surely mid-way when killed.
-    b = await LabMail.start(lab.hosts["b"], tmp_path / "b", rate_burst=10, rate_per_minute=300)
+    b = await LabMail.on_host(lab.hosts["b"], tmp_path / "b", rate_burst=10, rate_per_minute=300)
     a_dir = tmp_path / "a"
     a_dir.mkdir()
     set_password(a_dir, PASSWORD)
