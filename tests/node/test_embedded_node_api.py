@@ -73,3 +73,15 @@ async def test_ping_between_embedded_nodes(pair: tuple[Node, Node]) -> None:
             break
     rtts = await b.ping(str(a.address), count=3, interval=0.05, timeout=10)
     assert all(r is not None and r > 0 for r in rtts), rtts
+
+
+async def test_nothing_listening_is_refused(pair: tuple[Node, Node]) -> None:
+    """A reachable node with no listener on the port answers with a reset: the caller
+    gets ConnectionRefusedError at once (mail's queue reports "cannot connect")."""
+    a, b = pair
+    await _wait_peered(a, b)
+    for _ in range(30):  # the path lookup first, as in the ping test
+        if (await b.ping(str(a.address), count=1, timeout=1))[0] is not None:
+            break
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.wait_for(b.open_connection(a.address, 2525), 20)
