@@ -113,17 +113,21 @@ class EmbeddedMesh:
         return node
 
     async def nodes(self, count: int) -> list[Node]:
-        """``count`` new nodes, each reachable from the others. They join one after the
-        other: nodes joining the hub at the same moment could not reach each other."""
+        """``count`` new nodes, each reachable from the others. They are opened one
+        after the other and then waited for together (about one wait for all). Opening
+        them concurrently (``asyncio.gather`` of :meth:`node`) left nodes that reached
+        the hub but never each other (an embedded-node issue, core/embedded)."""
         self._serial += 1
         base = self.root / f"set{self._serial}"
-        nodes: list[Node] = []
-        for i in range(count):
-            node = await self.node(base / f"n{i}")
-            for other in nodes:
-                await reachable(node, other)
-                await reachable(other, node)
-            nodes.append(node)
+        hub = await self.hub()
+        nodes = [await self.node(base / f"n{i}", wait=False) for i in range(count)]
+        for node in nodes:
+            await reachable(node, hub)
+            await reachable(hub, node)
+        for src in nodes:
+            for dst in nodes:
+                if src is not dst:
+                    await reachable(src, dst)
         return nodes
 
     async def close(self) -> None:
