@@ -1,6 +1,7 @@
-"""Mail end to end on the embedded backend: between two embedded nodes, and between an
-embedded node and a daemon host in the lab. The same checks as the daemon lab's
-(``test_mail_e2e_lab``): smtplib submits, imaplib reads, the mesh leg is real Yggdrasil.
+"""Mail end to end on the embedded backend: between two embedded nodes (the run's shared
+ones, see conftest.py), and between an embedded node and a daemon host in the lab. The
+same checks as the daemon lab's (``test_mail_e2e_lab``): smtplib submits, imaplib reads,
+the mesh leg is real Yggdrasil.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
 from tests.lab.fixtures import RootLinked, root_linked_daemon
-from tests.mail.helpers import PASSWORD, reachable, wait_for
+from tests.mail.helpers import PASSWORD, on_shared_mesh, reachable, wait_for
 from tests.mail.test_mail_e2e_lab import LabMail, _imap_fetch_all, _message, _submit
 
 
@@ -67,13 +68,12 @@ async def _at_least(node: LabMail, n: int) -> bool:
     return await node.store.count("INBOX") >= n
 
 
-async def test_mail_between_two_embedded_nodes(tmp_path: Path) -> None:
-    a = await EmbeddedMail.embedded(tmp_path / "a", listen=("tcp://127.0.0.1:0",))
+@on_shared_mesh
+async def test_mail_between_two_embedded_nodes(tmp_path: Path, mesh_nodes: list[Node]) -> None:
+    a = await EmbeddedMail.serve(mesh_nodes[0], tmp_path / "a")
     try:
-        uri = (await a.node.status())["backend_status"]["listening"][0]
-        b = await EmbeddedMail.embedded(tmp_path / "b", peers=(uri,))
+        b = await EmbeddedMail.serve(mesh_nodes[1], tmp_path / "b")
         try:
-            await _reachable(b, a)
             await _mail_round_trip(a, b)
         finally:
             await b.close()
