@@ -30,6 +30,7 @@ import logging
 from dataclasses import replace
 
 from core.netstack.tcp_cc import NewReno, RtoEstimator
+from core.netstack.tcp_output import SendPath, signed32
 from core.netstack.tcp_sack import ByteQueue, Reassembly, SackScoreboard
 from core.netstack.tcp_state import (
     CAN_RECEIVE_DATA,
@@ -52,7 +53,6 @@ from core.netstack.tcp_wire import (
     ACK,
     FIN,
     NO_OPTIONS,
-    PSH,
     RST,
     SYN,
     TcpOptions,
@@ -84,10 +84,6 @@ _MAX_DUPACKS_PER_FLUSH = 16
 OOW_ACK_INTERVAL = 0.5
 
 
-def _signed(x: int) -> int:
-    return x - (1 << 32) if x & 0x80000000 else x
-
-
 def _scale_for(buffer: int) -> int:
     shift = 0
     while (buffer >> shift) > 0xFFFF and shift < 14:
@@ -95,7 +91,7 @@ def _scale_for(buffer: int) -> int:
     return shift
 
 
-class TcpConnection:
+class TcpConnection(SendPath):
     """One TCP connection's state machine.  Create with :meth:`open` (active) or
     :meth:`accept` (from a received SYN)."""
 
@@ -310,7 +306,7 @@ class TcpConnection:
         from now on and resend what was dropped (RFC 8201 section 5.2).  Ignored unless
         the quoted sequence number is outstanding (RFC 5927 section 4.1) and the MSS
         actually shrinks.  Returns whether it applied."""
-        rel = self._snd_una + _signed((wire_seq - self._iss - self._snd_una) & _M32)
+        rel = self._snd_una + signed32((wire_seq - self._iss - self._snd_una) & _M32)
         if not self._snd_una <= rel < self._snd_max or mss >= self._mss:
             return False
         self._mss = max(IPV6_DEFAULT_MSS, mss)
@@ -394,7 +390,7 @@ class TcpConnection:
         if self.state is TcpState.SYN_SENT:
             self._receive_in_syn_sent(seg, now)
             return
-        seq = self._rcv_nxt + _signed((seg.seq - self._irs - self._rcv_nxt) & _M32)
+        seq = self._rcv_nxt + signed32((seg.seq - self._irs - self._rcv_nxt) & _M32)
         flags = seg.flags
         if flags & RST:
             self._receive_rst(seq)
@@ -479,7 +475,7 @@ class TcpConnection:
 
     def _receive_ack(self, seg: TcpSegment, seq: int, now: float) -> bool:
         """Process the ACK field. Returns False when the segment must be dropped."""
-        ack = self._snd_una + _signed((seg.ack - self._iss - self._snd_una) & _M32)
+        ack = self._snd_una + signed32((seg.ack - self._iss - self._snd_una) & _M32)
         if self.state is TcpState.SYN_RECEIVED:
             if not 1 <= ack <= self._snd_max:
                 self._pending_rst = TcpSegment(
@@ -690,113 +686,6 @@ class TcpConnection:
             b"",
             opts,
         )
-
-    def _retransmit_first(self, out: list[TcpSegment]) -> None:
-        start = self._snd_una
-        # Never beyond what was sent: new data must pass the window checks of _send_new.
-        data_end = min(self._sndbuf_seq + len(self._sndbuf), self._snd_max)
-        n = min(self._mss, data_end - start)
-        if n <= 0:
-            if self._fin_seq is not None and start == self._fin_seq < self._snd_max:
-                out.append(self._segment(FIN | ACK, start))
-            return
-        off = start - self._sndbuf_seq
-        flags = ACK
-        if start + n == self._fin_seq and self._fin_seq < self._snd_max:  # FIN was sent
-            flags |= FIN
-        out.append(self._segment(flags, start, self._send_slice(off, n)))
-
-    def _send_new(self, out: list[TcpSegment], now: float) -> None:
-        data_end = self._sndbuf_seq + len(self._sndbuf)
-        fin_seq = self._fin_seq
-        sack_recovery = self._cc.in_recovery and bool(self._sacked)
-        cc_budget = self._cc.cwnd - (self._pipe() if sack_recovery else 0)
-        while True:
-            nxt = self._snd_nxt
-            avail = data_end - nxt
-            if avail <= 0:
-                if fin_seq is not None and nxt == fin_seq:
-                    out.append(self._segment(FIN | ACK, nxt))
-                    self._sent(nxt, 1, now)
-                break
-            flight = nxt - self._snd_una
-            cc_room = (
-                cc_budget if sack_recovery else self._cc.cwnd + self._cc.limited_transmit - flight
-            )
-            n = min(self._mss, avail, cc_room, self._snd_wnd - flight)
-            if n <= 0:
-                break
-            if n < avail and n < self._mss and n < self._max_snd_wnd // 2:
-                break  # sender SWS avoidance (RFC 9293 3.8.6.2.1)
-            flags = ACK | PSH if n == avail else ACK
-            if fin_seq is not None and nxt + n == fin_seq:
-                flags |= FIN
-            off = nxt - self._sndbuf_seq
-            out.append(self._segment(flags, nxt, self._send_slice(off, n)))
-            self._sent(nxt, n + (1 if flags & FIN else 0), now)
-            cc_budget -= n
-
-    # ------------------------------------------------------------------ SACK (RFC 6675)
-    def _update_scoreboard(self, options: TcpOptions) -> bool:
-        """Merge the peer's SACK blocks; True if they told us something new."""
-        if not self._sack_ok:
-            return False
-        una, base = self._snd_una, self._iss + self._snd_una
-        blocks = [
-            (una + _signed((wl - base) & _M32), una + _signed((wr - base) & _M32))
-            for wl, wr in options.sack_blocks
-        ]
-        return self._sacked.update(blocks, una, self._snd_max)
-
-    def _pipe(self) -> int:
-        return self._sacked.pipe(self._snd_una, self._snd_max, self._rtx_next)
-
-    def _sack_recover(self, out: list[TcpSegment], now: float) -> None:
-        pipe = self._pipe()
-        data_end = min(self._sndbuf_seq + len(self._sndbuf), self._snd_max)
-        for start, end in self._sacked.holes(max(self._rtx_next, self._snd_una)):
-            while start < end and pipe < self._cc.cwnd:
-                n = min(self._mss, end - start, data_end - start)
-                if n <= 0:
-                    return
-                flags = ACK
-                if start + n == self._fin_seq and self._fin_seq < self._snd_max:
-                    flags |= FIN
-                off = start - self._sndbuf_seq
-                out.append(self._segment(flags, start, self._send_slice(off, n)))
-                self.fast_retransmits += 1
-                start += n
-                self._rtx_next = start
-                pipe += n
-            if pipe >= self._cc.cwnd:
-                return
-        if self._rtx_at is None:
-            self._rtx_at = now + self._rto.rto
-
-    def _send_slice(self, off: int, n: int) -> bytes:
-        """``n`` bytes of the send buffer from ``off``, copied once."""
-        with memoryview(self._sndbuf) as view:
-            return bytes(view[off : off + n])
-
-    def _sent(self, seq: int, length: int, now: float) -> None:
-        end = seq + length
-        if seq >= self._snd_max and self._rtt_seq is None:
-            self._rtt_seq, self._rtt_time = end, now
-        self._snd_nxt = end
-        if end > self._snd_max:
-            self._snd_max = end
-        if self._rtx_at is None:
-            self._rtx_at = now + self._rto.rto
-
-    def _arm_persist(self, now: float) -> None:
-        # Window-blocked with nothing in flight: no ACK will come by itself, so probe
-        # (zero window, or a window too small to send under sender SWS avoidance).
-        unsent = self._sndbuf_seq + len(self._sndbuf) > self._snd_nxt
-        if unsent and self._snd_max == self._snd_una:
-            if self._persist_at is None:
-                self._persist_at = now + self._rto.rto
-        else:
-            self._persist_at = None
 
     # ------------------------------------------------------------------ timers
     def next_deadline(self) -> float | None:
