@@ -202,6 +202,7 @@ class ClientSession:
         self._accepted: list[str] = []
         self._pipelining = False  # the server offered PIPELINING (RFC 2920)
         self._mail_ok = True
+        self._sent_ahead: int | None = None  # message whose commands followed a body
         self._handlers = {
             State.GREETING: self._on_greeting,
             State.EHLO: self._on_ehlo,
@@ -329,20 +330,28 @@ class ClientSession:
         else:
             self._reject_all_messages(reply, "HELO")
 
+    def _fits(self, message: Envelope) -> bool:
+        limit = self.extensions.get("SIZE", "")
+        return not (limit.isdigit() and int(limit) and len(message.content) > int(limit))
+
+    def _send_mail(self, message: Envelope) -> None:
+        param = f" SIZE={len(message.content)}" if "SIZE" in self.extensions else ""
+        self._send(f"MAIL FROM:<{message.mail_from}>{param}")
+        if self._pipelining:  # MAIL, every RCPT and DATA in one flight
+            for rcpt in message.recipients:
+                self._send(f"RCPT TO:<{rcpt}>")
+            self._send("DATA")
+
     def _start_message(self) -> None:
         while self._index < len(self.messages):
-            size = len(self._message.content)
-            limit = self.extensions.get("SIZE", "")
-            if not (limit.isdigit() and int(limit) and size > int(limit)):
-                param = f" SIZE={size}" if "SIZE" in self.extensions else ""
-                self._send(f"MAIL FROM:<{self._message.mail_from}>{param}")
+            if self._fits(self._message):
+                if self._sent_ahead != self._index:
+                    self._send_mail(self._message)
+                self._sent_ahead = None
                 self._set_state(State.MAIL)
                 self._rcpt_index, self._accepted, self._mail_ok = 0, [], True
-                if self._pipelining:  # MAIL, every RCPT and DATA in one flight
-                    for rcpt in self._message.recipients:
-                        self._send(f"RCPT TO:<{rcpt}>")
-                    self._send("DATA")
                 return
+            size, limit = len(self._message.content), self.extensions["SIZE"]
             text = f"5.3.4 message is {size} bytes; the server takes at most {limit}"
             self._reject(Reply(552, (text,)), "SIZE", self._message.recipients)
             self._index += 1
@@ -401,6 +410,12 @@ class ClientSession:
             # message ends the transaction and its reply decides nothing.
             self._outgoing += dot_stuff(self._message.content) if self._accepted else b".\r\n"
             self._set_state(State.BODY)
+            # The end of DATA ends the transaction whatever its reply: the next message's
+            # commands may follow the body in the same flight (RFC 2920 section 3.1).
+            ahead = self._index + 1
+            if self._pipelining and ahead < len(self.messages) and self._fits(self.messages[ahead]):
+                self._send_mail(self.messages[ahead])
+                self._sent_ahead = ahead
         else:
             self._reject(reply, "DATA", self._accepted)
             self._next_message(reset=True)

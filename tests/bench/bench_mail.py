@@ -177,6 +177,7 @@ async def role_node(data_dir: Path, spec: str, n: int, smtp_port: int) -> None:
         # should not take the store from the deliveries it measures.
         while True:
             got = [await fresh.get()]
+            await asyncio.sleep(0.05)  # stamps are taken already; reads come in batches
             while not fresh.empty():
                 got.append(fresh.get_nowait())
             heads = await store.fetch_bodies("INBOX", [uid for uid, _ in got], header_only=True)

@@ -23,21 +23,43 @@ def _session(*rcpts: tuple[str, ...]) -> ClientSession:
 def test_one_flight_per_message_byte_exact() -> None:
     s = _session(("b@mesh", "c@mesh"), ("b@mesh",))
     s.receive_data(EHLO_PIPELINING)
-    assert (
-        s.data_to_send()
-        == b"MAIL FROM:<a@mesh>\r\nRCPT TO:<b@mesh>\r\nRCPT TO:<c@mesh>\r\nDATA\r\n"
+    assert s.data_to_send() == (
+        b"MAIL FROM:<a@mesh>\r\nRCPT TO:<b@mesh>\r\nRCPT TO:<c@mesh>\r\nDATA\r\n"
     )
     s.receive_data(b"250 ok\r\n250 ok\r\n550 no such user\r\n354 go\r\n")
-    assert s.data_to_send() == b"Subject: 0\r\n\r\nx\r\n.\r\n"
+    # The body, and the next message's commands right behind it.
+    assert s.data_to_send() == (
+        b"Subject: 0\r\n\r\nx\r\n.\r\nMAIL FROM:<a@mesh>\r\nRCPT TO:<b@mesh>\r\nDATA\r\n"
+    )
     s.receive_data(b"250 stored\r\n")
-    assert s.data_to_send() == b"MAIL FROM:<a@mesh>\r\nRCPT TO:<b@mesh>\r\nDATA\r\n"
-    s.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n250 stored\r\n")
-    assert s.data_to_send() == b"Subject: 1\r\n\r\nx\r\n.\r\nQUIT\r\n"
+    assert s.data_to_send() == b""  # nothing twice
+    s.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert s.data_to_send() == b"Subject: 1\r\n\r\nx\r\n.\r\n"
+    s.receive_data(b"250 stored\r\n")
+    assert s.data_to_send() == b"QUIT\r\n"
     s.receive_data(b"221 bye\r\n")
     assert s.state is State.DONE
     assert s.outcomes[0].delivered == ["b@mesh"]
     assert s.outcomes[0].permanent["c@mesh"].startswith("RCPT TO: 550")
     assert s.outcomes[1].delivered == ["b@mesh"]
+
+
+def test_a_refused_body_does_not_stop_the_message_sent_behind_it() -> None:
+    s = _session(("b@mesh",), ("b@mesh",), ("b@mesh",))
+    s.receive_data(EHLO_PIPELINING)
+    s.data_to_send()
+    s.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert s.data_to_send().endswith(b".\r\nMAIL FROM:<a@mesh>\r\nRCPT TO:<b@mesh>\r\nDATA\r\n")
+    s.receive_data(b"451 4.3.0 try later\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+    assert s.data_to_send() == (
+        b"Subject: 1\r\n\r\nx\r\n.\r\nMAIL FROM:<a@mesh>\r\nRCPT TO:<b@mesh>\r\nDATA\r\n"
+    )
+    # The server goes away after the second body: the third is undecided, to retry.
+    s.receive_data(b"250 stored\r\n421 closing\r\n")
+    assert s.state is State.ERROR
+    assert s.outcomes[0].temporary["b@mesh"].startswith("end of DATA: 451")
+    assert s.outcomes[1].delivered == ["b@mesh"]
+    assert "b@mesh" in s.outcomes[2].temporary and not s.outcomes[2].delivered
 
 
 def test_mail_refused_in_a_flight_reads_the_rest_then_resets() -> None:
