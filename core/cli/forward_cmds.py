@@ -77,12 +77,16 @@ async def _stream(args: argparse.Namespace, method: str, **params: Any) -> int:
             out.write(data)
             out.flush()
 
-    up_task = asyncio.create_task(up())
+    async def up_until_closed() -> None:
+        with contextlib.suppress(ConnectionError):
+            await up()
+
+    # Both directions run to their end: the remote side half-closing does not cut off
+    # what we still have to send (TCP half-close, as `nc -N` does).
     try:
-        await down()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(up_until_closed())
+            tg.create_task(down())
     finally:
-        up_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await up_task
         writer.close()
     return 0

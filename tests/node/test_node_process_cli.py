@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import require
 
 MESH = [sys.executable, "-m", "core.cli.main"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def mesh(
@@ -84,12 +85,14 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Up, Up
     web.close()
     a = Up(base / "a", "--listen", "tcp://127.0.0.1:0", "--expose", f"{web_port}:80")
     a.web_port = web_port  # type: ignore[attr-defined]
-    listen = a.status["backend_status"]["listening"][0]
-    b = Up(base / "b", "--peer", listen, "--socks", "127.0.0.1:0")
     try:
-        yield a, b
+        listen = a.status["backend_status"]["listening"][0]
+        b = Up(base / "b", "--peer", listen, "--socks", "127.0.0.1:0")
+        try:
+            yield a, b
+        finally:
+            b.stop()
     finally:
-        b.stop()
         a.stop()
 
 
@@ -138,6 +141,38 @@ def test_connect_and_listen_carry_bytes_both_ways(two_nodes: tuple[Up, Up]) -> N
         assert listener.stdout is not None
         assert listener.stdout.read() == b"from b\n"
         assert listener.wait(20) == 0
+    finally:
+        listener.kill()
+        listener.wait()
+        for pipe in (listener.stdin, listener.stdout, listener.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_connect_still_sends_after_the_listener_half_closed(two_nodes: tuple[Up, Up]) -> None:
+    # The listener sends and closes its side at once; the connecting side's stdin only
+    # arrives later. Half-close: its data must still get through.
+    a, b = two_nodes
+    _wait_ping(b, a.status["address"])
+    listener = subprocess.Popen(
+        [*MESH, "--data-dir", str(a.data), "listen", "4101"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert listener.stderr is not None and b"listening" in listener.stderr.readline()
+        assert listener.stdin is not None
+        listener.stdin.write(b"early\n")
+        listener.stdin.close()
+        slow_stdin = "import sys, time; time.sleep(2); sys.stdout.write('late\\n')"
+        connect = subprocess.run(
+            f"{sys.executable} -c \"{slow_stdin}\" | {' '.join(MESH)} --data-dir {b.data} "
+            f"connect {a.status['address']} 4101",
+            shell=True, capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert connect.returncode == 0, connect.stderr
+        assert connect.stdout == "early\n"
+        assert listener.stdout is not None
+        assert listener.stdout.read() == b"late\n"
     finally:
         listener.kill()
         listener.wait()
