@@ -39,8 +39,7 @@ from typing import Any
 from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
-from tests.lab.lab import Daemon, Host, Lab
-from tests.node.rootlink import RootLink, link_root
+from tests.lab.lab import Daemon, Host, Lab, RootLink
 
 CHUNK = 256 * 1024
 
@@ -306,7 +305,7 @@ def build_lab(lab: Lab) -> tuple[Host, Host, str, Daemon, Daemon, RootLink]:
     """Hosts a and b with daemons peered over a veth; a veth from here into a."""
     a, b = lab.host("a"), lab.host("b")
     la, _ = lab.link(a, b)
-    root = link_root(a, 0xEF)
+    root = a.link_root(0xEF)
     da = a.start_daemon(listen=[a.listen_uri(b, 7001), f"tcp://[{root.host_addr}]:7002"])
     db = b.start_daemon(peers=[a.peer_uri(b, 7001)])
     lab.wait_peered(da, db)
