@@ -82,6 +82,7 @@ class EmbeddedMesh:
     _hub_uri: str = ""
     _serial: int = 0
     _nodes: list[Node] = field(default_factory=list)
+    _hub_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def __aenter__(self) -> EmbeddedMesh:
         return self
@@ -90,6 +91,10 @@ class EmbeddedMesh:
         await self.close()
 
     async def hub(self) -> Node:
+        async with self._hub_lock:  # concurrent callers must share one hub
+            return await self._open_hub()
+
+    async def _open_hub(self) -> Node:
         if self._hub is None:
             config = NodeConfig(
                 data_dir=self.root / "hub", backend="embedded", listen=(LOOPBACK_LISTEN,)
@@ -113,10 +118,8 @@ class EmbeddedMesh:
         return node
 
     async def nodes(self, count: int) -> list[Node]:
-        """``count`` new nodes, each reachable from the others. They are opened one
-        after the other and then waited for together (about one wait for all). Opening
-        them concurrently (``asyncio.gather`` of :meth:`node`) left nodes that reached
-        the hub but never each other (an embedded-node issue, core/embedded)."""
+        """``count`` new nodes, each reachable from the others: opened one after the
+        other, then waited for together (about one wait for all)."""
         self._serial += 1
         base = self.root / f"set{self._serial}"
         hub = await self.hub()
