@@ -3,15 +3,13 @@
 Run (as root, for the real-daemon lab)::
 
     .venv/bin/python tests/bench/bench_mail.py [--mails 1000] [--size 10240] [--clients 4]
-        [--path lab|embedded|loopback]
+        [--path lab|embedded]
 
 ``lab`` (default when root): two network namespaces with a real yggdrasil 0.5.12 daemon
 each; node A and node B are separate processes attached to them (as ``mesh up`` runs
 them), so the mesh leg crosses both TUNs and each node has its own interpreter.
 ``embedded``: the same two processes on the embedded backend (Yggdrasil 0.5 in Python,
 userspace TCP), linked over one loopback TCP connection; no root needed.
-``loopback``: everything in this one process on the loopback carrier of the tests
-(no root needed; one GIL for both nodes and the clients, so it reads low).
 
 Two runs over the same path, printed side by side:
 
@@ -458,107 +456,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# -- the loopback path (one process) -------------------------------------------------------------
-
-
-async def bench_loopback(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], str]:
-    from tests.mail.test_smtp_loopmesh import LoopbackMesh
-
-    n, size = args.mails, args.size
-    with tempfile.TemporaryDirectory(prefix="bench-mail-") as tmp_text:
-        tmp = Path(tmp_text)
-        mesh = LoopbackMesh()
-        a = await mesh.node(tmp / "a")
-        b = await mesh.node(tmp / "b")
-        try:
-            bare = await _loopback_sink(a, b, n, size)
-            mta = await _loopback_mta(a, b, (tmp / "a", tmp / "b"), args)
-        finally:
-            await a.close()
-            await b.close()
-    return mta, bare, "loopback carrier, both nodes and the clients in one process"
-
-
-async def _loopback_sink(a: Node, b: Node, n: int, size: int) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    arrived: dict[str, float] = {}
-    all_in = asyncio.Event()
-
-    class Sink(_Sink):
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            m = _MID.search(envelope.original_content)
-            arrived[m.group(1).decode() if m else "?"] = time.monotonic()
-            if len(arrived) >= n:
-                all_in.set()
-            return "250 OK"
-
-    sink = Sink()
-    server = await b.create_server(
-        lambda: MeshSMTP(sink, hostname="sink", data_size_limit=None, loop=loop), SINK_PORT
-    )
-    started: dict[str, float] = {}
-    try:
-        await _send_sessions(a, str(b.mail_address), n, size, started.__setitem__)
-        await asyncio.wait_for(all_in.wait(), 60)
-    finally:
-        server.close()
-        await server.wait_closed()
-    return _summary("bare aiosmtpd sink (mesh SMTP only)", started, arrived)
-
-
-async def _loopback_mta(
-    a: Node, b: Node, dirs: tuple[Path, Path], args: argparse.Namespace
-) -> dict[str, Any]:
-    n = args.mails
-    settings = {**_mail_config(n), "smtp": "127.0.0.1:0", "imap": "127.0.0.1:0"}
-    for d in dirs:
-        set_password(d, PASSWORD)
-    sa = MailService(a, MailConfig.from_mapping(settings), dirs[0])
-    sb = MailService(b, MailConfig.from_mapping(settings), dirs[1])
-    await sa.start()
-    await sb.start()
-    try:
-        assert sb.store is not None and sa.submission_port is not None
-        store, port = sb.store, sa.submission_port
-        stored_uid: dict[int, float] = {}
-        all_in = asyncio.Event()
-
-        def on_new(mailbox: str, uid: int) -> None:
-            stored_uid[uid] = time.monotonic()
-            if len(stored_uid) >= n:
-                all_in.set()
-
-        store.subscribe_new_mail(on_new)
-        submitted: dict[str, float] = {}
-        user, to = str(a.mail_address), str(b.mail_address)
-
-        body = _body(args.size)
-        mails = [
-            (f"<mta-{i}@bench.mesh>", _render(_message(user, to, i, body, "mta"))) for i in range(n)
-        ]
-
-        def client(k: int) -> None:
-            with smtplib.SMTP("127.0.0.1", port, local_hostname="localhost", timeout=60) as s:
-                s.login(user, PASSWORD)
-                for mid, raw in mails[k :: args.clients]:
-                    submitted[mid] = time.monotonic()
-                    s.sendmail(user, [to], raw)
-
-        await asyncio.gather(*(asyncio.to_thread(client, k) for k in range(args.clients)))
-        submit_end = time.monotonic()
-        await asyncio.wait_for(all_in.wait(), 600)
-        stored: dict[str, float] = {}
-        for uid, stamp in stored_uid.items():
-            m = _MID.search(await store.fetch_raw("INBOX", uid) or b"")
-            stored[m.group(1).decode() if m else "?"] = stamp
-        mta = _summary("meshsuite (submit→queue→mesh→store)", submitted, stored)
-        mta["submit_rate"] = n / (submit_end - min(submitted.values()))
-        return mta
-    finally:
-        await sa.close()
-        await sb.close()
-
-
 def _print(mta: dict[str, Any], bare: dict[str, Any], what: str, args: argparse.Namespace) -> None:
     print(f"path: {what}")
     print(f"{args.mails} mails, {args.size}-byte bodies, {args.clients} submission clients\n")
@@ -584,8 +481,8 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=1000)
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--clients", type=int, default=4)
-    default_path = "lab" if os.geteuid() == 0 else "loopback"
-    parser.add_argument("--path", choices=["lab", "embedded", "loopback"], default=default_path)
+    default_path = "lab" if os.geteuid() == 0 else "embedded"
+    parser.add_argument("--path", choices=["lab", "embedded"], default=default_path)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -607,10 +504,8 @@ def main() -> None:
         asyncio.run(role_sink_sender(Path(rest[0]), rest[1], rest[2], int(rest[3]), int(rest[4])))
     elif args.path == "lab":
         _print(*bench_lab(args), args)
-    elif args.path == "embedded":
-        _print(*bench_embedded(args), args)
     else:
-        _print(*asyncio.run(bench_loopback(args)), args)
+        _print(*bench_embedded(args), args)
 
 
 if __name__ == "__main__":
