@@ -53,7 +53,11 @@ class GroupCommit(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         self._ready.set()
-        if self._writer is None:
+        if self._writer is None or self._writer.done():
+            # First use, or the writer died: a caller must never wait on a dead writer.
+            if self._writer is not None and not self._writer.cancelled():
+                log.error("%s: writer stopped (%r); starting a new one", self.name,
+                          self._writer.exception())  # fmt: skip
             self._writer = loop.create_task(self._run(), name=f"{self.name}-group-commit")
         return await future
 
@@ -89,7 +93,11 @@ class GroupCommit(Generic[T, R]):
             results = await self._commit([item for item, _ in batch])
             self.commits += 1
             self.largest = max(self.largest, len(batch))
-        except Exception as exc:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled mid-commit: answer, then stop
+                for _, fut in batch:
+                    _settle(fut, RuntimeError(f"{self.name}: stopped during a commit"))
+                raise
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
                 return

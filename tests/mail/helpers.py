@@ -53,7 +53,8 @@ async def wait_for(what: str, probe: Any, timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = await probe()
+        # Bounded too: a probe that hangs is a failure with a name, not a silent stall.
+        last = await asyncio.wait_for(probe(), max(deadline - time.monotonic(), 0.1))
         if last:
             return last
         await asyncio.sleep(0.05)

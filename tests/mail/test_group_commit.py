@@ -206,3 +206,21 @@ async def test_sigkill_with_concurrent_writers_loses_nothing_acknowledged(tmp_pa
         assert uids == list(range(1, len(uids) + 1))  # no gaps, no duplicates
     finally:
         await store.close()
+
+
+async def test_a_writer_stopped_mid_commit_answers_its_callers_and_is_replaced() -> None:
+    calls = 0
+
+    async def commit(items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError  # the writer is cancelled while committing
+        return [i * 10 for i in items]
+
+    gc: GroupCommit[int, int] = GroupCommit(commit, max_batch=8, name="t")
+    with pytest.raises(RuntimeError, match="stopped during a commit"):
+        await asyncio.wait_for(gc.submit(1), 5)
+    # Before the fix the dead writer was never replaced and this waited forever.
+    assert await asyncio.wait_for(gc.submit(2), 5) == 20
+    await gc.close()

@@ -175,7 +175,7 @@ async def test_recipient_daemon_down_then_back(lab: Lab, tmp_path: Path) -> None
     hb = lab.hosts["b"]
     assert hb.daemon is not None and lab.hosts["a"].daemon is not None
     try:
-        hb.daemon.stop()
+        await asyncio.to_thread(hb.daemon.stop)  # blocking: keep the nodes' loop running
         msg = _message(a.address, [b.address], "while your daemon was down")
         await asyncio.to_thread(_submit, a.service.submission_port, a.address, msg, [b.address])
 
@@ -185,16 +185,16 @@ async def test_recipient_daemon_down_then_back(lab: Lab, tmp_path: Path) -> None
             return bool(pending) and pending[0].attempts >= 2
 
         await wait_for("A to retry", retried, timeout=30)
-        hb.daemon.start()
-        lab.wait_peered(lab.hosts["a"].daemon, hb.daemon)
+        await asyncio.to_thread(hb.daemon.start)
+        await asyncio.to_thread(lab.wait_peered, lab.hosts["a"].daemon, hb.daemon)
         await wait_for("the mail at B after its daemon came back", lambda: _count(b), timeout=60)
         assert await _count(b) == 1
     finally:
         if hb.daemon.proc is None:
-            hb.daemon.start()
-            lab.wait_peered(lab.hosts["a"].daemon, hb.daemon)
-        await a.close()
-        await b.close()
+            await asyncio.to_thread(hb.daemon.start)
+            await asyncio.to_thread(lab.wait_peered, lab.hosts["a"].daemon, hb.daemon)
+        await asyncio.wait_for(a.close(), 60)
+        await asyncio.wait_for(b.close(), 60)
 
 
 async def test_expiry_bounces_to_a(lab: Lab, tmp_path: Path) -> None:
