@@ -47,11 +47,14 @@ async def test_mesh_streams_have_nagle_off_on_both_ends(lab: Lab) -> None:
     # Dialogue protocols (SMTP, IMAP, chat) must not wait ~40 ms for delayed ACKs.
     a, b = lab.hosts["a"], lab.hosts["b"]
     accepted: asyncio.Queue[socket.socket] = asyncio.Queue()
+    served = asyncio.Event()
 
     async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.put_nowait(writer.get_extra_info("socket"))
         await reader.read()
         writer.close()
+        await writer.wait_closed()
+        served.set()
 
     async with await open_node(a) as na, await open_node(b) as nb:
         await nb.start_server(keep, PORT + 1)
@@ -60,6 +63,8 @@ async def test_mesh_streams_have_nagle_off_on_both_ends(lab: Lab) -> None:
         for sock in (writer.get_extra_info("socket"), server_side):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(served.wait(), 10)  # both ends closed before the nodes go
 
 
 async def test_status_shows_daemon_peers_and_sessions(lab: Lab) -> None:
