@@ -28,6 +28,7 @@ import aiosqlite
 from core.errors import MeshError
 
 from .groupcommit import GroupCommit
+from .migrate import run_migrations
 from .sqlwriter import TransactionThread
 
 __all__ = [
@@ -140,27 +141,7 @@ def _delivery(row: Any) -> Delivery:
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    async with db.execute("SELECT version FROM schema_version") as cur:
-        row = await cur.fetchone()
-    found = int(row[0]) if row else 0
-    if found > SCHEMA_VERSION:
-        raise MeshError(
-            f"{path} has schema version {found}, newer than this meshsuite understands "
-            f"({SCHEMA_VERSION}); upgrade meshsuite"
-        )
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[version]:
-                await db.execute(statement)
-            await db.execute("DELETE FROM schema_version")
-            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        log.info("%s migrated to schema version %d", path.name, version)
+    await run_migrations(db, MIGRATIONS, str(path))
 
 
 def _enqueue_rows(

@@ -7,15 +7,11 @@ a store written by a *newer* release is refused rather than damaged.
 
 from __future__ import annotations
 
-import logging
-
 import aiosqlite
 
-from core.errors import MeshError
+from .migrate import run_migrations
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
-
-log = logging.getLogger(__name__)
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -66,25 +62,4 @@ SCHEMA_VERSION = max(MIGRATIONS)
 
 async def migrate(db: aiosqlite.Connection) -> int:
     """Bring the database to :data:`SCHEMA_VERSION`; returns the version found before."""
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    async with db.execute("SELECT version FROM schema_version") as cur:
-        row = await cur.fetchone()
-    found = int(row[0]) if row else 0
-    if found > SCHEMA_VERSION:
-        raise MeshError(
-            f"the mail store has schema version {found}, newer than this meshsuite "
-            f"understands ({SCHEMA_VERSION}); upgrade meshsuite or use the matching release"
-        )
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[version]:
-                await db.execute(statement)
-            await db.execute("DELETE FROM schema_version")
-            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        log.info("mail store migrated to schema version %d", version)
-    return found
+    return await run_migrations(db, MIGRATIONS, "the mail store")
