@@ -6,6 +6,7 @@ leaves loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -123,15 +124,28 @@ def test_ping_by_mail_address_reports_rtts(two_nodes: tuple[Up, Up]) -> None:
     assert result["received"] == 3 and result["loss_percent"] == 0.0
 
 
-def test_connect_and_listen_carry_bytes_both_ways(two_nodes: tuple[Up, Up]) -> None:
-    a, b = two_nodes
-    _wait_ping(b, a.status["address"])
+@contextlib.contextmanager
+def listening(node: Up, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`mesh listen PORT` on ``node``, yielded once it says it listens; always reaped."""
     listener = subprocess.Popen(
-        [*MESH, "--data-dir", str(a.data), "listen", "4100"],
+        [*MESH, "--data-dir", str(node.data), "listen", str(port)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         assert listener.stderr is not None and b"listening" in listener.stderr.readline()
+        yield listener
+    finally:
+        listener.kill()
+        listener.wait()
+        for pipe in (listener.stdin, listener.stdout, listener.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_connect_and_listen_carry_bytes_both_ways(two_nodes: tuple[Up, Up]) -> None:
+    a, b = two_nodes
+    _wait_ping(b, a.status["address"])
+    with listening(a, 4100) as listener:
         assert listener.stdin is not None
         listener.stdin.write(b"from a\n")
         listener.stdin.close()
@@ -141,12 +155,6 @@ def test_connect_and_listen_carry_bytes_both_ways(two_nodes: tuple[Up, Up]) -> N
         assert listener.stdout is not None
         assert listener.stdout.read() == b"from b\n"
         assert listener.wait(20) == 0
-    finally:
-        listener.kill()
-        listener.wait()
-        for pipe in (listener.stdin, listener.stdout, listener.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 def test_connect_still_sends_after_the_listener_half_closed(two_nodes: tuple[Up, Up]) -> None:
@@ -154,12 +162,7 @@ def test_connect_still_sends_after_the_listener_half_closed(two_nodes: tuple[Up,
     # arrives later. Half-close: its data must still get through.
     a, b = two_nodes
     _wait_ping(b, a.status["address"])
-    listener = subprocess.Popen(
-        [*MESH, "--data-dir", str(a.data), "listen", "4101"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert listener.stderr is not None and b"listening" in listener.stderr.readline()
+    with listening(a, 4101) as listener:
         assert listener.stdin is not None
         listener.stdin.write(b"early\n")
         listener.stdin.close()
@@ -173,12 +176,6 @@ def test_connect_still_sends_after_the_listener_half_closed(two_nodes: tuple[Up,
         assert connect.stdout == "early\n"
         assert listener.stdout is not None
         assert listener.stdout.read() == b"late\n"
-    finally:
-        listener.kill()
-        listener.wait()
-        for pipe in (listener.stdin, listener.stdout, listener.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 def test_socks_proxy_reaches_exposed_port_with_curl(
