@@ -53,6 +53,7 @@ MAX_FRAME_BYTES = 32 * 1024  # an aiortc offer with audio+video is ~2-4 KiB
 MAX_SDP_BYTES = 16 * 1024
 MAX_NAME_CHARS = 64
 MAX_SOURCE_CHARS = 128
+MAX_DETAIL_CHARS = 200
 MEDIA_KINDS = ("audio", "video")
 REJECT_REASONS = ("declined", "busy", "not-a-contact")
 HANGUP_REASONS = ("normal", "no-answer", "failed")
@@ -117,10 +118,15 @@ class Reject(Frame):
 @dataclass(frozen=True)
 class Hangup(Frame):
     reason: str = "normal"
+    detail: str = ""  # why, for "failed" (a refused SDP says what was wrong)
     TYPE: ClassVar[str] = "hangup"
 
     def fields(self) -> dict[str, Any]:
-        return {"reason": self.reason}
+        return (
+            {"reason": self.reason, "detail": self.detail}
+            if self.detail
+            else {"reason": self.reason}
+        )
 
 
 @dataclass(frozen=True)
@@ -201,7 +207,11 @@ _PARSERS: dict[str, Callable[[str, dict[str, Any]], Frame]] = {
     "ringing": lambda c, o: Ringing(c),
     "accept": lambda c, o: Accept(c, _text(o, "sdp", MAX_SDP_BYTES)),
     "reject": lambda c, o: Reject(c, _choice(o, "reason", REJECT_REASONS, None)),
-    "hangup": lambda c, o: Hangup(c, _choice(o, "reason", HANGUP_REASONS, "normal")),
+    "hangup": lambda c, o: Hangup(
+        c,
+        _choice(o, "reason", HANGUP_REASONS, "normal"),
+        _text(o, "detail", MAX_DETAIL_CHARS, required=False),
+    ),
     "keepalive": lambda c, o: Keepalive(c),
     "update": _parse_update,
 }

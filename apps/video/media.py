@@ -1,0 +1,416 @@
+"""Media for calls: sources (test pattern + tone, file, camera/microphone), the gate
+that mutes and switches them mid-call, and the sink that counts, measures and records
+what arrives.
+
+The test pattern is ``yuv420p`` drawn with plain bytes (no numpy): a moving bar, a
+human-readable ``#frame hh:mm:ss.mmm`` line and, in the top 32 rows, the frame number
+and the send time (ms) as black/white blocks that survive VP8 and are read back by
+:func:`read_stamp` on the far side (frame counter, end-to-end latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import math
+import struct
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+from aiortc.contrib.media import MediaPlayer, MediaRecorder, MediaRelay
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from core.errors import UsageError
+
+__all__ = [
+    "Gate",
+    "MediaSink",
+    "Source",
+    "TestPattern",
+    "Tone",
+    "open_source",
+    "read_stamp",
+]
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK = 90_000
+AUDIO_RATE = 48_000
+AUDIO_SAMPLES = 960  # 20 ms
+BLACK, WHITE, GREY = 16, 235, 128
+CODE_BLOCKS = 40  # per row, two rows: 32-bit frame number, 32-bit ms, 16-bit check
+_STAMP = struct.Struct(">IIH")
+
+
+# -- the test pattern ------------------------------------------------------------------
+_FONT = {  # 3x5 glyphs, rows top to bottom, bit 2 = left column
+    "0": (7, 5, 5, 5, 7), "1": (2, 6, 2, 2, 7), "2": (7, 1, 7, 4, 7), "3": (7, 1, 7, 1, 7),
+    "4": (5, 5, 7, 1, 1), "5": (7, 4, 7, 1, 7), "6": (7, 4, 7, 5, 7), "7": (7, 1, 1, 1, 1),
+    "8": (7, 5, 7, 5, 7), "9": (7, 5, 7, 1, 7), "#": (5, 7, 5, 7, 5), ":": (0, 2, 0, 2, 0),
+    ".": (0, 0, 0, 0, 2), " ": (0, 0, 0, 0, 0),
+}  # fmt: skip
+
+
+def _text_rows(text: str, width: int, scale: int) -> list[bytes]:
+    """Rows (``5 * scale`` of them) of ``width`` luma bytes with ``text`` in white."""
+    on, off = bytes([WHITE]) * scale, bytes([BLACK]) * scale
+    rows: list[bytes] = []
+    for r in range(5):
+        parts = []
+        for ch in text:
+            bits = _FONT.get(ch, _FONT[" "])[r]
+            parts.append(b"".join(on if bits >> (2 - c) & 1 else off for c in range(3)) + off)
+        row = b"".join(parts)[:width]
+        rows.extend([row + bytes([BLACK]) * (width - len(row))] * scale)
+    return rows
+
+
+def _code_rows(frame_no: int, ms: int, width: int) -> list[bytes]:
+    payload = _STAMP.pack(frame_no & 0xFFFFFFFF, ms & 0xFFFFFFFF, 0)
+    check = sum(payload[:8]) & 0xFFFF
+    bits_all = int.from_bytes(_STAMP.pack(frame_no & 0xFFFFFFFF, ms & 0xFFFFFFFF, check), "big")
+    block = width // CODE_BLOCKS
+    rows: list[bytes] = []
+    nbits = _STAMP.size * 8
+    for line in range(2):
+        parts = []
+        for i in range(CODE_BLOCKS):
+            bit = line * CODE_BLOCKS + i
+            value = bits_all >> (nbits - 1 - bit) & 1 if bit < nbits else 0
+            parts.append(bytes([WHITE if value else BLACK]) * block)
+        row = b"".join(parts)
+        rows.extend([row + bytes([BLACK]) * (width - len(row))] * 16)
+    return rows
+
+
+def read_stamp(frame: av.VideoFrame) -> tuple[int, int] | None:
+    """The (frame number, send time ms mod 2**32) coded into a test-pattern frame, or
+    None when the blocks do not read back with a valid check."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    plane = frame.planes[0]
+    data = memoryview(plane)
+    stride = plane.line_size
+    block = frame.width // CODE_BLOCKS
+    if block < 4 or frame.height < 40:
+        return None
+    bits = 0
+    for bit in range(_STAMP.size * 8):
+        line, i = divmod(bit, CODE_BLOCKS)
+        y = line * 16 + 8
+        x = i * block + block // 2
+        bits = bits << 1 | (1 if data[y * stride + x] > GREY else 0)
+    frame_no, ms, check = _STAMP.unpack(bits.to_bytes(_STAMP.size, "big"))
+    if sum(_STAMP.pack(frame_no, ms, 0)[:8]) & 0xFFFF != check:
+        return None
+    return frame_no, ms
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000) & 0xFFFFFFFF
+
+
+class TestPattern(MediaStreamTrack):
+    """A moving test pattern at ``fps``, with frame number and time drawn in."""
+
+    kind = "video"
+
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0) -> None:
+        super().__init__()
+        if width % 2 or height % 2 or width < 160 or height < 120 or not 1 <= fps <= 60:
+            raise UsageError("test pattern: even size of at least 160x120, 1-60 fps")
+        self.width, self.height, self.fps = width, height, fps
+        self._count = 0
+        self._start: float | None = None
+        self._chroma = bytes([GREY]) * (width * height // 2)
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self._count / self.fps
+        if due > now:
+            await asyncio.sleep(due - now)
+        frame = self._draw(self._count)
+        frame.pts = int(self._count * VIDEO_CLOCK / self.fps)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._count += 1
+        return frame
+
+    def _draw(self, n: int) -> av.VideoFrame:
+        w, h = self.width, self.height
+        bar = w // 8
+        x = (n * 8) % (w - bar)
+        body = bytes([BLACK + 40]) * x + bytes([WHITE]) * bar + bytes([BLACK + 40]) * (w - bar - x)
+        stamp = time.time()
+        clock = time.strftime("%H:%M:%S", time.gmtime(stamp)) + f".{int(stamp * 1000) % 1000:03d}"
+        header = _code_rows(n, int(stamp * 1000), w) + [bytes([BLACK]) * w] * 8
+        text = _text_rows(f"#{n:06d} {clock}", w, max(2, w // 160))
+        rows = header + text
+        luma = b"".join(rows) + body * (h - len(rows))
+        frame = av.VideoFrame(w, h, "yuv420p")
+        _fill(frame.planes[0], luma, w)
+        _fill(frame.planes[1], self._chroma[: w * h // 4], w // 2)
+        _fill(frame.planes[2], self._chroma[: w * h // 4], w // 2)
+        return frame
+
+
+def _fill(plane: Any, data: bytes, width: int) -> None:
+    if plane.line_size == width:
+        plane.update(data)
+        return
+    pad = bytes(plane.line_size - width)
+    plane.update(b"".join(data[i : i + width] + pad for i in range(0, len(data), width)))
+
+
+class Tone(MediaStreamTrack):
+    """A 440 Hz tone, 48 kHz mono, 20 ms frames."""
+
+    kind = "audio"
+
+    def __init__(self, hz: int = 440) -> None:
+        super().__init__()
+        table = [int(8000 * math.sin(2 * math.pi * hz * i / AUDIO_RATE)) for i in range(AUDIO_RATE)]
+        self._table = struct.pack(f"<{AUDIO_RATE}h", *table) * 2
+        self._samples = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self._samples / AUDIO_RATE
+        if due > now:
+            await asyncio.sleep(due - now)
+        offset = 2 * (self._samples % AUDIO_RATE)
+        frame = _audio_frame(self._table[offset : offset + 2 * AUDIO_SAMPLES], self._samples)
+        self._samples += AUDIO_SAMPLES
+        return frame
+
+
+def _audio_frame(pcm: bytes, pts: int) -> av.AudioFrame:
+    frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+    frame.planes[0].update(pcm)
+    frame.sample_rate = AUDIO_RATE
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+    return frame
+
+
+# -- the gate: mute, camera off, switch source ----------------------------------------
+class Gate(MediaStreamTrack):
+    """What the peer connection sends for one kind: frames of the current source,
+    re-stamped on one continuous timeline, blanked while muted; the source can be
+    switched at any time."""
+
+    def __init__(self, kind: str, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = kind
+        self._source = source
+        self.muted = False
+        self._offset: int | None = None
+        self._last = -1
+        self._black: av.VideoFrame | None = None
+
+    @property
+    def source(self) -> MediaStreamTrack:
+        return self._source
+
+    def switch(self, source: MediaStreamTrack) -> MediaStreamTrack:
+        """Send ``source`` from now on; returns the previous one (the caller stops it)."""
+        old, self._source = self._source, source
+        self._offset = None
+        return old
+
+    async def recv(self) -> av.AudioFrame | av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._source.recv()
+        assert isinstance(frame, av.AudioFrame | av.VideoFrame)
+        if self._offset is None:  # first frame of a source: continue the timeline
+            self._offset = self._last + 1 - (frame.pts or 0)
+        pts = (frame.pts or 0) + self._offset
+        if pts <= self._last:
+            pts = self._last + 1
+        self._last = pts
+        if self.muted:
+            frame = self._blank(frame)
+        frame.pts = pts
+        return frame
+
+    def _blank(self, frame: Any) -> Any:
+        if isinstance(frame, av.AudioFrame):
+            silent = _audio_frame(bytes(2 * frame.samples), 0)
+            silent.sample_rate = frame.sample_rate
+            return silent
+        if self._black is None or (self._black.width, self._black.height) != (
+            frame.width,
+            frame.height,
+        ):
+            black = av.VideoFrame(frame.width, frame.height, "yuv420p")
+            _fill(black.planes[0], bytes([BLACK]) * (frame.width * frame.height), frame.width)
+            grey = bytes([GREY]) * (frame.width * frame.height // 4)
+            _fill(black.planes[1], grey, frame.width // 2)
+            _fill(black.planes[2], grey, frame.width // 2)
+            self._black = black
+        out = av.VideoFrame(frame.width, frame.height, "yuv420p")
+        for i in range(3):
+            out.planes[i].update(bytes(self._black.planes[i]))
+        out.time_base = frame.time_base
+        return out
+
+
+# -- sources ----------------------------------------------------------------------------
+@dataclass
+class Source:
+    """The tracks of one source (either may be None) and what closes it."""
+
+    spec: str
+    audio: MediaStreamTrack | None
+    video: MediaStreamTrack | None
+    player: MediaPlayer | None = None
+
+    def close(self) -> None:
+        for track in (self.audio, self.video):
+            if track is not None:
+                track.stop()
+
+
+def _device(spec: str) -> tuple[str, str | None, dict[str, str]]:
+    """(file, ffmpeg format, options) for a device spec."""
+    video_opts = {"video_size": "640x480", "framerate": "30"}
+    if spec.startswith("/dev/video"):
+        return spec, "v4l2", video_opts
+    for prefix in ("alsa:", "pulse:"):
+        if spec.startswith(prefix):
+            return spec[len(prefix) :] or "default", prefix[:-1], {}
+    if spec.startswith("avfoundation:"):
+        return spec[len("avfoundation:") :] or "0:0", "avfoundation", video_opts
+    if spec in ("camera", "default"):
+        if sys.platform == "darwin":
+            return "0:0", "avfoundation", video_opts
+        return "/dev/video0", "v4l2", video_opts
+    return spec, None, {}
+
+
+def open_source(spec: str, *, audio: bool = True, video: bool = True) -> Source:
+    """``testsrc`` (pattern + tone), a media FILE (looped), or a DEVICE:
+    ``/dev/videoN`` (v4l2), ``alsa:hw:0``, ``pulse:default``, ``avfoundation:0:0``,
+    ``camera``. Raises :class:`UsageError` with what to do when it cannot be opened."""
+    if spec == "testsrc" or spec.startswith("testsrc:"):
+        size = spec.partition(":")[2] or "640x480@30"
+        try:
+            dims, _, fps = size.partition("@")
+            width, height = (int(v) for v in dims.split("x"))
+            rate = float(fps or 30)
+        except ValueError:
+            raise UsageError(f"testsrc size must look like 640x480@30, not {size!r}") from None
+        return Source(
+            spec,
+            Tone() if audio else None,
+            TestPattern(width, height, rate) if video else None,
+        )
+    file, fmt, options = _device(spec)
+    if fmt is None and not Path(file).exists():
+        raise UsageError(
+            f"source {spec!r} is not testsrc, an existing media file or a device "
+            "(/dev/videoN, alsa:hw:0, pulse:default, avfoundation:0:0, camera)"
+        )
+    try:
+        player = MediaPlayer(file, format=fmt, options=options, loop=fmt is None)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise UsageError(f"cannot open source {spec!r}: {exc}") from None
+    return Source(
+        spec,
+        player.audio if audio else None,
+        player.video if video else None,
+        player,
+    )
+
+
+# -- the sink: count, measure, record ------------------------------------------------
+@dataclass
+class KindStats:
+    frames: int = 0
+    first_at: float | None = None
+    width: int = 0
+    height: int = 0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=90))
+
+    def fps(self) -> float:
+        if len(self.recent) < 2 or self.recent[-1] == self.recent[0]:
+            return 0.0
+        return (len(self.recent) - 1) / (self.recent[-1] - self.recent[0])
+
+
+class MediaSink:
+    """Consumes the remote tracks: counts frames (first-frame time, fps, resolution),
+    reads test-pattern stamps (frame numbers, end-to-end latency) and, with
+    ``record_to``, records them with aiortc's ``MediaRecorder``."""
+
+    MAX_LATENCIES = 10_000
+
+    def __init__(self, record_to: Path | None = None) -> None:
+        self._relay = MediaRelay()
+        self._recorder = MediaRecorder(str(record_to)) if record_to else None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.audio = KindStats()
+        self.video = KindStats()
+        self.stamps: deque[int] = deque(maxlen=self.MAX_LATENCIES)
+        self.latencies_ms: deque[int] = deque(maxlen=self.MAX_LATENCIES)
+        self.first_frame = asyncio.Event()
+        self._recorder_started = False
+
+    def add(self, track: MediaStreamTrack) -> None:
+        consumer = self._relay.subscribe(track, buffered=False) if self._recorder else track
+        if self._recorder is not None:
+            self._recorder.addTrack(self._relay.subscribe(track, buffered=False))
+        task = asyncio.get_running_loop().create_task(self._consume(track.kind, consumer))
+        self._tasks.add(task)
+
+    async def start(self) -> None:
+        if self._recorder is not None and not self._recorder_started:
+            self._recorder_started = True
+            await self._recorder.start()
+
+    async def _consume(self, kind: str, track: MediaStreamTrack) -> None:
+        stats = self.video if kind == "video" else self.audio
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            stats.frames += 1
+            stats.recent.append(now)
+            if stats.first_at is None:
+                stats.first_at = now
+            if isinstance(frame, av.VideoFrame):
+                stats.width, stats.height = frame.width, frame.height
+                stamp = read_stamp(frame)
+                if stamp is not None:
+                    self.stamps.append(stamp[0])
+                    self.latencies_ms.append((wall_ms() - stamp[1]) & 0xFFFFFFFF)
+            self.first_frame.set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._recorder is not None:
+            recorder, self._recorder = self._recorder, None
+            try:
+                await recorder.stop()
+            except (av.FFmpegError, ValueError, OSError) as exc:
+                log.warning("recording did not close cleanly: %s", exc)

@@ -1,0 +1,579 @@
+"""The call service in the node process: signaling on the mesh, calls, the call log,
+control methods and events.
+
+- Signaling: a mesh stream per call on :data:`SIGNALING_PORT` (5311). The caller is the
+  stream's authenticated source address and key, never what a frame claims.
+- Who may ring: trusted contacts (``ring = "contacts"``, the default) or everyone but
+  blocked keys (``ring = "everyone"``); others get ``reject not-a-contact``. A second
+  call while in one gets ``reject busy``. No answer within ``ring_timeout`` (45 s):
+  missed on both sides.
+- Control methods: ``call.place``, ``call.answer``, ``call.reject``, ``call.hangup``,
+  ``call.update``, ``call.status``, ``call.stats``, ``call.log``, ``call.info``.
+- Events: ``call.incoming``, ``call.state``, ``call.missed``, ``call.ended`` (the
+  summary the CLI prints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from apps.video import sdp
+from apps.video import signaling as sig
+from apps.video.call import Call, CallOptions
+from apps.video.store import LOG_FILE_NAME, CallLog
+from core.address import address_for_key
+from core.backend import NodeEvent
+from core.errors import MeshError, UsageError
+from core.mailaddr import parse_mail_address
+
+if TYPE_CHECKING:
+    from core.node import Node
+
+__all__ = ["CallService", "ContactBook", "VideoConfig", "create_service"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+_REJECT_RESULTS = {"declined": "rejected", "busy": "busy", "not-a-contact": "not-a-contact"}
+MAX_HANDSHAKES = 8  # incoming streams still before their first frame
+FIRST_FRAME_TIMEOUT = 10.0
+DIAL_TIMEOUT = 15.0
+FINISHED_KEPT = 32
+
+
+class ContactBook(Protocol):
+    """What the service needs of the node's contacts (``node.contacts``)."""
+
+    async def get(self, key: bytes) -> Any | None: ...
+
+    async def seen(self, key: bytes) -> Any: ...
+
+    async def resolve(self, name: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    port: int = sig.SIGNALING_PORT
+    ring: str = "contacts"
+    ring_timeout: float = 45.0
+    keepalive: float = 5.0
+    idle_timeout: float = 20.0
+    connect_timeout: float = 20.0
+    name: str = ""
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> VideoConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(raw) - known
+        if unknown:
+            raise UsageError(f"[video] has unknown settings: {', '.join(sorted(unknown))}")
+        config = cls(**{k: v for k, v in raw.items() if v is not None})
+        if config.ring not in ("contacts", "everyone"):
+            raise UsageError('[video] ring must be "contacts" or "everyone"')
+        if not 0 <= int(config.port) < 65536:
+            raise UsageError("[video] port must be 0-65535")
+        for name in ("ring_timeout", "keepalive", "idle_timeout", "connect_timeout"):
+            if not float(getattr(config, name)) > 0:
+                raise UsageError(f"[video] {name} must be > 0 seconds")
+        return config
+
+
+def _trust(contact: Any) -> str:
+    trust = getattr(contact, "trust", "unknown")
+    return str(getattr(trust, "value", trust))
+
+
+@dataclass
+class _Session:
+    call: Call
+    writer: asyncio.StreamWriter | None = None
+    reader: asyncio.StreamReader | None = None
+    offer: sdp.IncomingSdp | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class CallService:
+    def __init__(
+        self,
+        node: Node,
+        config: VideoConfig,
+        data_dir: Path,
+        *,
+        contacts: ContactBook | None = None,
+    ) -> None:
+        self.node = node
+        self.config = config
+        self.data_dir = data_dir
+        self.contacts: ContactBook | None = contacts or getattr(node, "contacts", None)
+        self.log: CallLog | None = None
+        self._server: Any = None
+        self._sessions: dict[str, _Session] = {}
+        self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handshakes = 0
+        self.refused_frames = 0
+        self.sent_sdp: deque[str] = deque(maxlen=64)  # the last SDPs sent, for checks
+        self.port = config.port
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        self.log = await CallLog.open(self.data_dir / LOG_FILE_NAME)
+        try:
+            self._server = await self.node.start_server(self._incoming, self.config.port)
+        except BaseException:
+            await self.log.close()
+            raise
+        self.port = self._server.port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions.values()):
+            await self._send(session, sig.Hangup(session.call.id))
+            session.call.fire(sig.Trigger.HANGUP)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for session in list(self._sessions.values()):
+            await self._finish(session)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        if self.log is not None:
+            await self.log.close()
+            self.log = None
+
+    def endpoints(self) -> dict[str, Any]:
+        return {"signaling": f"[{self.node.address}]:{self.port}", "ring": self.config.ring}
+
+    def control_methods(self) -> dict[str, Handler]:
+        return {
+            "call.info": self._m_info,
+            "call.place": self._m_place,
+            "call.answer": self._m_answer,
+            "call.reject": self._m_reject,
+            "call.hangup": self._m_hangup,
+            "call.update": self._m_update,
+            "call.status": self._m_status,
+            "call.stats": self._m_stats,
+            "call.log": self._m_log,
+        }
+
+    def _own(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- events -------------------------------------------------------------------------
+    def _publish(self, kind: str, data: dict[str, Any]) -> None:
+        self.node.events.publish(NodeEvent(kind, data))
+
+    def _on_state(self, call: Call, old: sig.CallState, new: sig.CallState) -> None:
+        log.info("call %s %s: %s -> %s", call.id[:8], call.role.value, old.value, new.value)
+        self._publish("call.state", {**call.to_json(), "previous": old.value})
+
+    def current(self) -> Call | None:
+        for session in self._sessions.values():
+            if session.call.state is not sig.CallState.ENDED:
+                return session.call
+        return None
+
+    # -- who may call -------------------------------------------------------------------
+    async def _screen(self, key: bytes) -> str | None:
+        """None if ``key`` may ring us, else the reject reason."""
+        contact = await self.contacts.get(key) if self.contacts is not None else None
+        trust = _trust(contact) if contact is not None else "unknown"
+        if trust == "blocked":
+            return "not-a-contact"
+        if self.config.ring == "everyone":
+            return None
+        if trust != "trusted":
+            if contact is None and self.contacts is not None:
+                with contextlib.suppress(Exception):
+                    await self.contacts.seen(key)
+            return "not-a-contact"
+        return None
+
+    async def _resolve(self, name: str) -> bytes:
+        if self.contacts is not None:
+            contact = await self.contacts.resolve(name)
+            return bytes(contact.key)
+        text = name.strip()
+        if "@" in text:
+            return parse_mail_address(text).key
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise UsageError(f"{name!r} is not a 64-hex key or KEY@mesh")
+        return key
+
+    # -- signaling I/O ------------------------------------------------------------------
+    async def _send(self, session: _Session, frame: sig.Frame) -> None:
+        writer = session.writer
+        if writer is None or writer.is_closing():
+            return
+        if isinstance(frame, sig.CallFrame | sig.Accept):
+            self.sent_sdp.append(frame.sdp)
+        try:
+            writer.write(sig.encode_frame(frame))
+            await asyncio.wait_for(writer.drain(), self.config.idle_timeout)
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            log.info("call %s: signaling write failed: %s", session.call.id[:8], exc)
+
+    async def _drive(self, session: _Session, conn: sig.SignalingConnection) -> None:
+        """Run one call's signaling until it ends, then finish it."""
+        call = session.call
+        helpers = [
+            asyncio.ensure_future(self._read_loop(session, conn)),
+            asyncio.ensure_future(self._keepalive(session)),
+            asyncio.ensure_future(self._ring_timer(session)),
+        ]
+        session.tasks.update(helpers)
+        try:
+            await call.ended.wait()
+        finally:
+            for task in session.tasks:
+                task.cancel()
+            await asyncio.gather(*session.tasks, return_exceptions=True)
+            await self._finish(session)
+
+    async def _read_loop(self, session: _Session, conn: sig.SignalingConnection) -> None:
+        call, reader = session.call, session.reader
+        assert reader is not None
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(65536), self.config.idle_timeout)
+            except TimeoutError:
+                call.fire(sig.Trigger.FAIL, result="failed", detail="the peer went silent")
+                return
+            except (ConnectionError, OSError) as exc:
+                call.fire(sig.Trigger.FAIL, result="failed", detail=f"signaling lost: {exc}")
+                return
+            if not data:
+                self._peer_gone(call)
+                return
+            try:
+                conn.receive_data(data)
+                while (frame := conn.next_event()) is not None:
+                    if frame.call != call.id:
+                        raise sig.RemoteProtocolError("frame for another call on this stream")
+                    await self._on_frame(session, frame)
+            except sig.RemoteProtocolError as exc:
+                self.refused_frames += 1
+                await self._send(session, sig.Hangup(call.id, "failed", str(exc)[:200]))
+                call.fire(sig.Trigger.FAIL, result="failed", detail=f"peer: {exc}")
+                return
+
+    def _peer_gone(self, call: Call) -> None:
+        if call.state in (sig.CallState.ACTIVE, sig.CallState.CONNECTING):
+            call.fire(sig.Trigger.HANGUP)
+        elif call.role is sig.Role.CALLEE:
+            call.fire(sig.Trigger.HANGUP, result="missed", detail="the caller went away")
+        else:
+            call.fire(sig.Trigger.FAIL, result="failed", detail="the callee closed the stream")
+
+    async def _keepalive(self, session: _Session) -> None:
+        while True:
+            await asyncio.sleep(self.config.keepalive)
+            await self._send(session, sig.Keepalive(session.call.id))
+
+    async def _ring_timer(self, session: _Session) -> None:
+        call = session.call
+        grace = 0.0 if call.role is sig.Role.CALLER else min(5.0, self.config.ring_timeout)
+        await asyncio.sleep(self.config.ring_timeout + grace)
+        if call.state in (sig.CallState.DIALING, sig.CallState.RINGING):
+            await self._send(session, sig.Hangup(call.id, "no-answer"))
+            result = "no-answer" if call.role is sig.Role.CALLER else "missed"
+            call.fire(sig.Trigger.TIMEOUT, result=result, detail="no answer")
+
+    async def _media_watch(self, session: _Session) -> None:
+        call = session.call
+        try:
+            await asyncio.wait_for(call.connected.wait(), self.config.connect_timeout)
+        except TimeoutError:
+            await self._send(session, sig.Hangup(call.id, "failed", "media did not connect"))
+            call.fire(sig.Trigger.FAIL, result="failed", detail="media did not connect")
+            return
+        call.fire(sig.Trigger.MEDIA_UP)
+
+    def _spawn(self, session: _Session, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        session.tasks.add(task)
+
+    # -- frames -------------------------------------------------------------------------
+    async def _on_frame(self, session: _Session, frame: sig.Frame) -> None:
+        call = session.call
+        if isinstance(frame, sig.Keepalive):
+            return
+        if isinstance(frame, sig.Update):
+            call.remote_update.update(frame.fields())
+            self._publish("call.state", {**call.to_json(), "previous": call.state.value})
+            return
+        if isinstance(frame, sig.Hangup):
+            if call.answered_at is not None:
+                call.fire(sig.Trigger.HANGUP)
+            elif call.role is sig.Role.CALLEE:
+                call.fire(sig.Trigger.HANGUP, result="missed", detail="the caller hung up")
+            else:
+                result = "no-answer" if frame.reason == "no-answer" else "failed"
+                call.fire(sig.Trigger.HANGUP, result=result, detail=frame.detail or frame.reason)
+            return
+        if call.role is sig.Role.CALLER:
+            await self._caller_frame(session, frame)
+        else:
+            raise sig.RemoteProtocolError(f"a caller may not send {frame.TYPE}")
+
+    async def _caller_frame(self, session: _Session, frame: sig.Frame) -> None:
+        call = session.call
+        if isinstance(frame, sig.Ringing):
+            call.fire(sig.Trigger.RINGING)
+        elif isinstance(frame, sig.Reject):
+            call.fire(sig.Trigger.REJECT, result=_REJECT_RESULTS[frame.reason], detail=frame.reason)
+        elif isinstance(frame, sig.Accept):
+            if not call.machine.can(sig.Trigger.ANSWER):
+                raise sig.RemoteProtocolError(f"accept in state {call.state.value}")
+            try:
+                await call.accept_answer(frame.sdp)
+            except sdp.SdpError as exc:
+                self.refused_frames += 1
+                await self._send(session, sig.Hangup(call.id, "failed", f"bad answer: {exc}"))
+                call.fire(sig.Trigger.FAIL, result="failed", detail=f"bad answer SDP: {exc}")
+                return
+            call.fire(sig.Trigger.ANSWER)
+            self._spawn(session, self._media_watch(session))
+        else:
+            raise sig.RemoteProtocolError(f"a callee may not send {frame.TYPE}")
+
+    # -- incoming -----------------------------------------------------------------------
+    async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._take_call(reader, writer)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _first_frame(
+        self, reader: asyncio.StreamReader, conn: sig.SignalingConnection
+    ) -> sig.Frame:
+        async with asyncio.timeout(FIRST_FRAME_TIMEOUT):
+            while (frame := conn.next_event()) is None:
+                data = await reader.read(65536)
+                if not data:
+                    raise sig.RemoteProtocolError("stream closed before a call frame")
+                conn.receive_data(data)
+        return frame
+
+    async def _take_call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._handshakes >= MAX_HANDSHAKES:
+            return
+        peer = ipaddress.IPv6Address(str(writer.get_extra_info("peername")[0]).split("%")[0])
+        key = writer.get_extra_info("peer_key") or await self.node.key_for_address(peer)
+        if key is None or address_for_key(key) != peer:
+            log.warning("call from %s refused: its key is unknown", peer)
+            return
+        conn = sig.SignalingConnection()
+        self._handshakes += 1
+        try:
+            frame = await self._first_frame(reader, conn)
+            if not isinstance(frame, sig.CallFrame):
+                raise sig.RemoteProtocolError(f"expected a call frame, got {frame.TYPE}")
+        except (sig.RemoteProtocolError, TimeoutError, ConnectionError, OSError) as exc:
+            self.refused_frames += 1
+            log.info("signaling from %s refused: %s", peer, exc)
+            with contextlib.suppress(Exception):
+                zero = "0" * 32
+                writer.write(sig.encode_frame(sig.Hangup(zero, "failed", str(exc)[:200])))
+            return
+        finally:
+            self._handshakes -= 1
+        call = Call(
+            self.node,
+            sig.Role.CALLEE,
+            bytes(key),
+            peer,
+            call_id=frame.call,
+            media=frame.media,
+            remote_name=frame.name,
+            on_state=self._on_state,
+        )
+        session = _Session(call, writer, reader)
+        reason = await self._screen(bytes(key))
+        if reason is None and self.current() is not None:
+            reason = "busy"
+        if reason is None:
+            try:
+                session.offer = sdp.incoming(frame.sdp, peer)
+                if session.offer.media != frame.media:
+                    raise sdp.SdpError("the SDP's media differ from the call frame's")
+            except sdp.SdpError as exc:
+                self.refused_frames += 1
+                await self._send(session, sig.Hangup(call.id, "failed", f"bad offer: {exc}"))
+                call.fire(sig.Trigger.FAIL, result="failed", detail=f"bad offer SDP: {exc}")
+                await self._finish(session)
+                return
+        if reason is not None:
+            await self._send(session, sig.Reject(call.id, reason))
+            result = "missed" if reason == "busy" else "not-a-contact"
+            call.fire(sig.Trigger.REJECT, result=result, detail=f"refused: {reason}")
+            await self._finish(session)
+            return
+        self._sessions[call.id] = session
+        await self._send(session, sig.Ringing(call.id))
+        self._publish("call.incoming", call.to_json())
+        await self._drive(session, conn)
+
+    # -- outgoing -----------------------------------------------------------------------
+    async def place(self, contact: str, options: CallOptions) -> Call:
+        if self.current() is not None:
+            raise UsageError("already in a call: hang up first (mesh call hangup)")
+        key = await self._resolve(contact)
+        if key == self.node.key:
+            raise UsageError("that is this node's own key")
+        call = Call(self.node, sig.Role.CALLER, key, address_for_key(key), on_state=self._on_state)
+        if options.audio_only:
+            call.media = ("audio",)
+        session = _Session(call)
+        offer = await call.offer(options)
+        self._sessions[call.id] = session
+        self._own(self._dial(session, offer))
+        return call
+
+    async def _dial(self, session: _Session, offer: str) -> None:
+        call = session.call
+        try:
+            session.reader, session.writer = await self.node.open_connection(
+                call.peer_address, self.config.port, timeout=DIAL_TIMEOUT
+            )
+        except (MeshError, OSError, TimeoutError) as exc:
+            call.fire(sig.Trigger.FAIL, result="failed", detail=f"cannot reach the callee: {exc}")
+            await self._finish(session)
+            return
+        try:
+            name = self.config.name
+            await self._send(session, sig.CallFrame(call.id, offer, call.media, name))
+            await self._drive(session, sig.SignalingConnection())
+        finally:
+            session.writer.close()
+
+    # -- the end ------------------------------------------------------------------------
+    async def _finish(self, session: _Session) -> None:
+        call = session.call
+        if call.summary is not None:
+            return
+        summary = await call.finish()
+        self._sessions.pop(call.id, None)
+        self._finished[call.id] = summary
+        while len(self._finished) > FINISHED_KEPT:
+            self._finished.popitem(last=False)
+        if self.log is not None:
+            try:
+                await self.log.add(summary)
+            except Exception as exc:  # the call is over either way
+                log.error("call log write failed: %s", exc)
+        if summary["result"] in ("missed", "no-answer"):
+            self._publish("call.missed", summary)
+        self._publish("call.ended", summary)
+
+    # -- control methods ----------------------------------------------------------------
+    def _session(self, params: dict[str, Any]) -> _Session:
+        wanted = params.get("id")
+        for session in self._sessions.values():
+            if session.call.state is sig.CallState.ENDED:
+                continue
+            if wanted is None or session.call.id == wanted:
+                return session
+        raise UsageError("no such call in progress" if wanted else "no call in progress")
+
+    async def _m_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**self.endpoints(), "port": self.port, "address": str(self.node.address)}
+
+    async def _m_place(self, params: dict[str, Any]) -> dict[str, Any]:
+        contact = params.get("contact")
+        if not isinstance(contact, str) or not contact:
+            raise UsageError("call.place needs a contact (alias, key or key@mesh)")
+        call = await self.place(contact, CallOptions.from_params(params))
+        return call.to_json()
+
+    async def _m_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        session = self._session(params)
+        call = session.call
+        if call.role is not sig.Role.CALLEE or call.state is not sig.CallState.RINGING:
+            raise UsageError("no incoming call is ringing")
+        assert session.offer is not None
+        answer = await call.answer(session.offer, CallOptions.from_params(params))
+        await self._send(session, sig.Accept(call.id, answer))
+        call.fire(sig.Trigger.ANSWER)
+        self._spawn(session, self._media_watch(session))
+        return call.to_json()
+
+    async def _m_reject(self, params: dict[str, Any]) -> dict[str, Any]:
+        session = self._session(params)
+        call = session.call
+        if call.role is not sig.Role.CALLEE or call.state is not sig.CallState.RINGING:
+            raise UsageError("no incoming call is ringing")
+        await self._send(session, sig.Reject(call.id, "declined"))
+        call.fire(sig.Trigger.REJECT, result="rejected", detail="declined")
+        return call.to_json()
+
+    async def _m_hangup(self, params: dict[str, Any]) -> dict[str, Any]:
+        session = self._session(params)
+        call = session.call
+        if call.role is sig.Role.CALLEE and call.state is sig.CallState.RINGING:
+            return await self._m_reject(params)
+        await self._send(session, sig.Hangup(call.id))
+        if call.answered_at is None:
+            call.fire(sig.Trigger.HANGUP, result="no-answer", detail="cancelled")
+        else:
+            call.fire(sig.Trigger.HANGUP)
+        return call.to_json()
+
+    async def _m_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        session = self._session(params)
+        changed = session.call.update(
+            audio_muted=params.get("audio_muted"),
+            video_off=params.get("video_off"),
+            source=params.get("source"),
+        )
+        if changed:
+            await self._send(session, sig.Update(session.call.id, **changed))
+        return {"changed": changed, **session.call.to_json()}
+
+    async def _m_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        wanted = params.get("id")
+        if wanted is not None and wanted in self._finished:
+            return self._finished[wanted]
+        try:
+            session = self._session(params)
+        except UsageError:
+            return {"state": "idle"}
+        call = session.call
+        return {**call.to_json(), "stats": await call.stats(), "setup_s": call.setup_s()}
+
+    async def _m_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await self._session(params).call.stats()
+
+    async def _m_log(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.log is not None
+        limit = int(params.get("limit", 50))
+        return await self.log.recent(limit)
+
+
+def create_service(node: Node, config: Mapping[str, Any], data_dir: Path) -> CallService:
+    return CallService(node, VideoConfig.from_mapping(config), data_dir)

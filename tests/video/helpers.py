@@ -1,0 +1,131 @@
+"""Call services on embedded nodes for the tests, and what they observe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apps.video import sdp
+from apps.video.service import CallService, VideoConfig
+from core.backend import NodeEvent
+from core.node import Node
+
+__all__ = ["Book", "Phone", "phones"]
+
+
+@dataclass
+class _Entry:
+    key: bytes
+    trust: str
+    alias: str | None = None
+
+
+class Book:
+    """A contact list with the node.contacts calls the service makes.
+    TODO(kit): replace with node.contacts once KIT-NODE's Contacts lands."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[bytes, _Entry] = {}
+
+    def trust(self, node: Node, trust: str = "trusted", alias: str | None = None) -> None:
+        self._by_key[node.key] = _Entry(node.key, trust, alias)
+
+    async def get(self, key: bytes) -> _Entry | None:
+        return self._by_key.get(key)
+
+    async def seen(self, key: bytes) -> _Entry:
+        return self._by_key.setdefault(key, _Entry(key, "unknown"))
+
+    async def resolve(self, name: str) -> _Entry:
+        for entry in self._by_key.values():
+            if name in (entry.alias, entry.key.hex()):
+                return entry
+        return _Entry(bytes.fromhex(name), "unknown")
+
+
+@dataclass
+class Phone:
+    """A node with the call service on it, recording its events and every SDP sent."""
+
+    node: Node
+    service: CallService
+    book: Book
+    events: list[NodeEvent] = field(default_factory=list)
+    _watch: asyncio.Task[None] | None = None
+
+    async def watch(self) -> None:
+        ready = asyncio.Event()
+
+        async def run() -> None:
+            async with self.node.events.subscribe() as sub:
+                ready.set()
+                async for event in sub:
+                    if event.kind.startswith("call."):
+                        self.events.append(event)
+
+        self._watch = asyncio.ensure_future(run())
+        await ready.wait()
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+    def ended(self) -> list[dict[str, Any]]:
+        return [e.data for e in self.events if e.kind == "call.ended"]
+
+    async def wait_event(self, kind: str, timeout: float = 30.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if event.kind == kind:
+                        return event.data
+                await asyncio.sleep(0.02)
+
+    async def wait_state(self, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if event.kind == "call.state" and event.data["state"] == state:
+                        return event.data
+                await asyncio.sleep(0.02)
+
+    def sent_sdps(self) -> list[str]:
+        return [s for s in (self.service.sent_sdp) if s]
+
+    async def close(self) -> None:
+        await self.service.close()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+
+
+@contextlib.asynccontextmanager
+async def phones(nodes: list[Node], root: Path, **config: Any) -> AsyncIterator[list[Phone]]:
+    """A call service on each node (signaling on a free port each is impossible: the
+    port is the protocol's, 5311, and each node has its own address)."""
+    made: list[Phone] = []
+    try:
+        for i, node in enumerate(nodes):
+            book = Book()
+            service = CallService(
+                node, VideoConfig.from_mapping(config), root / f"phone{i}", contacts=book
+            )
+            await service.start()
+            phone = Phone(node, service, book)
+            await phone.watch()
+            made.append(phone)
+        yield made
+    finally:
+        for phone in made:
+            await phone.close()
+            for text in phone.service.sent_sdp:
+                assert set(sdp.addresses(text)) == {str(phone.node.address)}, text
+
+
+def trust_each_other(a: Phone, b: Phone) -> None:
+    a.book.trust(b.node, alias="b")
+    b.book.trust(a.node, alias="a")
