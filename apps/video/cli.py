@@ -104,9 +104,9 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def _media_params(args: argparse.Namespace) -> dict[str, Any]:
     source = args.source
-    if source != "testsrc" and not source.startswith(("testsrc:", "/dev/", "alsa:", "pulse:")):
-        if Path(source).exists():  # the node runs elsewhere: absolute paths only
-            source = str(Path(source).resolve())
+    device = source.startswith(("testsrc", "/dev/", "alsa:", "pulse:", "avfoundation:"))
+    if not device and Path(source).exists():  # the node has its own cwd: absolute paths
+        source = str(Path(source).resolve())
     params: dict[str, Any] = {"source": source, "audio_only": args.audio_only}
     if args.record_to:
         params["record_to"] = str(Path(args.record_to).resolve())
