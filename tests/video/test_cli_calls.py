@@ -1,0 +1,155 @@
+"""`mesh call` as scripts use it: two `mesh up` node processes (embedded backend, peered
+on loopback, LAN discovery off), the CLI a control API client of each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(150)
+
+MESH = [sys.executable, "-m", "core.cli.main"]
+
+
+def run_mesh(data: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MESH, "--data-dir", str(data), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def spawn_mesh(data: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*MESH, "--data-dir", str(data), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+class NodeUp:
+    """`mesh up` for one data dir, stopped with SIGINT (killed if it lingers)."""
+
+    def __init__(self, data: Path, *args: str) -> None:
+        self.data = data
+        self.logfile = data.with_suffix(".log")
+        data.mkdir(parents=True)
+        argv = [*MESH, "--data-dir", str(data), "up", "--backend", "embedded", "--no-multicast"]
+        with self.logfile.open("w") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "--ring", "everyone", *args], stdout=out, stderr=out
+            )
+        self.status: dict[str, Any] = {}
+        end = time.monotonic() + 60
+        while not self.status.get("services", {}).get("video"):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                raise AssertionError(f"mesh up did not come up:\n{self.logfile.read_text()}")
+            done = run_mesh(data, "status", "--json")
+            if done.returncode == 0:
+                self.status = json.loads(done.stdout)
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeUp, NodeUp]]:
+    base = tmp_path_factory.mktemp("calls")
+    a = NodeUp(base / "a", "--listen", "tcp://127.0.0.1:0")
+    try:
+        b = NodeUp(base / "b", "--peer", a.status["backend_status"]["listening"][0])
+        try:
+            for _ in range(30):  # the first packets to a new node can go while paths settle
+                if run_mesh(b.data, "ping", "-c", "1", "-W", "1", a.status["key"]).returncode == 0:
+                    break
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
+def test_mesh_up_serves_signaling_on_mesh_port_5311(nodes: tuple[NodeUp, NodeUp]) -> None:
+    a, _ = nodes
+    video = a.status["services"]["video"]
+    assert video["signaling"] == f"[{a.status['address']}]:5311"
+
+
+def test_mesh_call_answered_prints_the_json_contract_and_exits_0(
+    nodes: tuple[NodeUp, NodeUp],
+) -> None:
+    a, b = nodes
+    answer = spawn_mesh(b.data, "call", "answer", "--auto", "--count", "1", "--json")
+    time.sleep(0.5)
+    code, out, err = _finish(
+        spawn_mesh(a.data, "call", b.status["key"], "--duration", "2", "--json")
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    for name in (
+        "result",
+        "setup_s",
+        "duration_s",
+        "video_frames_received",
+        "audio_frames_received",
+        "local_candidates",
+        "remote_candidates",
+        "stats",
+    ):
+        assert name in result, name  # fmt: skip
+    assert result["result"] == "answered"
+    assert result["duration_s"] >= 2 and result["video_frames_received"] > 20
+    assert result["local_candidates"] == [a.status["address"]]
+    assert result["remote_candidates"] == [b.status["address"]]
+    assert set(result["stats"]) >= {"rtt_ms", "loss", "bitrate_kbps", "fps"}
+    a_code, a_out, a_err = _finish(answer)
+    assert a_code == 0, a_err
+    assert json.loads(a_out.splitlines()[-1])["result"] == "answered"
+    log = json.loads(run_mesh(b.data, "call", "log", "--json").stdout)
+    assert (log[0]["direction"], log[0]["result"]) == ("incoming", "answered")
+
+
+def test_mesh_call_rejected_exits_3(nodes: tuple[NodeUp, NodeUp]) -> None:
+    a, b = nodes
+    # Not on a terminal and without --auto, `answer` declines what rings.
+    answer = spawn_mesh(b.data, "call", "answer", "--count", "1")
+    time.sleep(0.5)
+    code, out, err = _finish(spawn_mesh(a.data, "call", b.status["key"], "--json"))
+    assert code == 3, err
+    assert json.loads(out)["result"] == "rejected"
+    assert _finish(answer)[0] == 0
+
+
+def test_mesh_call_with_a_bad_flag_mix_is_a_usage_error(nodes: tuple[NodeUp, NodeUp]) -> None:
+    a, _ = nodes
+    done = run_mesh(a.data, "call", "hangup", "--duration", "3")
+    assert done.returncode == 2 and "--duration goes with mesh call CONTACT" in done.stderr
+    assert run_mesh(a.data, "call", "page").returncode == 2
+    assert "no call in progress" in run_mesh(a.data, "call", "hangup").stderr
+    assert os.path.exists(a.data / "calls.db")
