@@ -343,9 +343,13 @@ class Call:
             "ignored_packets": sum(conn.counters.ignored_packets for conn in self.ice),
             "stats": stats,
         }
-        if sink is not None and sink.latencies_ms:
+        if sink is not None and sink.stamps:  # the peer sent the test pattern
             ordered = sorted(sink.latencies_ms)
             summary["latency_ms_p50"] = ordered[len(ordered) // 2]
+            summary["pattern_frames"] = {
+                "received": len(set(sink.stamps)),
+                "sent": max(sink.stamps) - min(sink.stamps) + 1,
+            }
         self.summary = summary
         await self.close()
         return summary

@@ -374,6 +374,7 @@ class MediaSink:
         self.stamps: deque[int] = deque(maxlen=self.MAX_LATENCIES)
         self.latencies_ms: deque[int] = deque(maxlen=self.MAX_LATENCIES)
         self.first_frame = asyncio.Event()
+        self.first_video = asyncio.Event()
         self._recorder_started = False
 
     def add(self, track: MediaStreamTrack) -> None:
@@ -402,6 +403,7 @@ class MediaSink:
                 stats.first_at = now
             if isinstance(frame, av.VideoFrame):
                 stats.width, stats.height = frame.width, frame.height
+                self.first_video.set()
                 stamp = read_stamp(frame)
                 if stamp is not None:
                     self.stamps.append(stamp[0])

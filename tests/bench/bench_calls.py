@@ -1,0 +1,231 @@
+"""Calls side by side: the embedded backend, the real-daemon lab, and a direct aiortc
+call on loopback (the ceiling).
+
+    sudo .venv/bin/python tests/bench/bench_calls.py [--seconds 60] [--paths embedded,daemon,direct]
+
+Each path makes one 640x480 @ 30 fps test-pattern call (both directions send pattern
+and tone) for ``--seconds`` and prints:
+
+- setup: dial → first decoded remote video frame, at the caller (target < 1.5 s);
+- delivered: distinct pattern frames the caller decoded / frames the callee's pattern
+  drew over the call (from the frame numbers coded into the pattern; target ≥ 97 %);
+- latency p50: receive time minus the send time coded into each frame (target < 150 ms);
+- CPU per side: each node process's CPU time over the call / wall time (target < 50 %
+  of a core). The daemon path does not count the daemons; the direct path runs both
+  peers in one process and shows half of it per side.
+
+``embedded``: two ``mesh up --backend embedded`` processes peered over loopback TCP,
+driven by ``mesh call`` / ``mesh call answer --auto``. ``daemon``: the same CLI with
+``mesh up --backend yggdrasil --managed`` in two network namespaces (needs root and
+/usr/sbin/yggdrasil; namespaces ``ca-…``). ``direct``: two aiortc peer connections in
+this process, host candidates on loopback. Not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from apps.video.media import Gate, MediaSink, TestPattern, Tone
+from tests.lab.lab import REPO, Lab, lab_available, mesh_cli
+from tests.video.procs import MESH, NodeUp, cpu_seconds, run_mesh
+
+PORT = 12511
+
+
+def _row(path: str, summary: dict[str, Any], cpu: tuple[float, float]) -> dict[str, Any]:
+    frames = summary.get("pattern_frames") or {}
+    sent = frames.get("sent") or 0
+    return {
+        "path": path,
+        "setup_s": summary.get("setup_s"),
+        "delivered_pct": round(100 * frames.get("received", 0) / sent, 1) if sent else None,
+        "frames": f"{frames.get('received')}/{sent}",
+        "latency_p50_ms": summary.get("latency_ms_p50"),
+        "cpu_caller_pct": round(cpu[0], 1),
+        "cpu_callee_pct": round(cpu[1], 1),
+        "fps": (summary.get("stats") or {}).get("fps"),
+        "rtt_ms": (summary.get("stats") or {}).get("rtt_ms"),
+        "bitrate_kbps": (summary.get("stats") or {}).get("bitrate_kbps"),
+    }
+
+
+def _cli_call(
+    caller: Path, callee: Path, callee_key: str, seconds: float, pids: tuple[int, int]
+) -> tuple[dict[str, Any], tuple[float, float]]:
+    """One `mesh call` from ``caller`` to ``callee`` (auto-answered), with the CPU each
+    node process used over it."""
+    answer = subprocess.Popen(
+        [*MESH, "--data-dir", str(callee), "call", "answer", "--auto", "--count", "1", "--json"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        cpu0 = [cpu_seconds(p) for p in pids]
+        wall0 = time.monotonic()
+        done = mesh_cli(
+            caller, "call", callee_key, "--duration", str(seconds), "--json",
+            timeout=seconds + 120,
+        )  # fmt: skip
+        wall = time.monotonic() - wall0
+        cpu = tuple(100 * (cpu_seconds(p) - c) / wall for p, c in zip(pids, cpu0, strict=True))
+        answer.communicate(timeout=60)
+    finally:
+        if answer.poll() is None:
+            answer.kill()
+            answer.wait()
+    if done.returncode != 0:
+        raise RuntimeError(f"call failed: {done.stdout} {done.stderr}")
+    return json.loads(done.stdout), (cpu[0], cpu[1])
+
+
+def bench_embedded(seconds: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ca-bench-") as tmp:
+        a = NodeUp(Path(tmp) / "a", "--listen", "tcp://127.0.0.1:0")
+        try:
+            b = NodeUp(Path(tmp) / "b", "--peer", a.status["backend_status"]["listening"][0])
+            try:
+                for _ in range(30):
+                    if run_mesh(a.data, "ping", "-c1", "-W1", b.status["key"]).returncode == 0:
+                        break
+                summary, cpu = _cli_call(
+                    a.data, b.data, b.status["key"], seconds, (a.proc.pid, b.proc.pid)
+                )
+            finally:
+                b.stop()
+        finally:
+            a.stop()
+    return _row("embedded", summary, cpu)
+
+
+class _CallLab(Lab):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.prefix = "ca-" + self.prefix.split("-", 1)[1]
+
+
+def bench_daemon(seconds: float) -> dict[str, Any]:
+    ok, why = lab_available()
+    if not ok:
+        raise RuntimeError(why)
+    up_args = ("--backend", "yggdrasil", "--managed", "--if-name", "ca-tun", "--no-multicast")
+    with _CallLab("bnc") as lab:
+        ha, hb = lab.host("a"), lab.host("b")
+        lab.link(ha, hb)
+        da, db = lab.dir / "node-a", lab.dir / "node-b"
+        for d in (da, db):
+            mesh_cli(d, "init")
+        up_a = ha.mesh_up(da, *up_args, "--ring", "everyone", "--listen", f"tls://[::]:{PORT}")
+        up_b = hb.mesh_up(db, *up_args, "--ring", "everyone", "--peer", ha.peer_uri(hb, PORT))
+        try:
+            status: dict[str, Any] = {}
+            for _ in range(100):
+                status = json.loads(mesh_cli(db, "status", "--json").stdout or "{}")
+                if any(p["up"] for p in status.get("peers", [])):
+                    break
+                time.sleep(0.3)
+            key_b = str(status["key"])
+            for _ in range(30):
+                if mesh_cli(da, "ping", "-c1", "-W1", key_b).returncode == 0:
+                    break
+            # `ip netns exec` execs the node's Python in place: these are the nodes' pids.
+            pids = (up_a.proc.pid, up_b.proc.pid)
+            summary, cpu = _cli_call(da, db, key_b, seconds, pids)
+        finally:
+            up_b.stop()
+            up_a.stop()
+    return _row("daemon", summary, cpu)
+
+
+async def _direct(seconds: float) -> tuple[dict[str, Any], float]:
+    pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2)]
+    sinks = [MediaSink(), MediaSink()]
+    patterns = [TestPattern(), TestPattern()]
+    for pc, sink, pattern in zip(pcs, sinks, patterns, strict=True):
+        pc.addTransceiver(Gate("audio", Tone()), direction="sendrecv")
+        pc.addTransceiver(Gate("video", pattern), direction="sendrecv")
+        pc.on("track", sink.add)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await pcs[0].setLocalDescription(await pcs[0].createOffer())
+    await pcs[1].setRemoteDescription(pcs[0].localDescription)
+    await pcs[1].setLocalDescription(await pcs[1].createAnswer())
+    await pcs[0].setRemoteDescription(pcs[1].localDescription)
+    await asyncio.wait_for(sinks[0].first_video.wait(), 20)
+    assert sinks[0].video.first_at is not None
+    setup = sinks[0].video.first_at - wall0
+    await asyncio.sleep(seconds)
+    cpu = 100 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    stamps = sinks[0].stamps
+    ordered = sorted(sinks[0].latencies_ms)
+    summary = {
+        "setup_s": round(setup, 3),
+        "pattern_frames": {"received": len(set(stamps)), "sent": max(stamps) - min(stamps) + 1},
+        "latency_ms_p50": ordered[len(ordered) // 2],
+        "stats": {"fps": round(sinks[0].video.fps(), 1)},
+    }
+    for pc in pcs:
+        await pc.close()
+    for sink in sinks:
+        await sink.close()
+    return summary, cpu
+
+
+def bench_direct(seconds: float) -> dict[str, Any]:
+    summary, cpu = asyncio.run(_direct(seconds))
+    return _row("direct aiortc (loopback)", summary, (cpu / 2, cpu / 2))
+
+
+PATHS: dict[str, Callable[[float], dict[str, Any]]] = {
+    "embedded": bench_embedded,
+    "daemon": bench_daemon,
+    "direct": bench_direct,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--paths", default="embedded,daemon,direct")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    rows = []
+    for name in args.paths.split(","):
+        print(f"… {name}: {args.seconds:g} s call", file=sys.stderr, flush=True)
+        try:
+            rows.append(PATHS[name](args.seconds))
+        except Exception as exc:  # one path failing still shows the others
+            rows.append({"path": name, "error": str(exc)[:300]})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ("path", "setup_s", "delivered_pct", "frames", "latency_p50_ms",
+            "cpu_caller_pct", "cpu_callee_pct", "fps", "rtt_ms", "bitrate_kbps")  # fmt: skip
+    print(" | ".join(cols))
+    for row in rows:
+        if "error" in row:
+            print(f"{row['path']} | error: {row['error']}")
+            continue
+        print(" | ".join(str(row.get(c)) for c in cols))
+    print(
+        "targets: setup < 1.5 s, delivered ≥ 97 %, latency p50 < 150 ms, CPU < 50 % per side",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONPATH", str(REPO))
+    sys.exit(main())
