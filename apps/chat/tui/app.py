@@ -1,0 +1,756 @@
+"""`mesh chat [CONTACT] [--start]`: the chat UI attached to the running node.
+
+The app talks to the node only through its client (control API calls + one filtered
+event stream); it never opens a database. ``main(args)`` is what the CLI calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Input, OptionList, Static
+
+from core.control.client import NodeNotRunning
+from core.datadir import resolve_data_dir
+from core.errors import MeshError
+
+from .client import ChatBackend, ChatClient
+from .messages import ConnectionLost, NodeEvent
+from .model import (
+    COMMANDS,
+    ChatMessage,
+    Command,
+    Conversation,
+    SecurityRecord,
+    body_refusal,
+    next_unread,
+    parse_command,
+    preview,
+    short_key,
+)
+from .screens.help import HelpScreen
+from .screens.qr import QrScreen
+from .widgets.banner import RequestBar, SecurityBanner
+from .widgets.composer import Composer
+from .widgets.conversation_list import ConversationList
+from .widgets.message_log import MessageLog
+
+__all__ = ["ChatApp", "main"]
+
+TYPING_SEND_EVERY = 3.0  # s between our typing notices while typing
+TYPING_SHOWN_FOR = 6.0  # s a peer's typing notice is shown
+START_TIMEOUT = 20.0  # s to wait for `mesh up --start` to answer
+JUMP_PAGE = 500  # messages per request when walking back to a search hit
+MAX_JUMP_PAGES = 400
+
+
+def _key_from(text: str) -> str | None:
+    """A 64-hex key from ``key``/``key@mesh``, or None."""
+    candidate = text.strip().lower().removesuffix("@mesh")
+    if len(candidate) == 64 and all(c in "0123456789abcdef" for c in candidate):
+        return candidate
+    return None
+
+
+class ChatCommands(Provider):
+    """The `/` commands in Textual's command palette (ctrl+p)."""
+
+    async def discover(self) -> Hits:
+        app = self.app
+        assert isinstance(app, ChatApp)
+        for spec in COMMANDS.values():
+            yield DiscoveryHit(
+                spec.usage, lambda s=spec: app.palette_command(s.name), help=spec.help
+            )
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        assert isinstance(app, ChatApp)
+        matcher = self.matcher(query)
+        for spec in COMMANDS.values():
+            score = matcher.match(f"{spec.usage} {spec.help}")
+            if score > 0:
+                yield Hit(
+                    score,
+                    matcher.highlight(spec.usage),
+                    lambda s=spec: app.palette_command(s.name),
+                    help=spec.help,
+                )
+
+
+class ChatApp(App[int]):
+    CSS_PATH = "chat.tcss"
+    TITLE = "mesh chat"
+    COMMANDS = App.COMMANDS | {ChatCommands}
+    BINDINGS: ClassVar[list[Binding]] = [  # type: ignore[assignment]
+        Binding("f1", "help", "Help"),
+        Binding("alt+n", "next_unread", "Next unread"),
+        Binding("alt+down", "step_conversation(1)", "Next", show=False),
+        Binding("alt+up", "step_conversation(-1)", "Previous", show=False),
+        Binding("ctrl+f", "search", "Search"),
+        Binding("f3", "hit(1)", "Next hit", show=False),
+        Binding("shift+f3", "hit(-1)", "Previous hit", show=False),
+        Binding("escape", "escape", "Back", show=False),
+        Binding("ctrl+q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        client: ChatBackend,
+        *,
+        contact: str | None = None,
+        tz: tzinfo | None = None,
+        clock: Callable[[], float] = time.time,
+        page_size: int = 200,
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.initial_contact = contact
+        self.tz = tz
+        self.clock = clock
+        self.page_size = page_size
+        self.info: dict[str, Any] = {}
+        self.methods: set[str] = set()
+        self.conversations: dict[str, Conversation] = {}
+        self.names: dict[str, str] = {}
+        self.current: str | None = None
+        self.security: dict[str, SecurityRecord] = {}
+        self.typing_until: dict[str, float] = {}
+        self.reply_to: ChatMessage | None = None
+        self.hits: list[ChatMessage] = []
+        self.hit_index = -1
+        self.ready = asyncio.Event()
+        self._last_typing_sent = 0.0
+        self._refresh_pending = False
+        self._read_pending = False
+
+    # -- layout
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="sidebar"):
+                yield Static("Conversations", id="sidebar-title")
+                yield ConversationList(id="conversations")
+            with Vertical(id="pane"):
+                yield Static("", id="header", markup=False)
+                yield SecurityBanner(id="banner")
+                yield RequestBar(id="request-bar")
+                yield Input(placeholder="search this conversation — enter, f3 next", id="search")
+                yield MessageLog(tz=self.tz, name_of=self.name_of, id="log")
+                yield Static("", id="reply-bar", markup=False)
+                yield Composer(id="composer")
+                yield Static("", id="status", markup=False)
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        for wid in ("#banner", "#request-bar", "#search", "#reply-bar"):
+            self.query_one(wid).display = False
+        self.set_interval(1.0, self._expire_typing)
+        self._start()
+
+    @work(exclusive=True, group="startup")
+    async def _start(self) -> None:
+        try:
+            self.info = await self.client.call("chat.info")
+            with contextlib.suppress(MeshError):
+                self.methods = set(await self.client.call("methods"))
+            records = await self.client.call("chat.security")
+            self.security = {r.id: r for r in map(SecurityRecord.from_json, records)}
+            self._listen()
+            await self.refresh_conversations()
+            target = None
+            if self.initial_contact:
+                target = await self.resolve(self.initial_contact)
+            elif self.conversations:
+                target = self.query_one(ConversationList).order[0].key
+            if target:
+                await self.open_conversation(target)
+            else:
+                self._header()
+        except MeshError as exc:
+            self.set_status(f"the node refused: {exc}", error=True)
+        finally:
+            self.ready.set()
+        self.query_one(Composer).focus()
+
+    @work(exclusive=True, group="events")
+    async def _listen(self) -> None:
+        try:
+            async for event in self.client.events():
+                self.post_message(NodeEvent(str(event.get("event")), event.get("data")))
+        except MeshError as exc:
+            self.post_message(ConnectionLost(str(exc)))
+            return
+        self.post_message(ConnectionLost("the node closed the connection"))
+
+    # -- names and conversations
+    def name_of(self, key: str) -> str:
+        if key and key == self.info.get("key"):
+            return "you"
+        return self.names.get(key) or short_key(key)
+
+    async def refresh_conversations(self) -> None:
+        convs = [Conversation.from_json(c) for c in await self.client.call("chat.conversations")]
+        self.conversations = {c.key: c for c in convs}
+        for conv in convs:
+            self.names[conv.key] = conv.name
+        warn = {r.key for r in self.security.values() if not r.acknowledged}
+        self.query_one(ConversationList).show(convs, self.current, warn)
+        self._header()
+
+    def _schedule_refresh(self) -> None:
+        if not self._refresh_pending:
+            self._refresh_pending = True
+            self.set_timer(0.15, self._do_refresh)
+
+    async def _do_refresh(self) -> None:
+        self._refresh_pending = False
+        with contextlib.suppress(MeshError):
+            await self.refresh_conversations()
+
+    async def resolve(self, name: str) -> str | None:
+        wanted = name.strip()
+        key = _key_from(wanted)
+        if key:
+            return key
+        for conv in self.conversations.values():
+            if conv.alias == wanted:
+                return conv.key
+        with contextlib.suppress(MeshError):
+            for contact in await self.client.call("contacts.list"):
+                if contact.get("alias") == wanted:
+                    return str(contact["key"])
+        self.set_status(
+            f"no contact called {wanted!r}: use an alias, a key or key@mesh", error=True
+        )
+        return None
+
+    async def open_conversation(self, key: str) -> None:
+        self.current = key
+        self.reply_to = None
+        self.hits, self.hit_index = [], -1
+        log = self.query_one(MessageLog)
+        log.search = None
+        result = await self.client.call("chat.history", contact=key, limit=self.page_size)
+        log.show([ChatMessage.from_json(m) for m in result["messages"]], bool(result["more"]))
+        conv = self.conversations.get(key)
+        if conv is not None and conv.unread:
+            await self.client.call("chat.read", contact=key)
+        self._update_bars()
+        await self.refresh_conversations()
+
+    def _header(self) -> None:
+        header = self.query_one("#header", Static)
+        if self.current is None:
+            header.update(f"you are {self.info.get('address', '?')} — /add KEY@mesh to start")
+            return
+        conv = self.conversations.get(self.current)
+        online = "● online" if conv and conv.online else "○ offline"
+        typing = "  typing…" if self.typing_until.get(self.current, 0) > self.clock() else ""
+        muted = "  (muted)" if conv and conv.muted else ""
+        header.update(
+            f"{self.name_of(self.current)}  {online}{muted}{typing}   {self.current}@mesh"
+        )
+
+    def _update_bars(self) -> None:
+        mine = [r for r in self.security.values() if r.key == self.current]
+        self.query_one(SecurityBanner).show(sorted(mine, key=lambda r: r.ts))
+        conv = self.conversations.get(self.current or "")
+        self.query_one(RequestBar).display = bool(conv and conv.request)
+        reply = self.query_one("#reply-bar", Static)
+        reply.display = self.reply_to is not None
+        if self.reply_to is not None:
+            who = self.name_of(self.reply_to.sender)
+            reply.update(
+                f"↪ replying to {who}: {preview(self.reply_to.body, 60)}  (escape cancels)"
+            )
+
+    def set_status(self, text: str, *, error: bool = False) -> None:
+        status = self.query_one("#status", Static)
+        status.update(text)
+        status.set_class(error, "error")
+
+    # -- events from the node
+    async def on_node_event(self, event: NodeEvent) -> None:
+        kind, data = event.kind, event.data or {}
+        log = self.query_one(MessageLog)
+        if kind == "chat.message":
+            message = ChatMessage.from_json(data)
+            if message.conversation == self.current:
+                log.add_live(message)
+                if not message.outgoing:
+                    self.typing_until.pop(message.conversation, None)
+                    self._mark_read_soon()
+            elif not message.outgoing:
+                self._notify_message(message)
+            self._schedule_refresh()
+        elif kind == "chat.state":
+            if data.get("conversation") == self.current:
+                log.set_state(str(data["id"]), str(data["state"]), data.get("error"))
+            self._schedule_refresh()
+        elif kind == "chat.typing":
+            key = str(data.get("conversation"))
+            if data.get("active"):
+                self.typing_until[key] = self.clock() + TYPING_SHOWN_FOR
+            else:
+                self.typing_until.pop(key, None)
+            self._header()
+        elif kind == "chat.security":
+            record = SecurityRecord.from_json(data)
+            self.security[record.id] = record
+            if not record.acknowledged:
+                self.bell()
+                self.notify(
+                    f"security: {record.kind} for {self.name_of(record.key)}",
+                    severity="error",
+                    timeout=10,
+                )
+            self._update_bars()
+            self._schedule_refresh()
+        elif kind == "chat.request":
+            self.notify(f"message request from {short_key(str(data.get('key')))}")
+            self._schedule_refresh()
+        elif kind == "call.incoming":
+            who = self.name_of(str(data.get("from") or data.get("key") or ""))
+            self.bell()
+            self.notify(f"incoming call from {who} — answer on the call page", timeout=15)
+        elif kind.startswith(("chat.", "contact.", "peer.")) or kind == "events.lagged":
+            self._schedule_refresh()
+
+    def on_connection_lost(self, event: ConnectionLost) -> None:
+        self.set_status(f"disconnected: {event.reason} — restart `mesh chat`", error=True)
+
+    def _notify_message(self, message: ChatMessage) -> None:
+        conv = self.conversations.get(message.conversation)
+        if conv is not None and conv.muted:
+            return
+        self.bell()
+        self.notify(
+            preview(message.body, 60), title=f"from {self.name_of(message.conversation)}", timeout=5
+        )
+
+    def _mark_read_soon(self) -> None:
+        if not self._read_pending:
+            self._read_pending = True
+            self.set_timer(0.3, self._do_read)
+
+    async def _do_read(self) -> None:
+        self._read_pending = False
+        if self.current is not None:
+            with contextlib.suppress(MeshError):
+                await self.client.call("chat.read", contact=self.current)
+
+    def _expire_typing(self) -> None:
+        now = self.clock()
+        expired = [k for k, until in self.typing_until.items() if until <= now]
+        for key in expired:
+            del self.typing_until[key]
+        if expired:
+            self._header()
+
+    # -- paging
+    @on(MessageLog.NeedOlder)
+    async def _older(self, event: MessageLog.NeedOlder) -> None:
+        if self.current is None:
+            return
+        key = self.current
+        result = await self.client.call(
+            "chat.history", contact=key, limit=self.page_size, before_seq=event.before_seq
+        )
+        if key == self.current:
+            msgs = [ChatMessage.from_json(m) for m in result["messages"]]
+            self.query_one(MessageLog).add_older(msgs, bool(result["more"]))
+
+    @on(MessageLog.NeedNewer)
+    async def _newer(self, event: MessageLog.NeedNewer) -> None:
+        if self.current is None:
+            return
+        key = self.current
+        result = await self.client.call(
+            "chat.history", contact=key, limit=event.limit, before_seq=event.before_seq
+        )
+        if key == self.current:
+            msgs = [ChatMessage.from_json(m) for m in result["messages"]]
+            self.query_one(MessageLog).add_newer(msgs)
+
+    # -- list
+    @on(OptionList.OptionSelected, "#conversations")
+    async def _picked(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id and event.option.id != self.current:
+            await self.open_conversation(event.option.id)
+            self.query_one(Composer).focus()
+
+    async def action_next_unread(self) -> None:
+        conv = next_unread(self.query_one(ConversationList).order, self.current)
+        if conv is None:
+            self.notify("no unread messages")
+            return
+        await self.open_conversation(conv.key)
+
+    async def action_step_conversation(self, step: int) -> None:
+        order = self.query_one(ConversationList).order
+        if not order:
+            return
+        keys = [c.key for c in order]
+        index = keys.index(self.current) if self.current in keys else -step
+        await self.open_conversation(keys[(index + step) % len(keys)])
+
+    # -- composing
+    @on(Composer.Changed)
+    async def _typing(self) -> None:
+        now = self.clock()
+        if self.current is None or now - self._last_typing_sent < TYPING_SEND_EVERY:
+            return
+        self._last_typing_sent = now
+        with contextlib.suppress(MeshError):
+            await self.client.call("chat.typing", contact=self.current, active=True)
+
+    @on(Composer.Submitted)
+    async def _submitted(self, event: Composer.Submitted) -> None:
+        text = event.text
+        if text.startswith("/") and not text.startswith("//"):
+            try:
+                command = parse_command(text.strip())
+            except ValueError as exc:
+                self.set_status(str(exc), error=True)
+                return
+            event.composer.sent(text)
+            await self.run_command(command)
+            return
+        if text.startswith("//"):
+            text = text[1:]
+        if self.current is None:
+            self.set_status("open a conversation first (/add KEY@mesh)", error=True)
+            return
+        refusal = body_refusal(text, int(self.info.get("max_body_bytes", 16384)))
+        if refusal is not None:
+            self.set_status(f"not sent: {refusal}", error=True)
+            return
+        params: dict[str, Any] = {"contact": self.current, "body": text}
+        if self.reply_to is not None:
+            params["reply_to"] = self.reply_to.id
+        try:
+            sent = ChatMessage.from_json(await self.client.call("chat.send", **params))
+        except MeshError as exc:
+            self.set_status(f"not sent: {exc}", error=True)
+            return
+        event.composer.sent(event.text)
+        self.reply_to = None
+        self._last_typing_sent = 0.0
+        self._update_bars()
+        self.set_status("")
+        if sent.conversation == self.current:
+            self.query_one(MessageLog).add_live(sent)
+        self._schedule_refresh()
+
+    @on(MessageLog.Reply)
+    def _reply(self, event: MessageLog.Reply) -> None:
+        self.reply_to = event.message
+        self._update_bars()
+        self.query_one(Composer).focus()
+
+    @on(MessageLog.Retry)
+    async def _retry(self, event: MessageLog.Retry) -> None:
+        await self._call_ok(
+            "chat.retry", f"retrying {preview(event.message.body, 30)}", id=event.message.id
+        )
+
+    # -- bars
+    @on(SecurityBanner.Acknowledged)
+    async def _ack(self, event: SecurityBanner.Acknowledged) -> None:
+        await self.client.call("chat.security.ack", id=event.record.id)
+        rec = event.record
+        self.security[rec.id] = SecurityRecord(rec.id, rec.key, rec.kind, rec.detail, rec.ts, True)
+        self._update_bars()
+        await self.refresh_conversations()
+
+    @on(RequestBar.Decided)
+    async def _decided(self, event: RequestBar.Decided) -> None:
+        await self.run_command(Command(event.action, ()))
+
+    # -- commands
+    def palette_command(self, name: str) -> None:
+        spec = COMMANDS[name]
+        composer = self.query_one(Composer)
+        if spec.min_args == 0 and spec.max_args <= 0:
+            self.run_worker(self.run_command(Command(name, ())))
+            return
+        composer.load_text(f"/{name} ")
+        composer.move_cursor(composer.document.end)
+        composer.focus()
+
+    async def _target(self, args: Iterable[str]) -> str | None:
+        given = list(args)
+        if given:
+            return await self.resolve(given[0])
+        if self.current is None:
+            self.set_status("no conversation open: name the contact", error=True)
+        return self.current
+
+    async def _call_ok(self, method: str, done: str, **params: Any) -> Any:
+        try:
+            result = await self.client.call(method, **params)
+        except MeshError as exc:
+            self.set_status(f"{method.split('.')[-1]}: {exc}", error=True)
+            return None
+        self.set_status(done)
+        self._schedule_refresh()
+        return result
+
+    async def run_command(self, command: Command) -> None:
+        name, args = command.name, command.args
+        if name == "help":
+            self.action_help()
+        elif name == "quit":
+            self.exit(0)
+        elif name == "qr":
+            self.push_screen(QrScreen(str(self.info.get("address", ""))))
+        elif name == "add":
+            key = _key_from(args[0])
+            if key is None:
+                self.set_status(f"{args[0]!r} is not a 64-hex key or key@mesh", error=True)
+                return
+            params: dict[str, Any] = {"key": key}
+            if len(args) > 1:
+                params["alias"] = args[1]
+            if await self._call_ok("contacts.add", f"added {args[-1]}", **params) is not None:
+                if len(args) > 1:
+                    self.names[key] = args[1]
+                await self.refresh_conversations()
+                await self.open_conversation(key)
+        elif name == "alias":
+            target = await self._target(args[:-1])
+            if target:
+                await self._call_ok(
+                    "contacts.rename", f"renamed to {args[-1]}", contact=target, alias=args[-1]
+                )
+                self.names[target] = args[-1]
+                self.query_one(MessageLog).rebuild()
+        elif name in ("block", "unblock"):
+            target = await self._target(args)
+            if target:
+                await self._call_ok(
+                    f"contacts.{name}", f"{name}ed {self.name_of(target)}", contact=target
+                )
+        elif name in ("accept", "ignore"):
+            target = await self._target(args)
+            if target:
+                await self._call_ok(
+                    f"chat.{name}", f"{name}ed {self.name_of(target)}", contact=target
+                )
+                await self.refresh_conversations()
+                self._update_bars()
+        elif name in ("mute", "unmute"):
+            target = await self._target(args)
+            if target:
+                await self._call_ok(
+                    "chat.mute",
+                    f"{name}d {self.name_of(target)}",
+                    contact=target,
+                    muted=name == "mute",
+                )
+        elif name == "receipts":
+            if self.current is not None and args[0] in ("on", "off"):
+                await self._call_ok(
+                    "chat.receipts",
+                    f"read receipts {args[0]}",
+                    contact=self.current,
+                    read_receipts=args[0] == "on",
+                )
+            else:
+                self.set_status("usage: /receipts on|off (in a conversation)", error=True)
+        elif name == "copy":
+            await self._copy(args)
+        elif name == "search":
+            await self.search(args[0])
+        elif name == "retry":
+            log = self.query_one(MessageLog)
+            failed = [m for m in log.window.messages if m.state == "failed"]
+            for message in failed:
+                await self._call_ok(
+                    "chat.retry", f"retrying {len(failed)} message(s)", id=message.id
+                )
+            if not failed:
+                self.set_status("nothing failed in this conversation")
+        elif name == "call":
+            await self._call(args)
+
+    async def _copy(self, args: tuple[str, ...]) -> None:
+        if not args or args[0] == "me":
+            address = f"{self.info.get('key', '')}@mesh"
+        else:
+            target = await self.resolve(args[0])
+            if target is None:
+                return
+            address = f"{target}@mesh"
+        self.copy_to_clipboard(address)
+        self.set_status(f"copied {address}")
+
+    async def _call(self, args: tuple[str, ...]) -> None:
+        if "call.place" not in self.methods:
+            self.set_status("calls are not available on this node (no call service)", error=True)
+            return
+        target = await self._target(args)
+        if target is None:
+            return
+        result = await self._call_ok(
+            "call.place", f"calling {self.name_of(target)}…", contact=target
+        )
+        url = result.get("url") if isinstance(result, dict) else None
+        if url:
+            self.open_url(str(url))
+
+    # -- search
+    def action_search(self) -> None:
+        box = self.query_one("#search", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#search")
+    async def _search_submitted(self, event: Input.Submitted) -> None:
+        if self.hits and event.value == self.query_one(MessageLog).search:
+            await self.action_hit(1)
+        else:
+            await self.search(event.value)
+
+    async def search(self, text: str) -> None:
+        if self.current is None or not text.strip():
+            return
+        found = await self.client.call("chat.search", text=text, contact=self.current, limit=200)
+        self.hits = sorted((ChatMessage.from_json(m) for m in found), key=lambda m: -m.seq)
+        self.hit_index = -1
+        self.query_one(MessageLog).set_search(text)
+        if not self.hits:
+            self.set_status(f"no message matches {text!r}")
+            return
+        await self.action_hit(1)
+
+    async def action_hit(self, step: int) -> None:
+        if not self.hits:
+            return
+        self.hit_index = (self.hit_index + step) % len(self.hits)
+        hit = self.hits[self.hit_index]
+        await self._jump(hit)
+        self.set_status(
+            f"hit {self.hit_index + 1} of {len(self.hits)} — f3 next, shift+f3 previous"
+        )
+
+    async def _jump(self, hit: ChatMessage) -> None:
+        """Walk older pages (keyset) until the hit is held, then centre it."""
+        log = self.query_one(MessageLog)
+        key = self.current
+        for _ in range(MAX_JUMP_PAGES):
+            if log.jump_to(hit.id) or key != self.current:
+                return
+            cursor = log.window.older_cursor()
+            if cursor is None or cursor <= hit.seq:
+                break
+            result = await self.client.call(
+                "chat.history", contact=key, limit=JUMP_PAGE, before_seq=cursor
+            )
+            log.add_older(
+                [ChatMessage.from_json(m) for m in result["messages"]], bool(result["more"])
+            )
+        if not log.jump_to(hit.id):
+            self.set_status("that hit is no longer in this conversation", error=True)
+
+    # -- misc actions
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_escape(self) -> None:
+        box = self.query_one("#search", Input)
+        if box.display:
+            box.display = False
+            self.query_one(MessageLog).set_search(None)
+            self.hits = []
+            self.query_one(Composer).focus()
+        elif self.reply_to is not None:
+            self.reply_to = None
+            self._update_bars()
+        elif self.focused is self.query_one(Composer):
+            self.query_one(MessageLog).focus()
+        else:
+            self.query_one(Composer).focus()
+
+
+# -- the command
+
+
+def _start_node(data_dir: Path) -> None:
+    """`mesh up` in the background, detached, its output in the data dir."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = data_dir / "mesh-up.log"
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "core.cli.main", "--data-dir", str(data_dir), "up"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+            env=os.environ.copy(),
+        )
+    print(f"started `mesh up` in the background (log: {log_path})", file=sys.stderr)
+
+
+async def _connect(data_dir: Path, start: bool) -> ChatClient:
+    path = data_dir / "control.sock"
+    try:
+        return await ChatClient.connect(path)
+    except NodeNotRunning:
+        if not start:
+            raise NodeNotRunning(
+                f"no node is running for {data_dir}. Start one with `mesh up` "
+                "(or run `mesh chat --start` to start it in the background)"
+            ) from None
+    _start_node(data_dir)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        await asyncio.sleep(0.2)
+        try:
+            client = await ChatClient.connect(path)
+            await client.call("chat.info")
+            return client
+        except MeshError:
+            if time.monotonic() > deadline:
+                raise MeshError(
+                    f"the node did not come up within {START_TIMEOUT:.0f} s; "
+                    f"see {data_dir / 'mesh-up.log'}"
+                ) from None
+
+
+def main(args: argparse.Namespace) -> int:
+    """`mesh chat [CONTACT] [--start]` (called by apps/chat/cli.py)."""
+    data_dir = resolve_data_dir(getattr(args, "data_dir", None))
+    contact = getattr(args, "contact", None)
+    start = bool(getattr(args, "start", False))
+
+    async def run() -> int:
+        client = await _connect(data_dir, start)
+        try:
+            try:
+                await client.call("chat.info")
+            except MeshError as exc:
+                raise MeshError(f"the node runs without the chat service: {exc}") from None
+            app = ChatApp(client, contact=contact)
+            code = await app.run_async()
+            return code or 0
+        finally:
+            await client.close()
+
+    return asyncio.run(run())

@@ -1,0 +1,305 @@
+"""The conversation view: a virtual scroll over a :class:`MessageWindow`.
+
+Only the visible rows are drawn (``render_line``); each held message is cached as a
+few strips. Scrolling near the top asks for the next older page (``NeedOlder``), near
+the bottom of a trimmed window for the newer one (``NeedNewer``); when a page lands
+the scroll position is shifted by its height, so nothing on screen moves.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from datetime import tzinfo
+
+from rich.segment import Segment
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from ..model import ChatMessage, MessageWindow, find_urls
+from ..render import RenderStyles, render_block
+
+__all__ = ["MessageLog"]
+
+
+class MessageLog(ScrollView, can_focus=True):
+    BINDINGS = [
+        Binding("up", "select(-1)", "Previous message", show=False),
+        Binding("down", "select(1)", "Next message", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "scroll_top", "Oldest loaded", show=False),
+        Binding("end", "scroll_bottom", "Newest", show=False),
+        Binding("r", "reply", "Reply"),
+        Binding("t", "retry", "Retry failed"),
+        Binding("o", "open_url", "Open URL"),
+        Binding("y", "copy_message", "Copy text"),
+    ]
+
+    class NeedOlder(Message):
+        def __init__(self, before_seq: int) -> None:
+            super().__init__()
+            self.before_seq = before_seq
+
+    class NeedNewer(Message):
+        def __init__(self, before_seq: int, limit: int) -> None:
+            super().__init__()
+            self.before_seq = before_seq
+            self.limit = limit
+
+    class Reply(Message):
+        def __init__(self, message: ChatMessage) -> None:
+            super().__init__()
+            self.message = message
+
+    class Retry(Message):
+        def __init__(self, message: ChatMessage) -> None:
+            super().__init__()
+            self.message = message
+
+    def __init__(
+        self,
+        *,
+        tz: tzinfo | None,
+        name_of: Callable[[str], str],
+        id: str | None = None,
+    ) -> None:
+        super().__init__(id=id)
+        self.window = MessageWindow()
+        self._tz = tz
+        self._name_of = name_of
+        self._styles = RenderStyles()
+        self._blocks: list[list[Strip]] = []
+        self._offsets: list[int] = [0]  # _offsets[i] = first line of block i
+        self._width = 0
+        self.search: str | None = None
+        self.selected: int | None = None
+        self._loading_older = False
+        self._loading_newer = False
+        self.renders = 0  # blocks rendered (for benchmarks)
+
+    # -- building blocks
+    def _block(self, index: int) -> list[Strip]:
+        messages = self.window.messages
+        self.renders += 1
+        return render_block(
+            messages[index],
+            messages[index - 1] if index else None,
+            width=self._width,
+            console=self.app.console,
+            tz=self._tz,
+            name_of=self._name_of,
+            lookup=self.window.get,
+            styles=self._styles,
+            search=self.search,
+            selected=index == self.selected,
+        )
+
+    def _reoffset(self) -> None:
+        offsets = [0]
+        total = 0
+        for block in self._blocks:
+            total += len(block)
+            offsets.append(total)
+        self._offsets = offsets
+        self.virtual_size = Size(self._width, total)
+
+    def rebuild(self) -> None:
+        """Render every held message again (width, names or search changed)."""
+        self._width = max(self.scrollable_content_region.width, 1)
+        self._blocks = [self._block(i) for i in range(len(self.window.messages))]
+        self._reoffset()
+        self.refresh()
+
+    def _refresh_block(self, index: int) -> None:
+        if 0 <= index < len(self._blocks):
+            self._blocks[index] = self._block(index)
+            self._reoffset()
+            self.refresh()
+
+    # -- window changes, each keeping the view still
+    def show(self, messages: list[ChatMessage], more: bool) -> None:
+        self.window.reset(messages, more)
+        self.selected = None
+        self._loading_older = self._loading_newer = False
+        self.rebuild()
+        self.scroll_end(animate=False, immediate=True)
+
+    def add_older(self, messages: list[ChatMessage], more: bool) -> None:
+        self._loading_older = False
+        added, dropped = self.window.prepend(messages, more)
+        if not added:
+            return
+        if dropped:
+            del self._blocks[-dropped:]
+        if self.selected is not None:
+            self.selected += added
+            if self.selected >= len(self.window.messages):
+                self.selected = None
+        old_first = self._blocks[:1]
+        redo = min(added + 1, len(self.window.messages)) if old_first else added
+        new_blocks = [self._block(i) for i in range(redo)]
+        # The old first block may lose its day separator now that its day has a
+        # predecessor; the view moves by what was added above the old content.
+        shift = sum(len(b) for b in new_blocks) - sum(len(b) for b in old_first)
+        self._blocks[0 : len(old_first)] = new_blocks
+        self._reoffset()
+        self.scroll_to(y=self.scroll_y + shift, animate=False, immediate=True)
+        self.refresh()
+
+    def add_newer(self, messages: list[ChatMessage]) -> None:
+        self._loading_newer = False
+        old_first = self.window.messages[0].id if self.window.messages else None
+        added, dropped = self.window.append_newer(messages)
+        if not added and not dropped:
+            return
+        shift = sum(len(b) for b in self._blocks[:dropped])
+        del self._blocks[:dropped]
+        if dropped and self._blocks:
+            self._blocks[0] = self._block(0)
+        start = len(self._blocks)
+        self._blocks.extend(self._block(i) for i in range(start, start + added))
+        if self.selected is not None:
+            self.selected = self.selected - dropped if self.selected >= dropped else None
+        self._reoffset()
+        if old_first is not None and dropped:
+            self.scroll_to(y=max(self.scroll_y - shift, 0), animate=False, immediate=True)
+        self.refresh()
+
+    def add_live(self, message: ChatMessage) -> None:
+        follow = self.is_vertical_scroll_end or self.max_scroll_y == 0
+        before = len(self.window.messages)
+        first = self.window.messages[0].id if self.window.messages else None
+        if self.window.add_live(message):
+            if self.window.messages and self.window.messages[0].id != first:
+                self.rebuild()  # the oldest page was let go
+            else:
+                self._blocks.append(self._block(len(self._blocks)))
+                self._reoffset()
+            if follow:
+                self.scroll_end(animate=False, immediate=True)
+            self.refresh()
+        elif len(self.window.messages) == before:
+            index = self.window.index_of(message.id)
+            if index is not None:
+                self._refresh_block(index)
+
+    def set_state(self, message_id: str, state: str, error: str | None) -> None:
+        index = self.window.set_state(message_id, state, error)
+        if index is not None:
+            self._refresh_block(index)
+
+    def set_search(self, text: str | None) -> None:
+        self.search = text or None
+        self.rebuild()
+
+    def jump_to(self, message_id: str) -> bool:
+        """Select a held message and scroll it into the middle of the view."""
+        index = self.window.index_of(message_id)
+        if index is None:
+            return False
+        self._select(index)
+        y = self._offsets[index] - self.scrollable_content_region.height // 2
+        self.scroll_to(y=max(y, 0), animate=False, immediate=True)
+        return True
+
+    # -- drawing
+    def on_resize(self) -> None:
+        if self.scrollable_content_region.width != self._width:
+            self.rebuild()
+
+    def render_line(self, y: int) -> Strip:
+        line = self.scroll_offset.y + y
+        width = self.scrollable_content_region.width
+        if line >= self._offsets[-1] or not self._blocks:
+            return Strip([Segment(" " * width, self.rich_style)], width)
+        index = bisect.bisect_right(self._offsets, line) - 1
+        strip = self._blocks[index][line - self._offsets[index]]
+        return strip.crop_extend(0, width, self.rich_style)
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self._maybe_load()
+
+    def _maybe_load(self) -> None:
+        height = max(self.scrollable_content_region.height, 1)
+        cursor = self.window.older_cursor()
+        if cursor is not None and not self._loading_older and self.scroll_y < height:
+            self._loading_older = True
+            self.post_message(self.NeedOlder(cursor))
+        request = self.window.newer_request()
+        if (
+            request is not None
+            and not self._loading_newer
+            and self.scroll_y > self.max_scroll_y - height
+        ):
+            self._loading_newer = True
+            self.post_message(self.NeedNewer(*request))
+
+    # -- selection and actions
+    def _select(self, index: int | None) -> None:
+        old, self.selected = self.selected, index
+        for i in {old, index}:
+            if i is not None:
+                self._refresh_block(i)
+
+    def selected_message(self) -> ChatMessage | None:
+        if self.selected is None or self.selected >= len(self.window.messages):
+            return None
+        return self.window.messages[self.selected]
+
+    def action_select(self, step: int) -> None:
+        count = len(self.window.messages)
+        if not count:
+            return
+        if self.selected is None:
+            index = count - 1 if step < 0 else 0
+        else:
+            index = min(max(self.selected + step, 0), count - 1)
+        self._select(index)
+        top, bottom = self._offsets[index], self._offsets[index + 1]
+        height = self.scrollable_content_region.height
+        if top < self.scroll_y:
+            self.scroll_to(y=top, animate=False, immediate=True)
+        elif bottom > self.scroll_y + height:
+            self.scroll_to(y=bottom - height, animate=False, immediate=True)
+
+    def action_page(self, direction: int) -> None:
+        height = self.scrollable_content_region.height
+        self.scroll_to(y=self.scroll_y + direction * height, animate=False, immediate=True)
+
+    def action_scroll_top(self) -> None:
+        self.scroll_to(y=0, animate=False, immediate=True)
+
+    def action_scroll_bottom(self) -> None:
+        self.scroll_end(animate=False, immediate=True)
+
+    def action_reply(self) -> None:
+        message = self.selected_message()
+        if message is not None:
+            self.post_message(self.Reply(message))
+
+    def action_retry(self) -> None:
+        message = self.selected_message()
+        if message is not None and message.state == "failed":
+            self.post_message(self.Retry(message))
+        elif message is not None:
+            self.notify("only a failed message can be retried", severity="warning")
+
+    def action_open_url(self) -> None:
+        message = self.selected_message()
+        spans = find_urls(message.body) if message else []
+        if message is None or not spans:
+            self.notify("no link in the selected message", severity="warning")
+            return
+        start, end = spans[0]
+        self.app.open_url(message.body[start:end])
+
+    def action_copy_message(self) -> None:
+        message = self.selected_message()
+        if message is not None:
+            self.app.copy_to_clipboard(message.body)
+            self.notify("message copied")
