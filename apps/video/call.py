@@ -14,8 +14,8 @@ import logging
 import secrets
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,9 @@ class CallOptions:
     source: str = "testsrc"
     audio_only: bool = False
     record_to: Path | None = None
+    # Tracks supplied by the node process itself (the call page relays the browser's
+    # camera and microphone): they replace ``source`` for their kinds.
+    tracks: Mapping[str, MediaStreamTrack] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> CallOptions:
@@ -142,7 +145,12 @@ class Call:
     # -- media and the peer connection ------------------------------------------------
     def _tracks(self, options: CallOptions, kinds: tuple[str, ...]) -> dict[str, Gate]:
         want_video = "video" in kinds and not options.audio_only
-        self.source = open_source(options.source, audio=True, video=want_video)
+        given = options.tracks
+        self.source = open_source(
+            options.source,
+            audio="audio" not in given,
+            video=want_video and "video" not in given,
+        )
         gates: dict[str, Gate] = {}
         fallbacks: dict[str, Callable[[], MediaStreamTrack]] = {
             "audio": Tone,
@@ -151,7 +159,7 @@ class Call:
         for kind in kinds:
             if kind == "video" and not want_video:
                 continue
-            track = self.source.audio if kind == "audio" else self.source.video
+            track = given.get(kind) or (self.source.audio if kind == "audio" else self.source.video)
             gate = Gate(kind, track or fallbacks[kind]())
             gate.muted = track is None  # a file without sound sends silence
             gates[kind] = gate

@@ -121,6 +121,22 @@ def wall_ms() -> int:
     return int(time.time() * 1000) & 0xFFFFFFFF
 
 
+class _Pacer:
+    """Releases item ``n`` at ``start + n / rate`` (real time)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._start: float | None = None
+
+    async def wait(self, n: float) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + n / self.rate
+        if due > now:
+            await asyncio.sleep(due - now)
+
+
 class TestPattern(MediaStreamTrack):
     """A moving test pattern at ``fps``, with frame number and time drawn in."""
 
@@ -132,18 +148,13 @@ class TestPattern(MediaStreamTrack):
             raise UsageError("test pattern: even size of at least 160x120, 1-60 fps")
         self.width, self.height, self.fps = width, height, fps
         self._count = 0
-        self._start: float | None = None
+        self._pacer = _Pacer(fps)
         self._chroma = bytes([GREY]) * (width * height // 2)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        due = self._start + self._count / self.fps
-        if due > now:
-            await asyncio.sleep(due - now)
+        await self._pacer.wait(self._count)
         frame = self._draw(self._count)
         frame.pts = int(self._count * VIDEO_CLOCK / self.fps)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
@@ -186,17 +197,12 @@ class Tone(MediaStreamTrack):
         table = [int(8000 * math.sin(2 * math.pi * hz * i / AUDIO_RATE)) for i in range(AUDIO_RATE)]
         self._table = struct.pack(f"<{AUDIO_RATE}h", *table) * 2
         self._samples = 0
-        self._start: float | None = None
+        self._pacer = _Pacer(AUDIO_RATE)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        due = self._start + self._samples / AUDIO_RATE
-        if due > now:
-            await asyncio.sleep(due - now)
+        await self._pacer.wait(self._samples)
         offset = 2 * (self._samples % AUDIO_RATE)
         frame = _audio_frame(self._table[offset : offset + 2 * AUDIO_SAMPLES], self._samples)
         self._samples += AUDIO_SAMPLES
@@ -376,9 +382,18 @@ class MediaSink:
         self.first_frame = asyncio.Event()
         self.first_video = asyncio.Event()
         self._recorder_started = False
+        self.tracks: dict[str, MediaStreamTrack] = {}
+
+    def subscribe(self, kind: str) -> MediaStreamTrack | None:
+        """Another unbuffered reader of the remote ``kind`` track (None if none came)."""
+        track = self.tracks.get(kind)
+        return None if track is None else self._relay.subscribe(track, buffered=False)
 
     def add(self, track: MediaStreamTrack) -> None:
-        consumer = self._relay.subscribe(track, buffered=False) if self._recorder else track
+        """Consume a remote track; it stays available to others (the call page) as
+        ``tracks[kind]`` through :meth:`subscribe`."""
+        self.tracks[track.kind] = track
+        consumer = self._relay.subscribe(track, buffered=False)
         if self._recorder is not None:
             self._recorder.addTrack(self._relay.subscribe(track, buffered=False))
         task = asyncio.get_running_loop().create_task(self._consume(track.kind, consumer))

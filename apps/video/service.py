@@ -207,16 +207,8 @@ class CallService:
         if self.contacts is not None:
             contact = await self.contacts.resolve(name)
             return bytes(contact.key)
-        text = name.strip()
-        if "@" in text:
-            return parse_mail_address(text).key
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise UsageError(f"{name!r} is not a 64-hex key or KEY@mesh")
-        return key
+        text = name.strip()  # without a contact list: a key or key@mesh
+        return parse_mail_address(text if "@" in text else f"{text}@mesh").key
 
     # -- signaling I/O ------------------------------------------------------------------
     async def _send(self, session: _Session, frame: sig.Frame) -> None:
@@ -511,11 +503,16 @@ class CallService:
         call = await self.place(contact, CallOptions.from_params(params))
         return call.to_json()
 
-    async def _m_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _ringing(self, params: dict[str, Any]) -> _Session:
         session = self._session(params)
         call = session.call
         if call.role is not sig.Role.CALLEE or call.state is not sig.CallState.RINGING:
             raise UsageError("no incoming call is ringing")
+        return session
+
+    async def _m_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        session = self._ringing(params)
+        call = session.call
         assert session.offer is not None
         answer = await call.answer(session.offer, CallOptions.from_params(params))
         await self._send(session, sig.Accept(call.id, answer))
@@ -524,10 +521,8 @@ class CallService:
         return call.to_json()
 
     async def _m_reject(self, params: dict[str, Any]) -> dict[str, Any]:
-        session = self._session(params)
+        session = self._ringing(params)
         call = session.call
-        if call.role is not sig.Role.CALLEE or call.state is not sig.CallState.RINGING:
-            raise UsageError("no incoming call is ringing")
         await self._send(session, sig.Reject(call.id, "declined"))
         call.fire(sig.Trigger.REJECT, result="rejected", detail="declined")
         return call.to_json()

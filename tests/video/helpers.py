@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from apps.video import sdp
+from apps.video.call import CallOptions
 from apps.video.service import CallService, VideoConfig
 from core.backend import NodeEvent
 from core.node import Node
 
-__all__ = ["Book", "Phone", "phones"]
+__all__ = ["Book", "Phone", "connect", "method", "phones", "trust_each_other", "trusted_pair"]
 
 
 @dataclass
@@ -129,3 +130,30 @@ async def phones(nodes: list[Node], root: Path, **config: Any) -> AsyncIterator[
 def trust_each_other(a: Phone, b: Phone) -> None:
     a.book.trust(b.node, alias="b")
     b.book.trust(a.node, alias="a")
+
+
+async def method(phone: Phone, name: str, **params: Any) -> Any:
+    """A control method of the phone's call service, as the control API calls it."""
+    return await phone.service.control_methods()[name](params)
+
+
+async def connect(caller: Phone, callee: Phone, **options: Any) -> str:
+    """Call, answer, and wait until both sides are active; the call id."""
+    call = await caller.service.place(callee.node.key.hex(), CallOptions(**options))
+    await callee.wait_event("call.incoming")
+    await method(callee, "call.answer")
+    await caller.wait_state("active")
+    await callee.wait_state("active")
+    return call.id
+
+
+@contextlib.asynccontextmanager
+async def trusted_pair(root: Path, **config: Any) -> AsyncIterator[tuple[Phone, Phone]]:
+    """Two phones on a fresh mesh (through its relay) that trust each other."""
+    from tests.video.mesh import CallMesh
+
+    async with CallMesh(root) as mesh:
+        nodes = await mesh.open(2)
+        async with phones(nodes, root, **config) as (a, b):
+            trust_each_other(a, b)
+            yield a, b

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apps.video.ice import MeshIceConnection
 from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
 
-__all__ = ["CallMesh", "eventually", "ping_until_up"]
+__all__ = ["CallMesh", "eventually", "exchange_and_connect", "ping_until_up"]
 
 
 async def ping_until_up(src: Node, dst: Node, tries: int = 60) -> None:
@@ -81,3 +82,15 @@ class CallMesh:
                 if src is not dst:
                     await ping_until_up(src, dst)
         return fresh
+
+
+async def exchange_and_connect(a: MeshIceConnection, b: MeshIceConnection) -> None:
+    """What signaling does for two gathered ICE connections: candidates and
+    credentials both ways, then connect both (bounded)."""
+    for mine, theirs in ((a, b), (b, a)):
+        for cand in theirs.local_candidates:
+            await mine.add_remote_candidate(cand)
+        await mine.add_remote_candidate(None)
+        mine.remote_username = theirs.local_username
+        mine.remote_password = theirs.local_password
+    await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), 10)

@@ -8,31 +8,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
-from typing import Any
 
 import av
 import pytest
 
 from apps.video.call import CallOptions
 from apps.video.media import read_stamp
-from tests.video.helpers import Phone, phones, trust_each_other
+from tests.video.helpers import connect, method, phones, trust_each_other, trusted_pair
 from tests.video.mesh import CallMesh, eventually
 from tests.video.oswatch import udp_socket_inodes
 
 pytestmark = pytest.mark.timeout(90)
-
-
-async def _method(phone: Phone, name: str, **params: Any) -> Any:
-    return await phone.service.control_methods()[name](params)
-
-
-async def _connect(caller: Phone, callee: Phone, **options: Any) -> str:
-    call = await caller.service.place(callee.node.key.hex(), CallOptions(**options))
-    await callee.wait_event("call.incoming")
-    await _method(callee, "call.answer")
-    await caller.wait_state("active")
-    await callee.wait_state("active")
-    return call.id
 
 
 def _decoded_recording(path: Path) -> tuple[list[int], int, str]:
@@ -57,21 +43,19 @@ def _decoded_recording(path: Path) -> tuple[list[int], int, str]:
 async def test_a_test_pattern_call_records_five_seconds_whose_frame_counter_advances(
     tmp_path: Path,
 ) -> None:
-    async with CallMesh(tmp_path) as mesh:
-        a, b = await mesh.open(2)
-        async with phones([a, b], tmp_path) as (pa, pb):
-            trust_each_other(pa, pb)
-            before = udp_socket_inodes()
-            recording = tmp_path / "received.mkv"
-            call = await pa.service.place(b.key.hex(), CallOptions())
-            await pb.wait_event("call.incoming")
-            await _method(pb, "call.answer", record_to=str(recording))
-            await pa.wait_state("active")
-            await asyncio.sleep(5.5)
-            during = udp_socket_inodes()
-            await _method(pa, "call.hangup")
-            mine = await pa.wait_event("call.ended")
-            theirs = await pb.wait_event("call.ended")
+    async with trusted_pair(tmp_path) as (pa, pb):
+        a, b = pa.node, pb.node
+        before = udp_socket_inodes()
+        recording = tmp_path / "received.mkv"
+        call = await pa.service.place(b.key.hex(), CallOptions())
+        await pb.wait_event("call.incoming")
+        await method(pb, "call.answer", record_to=str(recording))
+        await pa.wait_state("active")
+        await asyncio.sleep(5.5)
+        during = udp_socket_inodes()
+        await method(pa, "call.hangup")
+        mine = await pa.wait_event("call.ended")
+        theirs = await pb.wait_event("call.ended")
     assert during <= before, "the call opened an OS UDP socket"
     assert mine["id"] == theirs["id"] == call.id
     assert mine["result"] == theirs["result"] == "answered"
@@ -90,37 +74,32 @@ async def test_a_test_pattern_call_records_five_seconds_whose_frame_counter_adva
 
 
 async def test_the_callee_hanging_up_ends_the_call_on_both_sides(tmp_path: Path) -> None:
-    async with CallMesh(tmp_path) as mesh:
-        a, b = await mesh.open(2)
-        async with phones([a, b], tmp_path) as (pa, pb):
-            trust_each_other(pa, pb)
-            await _connect(pa, pb)
-            await asyncio.sleep(1)
-            await _method(pb, "call.hangup")
-            mine = await pa.wait_event("call.ended")
-            theirs = await pb.wait_event("call.ended")
-            assert mine["result"] == theirs["result"] == "answered"
-            assert mine["video_frames_received"] > 0 and theirs["video_frames_received"] > 0
-            log_a = await _method(pa, "call.log")
-            log_b = await _method(pb, "call.log")
+    async with trusted_pair(tmp_path) as (pa, pb):
+        await connect(pa, pb)
+        await asyncio.sleep(1)
+        await method(pb, "call.hangup")
+        mine = await pa.wait_event("call.ended")
+        theirs = await pb.wait_event("call.ended")
+        assert mine["result"] == theirs["result"] == "answered"
+        assert mine["video_frames_received"] > 0 and theirs["video_frames_received"] > 0
+        log_a = await method(pa, "call.log")
+        log_b = await method(pb, "call.log")
     assert [(r["direction"], r["result"]) for r in log_a] == [("outgoing", "answered")]
     assert [(r["direction"], r["result"]) for r in log_b] == [("incoming", "answered")]
     assert log_a[0]["duration_s"] >= 0.9
 
 
 async def test_a_declined_call_is_rejected_on_both_sides(tmp_path: Path) -> None:
-    async with CallMesh(tmp_path) as mesh:
-        a, b = await mesh.open(2)
-        async with phones([a, b], tmp_path) as (pa, pb):
-            trust_each_other(pa, pb)
-            await pa.service.place(b.key.hex(), CallOptions())
-            await pb.wait_event("call.incoming")
-            await pa.wait_state("ringing")
-            await _method(pb, "call.reject")
-            mine = await pa.wait_event("call.ended")
-            theirs = await pb.wait_event("call.ended")
-            assert (mine["result"], theirs["result"]) == ("rejected", "rejected")
-            assert (await _method(pa, "call.log"))[0]["result"] == "rejected"
+    async with trusted_pair(tmp_path) as (pa, pb):
+        b = pb.node
+        await pa.service.place(b.key.hex(), CallOptions())
+        await pb.wait_event("call.incoming")
+        await pa.wait_state("ringing")
+        await method(pb, "call.reject")
+        mine = await pa.wait_event("call.ended")
+        theirs = await pb.wait_event("call.ended")
+        assert (mine["result"], theirs["result"]) == ("rejected", "rejected")
+        assert (await method(pa, "call.log"))[0]["result"] == "rejected"
 
 
 async def test_a_second_call_while_in_one_gets_busy(tmp_path: Path) -> None:
@@ -129,29 +108,27 @@ async def test_a_second_call_while_in_one_gets_busy(tmp_path: Path) -> None:
         async with phones([a, b, c], tmp_path) as (pa, pb, pc):
             trust_each_other(pa, pb)
             trust_each_other(pc, pb)
-            first = await _connect(pa, pb)
+            first = await connect(pa, pb)
             await pc.service.place(b.key.hex(), CallOptions(audio_only=True))
             busy = await pc.wait_event("call.ended")
             assert busy["result"] == "busy"
             missed = await pb.wait_event("call.missed")
             assert missed["peer"] == c.key.hex()
-            status = await _method(pa, "call.status")
+            status = await method(pa, "call.status")
             assert (status["id"], status["state"]) == (first, "active")
 
 
 async def test_an_unanswered_call_is_missed_on_both_sides_after_the_ring_timeout(
     tmp_path: Path,
 ) -> None:
-    async with CallMesh(tmp_path) as mesh:
-        a, b = await mesh.open(2)
-        async with phones([a, b], tmp_path, ring_timeout=1.5) as (pa, pb):
-            trust_each_other(pa, pb)
-            await pa.service.place(b.key.hex(), CallOptions())
-            await pb.wait_event("call.incoming")
-            mine = await pa.wait_event("call.missed", timeout=10)
-            theirs = await pb.wait_event("call.missed", timeout=10)
-            assert (mine["result"], theirs["result"]) == ("no-answer", "missed")
-            assert (await _method(pb, "call.log"))[0]["result"] == "missed"
+    async with trusted_pair(tmp_path, ring_timeout=1.5) as (pa, pb):
+        b = pb.node
+        await pa.service.place(b.key.hex(), CallOptions())
+        await pb.wait_event("call.incoming")
+        mine = await pa.wait_event("call.missed", timeout=10)
+        theirs = await pb.wait_event("call.missed", timeout=10)
+        assert (mine["result"], theirs["result"]) == ("no-answer", "missed")
+        assert (await method(pb, "call.log"))[0]["result"] == "missed"
 
 
 async def test_callers_who_are_not_trusted_contacts_are_refused(tmp_path: Path) -> None:
@@ -164,7 +141,7 @@ async def test_callers_who_are_not_trusted_contacts_are_refused(tmp_path: Path) 
             assert refused["result"] == "not-a-contact"
             assert "call.incoming" not in pb.kinds()
             assert (await pb.book.get(a.key)) is not None  # recorded as a seen stranger
-            assert (await _method(pb, "call.log"))[0]["result"] == "not-a-contact"
+            assert (await method(pb, "call.log"))[0]["result"] == "not-a-contact"
 
 
 async def test_ring_everyone_still_refuses_blocked_keys(tmp_path: Path) -> None:
@@ -174,7 +151,7 @@ async def test_ring_everyone_still_refuses_blocked_keys(tmp_path: Path) -> None:
             pb.book.trust(c, "blocked")
             await pa.service.place(b.key.hex(), CallOptions(audio_only=True))
             await pb.wait_event("call.incoming")  # a stranger rings
-            await _method(pb, "call.reject")
+            await method(pb, "call.reject")
             await pa.wait_event("call.ended")
             await pc.service.place(b.key.hex(), CallOptions(audio_only=True))
             assert (await pc.wait_event("call.ended"))["result"] == "not-a-contact"
@@ -189,12 +166,12 @@ async def test_an_audio_only_call_crosses_the_forwarding_relay_node(tmp_path: Pa
             assert [p.key.hex() for p in await node.peers() if p.key] == [relay_key]
         async with phones([a, b], tmp_path) as (pa, pb):
             trust_each_other(pa, pb)
-            await _connect(pa, pb, audio_only=True)
+            await connect(pa, pb, audio_only=True)
             await eventually(
                 "audio at B",
                 lambda: pb.service.current().sink.audio.frames > 50,  # type: ignore[union-attr]
             )
-            await _method(pa, "call.hangup")
+            await method(pa, "call.hangup")
             mine = await pa.wait_event("call.ended")
     assert mine["media"] == ["audio"]
     assert mine["audio_frames_received"] > 0 and mine["video_frames_received"] == 0
@@ -202,22 +179,19 @@ async def test_an_audio_only_call_crosses_the_forwarding_relay_node(tmp_path: Pa
 
 
 async def test_mute_camera_off_and_source_switch_mid_call_reach_the_peer(tmp_path: Path) -> None:
-    async with CallMesh(tmp_path) as mesh:
-        a, b = await mesh.open(2)
-        async with phones([a, b], tmp_path) as (pa, pb):
-            trust_each_other(pa, pb)
-            await _connect(pa, pb)
-            call_b = pb.service.current()
-            assert call_b is not None and call_b.sink is not None
-            sink = call_b.sink
-            await eventually("stamped frames", lambda: len(sink.stamps) > 10)
-            await _method(pa, "call.update", audio_muted=True, video_off=True)
-            await eventually("the update at B", lambda: call_b.remote_update.get("video_off"))
-            await asyncio.sleep(0.5)
-            frozen = len(sink.stamps)
-            await asyncio.sleep(1.0)
-            assert len(sink.stamps) <= frozen + 2, "camera off still sent the pattern"
-            await _method(pa, "call.update", video_off=False, source="testsrc:320x240@15")
-            await eventually("the new source", lambda: sink.video.width == 320, timeout=10)
-            assert call_b.remote_update["source"] == "testsrc:320x240@15"
-            await _method(pa, "call.hangup")
+    async with trusted_pair(tmp_path) as (pa, pb):
+        await connect(pa, pb)
+        call_b = pb.service.current()
+        assert call_b is not None and call_b.sink is not None
+        sink = call_b.sink
+        await eventually("stamped frames", lambda: len(sink.stamps) > 10)
+        await method(pa, "call.update", audio_muted=True, video_off=True)
+        await eventually("the update at B", lambda: call_b.remote_update.get("video_off"))
+        await asyncio.sleep(0.5)
+        frozen = len(sink.stamps)
+        await asyncio.sleep(1.0)
+        assert len(sink.stamps) <= frozen + 2, "camera off still sent the pattern"
+        await method(pa, "call.update", video_off=False, source="testsrc:320x240@15")
+        await eventually("the new source", lambda: sink.video.width == 320, timeout=10)
+        assert call_b.remote_update["source"] == "testsrc:320x240@15"
+        await method(pa, "call.hangup")

@@ -11,7 +11,7 @@ import pytest
 from aioice import Candidate
 
 from apps.video.ice import MeshIceConnection, check_internals
-from tests.video.mesh import CallMesh
+from tests.video.mesh import CallMesh, exchange_and_connect
 from tests.video.oswatch import udp_socket_inodes
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,13 +51,7 @@ async def test_two_embedded_nodes_connect_ice_without_an_os_udp_socket(
         await asyncio.gather(ca.gather_candidates(), cb.gather_candidates())
         assert [c.host for c in ca.local_candidates] == [str(a.address)]
         assert [c.host for c in cb.local_candidates] == [str(b.address)]
-        for mine, theirs in ((ca, cb), (cb, ca)):
-            for cand in theirs.local_candidates:
-                await mine.add_remote_candidate(cand)
-            await mine.add_remote_candidate(None)
-            mine.remote_username = theirs.local_username
-            mine.remote_password = theirs.local_password
-        await asyncio.wait_for(asyncio.gather(ca.connect(), cb.connect()), 10)
+        await exchange_and_connect(ca, cb)
         await ca.send(b"over the mesh")
         assert await asyncio.wait_for(cb.recv(), 5) == b"over the mesh"
         during = udp_socket_inodes()

@@ -12,10 +12,9 @@ import pytest
 from aioice import Candidate
 
 from apps.video import signaling as sig
-from apps.video.call import CallOptions
 from apps.video.ice import MeshIceConnection
-from tests.video.helpers import phones, trust_each_other
-from tests.video.mesh import CallMesh
+from tests.video.helpers import connect, method, trusted_pair
+from tests.video.mesh import CallMesh, exchange_and_connect
 from tests.video.sdp_samples import offer
 
 pytestmark = pytest.mark.timeout(90)
@@ -40,13 +39,7 @@ async def test_a_forged_remote_candidate_is_never_contacted(tmp_path: Path) -> N
         # The forged candidate sits on another mesh node and outranks the real one.
         forged = Candidate("f", 1, "udp", 2**31 - 1, str(c.address), 40404, "host")
         await ca.add_remote_candidate(forged)
-        for mine, theirs in ((ca, cb), (cb, ca)):
-            for cand in theirs.local_candidates:
-                await mine.add_remote_candidate(cand)
-            await mine.add_remote_candidate(None)
-            mine.remote_username = theirs.local_username
-            mine.remote_password = theirs.local_password
-        await asyncio.wait_for(asyncio.gather(ca.connect(), cb.connect()), 10)
+        await exchange_and_connect(ca, cb)
         await ca.send(b"media")
         assert await asyncio.wait_for(cb.recv(), 5) == b"media"
         await asyncio.sleep(0.5)
@@ -77,30 +70,25 @@ def _frame(**fields: Any) -> bytes:
 async def test_fuzzed_signaling_and_mangled_sdp_are_refused_and_calls_still_work(
     tmp_path: Path,
 ) -> None:
-    async with CallMesh(tmp_path) as mesh:
-        a, b = await mesh.open(2)
-        async with phones([a, b], tmp_path) as (pa, pb):
-            trust_each_other(pa, pb)
-            good = offer(host=str(a.address))
-            attacks = [
-                b"\x00\xff garbage\n",
-                b"{" * (sig.MAX_FRAME_BYTES + 10),
-                _frame(type="ringing"),  # a caller that does not call
-                _frame(type="call", sdp="v=0\r\nbogus", media=["audio"]),
-                _frame(type="call", sdp=good.replace("a=ice-pwd", "a=x"), media=["audio", "video"]),
-                _frame(type="call", sdp=offer(host="10.1.2.3"), media=["audio", "video"]),
-                _frame(type="call", sdp=good, media=["audio"]),  # media disagree with SDP
-                _frame(v=7, type="call", sdp=good, media=["audio", "video"]),
-            ]
-            for payload in attacks:
-                reply = await _raw_stream(a, b, payload)
-                assert b'"type":"hangup"' in reply and b'"reason":"failed"' in reply, payload[:40]
-            assert pb.service.refused_frames == len(attacks)
-            assert "call.incoming" not in pb.kinds()
-            # ... and a real call still goes through.
-            await pa.service.place(b.key.hex(), CallOptions(audio_only=True))
-            await pb.wait_event("call.incoming")
-            await pb.service.control_methods()["call.answer"]({})
-            await pa.wait_state("active")
-            await pa.service.control_methods()["call.hangup"]({})
-            assert (await pa.wait_event("call.ended"))["result"] == "answered"
+    async with trusted_pair(tmp_path) as (pa, pb):
+        a, b = pa.node, pb.node
+        good = offer(host=str(a.address))
+        attacks = [
+            b"\x00\xff garbage\n",
+            b"{" * (sig.MAX_FRAME_BYTES + 10),
+            _frame(type="ringing"),  # a caller that does not call
+            _frame(type="call", sdp="v=0\r\nbogus", media=["audio"]),
+            _frame(type="call", sdp=good.replace("a=ice-pwd", "a=x"), media=["audio", "video"]),
+            _frame(type="call", sdp=offer(host="10.1.2.3"), media=["audio", "video"]),
+            _frame(type="call", sdp=good, media=["audio"]),  # media disagree with SDP
+            _frame(v=7, type="call", sdp=good, media=["audio", "video"]),
+        ]
+        for payload in attacks:
+            reply = await _raw_stream(a, b, payload)
+            assert b'"type":"hangup"' in reply and b'"reason":"failed"' in reply, payload[:40]
+        assert pb.service.refused_frames == len(attacks)
+        assert "call.incoming" not in pb.kinds()
+        # ... and a real call still goes through.
+        await connect(pa, pb, audio_only=True)
+        await method(pa, "call.hangup")
+        assert (await pa.wait_event("call.ended"))["result"] == "answered"
