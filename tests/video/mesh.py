@@ -8,7 +8,6 @@ loopback TCP with one relay node, so any two of them talk through a forwarding n
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from apps.video.ice import MeshIceConnection
 from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
+from tests.lab.fixtures import poll
 
 __all__ = ["CallMesh", "eventually", "exchange_and_connect", "ping_until_up"]
 
@@ -31,16 +31,10 @@ async def ping_until_up(src: Node, dst: Node, tries: int = 60) -> None:
 
 async def eventually(what: str, check: Any, timeout: float = 15.0) -> Any:
     """Poll the sync or async ``check`` until it is true; fail naming ``what``."""
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not true after {timeout} s (last {value!r})")
-        await asyncio.sleep(0.05)
+    try:
+        return await poll(check, timeout, 0.05)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not true after {timeout} s") from None
 
 
 class CallMesh:
