@@ -92,7 +92,8 @@ class Call:
         self.peer_key = peer_key
         self.peer_address = peer_address
         self.media = media
-        self.remote_name = remote_name
+        self.remote_name = remote_name  # what the peer calls itself (unverified)
+        self.alias: str | None = None  # what our contacts call the peer
         self.machine = CallMachine(role, on_change=self._changed)
         self._on_state = on_state
         self.started = time.time()
@@ -320,6 +321,7 @@ class Call:
             "peer": self.peer_key.hex(),
             "address": str(self.peer_address),
             "name": self.remote_name,
+            "alias": self.alias,
             "media": list(self.media),
             "state": self.state.value,
             "result": self.result,

@@ -141,6 +141,7 @@ class TestPattern(MediaStreamTrack):
     """A moving test pattern at ``fps``, with frame number and time drawn in."""
 
     kind = "video"
+    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0) -> None:
         super().__init__()

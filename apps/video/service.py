@@ -188,9 +188,12 @@ class CallService:
         return None
 
     # -- who may call -------------------------------------------------------------------
-    async def _screen(self, key: bytes) -> str | None:
-        """None if ``key`` may ring us, else the reject reason."""
+    async def _screen(self, call: Call) -> str | None:
+        """None if the caller may ring us, else the reject reason; notes the caller's
+        alias in our contacts on the call."""
+        key = call.peer_key
         contact = await self.contacts.get(key) if self.contacts is not None else None
+        call.alias = getattr(contact, "alias", None) if contact is not None else None
         trust = _trust(contact) if contact is not None else "unknown"
         if trust == "blocked":
             return "not-a-contact"
@@ -406,7 +409,7 @@ class CallService:
             on_state=self._on_state,
         )
         session = _Session(call, writer, reader)
-        reason = await self._screen(bytes(key))
+        reason = await self._screen(call)
         if reason is None and self.current() is not None:
             reason = "busy"
         if reason is None:
@@ -441,6 +444,9 @@ class CallService:
         call = Call(self.node, sig.Role.CALLER, key, address_for_key(key), on_state=self._on_state)
         if options.audio_only:
             call.media = ("audio",)
+        if self.contacts is not None:
+            known = await self.contacts.get(key)
+            call.alias = getattr(known, "alias", None) if known is not None else None
         session = _Session(call)
         offer = await call.offer(options)
         self._sessions[call.id] = session

@@ -92,8 +92,9 @@ async def test_the_callee_hanging_up_ends_the_call_on_both_sides(tmp_path: Path)
 async def test_a_declined_call_is_rejected_on_both_sides(tmp_path: Path) -> None:
     async with trusted_pair(tmp_path) as (pa, pb):
         b = pb.node
-        await pa.service.place(b.key.hex(), CallOptions())
-        await pb.wait_event("call.incoming")
+        placed = await pa.service.place(b.key.hex(), CallOptions())
+        incoming = await pb.wait_event("call.incoming")
+        assert (placed.alias, incoming["alias"], incoming["peer"]) == ("b", "a", pa.node.key.hex())
         await pa.wait_state("ringing")
         await method(pb, "call.reject")
         mine = await pa.wait_event("call.ended")

@@ -1,0 +1,94 @@
+"""Media pieces without a call: the coded stamp survives VP8, the gate keeps one
+timeline across source switches and blanks when muted, sources refuse bad specs."""
+
+from __future__ import annotations
+
+import fractions
+from pathlib import Path
+
+import av
+import pytest
+
+from apps.video.media import Gate, TestPattern, Tone, open_source, read_stamp
+from core.errors import UsageError
+
+
+async def test_the_frame_stamp_reads_back_after_a_vp8_round_trip() -> None:
+    pattern = TestPattern(640, 480, 60)
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 640, 480, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 90_000)
+    encoder.bit_rate = 300_000
+    decoder = av.CodecContext.create("vp8", "r")
+    read: list[int] = []
+    for _ in range(10):
+        frame = await pattern.recv()
+        for packet in encoder.encode(frame):
+            for decoded in decoder.decode(packet):
+                stamp = read_stamp(decoded)
+                assert stamp is not None
+                read.append(stamp[0])
+    assert read == list(range(len(read))) and len(read) >= 5
+    pattern.stop()
+
+
+async def test_the_gate_keeps_one_timeline_across_a_source_switch_and_blanks_when_muted() -> None:
+    gate = Gate("video", TestPattern(320, 240, 60))
+    first = [await gate.recv() for _ in range(3)]
+    old = gate.switch(TestPattern(320, 240, 60))  # a new source starts its pts at 0 again
+    old.stop()
+    after = [await gate.recv() for _ in range(3)]
+    pts = [f.pts for f in first + after]
+    assert pts == sorted(pts) and len(set(pts)) == len(pts)
+    gate.muted = True
+    assert read_stamp(await gate.recv()) is None  # black: no pattern, no stamp
+    gate.stop()
+    gate.source.stop()
+
+
+async def test_a_muted_audio_gate_sends_silence() -> None:
+    gate = Gate("audio", Tone())
+    loud = await gate.recv()
+    assert any(bytes(loud.planes[0]))
+    gate.muted = True
+    quiet = await gate.recv()
+    assert not any(bytes(quiet.planes[0])) and quiet.samples == loud.samples
+    gate.stop()
+    gate.source.stop()
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("/no/such/file.mkv", "is not testsrc, an existing media file or a device"),
+        ("testsrc:big", "testsrc size must look like 640x480@30"),
+        ("testsrc:641x480@30", "even size"),
+    ],
+)
+def test_bad_sources_are_refused_with_what_to_do(spec: str, reason: str) -> None:
+    with pytest.raises(UsageError, match=reason):
+        open_source(spec)
+
+
+async def test_a_media_file_source_plays_its_video_and_audio(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mkv"
+    pattern, tone = TestPattern(320, 240, 30), Tone()
+    with av.open(str(clip), "w") as out:
+        video = out.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        audio = out.add_stream("aac", rate=48_000)
+        for _ in range(15):
+            out.mux(video.encode(await pattern.recv()))
+            out.mux(audio.encode(await tone.recv()))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    source = open_source(str(clip))
+    try:
+        assert source.video is not None and source.audio is not None
+        frame = await source.video.recv()
+        assert (frame.width, frame.height) == (320, 240) and read_stamp(frame) is not None
+        assert isinstance(await source.audio.recv(), av.AudioFrame)
+    finally:
+        source.close()
+        pattern.stop()
+        tone.stop()
