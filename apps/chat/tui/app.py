@@ -45,7 +45,7 @@ from .model import (
 )
 from .screens.help import HelpScreen
 from .screens.qr import QrScreen
-from .widgets.banner import RequestBar, SecurityBanner
+from .widgets.banner import CallBar, RequestBar, SecurityBanner
 from .widgets.composer import Composer
 from .widgets.conversation_list import ConversationList
 from .widgets.message_log import MessageLog
@@ -147,17 +147,20 @@ class ChatApp(App[int]):
                 yield ConversationList(id="conversations")
             with Vertical(id="pane"):
                 yield Static("", id="header", markup=False)
+                yield CallBar(id="call-bar")
                 yield SecurityBanner(id="banner")
                 yield RequestBar(id="request-bar")
                 yield Input(placeholder="search this conversation — enter, f3 next", id="search")
-                yield MessageLog(tz=self.tz, name_of=self.name_of, id="log")
+                yield MessageLog(
+                    tz=self.tz, name_of=self.name_of, page_size=self.page_size, id="log"
+                )
                 yield Static("", id="reply-bar", markup=False)
                 yield Composer(id="composer")
                 yield Static("", id="status", markup=False)
         yield Footer()
 
     async def on_mount(self) -> None:
-        for wid in ("#banner", "#request-bar", "#search", "#reply-bar"):
+        for wid in ("#banner", "#request-bar", "#search", "#reply-bar", "#call-bar"):
             self.query_one(wid).display = False
         self.set_interval(1.0, self._expire_typing)
         self._start()
@@ -268,7 +271,8 @@ class ChatApp(App[int]):
 
     def _update_bars(self) -> None:
         mine = [r for r in self.security.values() if r.key == self.current]
-        self.query_one(SecurityBanner).show(sorted(mine, key=lambda r: r.ts))
+        name = self.name_of(self.current or "")
+        self.query_one(SecurityBanner).show(sorted(mine, key=lambda r: r.ts), name, self.tz)
         conv = self.conversations.get(self.current or "")
         self.query_one(RequestBar).display = bool(conv and conv.request)
         reply = self.query_one("#reply-bar", Static)
@@ -325,9 +329,14 @@ class ChatApp(App[int]):
             self.notify(f"message request from {short_key(str(data.get('key')))}")
             self._schedule_refresh()
         elif kind == "call.incoming":
-            who = self.name_of(str(data.get("from") or data.get("key") or ""))
+            who = self.name_of(str(data.get("peer") or ""))
             self.bell()
-            self.notify(f"incoming call from {who} — answer on the call page", timeout=15)
+            self.notify(f"incoming call from {who}", timeout=15)
+            self.query_one(CallBar).ring(str(data.get("id")), who)
+        elif kind in ("call.ended", "call.missed") or (
+            kind == "call.state" and data.get("state") != "ringing"
+        ):
+            self.query_one(CallBar).stop(str(data.get("id")))
         elif kind.startswith(("chat.", "contact.", "peer.")) or kind == "events.lagged":
             self._schedule_refresh()
 
@@ -410,7 +419,7 @@ class ChatApp(App[int]):
         await self.open_conversation(keys[(index + step) % len(keys)])
 
     # -- composing
-    @on(Composer.Changed)
+    @on(Composer.Typing)
     async def _typing(self) -> None:
         now = self.clock()
         if self.current is None or now - self._last_typing_sent < TYPING_SEND_EVERY:
@@ -477,6 +486,21 @@ class ChatApp(App[int]):
         self.security[rec.id] = SecurityRecord(rec.id, rec.key, rec.kind, rec.detail, rec.ts, True)
         self._update_bars()
         await self.refresh_conversations()
+
+    @on(CallBar.Decided)
+    async def _call_decided(self, event: CallBar.Decided) -> None:
+        if event.accept:
+            await self._call_ok("call.answer", "call accepted", id=event.call_id)
+            await self._open_call_page()
+        else:
+            await self._call_ok("call.reject", "call rejected", id=event.call_id)
+
+    async def _open_call_page(self) -> None:
+        with contextlib.suppress(MeshError):
+            info = await self.client.call("call.info")
+            url = info.get("page") or info.get("url") if isinstance(info, dict) else None
+            if url:
+                self.open_url(str(url))
 
     @on(RequestBar.Decided)
     async def _decided(self, event: RequestBar.Decided) -> None:
@@ -607,12 +631,9 @@ class ChatApp(App[int]):
         target = await self._target(args)
         if target is None:
             return
-        result = await self._call_ok(
-            "call.place", f"calling {self.name_of(target)}…", contact=target
-        )
-        url = result.get("url") if isinstance(result, dict) else None
-        if url:
-            self.open_url(str(url))
+        done = f"calling {self.name_of(target)}…"
+        if await self._call_ok("call.place", done, contact=target) is not None:
+            await self._open_call_page()
 
     # -- search
     def action_search(self) -> None:

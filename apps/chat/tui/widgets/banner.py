@@ -3,7 +3,7 @@ message-request bar (accept / ignore / block)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal
@@ -12,7 +12,7 @@ from textual.widgets import Button, Static
 
 from ..model import SecurityRecord
 
-__all__ = ["RequestBar", "SecurityBanner", "explain"]
+__all__ = ["CallBar", "RequestBar", "SecurityBanner", "explain"]
 
 EXPLAIN = {
     "key-changed": (
@@ -27,11 +27,11 @@ EXPLAIN = {
 }
 
 
-def explain(record: SecurityRecord) -> str:
+def explain(record: SecurityRecord, name: str, tz: tzinfo | None) -> str:
     base = EXPLAIN.get(record.kind, f"Security event: {record.kind}.")
-    when = datetime.fromtimestamp(record.ts).strftime("%Y-%m-%d %H:%M") if record.ts else ""
+    when = datetime.fromtimestamp(record.ts, tz).strftime("%Y-%m-%d %H:%M") if record.ts else ""
     detail = f" ({record.detail})" if record.detail else ""
-    return f"⚠ {base}{detail} {when}".strip()
+    return f"⚠ {name}: {base}{detail} {when}".strip()
 
 
 class SecurityBanner(Horizontal):
@@ -48,18 +48,53 @@ class SecurityBanner(Horizontal):
         yield Static("", id="banner-text", markup=False)
         yield Button("I understand", id="banner-ack", variant="error")
 
-    def show(self, records: list[SecurityRecord]) -> None:
+    def show(self, records: list[SecurityRecord], name: str, tz: tzinfo | None) -> None:
         pending = [r for r in records if not r.acknowledged]
         self.record = pending[0] if pending else None
         self.display = self.record is not None
         if self.record is not None:
             more = f"  (+{len(pending) - 1} more)" if len(pending) > 1 else ""
-            self.query_one("#banner-text", Static).update(explain(self.record) + more)
+            self.query_one("#banner-text", Static).update(explain(self.record, name, tz) + more)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         if self.record is not None:
             self.post_message(self.Acknowledged(self.record))
+
+
+class CallBar(Horizontal):
+    """An incoming call: accept or reject (through the node's call.* methods)."""
+
+    class Decided(Message):
+        def __init__(self, call_id: str, accept: bool) -> None:
+            super().__init__()
+            self.call_id = call_id
+            self.accept = accept
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.call_id: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="call-text", markup=False)
+        yield Button("Accept", id="call-accept", variant="success")
+        yield Button("Reject", id="call-reject", variant="error")
+
+    def ring(self, call_id: str, who: str) -> None:
+        self.call_id = call_id
+        self.query_one("#call-text", Static).update(f"📞 incoming call from {who}")
+        self.display = True
+
+    def stop(self, call_id: str | None = None) -> None:
+        if call_id is None or call_id == self.call_id:
+            self.call_id = None
+            self.display = False
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if self.call_id is not None:
+            self.post_message(self.Decided(self.call_id, event.button.id == "call-accept"))
+            self.stop()
 
 
 class RequestBar(Horizontal):

@@ -19,7 +19,7 @@ class Composer(TextArea):
         Binding("alt+b", "cursor_word_left", "Word left", show=False),
         Binding("alt+f", "cursor_word_right", "Word right", show=False),
         Binding("ctrl+k", "delete_to_end_of_line", "Delete to end", show=False),
-        Binding("ctrl+u", "delete_to_start_of_line", "Delete to start", show=False),
+        Binding("ctrl+u", "kill_to_start", "Delete to start", show=False),
         Binding("ctrl+w", "delete_word_left", "Delete word", show=False),
         Binding("up", "history_or_up", "History", show=False),
         Binding("down", "history_or_down", "History", show=False),
@@ -31,7 +31,7 @@ class Composer(TextArea):
             self.composer = composer
             self.text = text
 
-    class Changed(Message):
+    class Typing(Message):
         """The person typed (for typing indicators)."""
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -50,6 +50,11 @@ class Composer(TextArea):
     def action_newline(self) -> None:
         start, end = self.selection
         self._replace_via_keyboard("\n", start, end)
+
+    def action_kill_to_start(self) -> None:
+        """readline's ctrl+u: delete back to the line start (nothing at column 0)."""
+        if self.cursor_location[1] > 0:
+            self.action_delete_to_start_of_line()
 
     def action_history_or_up(self) -> None:
         row, _ = self.cursor_location
@@ -80,4 +85,4 @@ class Composer(TextArea):
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         if event.text_area is self and self.text:
-            self.post_message(self.Changed())
+            self.post_message(self.Typing())

@@ -65,10 +65,11 @@ class MessageLog(ScrollView, can_focus=True):
         *,
         tz: tzinfo | None,
         name_of: Callable[[str], str],
+        page_size: int = 200,
         id: str | None = None,
     ) -> None:
         super().__init__(id=id)
-        self.window = MessageWindow()
+        self.window = MessageWindow(page_size=page_size)
         self._tz = tz
         self._name_of = name_of
         self._styles = RenderStyles()
@@ -79,6 +80,7 @@ class MessageLog(ScrollView, can_focus=True):
         self.selected: int | None = None
         self._loading_older = False
         self._loading_newer = False
+        self._follow = True  # stay at the newest line (until the person scrolls up)
         self.renders = 0  # blocks rendered (for benchmarks)
 
     # -- building blocks
@@ -113,6 +115,8 @@ class MessageLog(ScrollView, can_focus=True):
         self._blocks = [self._block(i) for i in range(len(self.window.messages))]
         self._reoffset()
         self.refresh()
+        if self._follow:
+            self.scroll_end(animate=False, immediate=True)
 
     def _refresh_block(self, index: int) -> None:
         if 0 <= index < len(self._blocks):
@@ -125,8 +129,8 @@ class MessageLog(ScrollView, can_focus=True):
         self.window.reset(messages, more)
         self.selected = None
         self._loading_older = self._loading_newer = False
+        self._follow = True
         self.rebuild()
-        self.scroll_end(animate=False, immediate=True)
 
     def add_older(self, messages: list[ChatMessage], more: bool) -> None:
         self._loading_older = False
@@ -170,7 +174,7 @@ class MessageLog(ScrollView, can_focus=True):
         self.refresh()
 
     def add_live(self, message: ChatMessage) -> None:
-        follow = self.is_vertical_scroll_end or self.max_scroll_y == 0
+        follow = self._follow and self.window.at_live_end
         before = len(self.window.messages)
         first = self.window.messages[0].id if self.window.messages else None
         if self.window.add_live(message):
@@ -222,19 +226,21 @@ class MessageLog(ScrollView, can_focus=True):
 
     def watch_scroll_y(self, old: float, new: float) -> None:
         super().watch_scroll_y(old, new)
+        self._follow = round(new) >= self.max_scroll_y
         self._maybe_load()
 
     def _maybe_load(self) -> None:
         height = max(self.scrollable_content_region.height, 1)
         cursor = self.window.older_cursor()
-        if cursor is not None and not self._loading_older and self.scroll_y < height:
+        # Ask a page ahead (two screens), so the person rarely reaches the edge.
+        if cursor is not None and not self._loading_older and self.scroll_y < 2 * height:
             self._loading_older = True
             self.post_message(self.NeedOlder(cursor))
         request = self.window.newer_request()
         if (
             request is not None
             and not self._loading_newer
-            and self.scroll_y > self.max_scroll_y - height
+            and self.scroll_y > self.max_scroll_y - 2 * height
         ):
             self._loading_newer = True
             self.post_message(self.NeedNewer(*request))
