@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,25 @@ MAX_HANDSHAKES = 8  # incoming streams still before their first frame
 FIRST_FRAME_TIMEOUT = 10.0
 DIAL_TIMEOUT = 15.0
 FINISHED_KEPT = 32
+REFUSALS_LOGGED = 5  # refused calls logged per peer per minute
+
+
+class _Window:
+    """At most ``limit`` events per ``seconds`` per peer; a bounded table of peers."""
+
+    def __init__(self, limit: int, seconds: float, *, max_peers: int) -> None:
+        self.limit, self.seconds, self.max_peers = limit, seconds, max_peers
+        self._peers: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+
+    def allow(self, peer: bytes, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        start, count = self._peers.pop(peer, (now, 0))
+        if now - start >= self.seconds:
+            start, count = now, 0
+        self._peers[peer] = (start, count + 1)
+        while len(self._peers) > self.max_peers:
+            self._peers.popitem(last=False)
+        return count < self.limit
 
 
 class ContactBook(Protocol):
@@ -119,6 +139,7 @@ class CallService:
         self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handshakes = 0
+        self._refusals = _Window(REFUSALS_LOGGED, 60.0, max_peers=1024)
         self.refused_frames = 0
         self.sent_sdp: deque[str] = deque(maxlen=64)  # the last SDPs sent, for checks
         self.port = config.port
@@ -427,7 +448,10 @@ class CallService:
             await self._send(session, sig.Reject(call.id, reason))
             result = "missed" if reason == "busy" else "not-a-contact"
             call.fire(sig.Trigger.REJECT, result=result, detail=f"refused: {reason}")
-            await self._finish(session)
+            if self._refusals.allow(call.peer_key):
+                await self._finish(session)  # logged and announced
+            else:
+                await call.close()  # a peer ringing over and over is not logged each time
             return
         self._sessions[call.id] = session
         await self._send(session, sig.Ringing(call.id))
