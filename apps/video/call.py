@@ -374,5 +374,7 @@ class Call:
             self.source = None
         for gate in self.gates.values():
             gate.stop()
+        self.gates = {}
         if self.sink is not None:
-            await self.sink.close()
+            sink, self.sink = self.sink, None
+            await sink.close()

@@ -117,6 +117,7 @@ class _Session:
     writer: asyncio.StreamWriter | None = None
     reader: asyncio.StreamReader | None = None
     offer: sdp.IncomingSdp | None = None
+    answering: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -544,7 +545,24 @@ class CallService:
         session = self._ringing(params)
         call = session.call
         assert session.offer is not None
-        answer = await call.answer(session.offer, CallOptions.from_params(params))
+        options = CallOptions.from_params(params)
+        if session.answering:
+            raise UsageError("this call is already being answered")
+        session.answering = True
+        try:
+            answer = await call.answer(session.offer, options)
+        except UsageError:  # a source that does not open: the call keeps ringing
+            session.answering = False
+            await call.close()
+            raise
+        except Exception as exc:
+            if call.state is not sig.CallState.ENDED:
+                raise
+            answer = ""
+            log.info("call %s ended while being answered: %s", call.id[:8], exc)
+        if call.state is sig.CallState.ENDED:  # the caller gave up meanwhile
+            await call.close()
+            raise UsageError(f"the call ended before it was answered ({call.result})")
         await self._send(session, sig.Accept(call.id, answer))
         call.fire(sig.Trigger.ANSWER)
         self._spawn(session, self._media_watch(session))

@@ -14,6 +14,7 @@ import pytest
 
 from apps.video.call import CallOptions
 from apps.video.media import read_stamp
+from core.errors import UsageError
 from tests.video.helpers import connect, method, phones, trust_each_other, trusted_pair
 from tests.video.mesh import CallMesh, eventually
 from tests.video.oswatch import udp_socket_inodes
@@ -196,3 +197,32 @@ async def test_mute_camera_off_and_source_switch_mid_call_reach_the_peer(tmp_pat
         await eventually("the new source", lambda: sink.video.width == 320, timeout=10)
         assert call_b.remote_update["source"] == "testsrc:320x240@15"
         await method(pa, "call.hangup")
+
+
+async def test_a_caller_cancelling_while_it_rings_is_a_missed_call_at_the_callee(
+    tmp_path: Path,
+) -> None:
+    async with trusted_pair(tmp_path) as (pa, pb):
+        await pa.service.place(pb.node.key.hex(), CallOptions(audio_only=True))
+        await pb.wait_event("call.incoming")
+        await method(pa, "call.hangup")
+        mine = await pa.wait_event("call.ended")
+        theirs = await pb.wait_event("call.missed")
+        assert (mine["result"], mine["detail"]) == ("no-answer", "cancelled")
+        assert theirs["result"] == "missed"
+        with pytest.raises(UsageError, match="no call in progress"):
+            await method(pb, "call.answer")
+
+
+async def test_answering_with_a_source_that_does_not_open_keeps_the_call_ringing(
+    tmp_path: Path,
+) -> None:
+    async with trusted_pair(tmp_path) as (pa, pb):
+        await pa.service.place(pb.node.key.hex(), CallOptions(audio_only=True))
+        await pb.wait_event("call.incoming")
+        with pytest.raises(UsageError, match="not testsrc, an existing media file"):
+            await method(pb, "call.answer", source=str(tmp_path / "missing.webm"))
+        await method(pb, "call.answer")
+        await pa.wait_state("active")
+        await method(pb, "call.hangup")
+        assert (await pa.wait_event("call.ended"))["result"] == "answered"
