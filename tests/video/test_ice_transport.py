@@ -4,13 +4,21 @@ no OS UDP socket on the embedded backend."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from pathlib import Path
 
+import aioice
 import pytest
 from aioice import Candidate
+from aiortc import RTCConfiguration, RTCPeerConnection
 
-from apps.video.ice import MeshIceConnection, check_internals
+from apps.video.ice import (
+    MeshIceConnection,
+    check_internals,
+    install_mesh_ice,
+    mesh_connections,
+)
 from tests.video.mesh import CallMesh, exchange_and_connect
 from tests.video.oswatch import udp_socket_inodes
 
@@ -80,3 +88,22 @@ async def test_remote_candidates_off_the_peer_address_are_dropped(tmp_path: Path
         assert not conn.allowed(("127.0.0.1", 9))
         assert conn.counters.refused_sends == 1
         await conn.close()
+
+
+async def test_installing_mesh_ice_touches_only_the_peer_connection_it_is_given() -> None:
+    mine = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    other = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for pc in (mine, other):
+        pc.addTransceiver("audio")
+    peer = ipaddress.IPv6Address("200::1")
+    installed = install_mesh_ice(mine, node=object(), peer=peer)  # type: ignore[arg-type]
+    assert mesh_connections(mine) == installed and len(installed) == 1
+    later = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    later.addTransceiver("video")
+    for pc in (other, later):
+        conn = pc.getTransceivers()[0].receiver.transport.transport._connection
+        assert type(conn) is aioice.Connection
+        with pytest.raises(RuntimeError, match="not on the mesh"):
+            mesh_connections(pc)
+    for pc in (mine, other, later):
+        await pc.close()
