@@ -231,5 +231,10 @@ async def _log(path: Path, args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started"]))
         arrow = "→" if row["direction"] == "outgoing" else "←"
         who = row["name"] or row["peer"][:16] + "…"
-        print(f"{when} {arrow} {who:18} {row['result']:14} {row['duration_s']:8.1f} s")
+        result = (
+            row["result"]
+            if row["result"] == row["outcome"]
+            else (f"{row['outcome']} ({row['result']})")
+        )
+        print(f"{when} {arrow} {who:18} {result:24} {row['duration_s']:8.1f} s")
     return 0

@@ -14,7 +14,7 @@ import aiosqlite
 
 from core.errors import MeshError
 
-__all__ = ["LOG_FILE_NAME", "MIGRATIONS", "CallLog"]
+__all__ = ["LOG_FILE_NAME", "MIGRATIONS", "OUTCOMES", "CallLog"]
 
 LOG_FILE_NAME = "calls.db"
 MAX_ROWS = 10_000  # the oldest rows go beyond this
@@ -38,6 +38,19 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX calls_peer ON calls (peer, seq)",
     ),
+}
+
+#: The four outcomes of the log (for incoming and outgoing: answered, missed, rejected,
+#: failed) from the
+#: finer results.
+OUTCOMES = {
+    "answered": "answered",
+    "missed": "missed",
+    "no-answer": "missed",
+    "rejected": "rejected",
+    "busy": "rejected",
+    "not-a-contact": "rejected",
+    "failed": "failed",
 }
 
 _COLUMNS = ("id", "direction", "peer", "name", "media", "started", "answered", "ended")
@@ -114,5 +127,6 @@ class CallLog:
         for row in rows:
             item = dict(zip(keys, row, strict=True))
             item["media"] = [m for m in str(item["media"]).split(",") if m]
+            item["outcome"] = OUTCOMES.get(str(item["result"]), "failed")
             out.append(item)
         return out

@@ -85,7 +85,7 @@ async def test_the_callee_hanging_up_ends_the_call_on_both_sides(tmp_path: Path)
         assert mine["video_frames_received"] > 0 and theirs["video_frames_received"] > 0
         log_a = await method(pa, "call.log")
         log_b = await method(pb, "call.log")
-    assert [(r["direction"], r["result"]) for r in log_a] == [("outgoing", "answered")]
+    assert [(r["direction"], r["outcome"]) for r in log_a] == [("outgoing", "answered")]
     assert [(r["direction"], r["result"]) for r in log_b] == [("incoming", "answered")]
     assert log_a[0]["duration_s"] >= 0.9
 
@@ -130,6 +130,9 @@ async def test_an_unanswered_call_is_missed_on_both_sides_after_the_ring_timeout
         mine = await pa.wait_event("call.missed", timeout=10)
         theirs = await pb.wait_event("call.missed", timeout=10)
         assert (mine["result"], theirs["result"]) == ("no-answer", "missed")
+        assert [(r["result"], r["outcome"]) for r in await method(pa, "call.log")] == [
+            ("no-answer", "missed")
+        ]
         assert (await method(pb, "call.log"))[0]["result"] == "missed"
 
 
