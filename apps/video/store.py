@@ -41,8 +41,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 #: The four outcomes of the log (for incoming and outgoing: answered, missed, rejected,
-#: failed) from the
-#: finer results.
+#: failed) from the finer results.
 OUTCOMES = {
     "answered": "answered",
     "missed": "missed",
