@@ -318,7 +318,22 @@ def _device(spec: str) -> tuple[str, str | None, dict[str, str]]:
 def open_source(spec: str, *, audio: bool = True, video: bool = True) -> Source:
     """``testsrc`` (pattern + tone), a media FILE (looped), or a DEVICE:
     ``/dev/videoN`` (v4l2), ``alsa:hw:0``, ``pulse:default``, ``avfoundation:0:0``,
-    ``camera``. Raises :class:`UsageError` with what to do when it cannot be opened."""
+    ``camera``; ``VIDEO+AUDIO`` takes the video of one and the sound of the other
+    (``/dev/video0+pulse:default``). Raises :class:`UsageError` with what to do when it
+    cannot be opened."""
+    if "+" in spec and not Path(spec).exists():
+        picture, _, sound = spec.partition("+")
+        seen = open_source(picture, audio=False, video=video)
+        try:
+            heard = open_source(sound, audio=audio, video=False)
+        except BaseException:
+            seen.close()
+            raise
+        return Source(spec, heard.audio, seen.video)
+    return _open_one(spec, audio=audio, video=video)
+
+
+def _open_one(spec: str, *, audio: bool, video: bool) -> Source:
     if spec == "testsrc" or spec.startswith("testsrc:"):
         size = spec.partition(":")[2] or "640x480@30"
         try:

@@ -92,3 +92,12 @@ async def test_a_media_file_source_plays_its_video_and_audio(tmp_path: Path) -> 
         source.close()
         pattern.stop()
         tone.stop()
+
+
+async def test_video_of_one_source_and_sound_of_another_combine_with_a_plus() -> None:
+    source = open_source("testsrc:320x240@15+testsrc")
+    try:
+        assert isinstance(source.video, TestPattern) and source.video.width == 320
+        assert isinstance(source.audio, Tone)
+    finally:
+        source.close()
