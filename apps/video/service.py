@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -324,9 +324,12 @@ class CallService:
             return
         call.fire(sig.Trigger.MEDIA_UP)
 
-    def _spawn(self, session: _Session, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        session.tasks.add(task)
+    def _spawn(self, session: _Session, coro: Coroutine[Any, Any, None]) -> None:
+        """A task of this call's, cancelled and awaited when it ends (``_drive``)."""
+        if session.call.state is sig.CallState.ENDED:
+            coro.close()  # too late: nothing would await it
+            return
+        session.tasks.add(asyncio.ensure_future(coro))
 
     # -- frames -------------------------------------------------------------------------
     async def _on_frame(self, session: _Session, frame: sig.Frame) -> None:
@@ -432,8 +435,6 @@ class CallService:
         )
         session = _Session(call, writer, reader)
         reason = await self._screen(call)
-        if reason is None and self.current() is not None:
-            reason = "busy"
         if reason is None:
             try:
                 session.offer = sdp.incoming(frame.sdp, peer)
@@ -445,6 +446,10 @@ class CallService:
                 call.fire(sig.Trigger.FAIL, result="failed", detail=f"bad offer SDP: {exc}")
                 await self._finish(session)
                 return
+        # No await from this check to the registration below: two calls arriving
+        # together cannot both ring.
+        if reason is None and (self.current() is not None or call.id in self._sessions):
+            reason = "busy"
         if reason is not None:
             await self._send(session, sig.Reject(call.id, reason))
             result = "missed" if reason == "busy" else "not-a-contact"
@@ -473,7 +478,14 @@ class CallService:
             known = await self.contacts.get(key)
             call.alias = getattr(known, "alias", None) if known is not None else None
         session = _Session(call)
-        offer = await call.offer(options)
+        try:
+            offer = await call.offer(options)
+        except BaseException:
+            await call.close()
+            raise
+        if self.current() is not None:  # a call came in while the offer was made
+            await call.close()
+            raise UsageError("a call came in meanwhile: answer or reject it first")
         self._sessions[call.id] = session
         self._own(self._dial(session, offer))
         return call

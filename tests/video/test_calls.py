@@ -229,3 +229,24 @@ async def test_answering_with_a_source_that_does_not_open_keeps_the_call_ringing
         await pa.wait_state("active")
         await method(pb, "call.hangup")
         assert (await pa.wait_event("call.ended"))["result"] == "answered"
+
+
+async def test_two_calls_arriving_together_ring_once_and_the_other_is_busy(
+    tmp_path: Path,
+) -> None:
+    async with CallMesh(tmp_path) as mesh:
+        a, b, c = await mesh.open(3)
+        async with phones([a, b, c], tmp_path) as (pa, pb, pc):
+            trust_each_other(pa, pb)
+            trust_each_other(pc, pb)
+            await asyncio.gather(
+                pa.service.place(b.key.hex(), CallOptions(audio_only=True)),
+                pc.service.place(b.key.hex(), CallOptions(audio_only=True)),
+            )
+            await pb.wait_event("call.incoming")
+            busy = await eventually(
+                "one caller told busy", lambda: [*pa.ended(), *pc.ended()], timeout=15
+            )
+            assert [e["result"] for e in busy] == ["busy"]
+            assert [e.kind for e in pb.events].count("call.incoming") == 1
+            await method(pb, "call.reject")
