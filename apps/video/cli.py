@@ -39,6 +39,7 @@ EXIT_CODES = {
 SUBCOMMANDS = ("answer", "reject", "hangup", "log")
 RESERVED = ("page",)  # the browser call page (calls part 2)
 POLL = 0.1
+STATS_EVERY = 5.0
 JSON_FIELDS = (
     "result",
     "setup_s",
@@ -127,41 +128,58 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 
 async def _wait_end(client: ControlClient, call_id: str, args: argparse.Namespace) -> Any:
-    """Poll the call until it ends (hanging up after --duration once active)."""
+    """Poll the call until it ends (hanging up after --duration once active); without
+    --json, say each state and a stats line every few seconds."""
     active_since: float | None = None
     last_state = ""
+    next_stats = time.monotonic() + STATS_EVERY
+    hung_up = False
     while True:
-        status = await client.call("call.status", id=call_id)
+        show = not args.json and time.monotonic() >= next_stats
+        status = await client.call("call.status", id=call_id, stats=show)
         state = status.get("state", "")
         if state != last_state and not args.json:
             print(f"call {state}", file=sys.stderr)
         last_state = state
         if state == "ended" or status.get("id") != call_id:
             return status
+        if show:
+            next_stats = time.monotonic() + STATS_EVERY
+            if state == "active":
+                print(_stats_line(status.get("stats") or {}), file=sys.stderr)
         if state == "active" and active_since is None:
             active_since = time.monotonic()
         if (
-            args.duration is not None
+            not hung_up
+            and args.duration is not None
             and active_since is not None
             and time.monotonic() - active_since >= args.duration
         ):
+            hung_up = True
             await client.call("call.hangup", id=call_id)
         await asyncio.sleep(POLL)
+
+
+def _stats_line(stats: dict[str, Any]) -> str:
+    return (
+        f"  rtt {stats.get('rtt_ms')} ms, loss {stats.get('loss')}, "
+        f"{stats.get('bitrate_kbps')} kbit/s, {stats.get('fps')} fps, "
+        f"{stats.get('resolution')}, jitter {stats.get('jitter_ms')} ms"
+    )
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary_json(summary), default=str), flush=True)
         return
-    stats = summary.get("stats") or {}
     print(
         f"call {summary.get('result')}: {summary.get('duration_s')} s, "
         f"setup {summary.get('setup_s')} s, "
         f"{summary.get('video_frames_received')} video / "
-        f"{summary.get('audio_frames_received')} audio frames, "
-        f"rtt {stats.get('rtt_ms')} ms, loss {stats.get('loss')}, "
-        f"{stats.get('bitrate_kbps')} kbit/s, {stats.get('fps')} fps"
-        + (f" ({summary['detail']})" if summary.get("detail") else ""),
+        f"{summary.get('audio_frames_received')} audio frames"
+        + (f" ({summary['detail']})" if summary.get("detail") else "")
+        + "\n"
+        + _stats_line(summary.get("stats") or {}),
         flush=True,
     )
 

@@ -619,7 +619,8 @@ class CallService:
         except UsageError:
             return {"state": "idle"}
         call = session.call
-        return {**call.to_json(), "stats": await call.stats(), "setup_s": call.setup_s()}
+        stats = await call.stats() if params.get("stats", True) else None
+        return {**call.to_json(), "stats": stats, "setup_s": call.setup_s()}
 
     async def _m_stats(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self._session(params).call.stats()

@@ -92,3 +92,17 @@ def test_mesh_call_with_a_bad_flag_mix_is_a_usage_error(nodes: tuple[NodeUp, Nod
     assert run_mesh(a.data, "call", "page").returncode == 2
     assert "no call in progress" in run_mesh(a.data, "call", "hangup").stderr
     assert os.path.exists(a.data / "calls.db")
+
+
+def test_mesh_call_for_people_shows_states_live_stats_and_a_summary(
+    nodes: tuple[NodeUp, NodeUp],
+) -> None:
+    a, b = nodes
+    answer = spawn_mesh(b.data, "call", "answer", "--auto", "--count", "1")
+    time.sleep(0.5)
+    code, out, err = _finish(spawn_mesh(a.data, "call", b.status["key"], "--duration", "6"))
+    assert code == 0, err
+    assert "call ringing" in err and "call active" in err
+    assert "  rtt " in err and "640x480" in err  # the live stats line, every 5 s
+    assert out.startswith("call answered: ") and "video /" in out
+    assert _finish(answer)[0] == 0
