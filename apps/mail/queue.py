@@ -12,24 +12,16 @@ Message-ID and sender key.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
-from core.errors import MeshError
-
-from .groupcommit import GroupCommit
-from .migrate import run_migrations
-from .sqlwriter import TransactionThread
+from core import AppDatabase, MeshError
 
 __all__ = [
     "OUTBOX_FILE_NAME",
@@ -140,10 +132,6 @@ def _delivery(row: Any) -> Delivery:
     return Delivery(*row)
 
 
-async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
-    await run_migrations(db, MIGRATIONS, str(path))
-
-
 def _enqueue_rows(
     conn: sqlite3.Connection, items: list[_Enqueue]
 ) -> list[QueuedMessage | BaseException]:
@@ -178,38 +166,22 @@ def _enqueue_rows(
 class OutboxQueue:
     """The queue. ``await OutboxQueue.open(path)``; ``await close()``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, writer: TransactionThread) -> None:
-        self._db = db
-        self._writer = writer  # submissions: a whole transaction per hop
-        self.path = path
-        self._lock = asyncio.Lock()
-        self._enqueues: GroupCommit[_Enqueue, QueuedMessage] = GroupCommit(
-            self._enqueue_batch, max_batch=MAX_GROUP_COMMIT, name="outbox"
+    def __init__(self, database: AppDatabase) -> None:
+        self._database = database
+        self._db = database.conn
+        self.path = database.path
+        self._lock = database.lock
+        self._enqueues = database.group_commit(
+            _enqueue_rows, max_batch=MAX_GROUP_COMMIT, name="outbox"
         )
 
     @classmethod
     async def open(cls, path: Path) -> OutboxQueue:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            # FULL: the submission server says 250 right after the commit.
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await _migrate(db, path)
-            writer = await TransactionThread.open(path, name="outbox-writer")
-        except BaseException:
-            await db.close()
-            raise
-        return cls(db, path, writer)
+        return cls(await AppDatabase.open(path, MIGRATIONS, what=str(path), name="outbox-writer"))
 
     async def close(self) -> None:
-        await self._enqueues.close()
-        async with self._lock:
-            await self._writer.close()
-            await self._db.close()
+        await self._database.close()
 
     async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         return list(await self._db.execute_fetchall(sql, args))
@@ -232,7 +204,7 @@ class OutboxQueue:
         """Store the message and one pending delivery per recipient, in one transaction.
 
         Returns once that transaction is committed (``synchronous=FULL``). Concurrent
-        submissions share a transaction (group commit, :mod:`apps.mail.groupcommit`):
+        submissions share a transaction (group commit, :mod:`core.groupcommit`):
         each message is still all-or-nothing, and each caller hears only after the commit
         that holds its message.
         """
@@ -242,11 +214,6 @@ class OutboxQueue:
             raise ValueError("a queued message needs at least one recipient")
         item = _Enqueue(secrets.token_hex(16), sender, raw, message_id, unique, stamp, max_queue)
         return await self._enqueues.submit(item)
-
-    async def _enqueue_batch(self, items: list[_Enqueue]) -> list[QueuedMessage | BaseException]:
-        """One transaction for ``items`` in one hop to the writer thread."""
-        async with self._lock:
-            return await self._writer.run(partial(_enqueue_rows, items=items))
 
     # -- the runner's view ------------------------------------------------------------------
     async def due(self, now: float, *, limit: int, exclude: Iterable[int] = ()) -> list[Delivery]:

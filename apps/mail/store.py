@@ -17,26 +17,22 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import os
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
+from core import AppDatabase, MeshError
 
-from core.errors import MeshError
-
-from .groupcommit import GroupCommit
 from .message import normalize_crlf
-from .sqlwriter import TransactionThread
 from .store_deliver import Missing, PendingDelivery, Prepared, deliver_rows
-from .store_schema import migrate
+from .store_schema import MIGRATIONS
 
 __all__ = [
     "DEFAULT_MAILBOXES",
@@ -181,15 +177,16 @@ ChangeCallback = Callable[[str], None]
 class MailStore:
     """The mailbox store. Create with ``await MailStore.open(path)``; ``await close()``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, writer: TransactionThread) -> None:
-        self._db = db
-        self._writer = writer  # deliveries: a whole transaction per hop
-        self.path = path
-        self._lock = asyncio.Lock()
+    def __init__(self, database: AppDatabase) -> None:
+        self._database = database
+        self._db = database.conn
+        self.path = database.path
+        self._lock = database.lock  # every access to ``_db``, reads included
         self._new_mail: list[NewMailCallback] = []
         self._changes: list[ChangeCallback] = []
-        self._deliveries: GroupCommit[PendingDelivery, tuple[str, int] | None] = GroupCommit(
-            self._deliver_batch, max_batch=MAX_GROUP_COMMIT, name="mail store"
+        # Deliveries: a whole transaction per hop to the writer thread, shared (group commit).
+        self._deliveries = database.group_commit(
+            _deliver_batch, max_batch=MAX_GROUP_COMMIT, name="mail store"
         )
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -197,21 +194,11 @@ class MailStore:
     @classmethod
     async def open(cls, path: Path) -> MailStore:
         path = Path(path)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Private mail: owner-only. SQLite gives the -wal and -shm files the same mode.
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        db = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await migrate(db)
-            writer = await TransactionThread.open(path, name="mail-store-writer")
-        except BaseException:
-            await db.close()
-            raise
-        store = cls(db, path, writer)
+        # Private mail: AppDatabase creates the file owner-only (0600).
+        database = await AppDatabase.open(
+            path, MIGRATIONS, what="the mail store", name="mail-store-writer"
+        )
+        store = cls(database)
         try:
             await store._init_defaults()
         except BaseException:
@@ -220,10 +207,7 @@ class MailStore:
         return store
 
     async def close(self) -> None:
-        await self._deliveries.close()
-        async with self._lock:
-            await self._writer.close()
-            await self._db.close()
+        await self._database.close()
 
     async def _init_defaults(self) -> None:
         async with self._lock, self._tx():
@@ -241,8 +225,8 @@ class MailStore:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _tx(self) -> AbstractAsyncContextManager[Any]:
+        return self._database.begin()  # the caller holds ``_lock``
 
     async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         async with self._db.execute(sql, args) as cur:
@@ -325,7 +309,7 @@ class MailStore:
         """Store ``raw`` durably; the new UID, or None if ``dedup_key`` was seen before.
 
         Returns after the commit. Concurrent deliveries share one transaction (group
-        commit, :mod:`apps.mail.groupcommit`), each acknowledged only after that commit.
+        commit, :mod:`core.groupcommit`), each acknowledged only after that commit.
         """
         clean_flags = normalize_flags(flags)
         # Parsing is pure Python (it holds the GIL either way): a thread only pays off by
@@ -343,15 +327,6 @@ class MailStore:
             return None
         self._notify_new([done])
         return done[1]
-
-    async def _deliver_batch(
-        self, items: list[PendingDelivery]
-    ) -> list[tuple[str, int] | BaseException | None]:
-        """One transaction (one hop to the writer thread) for ``items``."""
-        async with self._lock:
-            rows = await self._writer.run(partial(deliver_rows, items=items))
-        return [MailboxNotFound(f"no mailbox named {r.mailbox!r}") if isinstance(r, Missing)
-                else r for r in rows]  # fmt: skip
 
     async def _add_entry(
         self, box: Any, body_id: Any, flags: frozenset[str], stamp: float, tz: int
@@ -719,17 +694,9 @@ class MailStore:
         return str(row[0])
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception)."""
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    async def __aenter__(self) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            await self._db.execute("COMMIT")
-        else:
-            await self._db.execute("ROLLBACK")
+def _deliver_batch(
+    conn: sqlite3.Connection, items: list[PendingDelivery]
+) -> list[tuple[str, int] | BaseException | None]:
+    """The store's group commit: ``items`` inside one transaction on the writer thread."""
+    return [MailboxNotFound(f"no mailbox named {r.mailbox!r}") if isinstance(r, Missing)
+            else r for r in deliver_rows(conn, items)]  # fmt: skip

@@ -1,6 +1,6 @@
 """The mail store's group-commit delivery: many messages, one transaction, one hop.
 
-:func:`deliver_rows` runs on :class:`apps.mail.sqlwriter.TransactionThread`'s thread
+:func:`deliver_rows` runs on the writer thread of :class:`core.AppDatabase`
 inside the transaction it opened, with plain ``sqlite3`` calls: a fixed number of
 statements (dedup lookup, mailboxes, bodies, entries, counters, dedup keys) whatever the
 number of messages. Each message gets exactly what a delivery of its own would have got:

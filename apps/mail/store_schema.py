@@ -7,11 +7,7 @@ a store written by a *newer* release is refused rather than damaged.
 
 from __future__ import annotations
 
-import aiosqlite
-
-from .migrate import run_migrations
-
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -58,8 +54,3 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
-
-
-async def migrate(db: aiosqlite.Connection) -> int:
-    """Bring the database to :data:`SCHEMA_VERSION`; returns the version found before."""
-    return await run_migrations(db, MIGRATIONS, "the mail store")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.mail.groupcommit import GroupCommit
+from core import GroupCommit
 from apps.mail.queue import OutboxQueue, QueueFull
 from apps.mail.store import MailboxNotFound, MailStore
 
