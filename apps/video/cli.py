@@ -141,8 +141,8 @@ async def _wait_end(client: ControlClient, call_id: str, args: argparse.Namespac
         if state != last_state and not args.json:
             print(f"call {state}", file=sys.stderr)
         last_state = state
-        if state == "ended" or status.get("id") != call_id:
-            return status
+        if status.get("id") != call_id or (state == "ended" and status.get("final", True)):
+            return status  # the summary (or the call is long gone: idle)
         if show:
             next_stats = time.monotonic() + STATS_EVERY
             if state == "active":

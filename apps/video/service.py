@@ -614,6 +614,10 @@ class CallService:
         wanted = params.get("id")
         if wanted is not None and wanted in self._finished:
             return self._finished[wanted]
+        if wanted is not None and wanted in self._sessions:  # ended, summary on its way
+            ending = self._sessions[wanted].call
+            if ending.state is sig.CallState.ENDED:
+                return {**ending.to_json(), "final": False}
         try:
             session = self._session(params)
         except UsageError:
