@@ -3,12 +3,30 @@
 from core.db import AppDatabase
 from core.errors import MeshError, UsageError
 from core.groupcommit import GroupCommit
+from core.outbox import (
+    Delivered,
+    DeliveryResult,
+    Failed,
+    Outbox,
+    OutboxEntry,
+    OutboxFull,
+    Retry,
+    RetryPolicy,
+    Scheduler,
+)
 
 __all__ = [
-    # database (KIT-DB)
     "AppDatabase",
+    "Delivered",
+    "DeliveryResult",
+    "Failed",
     "GroupCommit",
-    # errors
     "MeshError",
+    "Outbox",
+    "OutboxEntry",
+    "OutboxFull",
+    "Retry",
+    "RetryPolicy",
+    "Scheduler",
     "UsageError",
 ]
