@@ -16,11 +16,23 @@ log = logging.getLogger(__name__)
 
 class Subscription:
     """One subscriber's queue. A subscriber that falls behind loses the oldest events
-    and is told how many with a ``events.lagged`` event, instead of growing memory."""
+    and is told how many with a ``events.lagged`` event, instead of growing memory.
 
-    def __init__(self, maxsize: int) -> None:
+    ``prefixes`` filters by kind (``("chat.", "peer.")``); empty means every event.
+    ``events.lagged`` always passes."""
+
+    def __init__(self, maxsize: int, prefixes: tuple[str, ...] = ()) -> None:
         self._queue: asyncio.Queue[NodeEvent | None] = asyncio.Queue(maxsize)
         self._dropped = 0
+        self.prefixes = prefixes
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped and not yet reported."""
+        return self._dropped
+
+    def wants(self, kind: str) -> bool:
+        return not self.prefixes or kind.startswith(self.prefixes)
 
     def _put(self, event: NodeEvent | None) -> None:
         while True:
@@ -55,11 +67,12 @@ class EventBus:
     def publish(self, event: NodeEvent) -> None:
         log.debug("event %s %s", event.kind, event.data)
         for sub in self._subs:
-            sub._put(event)
+            if sub.wants(event.kind):
+                sub._put(event)
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Subscription]:
-        sub = Subscription(self._queue_size)
+    async def subscribe(self, prefixes: tuple[str, ...] = ()) -> AsyncIterator[Subscription]:
+        sub = Subscription(self._queue_size, prefixes)
         if self._closed:
             sub._put(None)
         self._subs.add(sub)

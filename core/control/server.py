@@ -2,7 +2,8 @@
 
 Methods are ``async handler(params) -> JSON-able``. Raising :class:`UsageError` gives
 ``bad_request``, :class:`MeshError` gives ``failed``; anything else is logged and
-answered ``internal``. ``subscribe`` turns the connection into an event stream.
+answered ``internal``. ``subscribe`` (with optional kind ``prefixes``) adds an event
+stream to the connection; calls go on beside it (see docs/control-api.md).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ StreamHandler = Callable[
     [Any, dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 ]
 MAX_CLIENTS = 64
-WRITE_HIGH_WATER = 4 << 20
+MAX_INFLIGHT = 32  # calls answered concurrently on one connection
 
 
 class ControlServer:
@@ -103,36 +104,64 @@ class ControlServer:
                 await writer.wait_closed()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read requests; answer calls concurrently (at most MAX_INFLIGHT at once); a
+        ``subscribe`` starts an event pump beside them on the same connection."""
         decoder = LineDecoder()
-        while data := await reader.read(65536):
-            try:
-                messages = decoder.feed(data)
-            except ProtocolError as exc:
-                writer.write(encode({"error": {"code": "bad_request", "message": str(exc)}}))
-                return
-            for message in messages:
+        session = _Session(writer)
+        try:
+            while data := await reader.read(65536):
                 try:
-                    request = parse_request(message)
+                    messages = decoder.feed(data)
                 except ProtocolError as exc:
-                    writer.write(
-                        encode({"id": message.get("id"), "error": _err("bad_request", exc)})
-                    )
-                    continue
-                stream = self._streams.get(request.method)
-                if stream is not None:
+                    writer.write(encode({"error": {"code": "bad_request", "message": str(exc)}}))
+                    return
+                for message in messages:
                     try:
-                        await stream(request.id, request.params, reader, writer)
-                    except UsageError as exc:
-                        writer.write(encode({"id": request.id, "error": _err("bad_request", exc)}))
-                    except (MeshError, OSError) as exc:
-                        writer.write(encode({"id": request.id, "error": _err("failed", exc)}))
+                        request = parse_request(message)
+                    except ProtocolError as exc:
+                        writer.write(
+                            encode({"id": message.get("id"), "error": _err("bad_request", exc)})
+                        )
+                        continue
+                    stream = self._streams.get(request.method)
+                    if stream is not None:
+                        await session.quiesce()
+                        try:
+                            await stream(request.id, request.params, reader, writer)
+                        except UsageError as exc:
+                            writer.write(
+                                encode({"id": request.id, "error": _err("bad_request", exc)})
+                            )
+                        except (MeshError, OSError) as exc:
+                            writer.write(encode({"id": request.id, "error": _err("failed", exc)}))
+                        return
+                    if request.method == "subscribe":
+                        try:
+                            prefixes = _prefixes(request.params)
+                        except UsageError as exc:
+                            writer.write(
+                                encode({"id": request.id, "error": _err("bad_request", exc)})
+                            )
+                            continue
+                        writer.write(encode({"id": request.id, "result": {"subscribed": True}}))
+                        session.subscribe(self._events, prefixes)
+                        continue
+                    await session.spawn(self._answer(request.id, request.method,
+                                                     request.params, writer))  # fmt: skip
+                if writer.transport.is_closing():
                     return
-                if request.method == "subscribe":
-                    writer.write(encode({"id": request.id, "result": {"subscribed": True}}))
-                    await self._stream_events(writer)
-                    return
-                writer.write(encode(await self._call(request.id, request.method, request.params)))
-                await writer.drain()
+        finally:
+            await session.close()
+
+    async def _answer(
+        self, rid: Any, method: str, params: dict[str, Any], writer: asyncio.StreamWriter
+    ) -> None:
+        reply = await self._call(rid, method, params)
+        if writer.transport.is_closing():
+            return
+        writer.write(encode(reply))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
 
     async def _call(self, rid: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
         handler = self._methods.get(method)
@@ -150,14 +179,75 @@ class ControlServer:
             log.exception("control method %s failed", method)
             return {"id": rid, "error": _err("internal", f"{method} failed; see the node's log")}
 
-    async def _stream_events(self, writer: asyncio.StreamWriter) -> None:
-        async with self._events.subscribe() as sub:
+
+class _Session:
+    """One connection's tasks: calls in flight (bounded) and at most one event pump.
+
+    Memory per connection is bounded: the subscription queue drops its oldest events
+    beyond the bus's queue size (the subscriber then gets ``events.lagged``), and the
+    pump waits for the socket to drain before writing more, so the write buffer holds
+    at most about one high-water mark of events plus the replies in flight.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._calls: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_INFLIGHT)
+        self._pump: asyncio.Task[None] | None = None
+        self._prefixes: list[tuple[str, ...]] = []
+
+    async def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        await self._slots.acquire()  # reading stops while MAX_INFLIGHT calls run
+        task = asyncio.get_running_loop().create_task(work)
+        self._calls.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._calls.discard(t)
+            self._slots.release()
+
+        task.add_done_callback(done)
+
+    def subscribe(self, events: EventBus, prefixes: tuple[str, ...]) -> None:
+        if self._pump is not None:  # a second subscribe replaces the filter
+            self._pump.cancel()
+        self._pump = asyncio.get_running_loop().create_task(
+            self._stream(events, prefixes), name="control-events"
+        )
+
+    async def _stream(self, events: EventBus, prefixes: tuple[str, ...]) -> None:
+        async with events.subscribe(prefixes) as sub:
             async for event in sub:
-                writer.write(encode(event.to_json()))
-                if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                    log.warning("control subscriber is not reading; dropping it")
+                if self._writer.transport.is_closing():
                     return
-                await writer.drain()
+                self._writer.write(encode(event.to_json()))
+                try:
+                    await self._writer.drain()
+                except ConnectionError:
+                    return
+
+    async def quiesce(self) -> None:
+        """Let calls in flight answer before a stream handler takes the connection."""
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            self._pump = None
+
+    async def close(self) -> None:
+        tasks = [*self._calls, *([self._pump] if self._pump else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _prefixes(params: dict[str, Any]) -> tuple[str, ...]:
+    raw = params.get("prefixes") or []
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise UsageError("subscribe: 'prefixes' must be a list of strings (event-kind prefixes)")
+    if len(raw) > 64:
+        raise UsageError("subscribe: at most 64 prefixes")
+    return tuple(raw)
 
 
 def reply_line(rid: Any, result: Any) -> bytes:

@@ -59,7 +59,7 @@ class ChatClient:
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         if self._multiplexed:
-            stream = self._control.subscribe(list(self._prefixes))  # type: ignore[attr-defined]
+            stream = self._control.subscribe(list(self._prefixes))
             async for event in stream:
                 yield event
             return
