@@ -13,6 +13,7 @@ from core.outbox import (
     Retry,
     RetryPolicy,
     Scheduler,
+    watch_reachable,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "RetryPolicy",
     "Scheduler",
     "UsageError",
+    "watch_reachable",
 ]

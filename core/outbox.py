@@ -52,6 +52,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "Scheduler",
+    "watch_reachable",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,27 @@ class HasEvents(Protocol):
 
     @property
     def events(self) -> EventBus: ...
+
+
+async def watch_reachable(events: EventBus, wake: Callable[[bytes], Awaitable[None]]) -> None:
+    """Until cancelled: ``await wake(key)`` for each node event saying ``key`` is reachable.
+
+    Those are :data:`WAKE_EVENTS` whose ``data["key"]`` is a 32-byte key in hex.
+    """
+    async with events.subscribe() as sub:
+        async for event in sub:
+            if event.kind not in WAKE_EVENTS:
+                continue
+            try:
+                key = bytes.fromhex(str(event.data.get("key") or ""))
+            except ValueError:
+                continue
+            if len(key) != KEY_SIZE:
+                continue
+            try:
+                await wake(key)
+            except Exception:
+                log.exception("waking the deliveries to %s failed", key.hex())
 
 
 # -- the scheduler ----------------------------------------------------------------------------
@@ -464,19 +486,7 @@ class Outbox:
                 tg.create_task(self._watch(node.events), name=f"outbox-{self.name}-events")
 
     async def _watch(self, events: EventBus) -> None:
-        async with events.subscribe() as sub:
-            async for event in sub:
-                if event.kind not in WAKE_EVENTS:
-                    continue
-                try:
-                    key = bytes.fromhex(str(event.data.get("key") or ""))
-                except ValueError:
-                    continue
-                if len(key) == KEY_SIZE:
-                    try:
-                        await self.wake(key)
-                    except Exception:
-                        log.exception("outbox %s: waking a destination failed", self.name)
+        await watch_reachable(events, self.wake)
 
     async def close(self) -> None:
         """Stop delivering (what is in flight is retried after the next start)."""

@@ -14,19 +14,17 @@
 from __future__ import annotations
 
 import ipaddress
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import UsageError
+from core import RetryPolicy, UsageError
 
 __all__ = [
     "DEFAULT_IMAP",
     "DEFAULT_SUBMISSION",
     "MESH_SMTP_PORT",
     "MailConfig",
-    "RetryPolicy",
     "parse_listen",
 ]
 
@@ -57,37 +55,8 @@ def parse_listen(value: str, what: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, bounded by ``retry_max``; expiry after ``expire_after``.
-
-    The n-th retry (n ≥ 1) waits ``min(initial · 2^(n-1), maximum)`` seconds, shortened
-    by up to ``jitter`` (a fraction) so that many queued mails do not retry in lockstep.
-    """
-
-    initial: float = 60.0
-    maximum: float = 3600.0
-    expire_after: float = 5 * 24 * 3600.0
-    jitter: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum:
-            raise UsageError("mail: need 0 < retry_initial <= retry_max")
-        if self.expire_after <= 0:
-            raise UsageError("mail: expire_after must be positive")
-        if not 0 <= self.jitter < 1:
-            raise UsageError("mail: retry jitter must be in [0, 1)")
-
-    def base_delay(self, attempt: int) -> float:
-        """The delay after ``attempt`` failed attempts, before jitter."""
-        if attempt < 1:
-            return 0.0
-        exponent = min(attempt - 1, 62)
-        return float(min(self.initial * 2.0**exponent, self.maximum))
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        base = self.base_delay(attempt)
-        return base * (1.0 - self.jitter * rng.random())
+# Mail gives up sooner than core's default (30 days): a bounce after 5 days is the custom.
+DEFAULT_RETRY = RetryPolicy(initial=60.0, max_delay=3600.0, jitter=0.1, expiry=5 * 24 * 3600.0)
 
 
 def _number(config: Mapping[str, Any], key: str, default: float) -> float:
@@ -104,7 +73,7 @@ class MailConfig:
     mesh_port: int = MESH_SMTP_PORT
     max_size: int = 32 * MIB
     max_recipients: int = 100
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = DEFAULT_RETRY
     concurrency: int = 8  # deliveries in flight at once
     max_queue: int = 10_000  # queued messages before submission answers 452
     rate_burst: int = 60  # messages a mesh peer may send at once ...
@@ -126,10 +95,15 @@ class MailConfig:
                 f"unknown [mail] keys: {', '.join(sorted(unknown))} "
                 f"(known: {', '.join(sorted(known))})"
             )
+        initial = _number(config, "retry_initial", DEFAULT_RETRY.initial)
+        maximum = _number(config, "retry_max", DEFAULT_RETRY.max_delay)
+        if initial > maximum:
+            raise UsageError("mail: need retry_initial <= retry_max")
         retry = RetryPolicy(
-            initial=_number(config, "retry_initial", 60.0),
-            maximum=_number(config, "retry_max", 3600.0),
-            expire_after=_number(config, "expire_after", 5 * 24 * 3600.0),
+            initial=initial,
+            max_delay=maximum,
+            jitter=DEFAULT_RETRY.jitter,
+            expiry=_number(config, "expire_after", DEFAULT_RETRY.expiry),
         )
         return cls(
             submission=parse_listen(str(config.get("smtp", DEFAULT_SUBMISSION)), "smtp"),

@@ -283,6 +283,17 @@ class OutboxQueue:
                 (next_attempt, error, stamp, delivery),
             )
 
+    async def retry_now(self, recipient: str, *, now: float | None = None) -> int:
+        """Deferred deliveries to ``recipient`` become due at once; how many."""
+        stamp = time.time() if now is None else now
+        async with self._lock:
+            cur = await self._db.execute(
+                "UPDATE deliveries SET next_attempt = ? "
+                "WHERE recipient = ? AND state = 'pending' AND next_attempt > ?",
+                (stamp, recipient, stamp),
+            )
+            return cur.rowcount
+
     async def unsent_copies(self, limit: int = 100) -> list[tuple[int, str, bytes]]:
         """Messages whose Sent copy is not stored yet: ``(id, token, raw)``."""
         rows = await self._all(

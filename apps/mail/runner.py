@@ -1,13 +1,17 @@
 """The queue runner: delivers queued mail over the mesh, retries, expires, bounces.
 
-One long-lived task (owned by the mail service) loops: file Sent copies still missing,
-start due deliveries up to ``concurrency`` at once (each its own task in the runner's
-TaskGroup), then sleep until the next due time or until :meth:`QueueRunner.wake`.
+One long-lived task (owned by the mail service) runs two loops: one files Sent copies
+still missing; the other is core's :class:`~core.Scheduler` (the durable outbox's loop):
+it starts due deliveries up to ``concurrency`` at once (each its own task in its
+TaskGroup), then sleeps until the next due time or until :meth:`QueueRunner.wake`. A
+recipient node that comes up (``peer.up`` / ``session.up`` naming its key) is retried at
+once.
 
 Per delivery: mail to this node itself goes straight into its INBOX; other recipients
 get one SMTP transaction to ``[their address]:MESH_SMTP_PORT``. 250 → delivered;
 4xx, timeout or no connection → retry with exponential backoff (and jitter) until the
-message is ``expire_after`` old; 5xx or expiry → an RFC 3464 bounce in the own INBOX.
+message is ``expiry`` old (core's :class:`~core.RetryPolicy`); 5xx or expiry → an
+RFC 3464 bounce in the own INBOX.
 Every step that touches the mail store uses a dedup key, so replaying it after a crash
 stores nothing twice.
 """
@@ -19,10 +23,11 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
+from core import MeshError, Scheduler, UsageError, watch_reachable
 from core.backend import NodeEvent
-from core.errors import MeshError, UsageError
+from core.events import EventBus
 from core.mailaddr import MailAddress, parse_mail_address
 
 from .config import MailConfig
@@ -37,8 +42,8 @@ __all__ = ["QueueRunner"]
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 20  # messages to one node in one SMTP session
-MAX_IDLE_WAIT = 60.0  # re-check the queue at least this often (clock changes, missed wakes)
-ERROR_PAUSE = 1.0  # after an unexpected failure of the loop itself
+MAX_IDLE_WAIT = 60.0  # re-file Sent copies at least this often (missed wakes)
+ERROR_PAUSE = 1.0  # after an unexpected failure of the Sent-copy loop
 
 
 def _batches(due: list[Delivery], limit: int) -> list[list[Delivery]]:
@@ -54,6 +59,10 @@ def _batches(due: list[Delivery], limit: int) -> list[list[Delivery]]:
     return order[:limit]
 
 
+def _ids(busy: set[Hashable]) -> set[int]:
+    return {key for key in busy if isinstance(key, int)}
+
+
 class QueueRunner:
     def __init__(
         self,
@@ -66,8 +75,10 @@ class QueueRunner:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         publish: Callable[[NodeEvent], None] | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.publish = publish
+        self.events = events  # peer.up / session.up: retry that recipient node at once
         self.queue = queue
         self.sink = sink
         self.own = own
@@ -75,33 +86,40 @@ class QueueRunner:
         self.config = config
         self._clock = clock
         self._rng = rng or random.Random()
-        self._wake = asyncio.Event()
         self._sent_wake = asyncio.Event()
-        self._inflight: set[int] = set()
-        self._sessions = 0
+        self._scheduler: Scheduler[list[Delivery]] = Scheduler(
+            name="mail-delivery",
+            find=self._due,
+            keys=lambda batch: [d.id for d in batch],
+            next_due=lambda busy: self.queue.next_due(exclude=_ids(busy)),
+            run=self._deliver,
+            concurrency=config.concurrency,
+            clock=clock,
+        )
 
     def wake(self) -> None:
-        self._wake.set()
+        self._scheduler.wake()
         self._sent_wake.set()
 
     @property
     def in_flight(self) -> int:
         """Deliveries being attempted now."""
-        return len(self._inflight)
+        return len(self._scheduler.busy)
 
     async def run(self) -> None:
         """Run until cancelled (the owner cancels and awaits on close)."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._sent_copy_loop(), name="mail-sent-copies")
-            while True:
-                self._wake.clear()
-                try:
-                    wait = await self._pass(tg)
-                except Exception:
-                    log.exception("mail queue: a queue pass failed; retrying shortly")
-                    wait = ERROR_PAUSE
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+            if self.events is not None:
+                tg.create_task(watch_reachable(self.events, self.retry_now), name="mail-wake")
+            await self._scheduler.run()
+
+    async def retry_now(self, key: bytes) -> None:
+        """The node ``key`` is reachable: its deferred deliveries are due now."""
+        rcpt = str(MailAddress(key))
+        if await self.queue.retry_now(rcpt, now=self._clock()):
+            log.info("mail queue: %s is reachable; retrying its mail now", rcpt)
+            self._scheduler.wake()
 
     async def _sent_copy_loop(self) -> None:
         """Files Sent copies apart from delivery, so neither waits for the other."""
@@ -116,21 +134,9 @@ class QueueRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sent_wake.wait(), wait)
 
-    async def _pass(self, tg: asyncio.TaskGroup) -> float:
-        now = self._clock()
-        free = self.config.concurrency - self._sessions
-        if free > 0:
-            due = await self.queue.due(now, limit=free * MAX_BATCH, exclude=self._inflight)
-            for batch in _batches(due, free):
-                self._inflight.update(d.id for d in batch)
-                self._sessions += 1
-                tg.create_task(self._deliver(batch), name=f"mail-delivery-{batch[0].id}")
-        if self._sessions >= self.config.concurrency:
-            return MAX_IDLE_WAIT  # every slot is busy: the next one to finish wakes us
-        next_due = await self.queue.next_due(exclude=self._inflight)
-        if next_due is None:
-            return MAX_IDLE_WAIT
-        return min(MAX_IDLE_WAIT, max(0.0, next_due - self._clock()))
+    async def _due(self, now: float, free: int, busy: set[Hashable]) -> list[list[Delivery]]:
+        due = await self.queue.due(now, limit=free * MAX_BATCH, exclude=_ids(busy))
+        return _batches(due, free)
 
     async def store_sent_copies(self) -> int:
         """File the Sent copy of every queued message that lacks one; returns how many.
@@ -169,10 +175,6 @@ class QueueRunner:
                     await self._retry(delivery, f"internal error: {exc}")
                 except Exception:
                     log.exception("mail queue: could not reschedule delivery %d", delivery.id)
-        finally:
-            self._inflight.difference_update(d.id for d in batch)
-            self._sessions -= 1
-            self._wake.set()
 
     async def _attempt(self, batch: list[Delivery]) -> None:
         raws = {
@@ -236,8 +238,9 @@ class QueueRunner:
 
     async def _retry(self, delivery: Delivery, reason: str) -> None:
         now = self._clock()
-        expires = delivery.created + self.config.retry.expire_after
-        if now >= expires:
+        retry = self.config.retry
+        next_attempt = retry.next_attempt(delivery.created, delivery.attempts + 1, now, self._rng)
+        if next_attempt is None:
             await self._bounce(
                 delivery,
                 None,
@@ -245,8 +248,6 @@ class QueueRunner:
                 "4.4.7",
             )
             return
-        delay = self.config.retry.delay(delivery.attempts + 1, self._rng)
-        next_attempt = min(now + delay, expires)
         log.info(
             "mail queue: %s to %s deferred (%s); attempt %d, next in %.0f s",
             delivery.message_id,

@@ -119,6 +119,7 @@ class MailService:
             config=self.config,
             rng=random.Random(),
             publish=publish,
+            events=self.node.events,
         )
         inbound = MeshInboundHandler(
             own=self.own,

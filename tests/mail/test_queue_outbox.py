@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from apps.mail.config import MailConfig, RetryPolicy, parse_listen
+from apps.mail.config import MailConfig, parse_listen
 from apps.mail.queue import SCHEMA_VERSION, OutboxQueue, QueueFull, read_queue
+from core import RetryPolicy
 from core.errors import MeshError, UsageError
 
 
@@ -109,13 +110,13 @@ async def test_newer_schema_refused(tmp_path: Path) -> None:
 
 
 def test_backoff_schedule_doubles_to_the_cap() -> None:
-    policy = RetryPolicy(initial=60, maximum=3600, jitter=0.0)
+    policy = RetryPolicy(initial=60, max_delay=3600, jitter=0.0)
     assert [policy.base_delay(n) for n in range(1, 9)] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
     assert policy.base_delay(10_000) == 3600
 
 
 def test_backoff_jitter_bounds() -> None:
-    policy = RetryPolicy(initial=10, maximum=100, jitter=0.2)
+    policy = RetryPolicy(initial=10, max_delay=100, jitter=0.2)
     rng = random.Random(7)
     delays = [policy.delay(3, rng) for _ in range(500)]
     assert all(32 <= d <= 40 for d in delays)
@@ -127,7 +128,7 @@ def test_config_parsing() -> None:
         {"smtp": "127.0.0.1:2025", "retry_initial": 1, "retry_max": 8, "expire_after": 30}
     )
     assert cfg.submission == ("127.0.0.1", 2025)
-    assert cfg.retry.initial == 1 and cfg.retry.maximum == 8 and cfg.retry.expire_after == 30
+    assert cfg.retry.initial == 1 and cfg.retry.max_delay == 8 and cfg.retry.expiry == 30
     with pytest.raises(UsageError, match="loopback only"):
         parse_listen("0.0.0.0:1025", "smtp")
     with pytest.raises(UsageError, match="unknown"):
