@@ -13,3 +13,8 @@ class UsageError(MeshError):
 
 class IdentityError(MeshError):
     """The node key file is missing, unreadable, badly protected or malformed."""
+
+
+class NeedsSetup(MeshError):
+    """A service cannot start until the person does something; the message says what
+    (``mail needs a password: run `mesh mail passwd```). Not an error of the node."""

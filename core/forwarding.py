@@ -146,6 +146,10 @@ class ForwardingService:
         return handle
 
     # -- control-API streams ----------------------------------------------------------
+    def control_methods(self) -> dict[str, Any]:
+        """None plain: its control verbs are streams (see :meth:`register_control`)."""
+        return {}
+
     def register_control(self, control: ControlServer) -> None:
         control.register_stream("connect", self._control_connect)
         control.register_stream("listen", self._control_listen)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -12,7 +11,7 @@ from typing import Any
 from core.backend import NodeEvent
 from core.config import NodeConfig
 from core.control.server import ControlServer
-from core.errors import MeshError, UsageError
+from core.errors import MeshError, NeedsSetup, UsageError
 from core.forwarding import ForwardingConfig, ForwardingService
 from core.identity import Identity
 from core.node import Node
@@ -41,7 +40,7 @@ class NodeProcess:
         self.service_configs = service_configs
         self.node: Node | None = None
         self.services: dict[str, Service] = {}
-        self.failed: dict[str, str] = {}
+        self.failed: dict[str, dict[str, str]] = {}
         self.control: ControlServer | None = None
         self.ready = asyncio.Event()
         self._started = time.monotonic()
@@ -63,23 +62,43 @@ class NodeProcess:
         self.services["forwarding"] = forwarding
         forwarding.register_control(self.control)
         for plugin in self.plugins:
-            config = self.service_configs.get(plugin.name, {})
-            try:
-                service = plugin.create(node, config, node.config.data_dir)
-                await service.start()
-            except MeshError as exc:
-                # A service that cannot start (no mail password yet, a port in use) says
-                # why; the node and the other services keep running.
-                log.error("service %s not started: %s", plugin.name, exc)
-                self.failed[plugin.name] = str(exc)
-                continue
-            self.services[plugin.name] = service
-            methods = getattr(service, "control_methods", None)
-            for name, handler in (methods() if methods else {}).items():
-                self.control.register(name, handler)
-            log.info("service %s started", plugin.name)
+            await self._start_service(plugin, node, self.control)
         await self.control.start()
         node.events.publish(NodeEvent("node.up", {"address": str(node.address)}))
+
+    async def _start_service(
+        self, plugin: ServicePlugin, node: Node, control: ControlServer
+    ) -> None:
+        """Create and start one plug-in; whatever goes wrong, the node keeps running and
+        ``mesh status`` says why the service is not there."""
+        config = self.service_configs.get(plugin.name, {})
+        service: Service | None = None
+        try:
+            service = plugin.create(node, config, node.config.data_dir)
+            await service.start()
+            methods = dict(service.control_methods())
+            for name in methods:
+                if name in control.methods:
+                    raise MeshError(f"control method {name!r} is already taken")
+        except NeedsSetup as exc:
+            log.info("service %s needs setup: %s", plugin.name, exc)
+            self.failed[plugin.name] = {"needs setup": str(exc)}
+            await _close_quietly(plugin.name, service)
+            return
+        except MeshError as exc:
+            log.error("service %s not started: %s", plugin.name, exc)
+            self.failed[plugin.name] = {"not running": str(exc)}
+            await _close_quietly(plugin.name, service)
+            return
+        except Exception as exc:
+            log.exception("service %s failed to start", plugin.name)
+            self.failed[plugin.name] = {"not running": f"{type(exc).__name__}: {exc}"}
+            await _close_quietly(plugin.name, service)
+            return
+        self.services[plugin.name] = service
+        for name, handler in methods.items():
+            control.register(name, handler)
+        log.info("service %s started", plugin.name)
 
     async def _stop(self) -> None:
         if self.control is not None:
@@ -101,8 +120,8 @@ class NodeProcess:
             info["services"] = {
                 name: _endpoints(service) for name, service in self.services.items()
             }
-            for name, reason in self.failed.items():
-                info["services"][name] = {"not running": reason}
+            for name, state in self.failed.items():
+                info["services"][name] = state
             return info
 
         async def peers(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -151,12 +170,20 @@ def _uri(params: dict[str, Any]) -> str:
 
 
 def _endpoints(service: Service) -> Any:
-    endpoints = getattr(service, "endpoints", None)
-    if endpoints is None:
-        return {}
-    with contextlib.suppress(Exception):
-        return endpoints()
-    return {}
+    try:
+        return service.endpoints()
+    except Exception as exc:
+        log.exception("service endpoints() failed")
+        return {"error": f"endpoints() failed: {exc}"}
+
+
+async def _close_quietly(name: str, service: Service | None) -> None:
+    if service is None:
+        return
+    try:
+        await service.close()
+    except Exception:
+        log.exception("service %s failed to close after a failed start", name)
 
 
 async def run_until_signal(process: NodeProcess) -> None:
