@@ -3,6 +3,13 @@
 from core.db import AppDatabase
 from core.errors import MeshError, UsageError
 from core.groupcommit import GroupCommit
+from core.limits import (
+    ConnectionLimiter,
+    PeerRateLimiter,
+    TooManyConnections,
+    peer_address,
+    peer_key,
+)
 from core.outbox import (
     Delivered,
     DeliveryResult,
@@ -18,6 +25,7 @@ from core.outbox import (
 
 __all__ = [
     "AppDatabase",
+    "ConnectionLimiter",
     "Delivered",
     "DeliveryResult",
     "Failed",
@@ -26,9 +34,13 @@ __all__ = [
     "Outbox",
     "OutboxEntry",
     "OutboxFull",
+    "PeerRateLimiter",
     "Retry",
     "RetryPolicy",
     "Scheduler",
+    "TooManyConnections",
     "UsageError",
+    "peer_address",
+    "peer_key",
     "watch_reachable",
 ]

@@ -18,70 +18,30 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from core import PeerRateLimiter, UsageError, peer_address, peer_key
 from core.backend import NodeEvent
-from core.errors import UsageError
 from core.mailaddr import MailAddress, parse_mail_address
 
 from .message import dedup_key, from_addresses, header_fields, received_header
 from .ports import MailSink
 from .smtp_server import ehlo_with_pipelining
 
-__all__ = ["MeshInboundHandler", "RateLimiter"]
+__all__ = ["MeshInboundHandler"]
 
 log = logging.getLogger(__name__)
 
 EventPublisher = Callable[[NodeEvent], None]
 
 
-class RateLimiter:
-    """Token buckets per peer, at most ``max_peers`` of them (least recently used go)."""
-
-    def __init__(
-        self,
-        *,
-        burst: int,
-        per_minute: float,
-        max_peers: int = 4096,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.burst = float(burst)
-        self.rate = per_minute / 60.0
-        self.max_peers = max_peers
-        self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def take(self, peer: str) -> bool:
-        now = self._clock()
-        tokens, stamp = self._buckets.pop(peer, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[peer] = (tokens, now)
-        while len(self._buckets) > self.max_peers:
-            self._buckets.popitem(last=False)
-        return allowed
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-
 def _peer(server: Any) -> tuple[ipaddress.IPv6Address | None, bytes | None]:
+    """The connection's authenticated mesh address and key (core's helpers)."""
     transport = server.transport
     if transport is None:
         return None, None
-    peer = transport.get_extra_info("peername")
-    key = transport.get_extra_info("peer_key")
-    try:
-        addr = ipaddress.IPv6Address(str(peer[0]).split("%", 1)[0]) if peer else None
-    except ValueError:
-        addr = None
-    return addr, key if isinstance(key, bytes) else None
+    return peer_address(transport), peer_key(transport)
 
 
 class MeshInboundHandler:
@@ -92,7 +52,7 @@ class MeshInboundHandler:
         *,
         own: MailAddress,
         sink: MailSink,
-        limiter: RateLimiter,
+        limiter: PeerRateLimiter,
         publish: EventPublisher | None = None,
         max_recipients: int = 100,
     ) -> None:
@@ -113,7 +73,7 @@ class MeshInboundHandler:
         peer_addr, peer_key = _peer(server)
         if peer_addr is None:
             return "421 4.7.0 cannot tell who you are; closing"
-        if not self.limiter.take(str(peer_addr)):
+        if not self.limiter.allow(peer_addr):
             log.warning("mesh smtp: rate limit hit by [%s]", peer_addr)
             return f"450 4.7.1 too many messages from [{peer_addr}]; slow down and retry later"
         try:

@@ -22,16 +22,17 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP
 
+from core import ConnectionLimiter, PeerRateLimiter
 from core.backend import MeshServer
 from core.errors import MeshError
 
 from .config import MailConfig
 from .imap import ImapServer
-from .inbound import MeshInboundHandler, RateLimiter
+from .inbound import MeshInboundHandler
 from .passwords import PasswordVerifier
 from .queue import OUTBOX_FILE_NAME, OutboxQueue
 from .runner import QueueRunner
-from .smtp_server import ConnectionLimiter, MeshSMTP
+from .smtp_server import MeshSMTP
 from .store import MailStore
 from .submission import SubmissionHandler
 
@@ -124,7 +125,7 @@ class MailService:
         inbound = MeshInboundHandler(
             own=self.own,
             sink=store,
-            limiter=RateLimiter(
+            limiter=PeerRateLimiter(
                 burst=self.config.rate_burst, per_minute=self.config.rate_per_minute
             ),
             publish=publish,

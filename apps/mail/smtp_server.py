@@ -13,7 +13,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session
 
-__all__ = ["ConnectionLimiter", "MeshSMTP", "ehlo_with_pipelining"]
+from core import ConnectionLimiter, peer_address
+
+__all__ = ["MeshSMTP", "ehlo_with_pipelining"]
 
 log = logging.getLogger(__name__)
 
@@ -29,35 +31,6 @@ def ehlo_with_pipelining(session: Any, hostname: str, responses: list[str]) -> l
     """
     session.host_name = hostname
     return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
-
-class ConnectionLimiter:
-    """Open connections per peer address and in total, each with a cap."""
-
-    def __init__(self, *, per_peer: int, total: int) -> None:
-        self.per_peer = per_peer
-        self.total = total
-        self._counts: dict[str, int] = {}
-        self._open = 0
-
-    def acquire(self, peer: str) -> bool:
-        if self._open >= self.total or self._counts.get(peer, 0) >= self.per_peer:
-            return False
-        self._counts[peer] = self._counts.get(peer, 0) + 1
-        self._open += 1
-        return True
-
-    def release(self, peer: str) -> None:
-        left = self._counts.get(peer, 0) - 1
-        if left <= 0:
-            self._counts.pop(peer, None)
-        else:
-            self._counts[peer] = left
-        self._open = max(0, self._open - 1)
-
-    @property
-    def open(self) -> int:
-        return self._open
 
 
 class _Session(Session):
@@ -86,8 +59,8 @@ class MeshSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._limiter is not None and self._limited_peer is None:
-            peer = transport.get_extra_info("peername")
-            name = str(peer[0]) if peer else "?"
+            address = peer_address(transport)  # the authenticated one, scope id stripped
+            name = str(address) if address is not None else "?"
             if not self._limiter.acquire(name):
                 log.warning("smtp: refused a connection from [%s]: too many open", name)
                 assert isinstance(transport, asyncio.WriteTransport)

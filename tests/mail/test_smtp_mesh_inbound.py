@@ -20,10 +20,11 @@ import pytest_asyncio
 from aiosmtpd.smtp import SMTP
 
 from apps.mail.config import MESH_SMTP_PORT
-from apps.mail.inbound import MeshInboundHandler, RateLimiter
+from apps.mail.inbound import MeshInboundHandler
 from apps.mail.smtp_client import ClientTransaction, Reply, ReplyParser, run_transaction
-from apps.mail.smtp_server import ConnectionLimiter, MeshSMTP
+from apps.mail.smtp_server import MeshSMTP
 from apps.mail.store import MailStore
+from core import ConnectionLimiter, PeerRateLimiter
 from core.node import MeshServer, Node
 from tests.mail.helpers import on_shared_mesh
 
@@ -54,7 +55,7 @@ async def receiver(
     handler = MeshInboundHandler(
         own=node.mail_address,
         sink=store,
-        limiter=RateLimiter(burst=5, per_minute=1),
+        limiter=PeerRateLimiter(burst=5, per_minute=1),
         publish=events.append,
     )
     loop = asyncio.get_running_loop()
@@ -230,12 +231,12 @@ async def test_rate_limit_per_peer(receiver: Receiver, sender: Node) -> None:
 
 def test_rate_limiter_is_bounded_and_refills() -> None:
     now = [0.0]
-    limiter = RateLimiter(burst=2, per_minute=60, max_peers=3, clock=lambda: now[0])
-    assert limiter.take("p") and limiter.take("p") and not limiter.take("p")
+    limiter = PeerRateLimiter(burst=2, per_minute=60, max_peers=3, clock=lambda: now[0])
+    assert limiter.allow("p") and limiter.allow("p") and not limiter.allow("p")
     now[0] += 1.0
-    assert limiter.take("p") and not limiter.take("p")
+    assert limiter.allow("p") and not limiter.allow("p")
     for peer in "abcdef":
-        limiter.take(peer)
+        limiter.allow(peer)
     assert len(limiter) == 3
 
 
