@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core import UsageError
 from core.cli.output import emit
 from core.control.client import ControlClient
 from core.datadir import resolve_data_dir
-from core.errors import UsageError
 
 __all__ = ["EXIT_CODES", "register", "summary_json"]
 

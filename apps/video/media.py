@@ -26,7 +26,7 @@ import av
 from aiortc.contrib.media import MediaPlayer, MediaRecorder, MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from core.errors import UsageError
+from core import UsageError
 
 __all__ = [
     "Gate",

@@ -30,9 +30,9 @@ from apps.video import sdp
 from apps.video import signaling as sig
 from apps.video.call import Call, CallOptions
 from apps.video.store import LOG_FILE_NAME, CallLog
+from core import MeshError, UsageError
 from core.address import address_for_key
 from core.backend import NodeEvent
-from core.errors import MeshError, UsageError
 from core.mailaddr import parse_mail_address
 
 if TYPE_CHECKING:
