@@ -103,6 +103,7 @@ class EmbeddedBackend:
         )
         self.ygg.set_ipv6_handler(self._packet_in)
         self._unsubscribe = self.ygg.subscribe_peer_events(self._on_peer_event)
+        self.ygg.set_session_up_handler(self._on_session_up)
         try:
             for uri in self._config.listen:
                 self._listening.append(await self.ygg.listen(uri))
@@ -129,6 +130,7 @@ class EmbeddedBackend:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        self.ygg.set_session_up_handler(None)
         if self._stack is not None:
             self._stack.close()
         await self.ygg.close()
@@ -156,6 +158,11 @@ class EmbeddedBackend:
 
     def _extra_info(self, peer: Any) -> dict[str, Any]:
         return {"peer_key": self.ygg.key_for_address(peer)}
+
+    def _on_session_up(self, key: bytes) -> None:
+        # An encrypted session with ``key`` opened: that node is reachable (outboxes retry it).
+        if self._events is not None:
+            self._events(NodeEvent("session.up", {"key": key.hex()}))
 
     def _on_peer_event(self, event: PeerEvent) -> None:
         if self._events is None:

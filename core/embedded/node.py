@@ -239,6 +239,10 @@ class EmbeddedYggdrasil:
         """Open sessions, like ``getSessions`` (key, uptime, rx/tx bytes)."""
         return self.conn.sessions()
 
+    def set_session_up_handler(self, cb: Callable[[bytes], None] | None) -> None:
+        """``cb(remote_key)`` whenever a session with a node opens (see packetconn)."""
+        self.conn.set_session_up_handler(cb)
+
     # -- IPv6 -------------------------------------------------------------------------
 
     def set_ipv6_handler(self, cb: Callable[[bytes], None] | None) -> None:

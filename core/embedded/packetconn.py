@@ -77,6 +77,7 @@ class EncryptedPacketConn:
             seed, clock=clock, wallclock=wallclock, config=config
         )
         self._handler: Callable[[bytes, bytes], None] | None = None
+        self._session_up: Callable[[bytes], None] | None = None
         self._queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(read_queue)
         self._flushing = False
         self._closed = False
@@ -96,6 +97,10 @@ class EncryptedPacketConn:
     def set_handler(self, handler: Callable[[bytes, bytes], None] | None) -> None:
         """Deliver ``(source_key, payload)`` to ``handler`` instead of the read queue."""
         self._handler = handler
+
+    def set_session_up_handler(self, handler: Callable[[bytes], None] | None) -> None:
+        """Call ``handler(remote_key)`` when a packet opens a session with that key."""
+        self._session_up = handler
 
     async def start(self) -> None:
         if self._task is None:
@@ -136,7 +141,10 @@ class EncryptedPacketConn:
     def _on_network_packet(self, source: bytes, payload: bytes) -> None:
         if self._closed:
             return
+        had = self.sessions_manager.has_session(source)
         self.sessions_manager.handle_data(source, payload)
+        if not had and self._session_up is not None and self.sessions_manager.has_session(source):
+            self._session_up(source)  # the remote node is reachable (again)
         self._flush()
 
     def _flush(self) -> None:

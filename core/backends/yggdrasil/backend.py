@@ -204,6 +204,7 @@ class YggdrasilBackend:
         self._keys: OrderedDict[ipaddress.IPv6Address, tuple[bytes, float]] = OrderedDict()
         self._refresh: tuple[float, asyncio.Future[None]] | None = None  # (started, done)
         self._peer_state: dict[tuple[str, str], bool] = {}
+        self._session_keys: set[bytes] = set()  # for session.up events
         self._events: EventSink = lambda _event: None
         self._poller: asyncio.Task[None] | None = None
         self._tun_lock = asyncio.Lock()
@@ -356,6 +357,7 @@ class YggdrasilBackend:
                 await self._sync_tun()
                 self._events(NodeEvent("daemon.reachable", {"admin": str(self.admin)}))
             self._diff_peers(peers)
+            await self._diff_sessions()
 
     def _diff_peers(self, peers: list[PeerInfo]) -> None:
         now: dict[tuple[str, str], PeerInfo] = {
@@ -368,6 +370,18 @@ class YggdrasilBackend:
             if self._peer_state[ident]:
                 self._events(NodeEvent("peer.down", {"uri": ident[0], "key": ident[1] or None}))
         self._peer_state = {ident: p.up for ident, p in now.items()}
+
+    async def _diff_sessions(self) -> None:
+        """``session.up`` for each node the daemon opened a session with since the last poll."""
+        try:
+            sessions = await self.admin.get_sessions()
+        except MeshError as exc:
+            log.debug("polling sessions: %s", exc)
+            return
+        now = {s.key for s in sessions}
+        for key in now - self._session_keys:
+            self._events(NodeEvent("session.up", {"key": key.hex()}))
+        self._session_keys = now
 
     async def _sync_tun(self) -> None:
         """After a daemon restart: check the key, find the (new) TUN, rebind services."""
