@@ -435,34 +435,44 @@ class CallService:
         )
         session = _Session(call, writer, reader)
         reason = await self._screen(call)
-        if reason is None:
-            try:
-                session.offer = sdp.incoming(frame.sdp, peer)
-                if session.offer.media != frame.media:
-                    raise sdp.SdpError("the SDP's media differ from the call frame's")
-            except sdp.SdpError as exc:
-                self.refused_frames += 1
-                await self._send(session, sig.Hangup(call.id, "failed", f"bad offer: {exc}"))
-                call.fire(sig.Trigger.FAIL, result="failed", detail=f"bad offer SDP: {exc}")
-                await self._finish(session)
-                return
+        if reason is None and not await self._take_offer(session, frame):
+            return
         # No await from this check to the registration below: two calls arriving
         # together cannot both ring.
         if reason is None and (self.current() is not None or call.id in self._sessions):
             reason = "busy"
         if reason is not None:
-            await self._send(session, sig.Reject(call.id, reason))
-            result = "missed" if reason == "busy" else "not-a-contact"
-            call.fire(sig.Trigger.REJECT, result=result, detail=f"refused: {reason}")
-            if self._refusals.allow(call.peer_key):
-                await self._finish(session)  # logged and announced
-            else:
-                await call.close()  # a peer ringing over and over is not logged each time
+            await self._refuse(session, reason)
             return
         self._sessions[call.id] = session
         await self._send(session, sig.Ringing(call.id))
         self._publish("call.incoming", call.to_json())
         await self._drive(session, conn)
+
+    async def _take_offer(self, session: _Session, frame: sig.CallFrame) -> bool:
+        """Validate and keep the caller's offer; False (the call failed) if refused."""
+        call = session.call
+        try:
+            session.offer = sdp.incoming(frame.sdp, call.peer_address)
+            if session.offer.media != frame.media:
+                raise sdp.SdpError("the SDP's media differ from the call frame's")
+        except sdp.SdpError as exc:
+            self.refused_frames += 1
+            await self._send(session, sig.Hangup(call.id, "failed", f"bad offer: {exc}"))
+            call.fire(sig.Trigger.FAIL, result="failed", detail=f"bad offer SDP: {exc}")
+            await self._finish(session)
+            return False
+        return True
+
+    async def _refuse(self, session: _Session, reason: str) -> None:
+        call = session.call
+        await self._send(session, sig.Reject(call.id, reason))
+        result = "missed" if reason == "busy" else "not-a-contact"
+        call.fire(sig.Trigger.REJECT, result=result, detail=f"refused: {reason}")
+        if self._refusals.allow(call.peer_key):
+            await self._finish(session)  # logged and announced
+        else:
+            await call.close()  # a peer ringing over and over is not logged each time
 
     # -- outgoing -----------------------------------------------------------------------
     async def place(self, contact: str, options: CallOptions) -> Call:
