@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ async def _session_ups(node: Node, seen: list[tuple[str, float]]) -> None:
                 seen.append((str(event.data["key"]), time.monotonic()))
 
 
-async def _nodes(root: Path) -> AsyncIterator[list[Node]]:
+async def _nodes(root: Path) -> AsyncGenerator[list[Node]]:
     hub = await Node.open(
         NodeConfig(data_dir=root / "hub", backend="embedded", listen=("tcp://127.0.0.1:0",)),
         Identity.generate(),

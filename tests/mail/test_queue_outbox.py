@@ -52,6 +52,20 @@ async def test_exclude_and_limit(tmp_path: Path) -> None:
         await q.close()
 
 
+async def test_a_reachable_recipient_is_due_at_once(tmp_path: Path) -> None:
+    q = await OutboxQueue.open(tmp_path / "outbox.db")
+    try:
+        await q.enqueue("a@mesh", b"r", "<1@x>", ["b@mesh", "c@mesh"], now=0)
+        for d in await q.due(0, limit=10):
+            await q.mark_retry(d.id, 5000, "cannot connect", now=0)
+        assert await q.due(100, limit=10) == []
+        assert await q.retry_now("b@mesh", now=100) == 1
+        assert [d.recipient for d in await q.due(100, limit=10)] == ["b@mesh"]
+        assert await q.retry_now("b@mesh", now=100) == 0  # already due
+    finally:
+        await q.close()
+
+
 async def test_queue_limit(tmp_path: Path) -> None:
     q = await OutboxQueue.open(tmp_path / "outbox.db")
     try:
