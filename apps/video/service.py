@@ -46,7 +46,6 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 _REJECT_RESULTS = {"declined": "rejected", "busy": "busy", "not-a-contact": "not-a-contact"}
 MAX_HANDSHAKES = 8  # incoming streams still before their first frame
 FIRST_FRAME_TIMEOUT = 10.0
-DIAL_TIMEOUT = 15.0
 FINISHED_KEPT = 32
 REFUSALS_LOGGED = 5  # refused calls logged per peer per minute
 
@@ -87,6 +86,7 @@ class VideoConfig:
     keepalive: float = 5.0
     idle_timeout: float = 20.0
     connect_timeout: float = 20.0
+    dial_timeout: float = 15.0
     name: str = ""
 
     @classmethod
@@ -100,7 +100,13 @@ class VideoConfig:
             raise UsageError('[video] ring must be "contacts" or "everyone"')
         if not 0 <= int(config.port) < 65536:
             raise UsageError("[video] port must be 0-65535")
-        for name in ("ring_timeout", "keepalive", "idle_timeout", "connect_timeout"):
+        for name in (
+            "ring_timeout",
+            "keepalive",
+            "idle_timeout",
+            "connect_timeout",
+            "dial_timeout",
+        ):
             if not float(getattr(config, name)) > 0:
                 raise UsageError(f"[video] {name} must be > 0 seconds")
         return config
@@ -504,10 +510,11 @@ class CallService:
         call = session.call
         try:
             session.reader, session.writer = await self.node.open_connection(
-                call.peer_address, self.config.port, timeout=DIAL_TIMEOUT
+                call.peer_address, self.config.port, timeout=self.config.dial_timeout
             )
         except (MeshError, OSError, TimeoutError) as exc:
-            call.fire(sig.Trigger.FAIL, result="failed", detail=f"cannot reach the callee: {exc}")
+            why = str(exc) or f"no answer on the mesh within {self.config.dial_timeout:g} s"
+            call.fire(sig.Trigger.FAIL, result="failed", detail=f"cannot reach the callee: {why}")
             await self._finish(session)
             return
         try:

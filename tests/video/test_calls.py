@@ -250,3 +250,13 @@ async def test_two_calls_arriving_together_ring_once_and_the_other_is_busy(
             assert [e["result"] for e in busy] == ["busy"]
             assert [e.kind for e in pb.events].count("call.incoming") == 1
             await method(pb, "call.reject")
+
+
+async def test_calling_a_node_that_is_not_on_the_mesh_fails_saying_so(tmp_path: Path) -> None:
+    async with trusted_pair(tmp_path, dial_timeout=1.0) as (pa, _):
+        nobody = bytes(range(32)).hex()
+        await pa.service.place(nobody, CallOptions(audio_only=True))
+        failed = await pa.wait_event("call.ended", timeout=20)
+        assert failed["result"] == "failed"
+        assert failed["detail"].startswith("cannot reach the callee: ")
+        assert failed["detail"] != "cannot reach the callee: "
