@@ -26,6 +26,7 @@ and a read under ``lock`` never sees another coroutine's open transaction on ``c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -184,10 +185,15 @@ class AppDatabase:
         """:meth:`transaction` for a caller that already holds ``lock``."""
         if self._closed:
             raise MeshError(f"{self.what} is closed")
-        work = self._executor.submit(_run_transaction, self._writer, fn)
-        # Not cancellable half way: the thread finishes the transaction either way, and
-        # the lock must stay held until it has.
-        return await asyncio.shield(asyncio.wrap_future(work))
+        work = asyncio.wrap_future(self._executor.submit(_run_transaction, self._writer, fn))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # Not cancellable half way: the thread finishes the transaction either way,
+            # and the caller's lock must stay held until it has.
+            with contextlib.suppress(Exception):
+                await work
+            raise
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """One write statement on ``conn`` (its own transaction); rows changed."""

@@ -244,7 +244,8 @@ class Scheduler(Generic[B]):
                 keys = list(self._keys(batch))
                 self.busy.update(keys)
                 self.running += 1
-                tg.create_task(self._one(batch, keys), name=f"{self.name}-{keys[0]}")
+                first = keys[0].hex()[:16] if isinstance(keys[0], bytes) else keys[0]
+                tg.create_task(self._one(batch, keys), name=f"{self.name}-{first}")
         if self.running >= self.concurrency:
             return MAX_IDLE_WAIT  # every slot is busy: the next one to finish wakes us
         next_due = await self._next_due(self.busy)

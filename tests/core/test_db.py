@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,29 @@ async def test_group_commit_shares_transactions_and_answers_after_commit(tmp_pat
     await db.close()  # drains the group commit first
     assert isinstance(await late, int)
     assert "late" in _committed(path)
+
+
+async def test_a_cancelled_transaction_holds_the_lock_until_the_thread_finished(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "app.db"
+    db = await AppDatabase.open(path, V1, what="app.db")
+    started = threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        started.set()
+        time.sleep(0.3)
+        conn.execute("INSERT INTO items (name) VALUES ('slow')")
+
+    try:
+        task = asyncio.create_task(db.transaction(slow))
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert db.lock.locked() and not task.done()  # no writer may start meanwhile
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not db.lock.locked()
+        assert _committed(path) == ["slow"]  # the thread finished what it had begun
+    finally:
+        await db.close()
