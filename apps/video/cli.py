@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from core import UsageError
+from core import MeshError, UsageError
 from core.cli.output import emit
 from core.control.client import ControlClient
 from core.datadir import resolve_data_dir
@@ -38,7 +40,6 @@ EXIT_CODES = {
 }
 SUBCOMMANDS = ("answer", "reject", "hangup", "log")
 RESERVED = ("page",)  # the browser call page (calls part 2)
-POLL = 0.1
 STATS_EVERY = 5.0
 JSON_FIELDS = (
     "result",
@@ -127,37 +128,78 @@ def cmd_call(args: argparse.Namespace) -> int:
     return code
 
 
-async def _wait_end(client: ControlClient, call_id: str, args: argparse.Namespace) -> Any:
-    """Poll the call until it ends (hanging up after --duration once active); without
-    --json, say each state and a stats line every few seconds."""
-    active_since: float | None = None
-    last_state = ""
-    next_stats = time.monotonic() + STATS_EVERY
-    hung_up = False
-    while True:
-        show = not args.json and time.monotonic() >= next_stats
-        status = await client.call("call.status", id=call_id, stats=show)
-        state = status.get("state", "")
-        if state != last_state and not args.json:
-            print(f"call {state}", file=sys.stderr)
-        last_state = state
-        if status.get("id") != call_id or (state == "ended" and status.get("final", True)):
-            return status  # the summary (or the call is long gone: idle)
-        if show:
-            next_stats = time.monotonic() + STATS_EVERY
-            if state == "active":
-                print(_stats_line(status.get("stats") or {}), file=sys.stderr)
-        if state == "active" and active_since is None:
-            active_since = time.monotonic()
-        if (
-            not hung_up
-            and args.duration is not None
-            and active_since is not None
-            and time.monotonic() - active_since >= args.duration
-        ):
-            hung_up = True
-            await client.call("call.hangup", id=call_id)
-        await asyncio.sleep(POLL)
+class _Follower:
+    """Follows one call by its events until its summary: says each state (without
+    --json), hangs up after --duration once active, prints a stats line every few
+    seconds. Falls back to ``call.status`` when the node says events were dropped."""
+
+    def __init__(self, client: ControlClient, call_id: str, args: argparse.Namespace) -> None:
+        self.client, self.call_id, self.args = client, call_id, args
+        self.hangup_at: float | None = None
+        self._armed = False
+        self.next_stats = time.monotonic() + STATS_EVERY
+
+    def _say(self, text: str) -> None:
+        if not self.args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    def _timeout(self) -> float:
+        due = [self.next_stats] if not self.args.json else []
+        if self.hangup_at is not None:
+            due.append(self.hangup_at)
+        return max(min(due) - time.monotonic(), 0.0) if due else 3600.0
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        if self.hangup_at is not None and now >= self.hangup_at:
+            self.hangup_at = None
+            with contextlib.suppress(UsageError):  # it may have ended meanwhile
+                await self.client.call("call.hangup", id=self.call_id)
+        if not self.args.json and now >= self.next_stats:
+            self.next_stats = now + STATS_EVERY
+            status = await self.client.call("call.status", id=self.call_id)
+            if status.get("state") == "active":
+                self._say(_stats_line(status.get("stats") or {}))
+
+    async def _status(self) -> dict[str, Any] | None:
+        """The summary if the call is over (asked when events were lost)."""
+        status: dict[str, Any] = await self.client.call("call.status", id=self.call_id)
+        if status.get("id") != self.call_id:
+            return status  # long gone: idle
+        if status.get("state") == "ended" and status.get("final", True):
+            return status
+        return None
+
+    def _on_state(self, data: dict[str, Any]) -> None:
+        state = data.get("state")
+        if state == data.get("previous"):  # an update from the other side
+            self._say(f"  the other side: {data.get('remote')}")
+            return
+        self._say(f"call {state}")
+        if state == "active" and self.args.duration is not None and not self._armed:
+            self._armed = True
+            self.hangup_at = time.monotonic() + self.args.duration
+
+    async def run(self, stream: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+        done = await self._status()  # it may have ended before we listened
+        while done is None:
+            try:
+                event = await asyncio.wait_for(anext(stream), self._timeout())
+            except TimeoutError:
+                await self._tick()
+                continue
+            except StopAsyncIteration:
+                raise MeshError("the node went away during the call") from None
+            kind, data = event.get("event"), event.get("data") or {}
+            if kind == "events.lagged":
+                done = await self._status()
+            elif data.get("id") != self.call_id:
+                continue
+            elif kind == "call.ended":
+                done = data
+            elif kind == "call.state":
+                self._on_state(data)
+        return done
 
 
 def _stats_line(stats: dict[str, Any]) -> str:
@@ -186,12 +228,16 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 async def _place(path: Path, args: argparse.Namespace) -> int:
     async with await ControlClient.connect(path) as client:
+        stream = client.subscribe(["call."])
+        await stream.start()  # before placing: no event of the call can be missed
         call = await client.call("call.place", contact=args.contact, **_media_params(args))
+        follower = _Follower(client, call["id"], args)
         try:
-            summary = await _wait_end(client, call["id"], args)
+            summary = await follower.run(stream)
         except (KeyboardInterrupt, asyncio.CancelledError):
-            await client.call("call.hangup", id=call["id"])
-            summary = await _wait_end(client, call["id"], args)
+            with contextlib.suppress(UsageError):
+                await client.call("call.hangup", id=call["id"])
+            summary = await follower.run(stream)
     _print_summary(summary, args.json)
     return EXIT_CODES.get(str(summary.get("result")), 1)
 
@@ -207,23 +253,35 @@ async def _answer(path: Path, args: argparse.Namespace) -> int:
     handled: set[str] = set()
     done = 0
     async with await ControlClient.connect(path) as client:
+        stream = client.subscribe(["call."])
+        await stream.start()
+        ringing = await client.call("call.status")  # one may ring already
         while args.count is None or done < args.count:
-            status = await client.call("call.status")
-            call_id = status.get("id")
-            ringing = status.get("state") == "ringing" and status.get("direction") == "incoming"
-            if not ringing or call_id in handled:
-                await asyncio.sleep(POLL)
+            if ringing.get("state") != "ringing" or ringing.get("direction") != "incoming":
+                event = await anext(stream, None)
+                if event is None:
+                    raise MeshError("the node went away")
+                if event.get("event") == "call.incoming":
+                    ringing = event.get("data") or {}
+                continue
+            call_id = str(ringing["id"])
+            if call_id in handled:
+                ringing = {}
                 continue
             handled.add(call_id)
-            who = status.get("name") or status["peer"][:16] + "…"
+            who = ringing.get("alias") or ringing.get("name") or ringing["peer"][:16] + "…"
             if not args.json:
-                print(f"incoming call from {who} ({status['peer']})", file=sys.stderr)
-            if args.auto or await _ask("answer? [y/N] "):
-                await client.call("call.answer", id=call_id, **_media_params(args))
-            else:
-                await client.call("call.reject", id=call_id)
-            _print_summary(await _wait_end(client, call_id, args), args.json)
+                print(f"incoming call from {who} ({ringing['peer']})", file=sys.stderr)
+            try:
+                if args.auto or await _ask("answer? [y/N] "):
+                    await client.call("call.answer", id=call_id, **_media_params(args))
+                else:
+                    await client.call("call.reject", id=call_id)
+            except UsageError as exc:  # the caller gave up meanwhile
+                print(f"mesh: {exc}", file=sys.stderr)
+            _print_summary(await _Follower(client, call_id, args).run(stream), args.json)
             done += 1
+            ringing = {}
     return 0
 
 
