@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -30,10 +28,11 @@ from apps.video import sdp
 from apps.video import signaling as sig
 from apps.video.call import Call, CallOptions
 from apps.video.store import LOG_FILE_NAME, CallLog
-from core import MeshError, UsageError
+from core import ConnectionLimiter, MeshError, PeerRateLimiter, UsageError, peer_address, peer_key
 from core.address import address_for_key
 from core.backend import NodeEvent
 from core.mailaddr import parse_mail_address
+from core.service import BaseService
 
 if TYPE_CHECKING:
     from core.node import Node
@@ -48,24 +47,6 @@ MAX_HANDSHAKES = 8  # incoming streams still before their first frame
 FIRST_FRAME_TIMEOUT = 10.0
 FINISHED_KEPT = 32
 REFUSALS_LOGGED = 5  # refused calls logged per peer per minute
-
-
-class _Window:
-    """At most ``limit`` events per ``seconds`` per peer; a bounded table of peers."""
-
-    def __init__(self, limit: int, seconds: float, *, max_peers: int) -> None:
-        self.limit, self.seconds, self.max_peers = limit, seconds, max_peers
-        self._peers: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
-
-    def allow(self, peer: bytes, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        start, count = self._peers.pop(peer, (now, 0))
-        if now - start >= self.seconds:
-            start, count = now, 0
-        self._peers[peer] = (start, count + 1)
-        while len(self._peers) > self.max_peers:
-            self._peers.popitem(last=False)
-        return count < self.limit
 
 
 class ContactBook(Protocol):
@@ -127,7 +108,7 @@ class _Session:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-class CallService:
+class CallService(BaseService):
     def __init__(
         self,
         node: Node,
@@ -145,8 +126,10 @@ class CallService:
         self._sessions: dict[str, _Session] = {}
         self._finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._handshakes = 0
-        self._refusals = _Window(REFUSALS_LOGGED, 60.0, max_peers=1024)
+        # Refused calls are logged and announced at most 5 a minute per peer.
+        self._refusals = PeerRateLimiter(burst=REFUSALS_LOGGED, per_minute=REFUSALS_LOGGED)
+        # Streams still before their first frame: 2 per peer, MAX_HANDSHAKES in all.
+        self._handshakes = ConnectionLimiter(per_peer=2, total=MAX_HANDSHAKES)
         self.refused_frames = 0
         self.sent_sdp: deque[str] = deque(maxlen=64)  # the last SDPs sent, for checks
         self.port = config.port
@@ -407,15 +390,17 @@ class CallService:
         return frame
 
     async def _take_call(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._handshakes >= MAX_HANDSHAKES:
+        peer = peer_address(writer.transport)
+        if peer is None:
             return
-        peer = ipaddress.IPv6Address(str(writer.get_extra_info("peername")[0]).split("%")[0])
-        key = writer.get_extra_info("peer_key") or await self.node.key_for_address(peer)
+        key = peer_key(writer.transport) or await self.node.key_for_address(peer)
         if key is None or address_for_key(key) != peer:
             log.warning("call from %s refused: its key is unknown", peer)
             return
+        if not self._handshakes.acquire(peer):
+            log.info("call from %s refused: too many unfinished signaling streams", peer)
+            return
         conn = sig.SignalingConnection()
-        self._handshakes += 1
         try:
             frame = await self._first_frame(reader, conn)
             if not isinstance(frame, sig.CallFrame):
@@ -428,7 +413,7 @@ class CallService:
                 writer.write(sig.encode_frame(sig.Hangup(zero, "failed", str(exc)[:200])))
             return
         finally:
-            self._handshakes -= 1
+            self._handshakes.release(peer)
         call = Call(
             self.node,
             sig.Role.CALLEE,

@@ -260,3 +260,16 @@ async def test_calling_a_node_that_is_not_on_the_mesh_fails_saying_so(tmp_path: 
         assert failed["result"] == "failed"
         assert failed["detail"].startswith("cannot reach the callee: ")
         assert failed["detail"] != "cannot reach the callee: "
+
+
+async def test_a_stranger_ringing_over_and_over_is_logged_five_times_a_minute(
+    tmp_path: Path,
+) -> None:
+    async with trusted_pair(tmp_path) as (pa, pb):
+        pb.book.trust(pa.node, "unknown")  # B no longer trusts A
+        for _ in range(7):
+            await pa.service.place(pb.node.key.hex(), CallOptions(audio_only=True))
+            await eventually("refused", lambda: pa.service.current() is None, timeout=10)
+        assert all(e["result"] == "not-a-contact" for e in pa.ended()) and len(pa.ended()) == 7
+        assert len(await method(pb, "call.log")) == 5
+        assert len(pb.ended()) == 5

@@ -48,14 +48,3 @@ def test_exit_codes_are_the_documented_ones(tmp_path: Path) -> None:
         "not-a-contact": 6, "failed": 1, "missed": 5,
     }  # fmt: skip
     assert cli.summary_json({"result": "missed"})["result"] == "no-answer"
-
-
-def test_refused_calls_are_logged_at_most_five_times_a_minute_per_peer() -> None:
-    from apps.video.service import _Window
-
-    window = _Window(5, 60.0, max_peers=2)
-    assert [window.allow(b"a", now=0.0) for _ in range(6)] == [True] * 5 + [False]
-    assert window.allow(b"a", now=61.0)  # a new minute
-    window.allow(b"b", now=61.0)
-    window.allow(b"c", now=61.0)  # the table stays at two peers: "a" is forgotten
-    assert len(window._peers) == 2
