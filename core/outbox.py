@@ -256,8 +256,9 @@ class Scheduler(Generic[B]):
     async def _one(self, batch: B, keys: list[Hashable]) -> None:
         try:
             await self._run(batch)
-        except Exception:  # run() handles its own failures; this is a bug, not a retry
-            log.exception("%s: a delivery task failed", self.name)
+        except Exception:  # run() handles its own failures: this is a bug or a broken disk
+            log.exception("%s: a batch failed; its work is retried shortly", self.name)
+            await asyncio.sleep(ERROR_PAUSE)  # its keys stay busy: no tight loop
         finally:
             self.busy.difference_update(keys)
             self.running -= 1

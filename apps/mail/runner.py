@@ -1,11 +1,11 @@
 """The queue runner: delivers queued mail over the mesh, retries, expires, bounces.
 
-One long-lived task (owned by the mail service) runs two loops: one files Sent copies
-still missing; the other is core's :class:`~core.Scheduler` (the durable outbox's loop):
-it starts due deliveries up to ``concurrency`` at once (each its own task in its
-TaskGroup), then sleeps until the next due time or until :meth:`QueueRunner.wake`. A
-recipient node that comes up (``peer.up`` / ``session.up`` naming its key) is retried at
-once.
+One long-lived task (owned by the mail service) runs two loops, both core's
+:class:`~core.Scheduler` (the durable outbox's loop): one files Sent copies still
+missing; the other starts due deliveries up to ``concurrency`` at once (each its own
+task in its TaskGroup), then sleeps until the next due time or until
+:meth:`QueueRunner.wake`. A recipient node that comes up (``peer.up`` / ``session.up``
+naming its key) is retried at once.
 
 Per delivery: mail to this node itself goes straight into its INBOX; other recipients
 get one SMTP transaction to ``[their address]:MESH_SMTP_PORT``. 250 → delivered;
@@ -19,7 +19,6 @@ stores nothing twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -42,8 +41,6 @@ __all__ = ["QueueRunner"]
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 20  # messages to one node in one SMTP session
-MAX_IDLE_WAIT = 60.0  # re-file Sent copies at least this often (missed wakes)
-ERROR_PAUSE = 1.0  # after an unexpected failure of the Sent-copy loop
 
 
 def _batches(due: list[Delivery], limit: int) -> list[list[Delivery]]:
@@ -57,6 +54,10 @@ def _batches(due: list[Delivery], limit: int) -> list[list[Delivery]]:
             order.append(chunks[-1])
         chunks[-1].append(delivery)
     return order[:limit]
+
+
+async def _nothing_scheduled(busy: set[Hashable]) -> None:
+    return None  # Sent copies are due when woken (or at the scheduler's idle re-check)
 
 
 def _ids(busy: set[Hashable]) -> set[int]:
@@ -86,7 +87,15 @@ class QueueRunner:
         self.config = config
         self._clock = clock
         self._rng = rng or random.Random()
-        self._sent_wake = asyncio.Event()
+        self._copies: Scheduler[list[tuple[int, str, bytes]]] = Scheduler(
+            name="mail-sent-copies",
+            find=self._unsent,
+            keys=lambda batch: [message for message, _, _ in batch],
+            next_due=_nothing_scheduled,
+            run=self._file_copies,
+            concurrency=1,
+            clock=clock,
+        )
         self._scheduler: Scheduler[list[Delivery]] = Scheduler(
             name="mail-delivery",
             find=self._due,
@@ -99,7 +108,7 @@ class QueueRunner:
 
     def wake(self) -> None:
         self._scheduler.wake()
-        self._sent_wake.set()
+        self._copies.wake()
 
     @property
     def in_flight(self) -> int:
@@ -109,7 +118,7 @@ class QueueRunner:
     async def run(self) -> None:
         """Run until cancelled (the owner cancels and awaits on close)."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._sent_copy_loop(), name="mail-sent-copies")
+            tg.create_task(self._copies.run(), name="mail-sent-copies")
             if self.events is not None:
                 tg.create_task(watch_reachable(self.events, self.retry_now), name="mail-wake")
             await self._scheduler.run()
@@ -121,22 +130,25 @@ class QueueRunner:
             log.info("mail queue: %s is reachable; retrying its mail now", rcpt)
             self._scheduler.wake()
 
-    async def _sent_copy_loop(self) -> None:
-        """Files Sent copies apart from delivery, so neither waits for the other."""
-        while True:
-            self._sent_wake.clear()
-            try:
-                await self.store_sent_copies()
-                wait = MAX_IDLE_WAIT
-            except Exception:
-                log.exception("mail queue: filing Sent copies failed; retrying shortly")
-                wait = ERROR_PAUSE
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sent_wake.wait(), wait)
-
     async def _due(self, now: float, free: int, busy: set[Hashable]) -> list[list[Delivery]]:
         due = await self.queue.due(now, limit=free * MAX_BATCH, exclude=_ids(busy))
         return _batches(due, free)
+
+    async def _unsent(
+        self, now: float, free: int, busy: set[Hashable]
+    ) -> list[list[tuple[int, str, bytes]]]:
+        if busy:  # one round at a time
+            return []
+        batch = await self.queue.unsent_copies()
+        return [batch] if batch else []
+
+    async def _file_copies(self, batch: list[tuple[int, str, bytes]]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for _message, token, raw in batch:
+                tg.create_task(
+                    self.sink.deliver("Sent", raw, flags=("\\Seen",), dedup_key=f"sent|{token}")
+                )
+        await self.queue.mark_sent_copies([message for message, _, _ in batch])
 
     async def store_sent_copies(self) -> int:
         """File the Sent copy of every queued message that lacks one; returns how many.
@@ -148,12 +160,7 @@ class QueueRunner:
         """
         done = 0
         while batch := await self.queue.unsent_copies():
-            async with asyncio.TaskGroup() as tg:
-                for _message, token, raw in batch:
-                    tg.create_task(
-                        self.sink.deliver("Sent", raw, flags=("\\Seen",), dedup_key=f"sent|{token}")
-                    )
-            await self.queue.mark_sent_copies([message for message, _, _ in batch])
+            await self._file_copies(batch)
             done += len(batch)
         return done
 
