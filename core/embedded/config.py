@@ -29,12 +29,17 @@ class NetworkConfig:
     queue_delay: float = 0.025  # per-peer queue: drop oldest once the head is this old
     queue_max_bytes: int = 4 * 1024 * 1024  # hard bound of a per-peer packet queue
     write_high_water: int = 256 * 1024  # transport buffer above which queued packets wait
-    max_links: int = 256  # accepted inbound connections at once
+    max_links: int = 256  # inbound connections held at once (at most half the fd limit)
+    max_links_per_source: int = 32  # of those, from one IPv4 address or one IPv6 /64
     max_pending_lookups: int = 4096  # destinations waiting for a path (oldest evicted)
 
     def __post_init__(self) -> None:
         if self.peer_max_message_size < 1024:
             raise ValueError("peer_max_message_size must be at least 1024 bytes")
+        if self.max_links < 1 or self.max_links_per_source < 1:
+            raise ValueError("max_links and max_links_per_source must be at least 1")
+        if self.handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
         for name in ("router_refresh", "router_timeout", "peer_timeout", "path_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -176,6 +176,11 @@ def make_tls_contexts(private_seed: bytes) -> tuple[ssl.SSLContext, ssl.SSLConte
 class LinkOwner(Protocol):
     """What a link reports to (the network)."""
 
+    def link_admit(self, conn: LinkConnection) -> bool:
+        """An inbound connection was accepted: may it go on? (False: it is dropped at once,
+        before any TLS or meta work.)"""
+        ...
+
     def link_up(self, conn: LinkConnection, meta: Meta) -> bool: ...
 
     def link_data(self, conn: LinkConnection, data: bytes) -> None: ...
@@ -186,7 +191,16 @@ class LinkOwner(Protocol):
 
 
 class LinkConnection(asyncio.Protocol):
-    """One carrier connection: handshake first, then frames handed to the owner."""
+    """One carrier connection: handshake first, then frames handed to the owner.
+
+    The handshake deadline (``handshake_timeout``, yggdrasil-go's 6 s ``SetDeadline``)
+    runs from the moment the socket is accepted or connected and covers the TLS
+    handshake too. An inbound ``tls://`` connection is accepted as plain TCP and
+    upgraded here with :meth:`asyncio.loop.start_tls` (``server_tls``), so the raw
+    socket is ours from the first byte: a peer that never finishes TLS is aborted at
+    the deadline and :attr:`closed` resolves on every path (asyncio itself never calls
+    ``connection_lost`` for a protocol whose TLS handshake did not finish).
+    """
 
     def __init__(
         self,
@@ -198,6 +212,7 @@ class LinkConnection(asyncio.Protocol):
         local_key: bytes,
         handshake_timeout: float,
         write_high_water: int = 256 * 1024,
+        server_tls: ssl.SSLContext | None = None,
     ) -> None:
         self._owner = owner
         self._meta_bytes = meta_bytes
@@ -206,13 +221,19 @@ class LinkConnection(asyncio.Protocol):
         self._local_key = local_key
         self._handshake_timeout = handshake_timeout
         self._high_water = write_high_water
+        self._server_tls = server_tls
         self._reader = MetaReader(uri.password)
+        self._raw: asyncio.Transport | None = None
+        self._tls_task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
         self.meta: Meta | None = None
         self.remote = ""
+        self.source: str | None = None  # the remote IP (inbound admission, per-source caps)
+        self.admitted = False
         self.established = False
         self.paused = False
         self.error: str | None = None
+        self.accepted_at = asyncio.get_running_loop().time()
         self.closed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -220,16 +241,54 @@ class LinkConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        loop = asyncio.get_running_loop()
+        self._raw = transport
         peer = transport.get_extra_info("peername")
         if peer:
             host = str(peer[0])
+            self.source = host.split("%", 1)[0]
             self.remote = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        if self.inbound:
+            if not self._owner.link_admit(self):
+                self.error = "refused"
+                transport.abort()  # nothing sent, nothing logged per connection
+                return
+            self.admitted = True
+        self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
+        if self._server_tls is not None:
+            transport.pause_reading()  # start_tls takes over the raw stream from here
+            self._tls_task = loop.create_task(
+                self._start_tls(transport, self._server_tls), name=f"tls from {self.remote}"
+            )
+        else:
+            self._begin(transport)
+
+    async def _start_tls(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(
+                raw, self, ctx, server_side=True, ssl_handshake_timeout=self._handshake_timeout
+            )
+        except (OSError, EOFError) as exc:  # ssl.SSLError and timeouts are OSErrors
+            raw.abort()
+            self._finish(f"TLS handshake failed: {exc or type(exc).__name__}")
+            return
+        except asyncio.CancelledError:
+            raw.abort()
+            self._finish(self.error or "closed during the TLS handshake")
+            raise
+        finally:
+            self._tls_task = None
+        if tls is None or self.closed.done():
+            raw.abort()
+            return
+        self._begin(tls)
+
+    def _begin(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
         # pause_writing above our high water, resume_writing (-> owner flushes) below
         transport.set_write_buffer_limits(high=self._high_water)
         transport.write(self._meta_bytes)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.established:
@@ -259,12 +318,20 @@ class LinkConnection(asyncio.Protocol):
             self._owner.link_data(self, rest)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
         if exc is not None and self.error is None:
             self.error = str(exc) or type(exc).__name__
         if self.established:
             self.established = False
             self._owner.link_down(self, self.error)
+        self._finish(self.error)
+
+    def _finish(self, error: str | None) -> None:
+        """The connection is gone: drop the timer and the transports, resolve :attr:`closed`."""
+        self._cancel_timer()
+        if self.error is None:
+            self.error = error
+        self._raw = None
+        self.transport = None
         if not self.closed.done():
             self.closed.set_result(self.error)
 
@@ -278,21 +345,44 @@ class LinkConnection(asyncio.Protocol):
 
     # -- helpers ----------------------------------------------------------------
 
-    def fail(self, reason: str) -> None:
-        """Log why the link is refused/dropped and close it."""
+    def fail(self, reason: str, *, quiet: bool = False) -> None:
+        """Say why the link is refused/dropped and abort it (no graceful TLS shutdown: a
+        peer that stalls must not hold us for the shutdown timeout too)."""
         if self.error is None:
             self.error = reason
             where = f"{self.uri.scheme}://{self.remote}"
-            log.warning("link %s %s: %s", "from" if self.inbound else "to", where, reason)
-        self.close()
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "link %s %s: %s",
+                "from" if self.inbound else "to",
+                where,
+                reason,
+            )
+        self.abort()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+        elif self.transport is None:
+            self.abort()
 
     def abort(self) -> None:
+        """Drop the connection now, on every path: handshake task, TLS layer, raw socket."""
+        task, self._tls_task = self._tls_task, None
+        if task is not None:
+            task.cancel()  # its handler aborts the raw transport and resolves `closed`
         if self.transport is not None:
             self.transport.abort()
+        if self._raw is not None:
+            self._raw.abort()
+
+    async def wait_closed(self) -> None:
+        """Until the handshake task (if any) has ended and :attr:`closed` resolved."""
+        task = self._tls_task
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        if self._raw is not None or self.transport is not None:
+            await asyncio.shield(self.closed)
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
@@ -306,7 +396,8 @@ class LinkConnection(asyncio.Protocol):
     def _on_handshake_timeout(self) -> None:
         self._timer = None
         if not self.established:
-            self.fail("no valid handshake within the handshake timeout")
+            # a flood of these is expected on a public listener: no warning per connection
+            self.fail("no valid handshake within the handshake timeout", quiet=self.inbound)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import resource
 import ssl
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..address import partial_key_for_subnet, subnet_for_key
+from ..limits import ConnectionLimiter
 from .config import NetworkConfig
 from .links import LinkConnection, PeerURI, make_tls_contexts, parse_peer_uri
 from .meta import Meta, encode_meta
@@ -32,6 +35,30 @@ __all__ = ["PacketNetwork", "PeerEvent", "PeerInfo", "TreeInfo", "subnet_bloom_t
 log = logging.getLogger(__name__)
 
 _TICK = 0.25
+_REFUSAL_LOG_INTERVAL = 10.0  # at most one "refused N inbound connections" line per this
+
+
+def inbound_cap(max_links: int) -> int:
+    """``max_links``, but never more than half the process's file descriptors: a flood
+    of inbound connections must leave descriptors for the control socket and services."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_links
+    return max(1, min(max_links, soft // 2))
+
+
+def source_of(host: str | None) -> str:
+    """Per-source accounting key: an IPv4 address, or the /64 of an IPv6 one (one host
+    holds a whole /64, so counting single IPv6 addresses would bound nothing)."""
+    if not host:
+        return "?"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
 
 
 def subnet_bloom_transform(key: bytes) -> bytes:
@@ -130,7 +157,10 @@ class PacketNetwork:
         self.mtu = self._router.mtu
         self._handler: Callable[[bytes, bytes], None] | None = None
         self._links: dict[LinkConnection, _Link] = {}
-        self._pending: set[LinkConnection] = set()
+        self._pending: set[LinkConnection] = set()  # not (yet) established, any direction
+        self._inbound: ConnectionLimiter | None = None  # set by start(): rlimit-aware cap
+        self._refused = 0
+        self._refused_logged_at = -_REFUSAL_LOG_INTERVAL
         self._ports = PortAllocator()
         self._order = 0
         self._statics: dict[str, _Static] = {}
@@ -153,6 +183,9 @@ class PacketNetwork:
         if self._started:
             return
         self._started = True
+        self._inbound = ConnectionLimiter(
+            per_peer=self.config.max_links_per_source, total=inbound_cap(self.config.max_links)
+        )
         self._router.maintenance()  # ironwood runs one at init: we become root
         self._ticker = asyncio.create_task(self._tick_loop(), name="embedded-net-ticker")
 
@@ -167,9 +200,10 @@ class PacketNetwork:
             task.cancel()
         for server in self._servers:
             server.close()
-        for conn in list(self._links) + list(self._pending):
+        conns = list(self._links) + list(self._pending)
+        for conn in conns:
             conn.abort()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *(c.wait_closed() for c in conns), return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
         self._statics.clear()
@@ -215,13 +249,14 @@ class PacketNetwork:
         """Accept links on ``uri`` (``tcp://[::1]:0``); returns the bound URI."""
         self._check_open()
         parsed = parse_peer_uri(uri)
+        # TLS is started by the link itself once the connection is admitted (start_tls),
+        # so that a handshake that never finishes is still ours to time out and free
         ssl_ctx = self._tls_contexts()[0] if parsed.scheme == "tls" else None
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: self._new_conn(parsed, inbound=True),
+            lambda: self._new_conn(parsed, inbound=True, server_tls=ssl_ctx),
             parsed.host,
             parsed.port,
-            ssl=ssl_ctx,
         )
         self._servers.append(server)
         host, port = server.sockets[0].getsockname()[:2]
@@ -229,7 +264,9 @@ class PacketNetwork:
         log.info("%s listener started on %s", parsed.scheme.upper(), bound)
         return bound
 
-    def _new_conn(self, uri: PeerURI, *, inbound: bool) -> LinkConnection:
+    def _new_conn(
+        self, uri: PeerURI, *, inbound: bool, server_tls: ssl.SSLContext | None = None
+    ) -> LinkConnection:
         conn = LinkConnection(
             self,
             meta_bytes=encode_meta(self._seed, priority=uri.priority, password=uri.password),
@@ -238,15 +275,48 @@ class PacketNetwork:
             local_key=self.public_key,
             handshake_timeout=self.config.handshake_timeout,
             write_high_water=self.config.write_high_water,
+            server_tls=server_tls,
         )
-        if inbound and len(self._pending) + len(self._links) >= self.config.max_links:
-            log.warning("refusing inbound link: %d links open (max_links)", self.config.max_links)
-            conn.error = "too many links"
-            loop = asyncio.get_running_loop()
-            loop.call_soon(conn.abort)
         self._pending.add(conn)
-        conn.closed.add_done_callback(lambda _f: self._pending.discard(conn))
+        conn.closed.add_done_callback(lambda _f: self._conn_closed(conn))
         return conn
+
+    def _conn_closed(self, conn: LinkConnection) -> None:
+        self._pending.discard(conn)
+        if conn.admitted and self._inbound is not None:
+            self._inbound.release(source_of(conn.source))
+
+    def link_admit(self, conn: LinkConnection) -> bool:
+        """Inbound cap (``max_links``, rlimit-aware) and per-source cap
+        (``max_links_per_source``); refusals are counted and logged once per interval."""
+        if self._closed or self._inbound is None:
+            return False
+        if self._inbound.acquire(source_of(conn.source)):
+            return True
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= _REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "refused %d inbound link connection(s) since the last report: at most %d at "
+                "once, %d per source (max_links, max_links_per_source); latest from %s",
+                self._refused,
+                self._inbound.total,
+                self._inbound.per_peer,
+                conn.remote,
+            )
+            self._refused = 0
+            self._refused_logged_at = now
+        return False
+
+    @property
+    def inbound_open(self) -> int:
+        """Inbound connections held now (handshaking or linked)."""
+        return 0 if self._inbound is None else self._inbound.open
+
+    @property
+    def pending_count(self) -> int:
+        """Connections not (yet) established, in both directions."""
+        return len(self._pending)
 
     async def add_peer(self, uri: str) -> None:
         """Keep a link to ``uri`` up, redialling with a capped doubling back-off."""
@@ -276,6 +346,7 @@ class PacketNetwork:
                     parsed.port,
                     ssl=ssl_ctx,
                     server_hostname=(parsed.sni or "") if ssl_ctx is not None else None,
+                    ssl_handshake_timeout=self.config.handshake_timeout if ssl_ctx else None,
                 ),
                 self.config.connect_timeout,
             )
@@ -313,6 +384,7 @@ class PacketNetwork:
                         uri.port,
                         ssl=ssl_ctx,
                         server_hostname=(uri.sni or "") if ssl_ctx is not None else None,
+                        ssl_handshake_timeout=self.config.handshake_timeout if ssl_ctx else None,
                     ),
                     self.config.connect_timeout,
                 )
