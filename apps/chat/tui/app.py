@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any, ClassVar
@@ -117,8 +118,10 @@ class ChatApp(App[int]):
         tz: tzinfo | None = None,
         clock: Callable[[], float] = time.time,
         page_size: int = 200,
+        freeze_gc: bool = False,
     ) -> None:
         super().__init__()
+        self.freeze_gc = freeze_gc
         self.client = client
         self.initial_contact = contact
         self.tz = tz
@@ -152,7 +155,11 @@ class ChatApp(App[int]):
                 yield RequestBar(id="request-bar")
                 yield Input(placeholder="search this conversation — enter, f3 next", id="search")
                 yield MessageLog(
-                    tz=self.tz, name_of=self.name_of, page_size=self.page_size, id="log"
+                    tz=self.tz,
+                    name_of=self.name_of,
+                    fetch=self.fetch_page,
+                    page_size=self.page_size,
+                    id="log",
                 )
                 yield Static("", id="reply-bar", markup=False)
                 yield Composer(id="composer")
@@ -171,9 +178,9 @@ class ChatApp(App[int]):
             self.info = await self.client.call("chat.info")
             with contextlib.suppress(MeshError):
                 self.methods = set(await self.client.call("methods"))
+            self._listen(await self.client.subscribe())  # before the state it updates
             records = await self.client.call("chat.security")
             self.security = {r.id: r for r in map(SecurityRecord.from_json, records)}
-            self._listen()
             await self.refresh_conversations()
             target = None
             if self.initial_contact:
@@ -189,11 +196,16 @@ class ChatApp(App[int]):
         finally:
             self.ready.set()
         self.query_one(Composer).focus()
+        if self.freeze_gc:
+            # Everything built so far lives as long as the app: keep it out of the
+            # collector's full passes, which otherwise stall page loads (the `mesh
+            # chat` process is ours alone; tests leave this off).
+            gc.freeze()
 
     @work(exclusive=True, group="events")
-    async def _listen(self) -> None:
+    async def _listen(self, events: AsyncIterator[dict[str, Any]]) -> None:
         try:
-            async for event in self.client.events():
+            async for event in events:
                 self.post_message(NodeEvent(str(event.get("event")), event.get("data")))
         except MeshError as exc:
             self.post_message(ConnectionLost(str(exc)))
@@ -372,29 +384,19 @@ class ChatApp(App[int]):
             self._header()
 
     # -- paging
-    @on(MessageLog.NeedOlder)
-    async def _older(self, event: MessageLog.NeedOlder) -> None:
-        if self.current is None:
-            return
+    async def fetch_page(
+        self, before_seq: int, limit: int
+    ) -> tuple[list[ChatMessage], bool] | None:
+        """A keyset page of the open conversation (for the message log)."""
         key = self.current
+        if key is None:
+            return None
         result = await self.client.call(
-            "chat.history", contact=key, limit=self.page_size, before_seq=event.before_seq
+            "chat.history", contact=key, limit=limit, before_seq=before_seq
         )
-        if key == self.current:
-            msgs = [ChatMessage.from_json(m) for m in result["messages"]]
-            self.query_one(MessageLog).add_older(msgs, bool(result["more"]))
-
-    @on(MessageLog.NeedNewer)
-    async def _newer(self, event: MessageLog.NeedNewer) -> None:
-        if self.current is None:
-            return
-        key = self.current
-        result = await self.client.call(
-            "chat.history", contact=key, limit=event.limit, before_seq=event.before_seq
-        )
-        if key == self.current:
-            msgs = [ChatMessage.from_json(m) for m in result["messages"]]
-            self.query_one(MessageLog).add_newer(msgs)
+        if key != self.current:
+            return None
+        return [ChatMessage.from_json(m) for m in result["messages"]], bool(result["more"])
 
     # -- list
     @on(OptionList.OptionSelected, "#conversations")
@@ -768,7 +770,7 @@ def main(args: argparse.Namespace) -> int:
                 await client.call("chat.info")
             except MeshError as exc:
                 raise MeshError(f"the node runs without the chat service: {exc}") from None
-            app = ChatApp(client, contact=contact)
+            app = ChatApp(client, contact=contact, freeze_gc=True)
             code = await app.run_async()
             return code or 0
         finally:

@@ -10,6 +10,7 @@ real embedded nodes instead (test_pilot_nodes.py). It follows the contract in
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -87,11 +88,14 @@ class ScriptedChat:
         self._queue.put_nowait({"event": kind, "data": data})
 
     # -- the backend protocol
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         if self._queue is None:
             self._queue = asyncio.Queue()
+        return self._events(self._queue)
+
+    async def _events(self, queue: asyncio.Queue[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         while True:
-            yield await self._queue.get()
+            yield await queue.get()
 
     async def close(self) -> None:
         pass
@@ -139,9 +143,7 @@ class ScriptedChat:
             msgs = self.messages.get(self._key(params), [])
             before = params.get("before_seq")
             if before is not None:
-                import bisect
-
-                end = bisect.bisect_left([m["seq"] for m in msgs], before)
+                end = bisect.bisect_left(msgs, before, key=lambda m: m["seq"])
             else:
                 end = len(msgs)
             limit = int(params.get("limit", 200))

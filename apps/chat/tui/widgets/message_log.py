@@ -1,15 +1,16 @@
 """The conversation view: a virtual scroll over a :class:`MessageWindow`.
 
 Only the visible rows are drawn (``render_line``); each held message is cached as a
-few strips. Scrolling near the top asks for the next older page (``NeedOlder``), near
-the bottom of a trimmed window for the newer one (``NeedNewer``); when a page lands
-the scroll position is shifted by its height, so nothing on screen moves.
+few strips. Scrolling near the top fetches the next older page (keyset ``before_seq``),
+near the bottom of a trimmed window the newer one, through the ``fetch`` callable the
+app gives (one worker per direction, no message hops); when a page lands the scroll
+position is shifted by its height, so nothing on screen moves.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 
 from rich.segment import Segment
@@ -22,7 +23,11 @@ from textual.strip import Strip
 from ..model import ChatMessage, MessageWindow, find_urls
 from ..render import RenderStyles, render_block
 
-__all__ = ["MessageLog"]
+__all__ = ["Fetch", "MessageLog"]
+
+# fetch(before_seq, limit) -> (messages oldest first, more older ones exist), or None
+# when the conversation changed meanwhile.
+Fetch = Callable[[int, int], Awaitable[tuple[list[ChatMessage], bool] | None]]
 
 
 class MessageLog(ScrollView, can_focus=True):
@@ -39,17 +44,6 @@ class MessageLog(ScrollView, can_focus=True):
         Binding("y", "copy_message", "Copy text"),
     ]
 
-    class NeedOlder(Message):
-        def __init__(self, before_seq: int) -> None:
-            super().__init__()
-            self.before_seq = before_seq
-
-    class NeedNewer(Message):
-        def __init__(self, before_seq: int, limit: int) -> None:
-            super().__init__()
-            self.before_seq = before_seq
-            self.limit = limit
-
     class Reply(Message):
         def __init__(self, message: ChatMessage) -> None:
             super().__init__()
@@ -65,6 +59,7 @@ class MessageLog(ScrollView, can_focus=True):
         *,
         tz: tzinfo | None,
         name_of: Callable[[str], str],
+        fetch: Fetch,
         page_size: int = 200,
         id: str | None = None,
     ) -> None:
@@ -78,6 +73,8 @@ class MessageLog(ScrollView, can_focus=True):
         self._width = 0
         self.search: str | None = None
         self.selected: int | None = None
+        self._fetch = fetch
+        self._generation = 0  # bumped by show(): a page for an earlier view is dropped
         self._loading_older = False
         self._loading_newer = False
         self._follow = True  # stay at the newest line (until the person scrolls up)
@@ -116,7 +113,7 @@ class MessageLog(ScrollView, can_focus=True):
         self._reoffset()
         self.refresh()
         if self._follow:
-            self.scroll_end(animate=False, immediate=True)
+            self.scroll_end(animate=False)  # after the layout knows the new height
 
     def _refresh_block(self, index: int) -> None:
         if 0 <= index < len(self._blocks):
@@ -128,6 +125,8 @@ class MessageLog(ScrollView, can_focus=True):
     def show(self, messages: list[ChatMessage], more: bool) -> None:
         self.window.reset(messages, more)
         self.selected = None
+        self._generation += 1
+        self.workers.cancel_group(self, "pages")
         self._loading_older = self._loading_newer = False
         self._follow = True
         self.rebuild()
@@ -235,7 +234,7 @@ class MessageLog(ScrollView, can_focus=True):
         # Ask a page ahead (two screens), so the person rarely reaches the edge.
         if cursor is not None and not self._loading_older and self.scroll_y < 2 * height:
             self._loading_older = True
-            self.post_message(self.NeedOlder(cursor))
+            self.run_worker(self._load(cursor, self.window.page_size, older=True), group="pages")
         request = self.window.newer_request()
         if (
             request is not None
@@ -243,7 +242,24 @@ class MessageLog(ScrollView, can_focus=True):
             and self.scroll_y > self.max_scroll_y - 2 * height
         ):
             self._loading_newer = True
-            self.post_message(self.NeedNewer(*request))
+            self.run_worker(self._load(*request, older=False), group="pages")
+
+    async def _load(self, before_seq: int, limit: int, *, older: bool) -> None:
+        generation = self._generation
+        try:
+            page = await self._fetch(before_seq, limit)
+        except Exception as exc:  # the node went away or refused: say so, keep the view
+            self.notify(f"could not load messages: {exc}", severity="error")
+            page = None
+        if generation != self._generation:
+            return
+        if page is None:
+            self._loading_older = self._loading_newer = False
+            return
+        if older:
+            self.add_older(*page)
+        else:
+            self.add_newer(page[0])
 
     # -- selection and actions
     def _select(self, index: int | None) -> None:
@@ -276,9 +292,11 @@ class MessageLog(ScrollView, can_focus=True):
     def action_page(self, direction: int) -> None:
         height = self.scrollable_content_region.height
         self.scroll_to(y=self.scroll_y + direction * height, animate=False, immediate=True)
+        self._maybe_load()
 
     def action_scroll_top(self) -> None:
         self.scroll_to(y=0, animate=False, immediate=True)
+        self._maybe_load()
 
     def action_scroll_bottom(self) -> None:
         self.scroll_end(animate=False, immediate=True)
