@@ -56,6 +56,7 @@ __all__ = ["ChatApp", "main"]
 TYPING_SEND_EVERY = 3.0  # s between our typing notices while typing
 TYPING_SHOWN_FOR = 6.0  # s a peer's typing notice is shown
 START_TIMEOUT = 20.0  # s to wait for `mesh up --start` to answer
+SCROLL_PAGE = 100  # messages per keyset page while scrolling (the first page is page_size)
 JUMP_PAGE = 500  # messages per request when walking back to a search hit
 MAX_JUMP_PAGES = 400
 
@@ -158,7 +159,7 @@ class ChatApp(App[int]):
                     tz=self.tz,
                     name_of=self.name_of,
                     fetch=self.fetch_page,
-                    page_size=self.page_size,
+                    page_size=SCROLL_PAGE,
                     id="log",
                 )
                 yield Static("", id="reply-bar", markup=False)

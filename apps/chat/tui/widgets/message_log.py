@@ -64,7 +64,7 @@ class MessageLog(ScrollView, can_focus=True):
         id: str | None = None,
     ) -> None:
         super().__init__(id=id)
-        self.window = MessageWindow(page_size=page_size)
+        self.window = MessageWindow(page_size=page_size, max_pages=20)
         self._tz = tz
         self._name_of = name_of
         self._styles = RenderStyles()

@@ -1,0 +1,182 @@
+"""The UI working with real nodes (Pilot): two or three embedded nodes in this process,
+each running the chat service behind its control socket, exactly as `mesh up` does."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apps.chat.tui.app import ChatApp
+from apps.chat.tui.widgets.composer import Composer
+from apps.chat.tui.widgets.message_log import MessageLog
+
+from .nodes import ChatNode, chat_nodes, eventually
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+SIZE = (110, 32)
+
+
+def held(app: ChatApp) -> list[str]:
+    return [m.body for m in app.query_one(MessageLog).window.messages]
+
+
+async def history(node: ChatNode, peer: ChatNode) -> list[dict[str, Any]]:
+    result = await node.call("chat.history", contact=peer.key)
+    return list(result["messages"])
+
+
+async def typed(pilot: Any, text: str) -> None:
+    for ch in text:
+        await pilot.press("space" if ch == " " else ch)
+
+
+async def test_send_a_message_and_it_reaches_the_other_node(tmp_path: Path) -> None:
+    async with chat_nodes(tmp_path, 2) as (a, b):
+        app = ChatApp(a.client, contact=b.key, tz=UTC)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            app.query_one(Composer).focus()
+            await typed(pilot, "hello over the mesh")
+            await pilot.press("enter")
+
+            async def arrived() -> bool:
+                msgs = await history(b, a)
+                return any(
+                    m["body"] == "hello over the mesh" and m["direction"] == "in" for m in msgs
+                )
+
+            await eventually("the message at the other node", arrived)
+            log = app.query_one(MessageLog)
+            await eventually(
+                "the delivered mark in the sender's view",
+                lambda: log.window.messages and log.window.messages[-1].state == "delivered",
+            )
+
+
+async def test_live_message_arrives_while_typing_and_the_draft_is_kept(tmp_path: Path) -> None:
+    async with chat_nodes(tmp_path, 2) as (a, b):
+        app = ChatApp(a.client, contact=b.key, tz=UTC)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            composer = app.query_one(Composer)
+            composer.focus()
+            await typed(pilot, "half a thought")
+            await b.call("chat.send", contact=a.key, body="incoming while you type")
+            await eventually("the live message", lambda: "incoming while you type" in held(app))
+            assert composer.text == "half a thought"
+            await typed(pilot, " done")
+            assert composer.text == "half a thought done"
+
+
+async def test_unread_counts_rise_in_another_conversation_and_reset_on_open(
+    tmp_path: Path,
+) -> None:
+    async with chat_nodes(tmp_path, 3) as (a, b, c):
+        await a.call("chat.send", contact=b.key, body="hi b")
+        await a.call("chat.send", contact=c.key, body="hi c")
+        app = ChatApp(a.client, contact=b.key, tz=UTC)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            await c.call("chat.send", contact=a.key, body="one")
+            await c.call("chat.send", contact=a.key, body="two")
+
+            def unread_c() -> int:
+                conv = app.conversations.get(c.key)
+                return conv.unread if conv else 0
+
+            await eventually("two unread from c", lambda: unread_c() == 2)
+            assert app.current == b.key
+            await pilot.press("alt+n")
+            await eventually("c opened", lambda: app.current == c.key)
+            await eventually("unread reset", lambda: unread_c() == 0)
+            convs = await a.call("chat.conversations")
+            assert next(x for x in convs if x["key"] == c.key)["unread"] == 0
+
+
+async def test_search_jumps_to_a_hit_in_an_older_page(tmp_path: Path) -> None:
+    async with chat_nodes(tmp_path, 2) as (a, b):
+        await b.call("chat.send", contact=a.key, body="the needle is here")
+        for i in range(60):
+            await b.call("chat.send", contact=a.key, body=f"hay {i}")
+
+        async def all_there() -> bool:
+            return len(await history(a, b)) >= 61
+
+        await eventually("61 messages at a", all_there, timeout=60)
+        app = ChatApp(a.client, contact=b.key, tz=UTC, page_size=20)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            log = app.query_one(MessageLog)
+            assert "the needle is here" not in held(app)
+            await pilot.press("ctrl+f")
+            await typed(pilot, "needle")
+            await pilot.press("enter")
+            await eventually(
+                "the hit selected",
+                lambda: (
+                    log.selected_message() is not None
+                    and log.selected_message().body == "the needle is here"
+                ),  # type: ignore[union-attr]
+            )
+            assert log.search == "needle"
+
+
+async def test_add_command_creates_a_contact(tmp_path: Path) -> None:
+    async with chat_nodes(tmp_path, 2) as (a, b):
+        app = ChatApp(a.client, tz=UTC)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            app.query_one(Composer).focus()
+            await typed(pilot, f"/add {b.key}@mesh bob")
+            await pilot.press("enter")
+
+            async def listed() -> bool:
+                contacts = await a.call("contacts.list")
+                return any(x["key"] == b.key and x["alias"] == "bob" for x in contacts)
+
+            await eventually("bob in a's contacts", listed)
+            await eventually("bob's conversation open", lambda: app.current == b.key)
+
+
+async def test_accept_a_message_request(tmp_path: Path) -> None:
+    async with chat_nodes(tmp_path, 2) as (a, b):
+        app = ChatApp(a.client, tz=UTC)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            await b.call("chat.send", contact=a.key, body="hello, stranger here")
+
+            def requested() -> bool:
+                conv = app.conversations.get(b.key)
+                return bool(conv and conv.request)
+
+            await eventually("b's message in the requests", requested)
+            await app.open_conversation(b.key)
+            await pilot.pause()
+            assert app.query_one("#request-bar").display
+            await pilot.click("#request-accept")
+            await eventually("request accepted", lambda: not requested())
+            assert not await a.call("chat.requests")
+            assert not app.query_one("#request-bar").display
+
+
+async def test_multiline_input_sends_one_message_with_its_newlines(tmp_path: Path) -> None:
+    async with chat_nodes(tmp_path, 2) as (a, b):
+        app = ChatApp(a.client, contact=b.key, tz=UTC)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            app.query_one(Composer).focus()
+            await typed(pilot, "first")
+            await pilot.press("ctrl+j")
+            await typed(pilot, "second")
+            await pilot.press("alt+enter")
+            await typed(pilot, "third")
+            await pilot.press("enter")
+
+            async def arrived() -> list[dict[str, Any]]:
+                return [m for m in await history(b, a) if m["direction"] == "in"]
+
+            got = await eventually("the message at b", arrived)
+            assert [m["body"] for m in got] == ["first\nsecond\nthird"]
