@@ -715,12 +715,13 @@ class ChatApp(App[int]):
 # -- the command
 
 
-def _start_node(data_dir: Path) -> None:
-    """`mesh up` in the background, detached, its output in the data dir."""
+def start_node(data_dir: Path) -> subprocess.Popen[bytes]:
+    """`mesh up` in the background, in its own session (closing the terminal leaves it
+    running), its output in ``data_dir/mesh-up.log``."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = data_dir / "mesh-up.log"
     with open(log_path, "ab") as log:
-        subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "core.cli.main", "--data-dir", str(data_dir), "up"],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -729,33 +730,36 @@ def _start_node(data_dir: Path) -> None:
             close_fds=True,
             env=os.environ.copy(),
         )
-    print(f"started `mesh up` in the background (log: {log_path})", file=sys.stderr)
+    print(f"started `mesh up` (pid {proc.pid}) in the background; log: {log_path}", file=sys.stderr)
+    return proc
 
 
-async def _connect(data_dir: Path, start: bool) -> ChatClient:
+async def connect(data_dir: Path, start: bool) -> tuple[ChatClient, subprocess.Popen[bytes] | None]:
+    """A client on the data dir's node; with ``start``, a node is started first when none
+    runs. Returns the client and the node process it started (or None)."""
     path = data_dir / "control.sock"
     try:
-        return await ChatClient.connect(path)
+        return await ChatClient.connect(path), None
     except NodeNotRunning:
         if not start:
             raise NodeNotRunning(
                 f"no node is running for {data_dir}. Start one with `mesh up` "
                 "(or run `mesh chat --start` to start it in the background)"
             ) from None
-    _start_node(data_dir)
+    proc = start_node(data_dir)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         await asyncio.sleep(0.2)
         try:
             client = await ChatClient.connect(path)
-            await client.call("chat.info")
-            return client
         except MeshError:
             if time.monotonic() > deadline:
                 raise MeshError(
                     f"the node did not come up within {START_TIMEOUT:.0f} s; "
                     f"see {data_dir / 'mesh-up.log'}"
                 ) from None
+            continue
+        return client, proc
 
 
 def main(args: argparse.Namespace) -> int:
@@ -765,7 +769,7 @@ def main(args: argparse.Namespace) -> int:
     start = bool(getattr(args, "start", False))
 
     async def run() -> int:
-        client = await _connect(data_dir, start)
+        client, _started = await connect(data_dir, start)  # the node outlives this process
         try:
             try:
                 await client.call("chat.info")

@@ -25,22 +25,11 @@ MESH = [sys.executable, "-m", "core.cli.main"]
 
 
 def _mesh_up(data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    log = open(data_dir.parent / f"{data_dir.name}.log", "wb")  # noqa: SIM115 (closed by the OS with the child)
-    return subprocess.Popen(
-        [
-            *MESH,
-            "--data-dir",
-            str(data_dir),
-            "up",
-            "--backend",
-            "embedded",
-            "--no-multicast",
-            *extra,
-        ],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    command = [*MESH, "--data-dir", str(data_dir), "up", "--backend", "embedded"]
+    with open(data_dir.parent / f"{data_dir.name}.log", "wb") as log:
+        return subprocess.Popen(
+            [*command, "--no-multicast", *extra], stdout=log, stderr=log, start_new_session=True
+        )
 
 
 async def _client(data_dir: Path, timeout: float = 30) -> ChatClient:
