@@ -231,8 +231,10 @@ class Call:
         audio_muted: bool | None = None,
         video_off: bool | None = None,
         source: str | None = None,
+        tracks: Mapping[str, MediaStreamTrack] | None = None,
     ) -> dict[str, Any]:
-        """Mute/unmute, camera off/on, switch source; returns what changed."""
+        """Mute/unmute, camera off/on, switch to the source ``source`` or to ``tracks``
+        the node process has (the call page's browser camera); returns what changed."""
         changed: dict[str, Any] = {}
         if audio_muted is not None and "audio" in self.gates:
             self.gates["audio"].muted = audio_muted
@@ -250,6 +252,10 @@ class Call:
             if old is not None:
                 old.close()
             changed["source"] = source
+        for kind, track in (tracks or {}).items():
+            if kind in self.gates:
+                self.gates[kind].switch(track)
+                changed["source"] = "page"
         self.local_update.update(changed)
         return changed
 

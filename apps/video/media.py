@@ -247,7 +247,16 @@ class Gate(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame | av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        frame = await self._source.recv()
+        while True:
+            source = self._source
+            try:
+                frame = await source.recv()
+            except MediaStreamError:
+                if source is self._source:
+                    raise
+                continue  # switched while waiting: the old source was stopped
+            if source is self._source:
+                break
         assert isinstance(frame, av.AudioFrame | av.VideoFrame)
         if self._offset is None:  # first frame of a source: continue the timeline
             self._offset = self._last + 1 - (frame.pts or 0)

@@ -3,6 +3,7 @@ timeline across source switches and blanks when muted, sources refuse bad specs.
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 from pathlib import Path
 
@@ -101,3 +102,16 @@ async def test_video_of_one_source_and_sound_of_another_combine_with_a_plus() ->
         assert isinstance(source.audio, Tone)
     finally:
         source.close()
+
+
+async def test_a_switch_while_the_gate_waits_goes_on_with_the_new_source() -> None:
+    slow = TestPattern(320, 240, 1)  # its next frame is a second away
+    gate = Gate("video", slow)
+    await gate.recv()
+    waiting = asyncio.ensure_future(gate.recv())
+    await asyncio.sleep(0.05)
+    gate.switch(TestPattern(160, 120, 60)).stop()
+    frame = await asyncio.wait_for(waiting, 3)
+    assert frame.width == 160  # not the stale frame of the old source
+    gate.stop()
+    gate.source.stop()
