@@ -22,7 +22,14 @@ from core.node import Node, parse_target
 from core.pipe import pipe_both_ways
 from core.socks import SocksProxy, load_or_create_token
 
-__all__ = ["Expose", "ForwardingConfig", "ForwardingService", "parse_expose", "parse_hostport"]
+__all__ = [
+    "Expose",
+    "ForwardingConfig",
+    "ForwardingService",
+    "format_hostport",
+    "parse_expose",
+    "parse_hostport",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,11 @@ def parse_hostport(text: str) -> tuple[str, int]:
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise UsageError(f"{text!r}: local services listen on 127.0.0.1 only")
     return host, int(port)
+
+
+def format_hostport(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 literal in brackets (``[::1]:1080``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_expose(text: str) -> Expose:
@@ -97,7 +109,7 @@ class ForwardingService:
         out: dict[str, Any] = {}
         if self._socks_bound:
             out["socks5"] = {
-                "listen": f"{self._socks_bound[0]}:{self._socks_bound[1]}",
+                "listen": format_hostport(*self._socks_bound),
                 "username": SOCKS_USER,
                 "password_file": str(self.data_dir / "socks.token"),
             }

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from core.errors import MeshError, UsageError
+from core.errors import MeshError, NeedsSetup, UsageError
 
 __all__ = [
     "PASSWORD_FILE_NAME",
@@ -143,9 +143,10 @@ def load_password(data_dir: Path) -> PasswordRecord:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise MeshError(
-            f"no mail password is set (no {path}); mail clients cannot log in. "
-            "Run `mesh mail passwd` first, then start the node again"
+        # a first run, not a failure: the node says (at INFO and in `mesh status`) what to do
+        raise NeedsSetup(
+            "mail needs a password for mail clients to log in: run `mesh mail passwd`, "
+            "then start the node again"
         ) from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise MeshError(

@@ -219,12 +219,15 @@ class MailService:
 
     def endpoints(self) -> dict[str, Any]:
         """For ``mesh status``: where the mail service listens."""
-        host = self.config.submission[0]
+
+        def hostport(host: object, port: int | None) -> str:  # IPv6 literals in brackets
+            return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
         return {
             "mail_address": str(self.own),
-            "mesh_smtp": f"[{self.own.node_address}]:{self.config.mesh_port}",
-            "submission": f"{host}:{self.submission_port}",
-            "imap": f"{self.config.imap[0]}:{self.imap_port}",
+            "mesh_smtp": hostport(self.own.node_address, self.config.mesh_port),
+            "submission": hostport(self.config.submission[0], self.submission_port),
+            "imap": hostport(self.config.imap[0], self.imap_port),
             "deliveries_in_flight": self.runner.in_flight if self.runner else 0,
         }
 

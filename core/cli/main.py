@@ -1,4 +1,5 @@
-"""The `mesh` command. Exit codes: 0 ok, 1 runtime failure, 2 usage error.
+"""The `mesh` command. Exit codes: 0 ok, 1 runtime failure, 2 usage error, 141 the
+reader of our output went away (``mesh ... | head``: quiet, like a tool killed by SIGPIPE).
 
 Core commands live here; apps add theirs through the ``meshsuite.commands`` entry
 point group (a ``register(subparsers)`` callable), so core never imports an app.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -18,6 +20,7 @@ from core.errors import MeshError, UsageError
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_PIPE = 128 + 13  # 128 + SIGPIPE, what the shell reports for `yes | head`
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            code = _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:  # `mesh ... | head`: the reader has all it wanted
+        _silence_stdout()
+        return EXIT_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
@@ -67,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _silence_stdout() -> None:
+    """The reader is gone: point stdout at /dev/null so that the interpreter's final
+    flush of what is still buffered does not print a second BrokenPipe traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

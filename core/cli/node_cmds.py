@@ -10,14 +10,16 @@ import sys
 from typing import Any
 
 from core.cli.output import emit
+from core.cli.status_cmds import join_hint
 from core.config import NodeConfig, load_config
 from core.control.client import ControlClient
-from core.datadir import resolve_data_dir
+from core.datadir import DataDirLock, resolve_data_dir
 from core.errors import UsageError
 from core.forwarding import ForwardingConfig, parse_expose, parse_hostport
 from core.identity import load_or_create_identity
 from core.mailaddr import parse_mail_address
 from core.process import NodeProcess, run_until_signal
+from core.resources import AcceptErrorThrottle, raise_nofile_limit
 from core.service import ServicePlugin, discover_services
 
 
@@ -121,6 +123,13 @@ def _hex_key(text: str) -> bytes:
 
 def cmd_up(args: argparse.Namespace, plugins: list[ServicePlugin]) -> int:
     config = _config_from_args(args)
+    # one node per data dir: refused (exit 2, one line) before anything in it is touched
+    with DataDirLock.acquire(config.data_dir):
+        return _up_locked(args, plugins, config)
+
+
+def _up_locked(args: argparse.Namespace, plugins: list[ServicePlugin], config: NodeConfig) -> int:
+    raise_nofile_limit()
     identity, created = load_or_create_identity(config.data_dir)
     if created:
         print(f"created a new identity in {config.data_dir}", file=sys.stderr)
@@ -143,20 +152,32 @@ async def _announce_and_run(process: NodeProcess) -> None:
         await process.ready.wait()
         node = process.node
         assert node is not None
-        print(
-            f"mesh node up: {node.address} ({node.backend.name}: {node.backend_reason})\n"
-            f"  mail address {node.mail_address}\n"
+        lines = [
+            f"mesh node up: {node.address} ({node.backend.name}: {node.backend_reason})",
+            f"  mail address {node.mail_address}",
             f"  control      {process.config.control_socket}",
-            file=sys.stderr,
-            flush=True,
-        )
+        ]
+        for name, state in process.failed.items():
+            for what, why in state.items():
+                lines.append(f"  {name} {what}: {why}")
+        status = await node.status()
+        hint = None if process.config.peers else join_hint(status)
+        if hint is not None:  # said once, at start; `mesh status` says it while it lasts
+            lines += [f"  {line}" for line in hint]
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
-    async with asyncio.TaskGroup() as tg:
-        announcer = tg.create_task(announce())
-        try:
-            await run_until_signal(process)
-        finally:
-            announcer.cancel()
+    loop = asyncio.get_running_loop()
+    throttle = AcceptErrorThrottle()
+    throttle.install(loop)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            announcer = tg.create_task(announce())
+            try:
+                await run_until_signal(process)
+            finally:
+                announcer.cancel()
+    finally:
+        throttle.uninstall(loop)
 
 
 def _run(coro: Any) -> int:

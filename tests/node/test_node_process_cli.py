@@ -216,8 +216,8 @@ def test_second_node_on_same_data_dir_is_refused(two_nodes: tuple[Up, Up]) -> No
         [*MESH, "--data-dir", str(a.data), "up", "--no-multicast", "--backend", "embedded"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert out.returncode == 1
-    assert "another node already runs" in out.stderr
+    assert out.returncode == 2  # issue 14: refused cleanly, as a usage error
+    assert "a node is already running" in out.stderr
 
 
 def test_peers_add_with_bad_uri_is_a_usage_error(two_nodes: tuple[Up, Up]) -> None:
