@@ -1,0 +1,208 @@
+"""``mesh chat ...``: chat from scripts, through the running node's control API.
+
+    mesh chat [CONTACT] [--start]                 the terminal UI
+    mesh chat send CONTACT TEXT|- [--wait] [--timeout S] [--json]
+    mesh chat history CONTACT [--json] [--limit N] [--search TEXT]
+    mesh chat requests [--json] | accept CONTACT | search TEXT [--json] | read CONTACT
+
+Exit codes: 0 done; 1 failed (``send --wait``: the message failed or the wait timed out,
+with the reason on stderr; or the node refused); 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from core import UsageError
+from core.control.client import ControlClient
+from core.datadir import resolve_data_dir
+
+__all__ = ["HISTORY_FIELDS", "register"]
+
+HISTORY_FIELDS = ("id", "direction", "from", "to", "body", "ts", "state")
+DONE_STATES = ("delivered", "read")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="chat over the mesh: the terminal UI, or send/history/requests/accept/search/read",
+        description=(
+            "mesh chat [CONTACT] opens the terminal UI; mesh chat send|history|requests|"
+            "accept|search|read act on the running node's chat. CONTACT is an alias, a "
+            "64-hex key or key@mesh."
+        ),
+    )
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="[send|history|requests|accept|search|read] ARGS",
+        help="a subcommand and its arguments, or a CONTACT to open in the UI",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="history: at most N")
+    p.add_argument("--search", metavar="TEXT", help="history: only messages matching TEXT")
+    p.add_argument("--wait", action="store_true", help="send: wait until delivered")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="send --wait: give up after S s"
+    )
+    p.add_argument("--start", action="store_true", help="UI: start a node if none runs")
+    p.set_defaults(func=cmd_chat)
+
+
+def _arity(words: list[str], n: int, usage: str) -> list[str]:
+    if len(words) != n:
+        raise UsageError(f"usage: mesh chat {usage}")
+    return words
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    words = list(args.words)
+    handler = COMMANDS.get(words[0]) if words else None
+    if handler is None:
+        if len(words) > 1:
+            raise UsageError(f"unknown chat command {words[0]!r}: {', '.join(COMMANDS)}")
+        from apps.chat.tui.app import main as tui_main  # the UI only when asked for
+
+        args.contact = words[0] if words else None
+        return tui_main(args)
+    path = resolve_data_dir(args.data_dir) / "control.sock"
+    code: int = asyncio.run(_with_client(path, lambda c: handler(c, words[1:], args)))
+    return code
+
+
+async def _with_client(path: Path, fn: Callable[[ControlClient], Awaitable[int]]) -> int:
+    client = await ControlClient.connect(path)
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+async def _send(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
+    contact, text = _arity(words, 2, "send CONTACT TEXT|-")
+    if text == "-":
+        text = sys.stdin.read()
+        text = text[:-1] if text.endswith("\n") else text
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be > 0 seconds")
+    if not args.wait:
+        message = await client.call("chat.send", contact=contact, body=text)
+        print(json.dumps(message) if args.json else message["id"])
+        return 0
+    stream = client.subscribe(["chat.state"])
+    await stream.start()
+    message = await client.call("chat.send", contact=contact, body=text)
+    print(json.dumps(message) if args.json else message["id"], flush=True)
+    deadline = time.monotonic() + args.timeout
+    try:
+        async with asyncio.timeout(args.timeout):
+            async for event in stream:
+                data = event.get("data") or {}
+                if event.get("event") == "events.lagged":
+                    state = await _state(client, message)
+                elif data.get("id") == message["id"]:
+                    state = (str(data.get("state")), data.get("error"))
+                else:
+                    continue
+                if state[0] in DONE_STATES:
+                    return 0
+                if state[0] == "failed":
+                    print(f"mesh: message {message['id']} failed: {state[1]}", file=sys.stderr)
+                    return 1
+    except TimeoutError:
+        pass
+    state = await _state(client, message)
+    if state[0] in DONE_STATES:
+        return 0
+    waited = args.timeout - max(deadline - time.monotonic(), 0)
+    print(
+        f"mesh: message {message['id']} not delivered after {waited:.0f} s "
+        f"(state {state[0]}); it stays queued",
+        file=sys.stderr,
+    )
+    return 1
+
+
+async def _state(client: ControlClient, message: dict[str, Any]) -> tuple[str, Any]:
+    found = await client.call("chat.history", contact=message["conversation"], limit=1000)
+    for m in found["messages"]:
+        if m["id"] == message["id"]:
+            return str(m["state"]), m.get("error")
+    return "unknown", None
+
+
+async def _history(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
+    (contact,) = _arity(words, 1, "history CONTACT [--json] [--limit N] [--search TEXT]")
+    params: dict[str, Any] = {"contact": contact, "limit": args.limit or 200}
+    if args.search:
+        params["search"] = args.search
+    messages = (await client.call("chat.history", **params))["messages"]
+    if args.json:
+        _print_json([{**{f: m.get(f) for f in HISTORY_FIELDS}, **m} for m in messages])
+        return 0
+    info = await client.call("chat.info")
+    for m in messages:
+        who = "me" if m["from"] == info["key"] else m["from"][:12]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["ts"]))
+        mark = f" [{m['state']}]" if m["direction"] == "out" else ""
+        print(f"{when} {who}: {m['body']}{mark}")
+    return 0
+
+
+async def _requests(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
+    _arity(words, 0, "requests [--json]")
+    found = await client.call("chat.requests")
+    if args.json:
+        _print_json(found)
+    for r in [] if args.json else found:
+        last = (r.get("last") or {}).get("body", "")
+        print(f"{r['key']}@mesh  {r['unread']} unread  {last[:60]}")
+    return 0
+
+
+async def _accept(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
+    (contact,) = _arity(words, 1, "accept CONTACT")
+    result = await client.call("chat.accept", contact=contact)
+    print(f"accepted {result['key']}@mesh")
+    return 0
+
+
+async def _search(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
+    (text,) = _arity(words, 1, "search TEXT [--json]")
+    found = await client.call("chat.search", text=text, limit=args.limit or 50)
+    if args.json:
+        _print_json(found)
+    for m in [] if args.json else found:
+        print(f"{m['conversation'][:12]} {m['direction']}: {m['body']}")
+    return 0
+
+
+async def _read(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
+    (contact,) = _arity(words, 1, "read CONTACT")
+    result = await client.call("chat.read", contact=contact)
+    print(f"marked {result['marked']} read")
+    return 0
+
+
+Command = Callable[[ControlClient, list[str], argparse.Namespace], Awaitable[int]]
+COMMANDS: dict[str, Command] = {
+    "send": _send,
+    "history": _history,
+    "requests": _requests,
+    "accept": _accept,
+    "search": _search,
+    "read": _read,
+}

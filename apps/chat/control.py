@@ -1,0 +1,231 @@
+"""The ``chat.*`` control methods (the TUI and ``mesh chat`` use only these)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from apps.chat.envelope import MAX_BODY
+from core import MeshError, UsageError
+
+if TYPE_CHECKING:
+    from apps.chat.service import ChatService
+
+__all__ = ["ChatControl", "trust_of"]
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+MAX_LIMIT = 1000
+
+
+def _want(params: dict[str, Any], name: str, kind: type = str) -> Any:
+    if name not in params:
+        raise UsageError(f"missing parameter {name!r}")
+    value = params[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UsageError(f"parameter {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _limit(params: dict[str, Any], default: int) -> int:
+    value = params.get("limit", default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT:
+        raise UsageError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return value
+
+
+def _hex_id(text: Any, what: str) -> bytes:
+    try:
+        raw = bytes.fromhex(str(text))
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise UsageError(f"{what} must be a 32-hex message id")
+    return raw
+
+
+def _parse_key(text: str) -> bytes | None:
+    word = text.strip().lower().removesuffix("@mesh")
+    if len(word) != 64:
+        return None
+    try:
+        return bytes.fromhex(word)
+    except ValueError:
+        return None
+
+
+class ChatControl:
+    def __init__(self, service: ChatService) -> None:
+        self.s = service
+
+    def methods(self) -> dict[str, Handler]:
+        return {
+            "chat.info": self.info,
+            "chat.send": self.send,
+            "chat.history": self.history,
+            "chat.conversations": self.conversations,
+            "chat.requests": self.requests,
+            "chat.accept": self.accept,
+            "chat.ignore": self.ignore,
+            "chat.read": self.read,
+            "chat.search": self.search,
+            "chat.typing": self.typing,
+            "chat.retry": self.retry,
+            "chat.security": self.security,
+            "chat.security.ack": self.security_ack,
+            "chat.mute": self.mute,
+            "chat.receipts": self.receipts,
+        }
+
+    # -- helpers ----------------------------------------------------------------------
+    async def key_of(self, name: str) -> bytes:
+        key = _parse_key(name)
+        if key is not None:
+            return key
+        if self.s.contacts is None:
+            raise UsageError(f"{name!r} is not a key or key@mesh (this node has no contacts)")
+        contact = await self.s.contacts.resolve(name)
+        return bytes(contact.key)
+
+    async def _contact(self, params: dict[str, Any]) -> bytes:
+        key = await self.key_of(_want(params, "contact"))
+        if key == self.s.node.key:
+            raise UsageError("that is this node's own key: chat needs another node")
+        return key
+
+    async def _conversation_json(self, conv: dict[str, Any], contact: Any) -> dict[str, Any]:
+        key = bytes.fromhex(conv["key"])
+        trust = trust_of(contact)
+        return {
+            "key": conv["key"],
+            "alias": getattr(contact, "alias", None) if contact is not None else None,
+            "trust": trust,
+            "unread": conv["unread"],
+            "online": self.s.is_online(key),
+            "request": conv["request"] and not conv["accepted"] and trust == "unknown",
+            "last": conv["last"],
+            "muted": conv["muted"],
+            "read_receipts": conv["read_receipts"],
+        }
+
+    # -- methods ----------------------------------------------------------------------
+    async def info(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "key": self.s.node.key.hex(),
+            "address": f"{self.s.node.key.hex()}@mesh",
+            "node_address": str(self.s.node.address),
+            "max_body_bytes": MAX_BODY,
+            "port": self.s.port,
+            "signing": self.s.signing,
+            "signer": self.s.signer_key.hex(),
+            "expiry_days": self.s.config.expiry_days,
+            "refused": dict(self.s.refused),
+        }
+
+    async def send(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = await self._contact(params)
+        body = _want(params, "body")
+        if not body.strip():
+            raise UsageError("the message is empty")
+        if len(body.encode()) > MAX_BODY:
+            raise UsageError(
+                f"the message is {len(body.encode())} bytes; the limit is {MAX_BODY} (UTF-8)"
+            )
+        reply = params.get("reply_to")
+        reply_to = _hex_id(reply, "reply_to") if reply else None
+        return await self.s.send(key, body, reply_to)
+
+    async def history(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = await self._contact(params)
+        limit = _limit(params, 200)
+        search = params.get("search")
+        if search:
+            found = await self.s._db.search(str(search), conversation=key, limit=limit)
+            return {"messages": list(reversed(found)), "more": False}
+        before = params.get("before_seq")
+        if before is not None and (not isinstance(before, int) or isinstance(before, bool)):
+            raise UsageError("before_seq must be a whole number")
+        messages, more = await self.s._db.history(key, limit=limit, before_seq=before)
+        return {"messages": messages, "more": more}
+
+    async def conversations(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        convs = await self.s._db.conversations()
+        contacts: dict[str, Any] = {}
+        if self.s.contacts is not None:
+            with contextlib.suppress(Exception):
+                contacts = {bytes(c.key).hex(): c for c in await self.s.contacts.list()}
+        out = [await self._conversation_json(c, contacts.get(c["key"])) for c in convs]
+        known = {c["key"] for c in out}
+        for hexkey, contact in contacts.items():  # contacts with no message yet
+            if hexkey not in known and trust_of(contact) != "blocked":
+                empty = {"key": hexkey, "unread": 0, "request": False, "accepted": True,
+                         "last": None, "muted": False, "read_receipts": True}  # fmt: skip
+                out.append(await self._conversation_json(empty, contact))
+        return [c for c in out if c["trust"] != "blocked"]
+
+    async def requests(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return [c for c in await self.conversations(params) if c["request"]]
+
+    async def accept(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = await self._contact(params)
+        if self.s.contacts is not None and trust_of(await self.s.contacts.get(key)) != "trusted":
+            await self.s.contacts.add(key)
+        await self.s._db.set_flag(key, "accepted", True)
+        await self.s._db.set_flag(key, "request", False)
+        return {"key": key.hex(), "trust": "trusted"}
+
+    async def ignore(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = await self._contact(params)
+        await self.s._db.set_flag(key, "request", False)
+        trust = (
+            trust_of(await self.s.contacts.get(key)) if self.s.contacts is not None else "unknown"
+        )
+        return {"key": key.hex(), "trust": trust}
+
+    async def read(self, params: dict[str, Any]) -> dict[str, int]:
+        key = await self._contact(params)
+        return {"marked": await self.s.mark_read(key)}
+
+    async def search(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        text = _want(params, "text")
+        conv = await self._contact(params) if params.get("contact") else None
+        return await self.s._db.search(text, conversation=conv, limit=_limit(params, 50))
+
+    async def typing(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = await self._contact(params)
+        self.s.send_typing(key, bool(params.get("active", True)))
+        return {}
+
+    async def retry(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.s.retry(_hex_id(_want(params, "id"), "id"))
+
+    async def security(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self.s._db.security()
+
+    async def security_ack(self, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            rid = int(str(_want(params, "id")))
+        except ValueError:
+            raise UsageError("id must be a security record id") from None
+        if not await self.s._db.ack_security(rid):
+            raise MeshError(f"no security record {rid}")
+        return {}
+
+    async def mute(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = await self._contact(params)
+        muted = bool(params.get("muted", True))
+        await self.s._db.set_flag(key, "muted", muted)
+        return {"key": key.hex(), "muted": muted}
+
+    async def receipts(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = await self._contact(params)
+        on = bool(params.get("read_receipts", True))
+        await self.s._db.set_flag(key, "read_receipts", on)
+        return {"key": key.hex(), "read_receipts": on}
+
+
+def trust_of(contact: Any) -> str:
+    if contact is None:
+        return "unknown"
+    trust = getattr(contact, "trust", "unknown")
+    return str(getattr(trust, "value", trust))

@@ -1,0 +1,181 @@
+"""Two (and three) real embedded nodes running the chat service: send, receive,
+receipts, read, typing, requests, blocking, offline delivery, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.identity import Identity
+from tests.chat.nodes import ChatNet, ChatNode, settle
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+
+
+async def history(member: ChatNode, peer: ChatNode, **kw: Any) -> list[dict[str, Any]]:
+    result = await member.call("chat.history", contact=peer.key.hex(), **kw)
+    return list(result["messages"])
+
+
+async def state_of(member: ChatNode, peer: ChatNode, mid: str) -> str:
+    for m in await history(member, peer):
+        if m["id"] == mid:
+            return str(m["state"])
+    return "absent"
+
+
+async def test_message_arrives_signed_and_is_sent_then_delivered_then_read(
+    tmp_path: Path,
+) -> None:
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start("a"), await net.start("b")
+        await net.linked(a, b)
+        sent = await a.call("chat.send", contact=f"{b.key.hex()}@mesh", body="hello ✓")
+        assert sent["state"] == "pending" and sent["direction"] == "out"
+
+        async def arrived() -> list[dict[str, Any]]:
+            return await history(b, a)
+
+        got = (await settle("message at B", arrived))[0]
+        assert (got["id"], got["body"], got["direction"], got["state"]) == (
+            sent["id"], "hello ✓", "in", "received",
+        )  # fmt: skip
+        assert got["from"] == a.key.hex() and got["to"] == b.key.hex()
+        await settle("delivered at A", lambda: _is(a, b, sent["id"], "delivered"))
+        assert a.seen("chat.state", lambda d: d["id"] == sent["id"] and d["state"] == "sent")
+        assert b.seen("chat.message", lambda d: d["id"] == sent["id"])
+        assert b.seen("chat.request", lambda d: d["key"] == a.key.hex())
+        assert [r["key"] for r in await b.call("chat.requests")] == [a.key.hex()]
+        assert (await b.call("chat.read", contact=a.key.hex())) == {"marked": 1}
+        await settle("read at A", lambda: _is(a, b, sent["id"], "read"))
+        assert (await b.call("chat.read", contact=a.key.hex())) == {"marked": 0}
+
+
+async def _is(member: ChatNode, peer: ChatNode, mid: str, state: str) -> bool:
+    return await state_of(member, peer, mid) == state
+
+
+async def test_typing_is_an_event_never_stored(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start("a"), await net.start("b")
+        await net.linked(a, b)
+        await a.call("chat.typing", contact=b.key.hex(), active=True)
+        await settle(
+            "typing at B",
+            lambda: b.seen(
+                "chat.typing", lambda d: d == {"conversation": a.key.hex(), "active": True}
+            ),
+        )
+        assert await history(b, a) == []
+
+
+async def test_order_kept_and_each_message_once_in_a_burst(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start("a"), await net.start("b")
+        await net.linked(a, b)
+        ids = [
+            (await a.call("chat.send", contact=b.key.hex(), body=f"m{i}"))["id"] for i in range(60)
+        ]
+
+        async def all_there() -> bool:
+            return len(await history(b, a)) == 60
+
+        await settle("60 messages at B", all_there)
+        got = await history(b, a)
+        assert [m["id"] for m in got] == ids and [m["body"] for m in got] == [
+            f"m{i}" for i in range(60)
+        ]
+
+        async def all_delivered() -> bool:
+            return all(m["state"] == "delivered" for m in await history(a, b))
+
+        await settle("all delivered at A", all_delivered)
+
+
+async def test_offline_peer_gets_everything_when_it_comes_back(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        b_identity = Identity.generate()
+        a = await net.start("a", retry_initial=30.0)
+        b_key = b_identity.public_key
+        ids = [
+            (await a.call("chat.send", contact=b_key.hex(), body=f"while away {i}"))["id"]
+            for i in range(5)
+        ]
+        await asyncio.sleep(1.0)
+        assert all(
+            m["state"] == "pending"
+            for m in (await a.call("chat.history", contact=b_key.hex()))["messages"]
+        )
+        b = await net.start("b", identity=b_identity)
+        await net.linked(a, b)
+        await a.chat.outbox.wake(b_key)  # what session.up does when the node publishes it
+
+        async def got_all() -> bool:
+            return [m["id"] for m in await history(b, a)] == ids
+
+        await settle("all 5 at B in order", got_all)
+
+
+async def test_undelivered_message_fails_at_expiry_with_an_event(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        a = await net.start("a", expiry_days=2 / 86400, retry_initial=0.3, retry_max=0.5)
+        nobody = Identity.generate().public_key
+        sent = await a.call("chat.send", contact=nobody.hex(), body="into the void")
+
+        def failed() -> bool:
+            return a.seen("chat.state", lambda d: d["id"] == sent["id"] and d["state"] == "failed")
+
+        await settle("failed event", failed, timeout=30)
+        msg = (await a.call("chat.history", contact=nobody.hex()))["messages"][0]
+        assert msg["state"] == "failed" and "not delivered within" in msg["error"]
+
+
+async def test_blocked_sender_is_dropped_silently(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start("a"), await net.start("b")
+        await net.linked(a, b)
+        b.chat.contacts = _Book({a.key: "blocked"})
+        sent = await a.call("chat.send", contact=b.key.hex(), body="let me in")
+        await settle("sent at A", lambda: _is(a, b, sent["id"], "sent"))
+        await asyncio.sleep(0.5)
+        assert await history(b, a) == [] and not b.seen("chat.message")
+        assert await state_of(a, b, sent["id"]) == "sent"  # no receipt, no hint
+
+
+async def test_search_finds_words_in_bodies(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start("a"), await net.start("b")
+        await net.linked(a, b)
+        for body in ("the quick fox", "lazy dog", "quick thinking"):
+            await a.call("chat.send", contact=b.key.hex(), body=body)
+        found = await a.call("chat.search", text="quick")
+        assert sorted(m["body"] for m in found) == ["quick thinking", "the quick fox"]
+        assert await a.call("chat.search", text='"') == []
+
+
+class _Book:
+    """A stand-in for node.contacts (the kit's Contacts has not landed)."""
+
+    def __init__(self, trust: dict[bytes, str]) -> None:
+        self.trust = trust
+
+    async def get(self, key: bytes) -> Any:
+        t = self.trust.get(key)
+        return None if t is None else type("C", (), {"key": key, "trust": t, "alias": None})()
+
+    async def seen(self, key: bytes) -> Any:
+        self.trust.setdefault(key, "unknown")
+        return await self.get(key)
+
+    async def resolve(self, name: str) -> Any:
+        raise LookupError(name)
+
+    async def add(self, key: bytes) -> Any:
+        self.trust[key] = "trusted"
+        return await self.get(key)
+
+    async def list(self) -> list[Any]:
+        return [await self.get(k) for k in self.trust]
