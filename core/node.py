@@ -128,11 +128,23 @@ class Node:
         self._closed = False
 
     @classmethod
-    async def open(cls, config: NodeConfig, identity: Identity | None = None) -> Node:
-        """Choose and start a backend (see :mod:`core.backends`) and return the node."""
+    async def open(
+        cls,
+        config: NodeConfig,
+        identity: Identity | None = None,
+        *,
+        backend: Backend | None = None,
+    ) -> Node:
+        """Choose and start a backend (see :mod:`core.backends`) and return the node.
+
+        ``backend``: a backend built by the caller (not started), e.g. the in-memory
+        mesh of :mod:`core.testing`; otherwise ``config`` chooses one."""
         from core.backends import select_backend
 
-        backend, reason = await select_backend(config, identity)
+        if backend is None:
+            backend, reason = await select_backend(config, identity)
+        else:
+            reason = f"{backend.name} given by the caller"
         node = cls(config, backend, identity=identity, backend_reason=reason)
         await backend.start(node.events.publish)
         if identity is not None and backend.public_key != identity.public_key:

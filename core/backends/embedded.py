@@ -62,10 +62,12 @@ class _Server:
 class EmbeddedBackend:
     name = "embedded"
 
-    def __init__(self, config: NodeConfig, identity: Identity) -> None:
+    def __init__(
+        self, config: NodeConfig, identity: Identity, embedded: EmbeddedConfig | None = None
+    ) -> None:
         self._config = config
         self._identity = identity
-        self.ygg = EmbeddedYggdrasil(identity.seed, EmbeddedConfig())
+        self.ygg = EmbeddedYggdrasil(identity.seed, embedded or EmbeddedConfig())
         self._stack: NetStack | None = None
         self._discovery: Discovery | None = None
         self._unsubscribe: Any = None

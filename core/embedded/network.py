@@ -355,6 +355,14 @@ class PacketNetwork:
             self._pending.discard(conn)
             raise
 
+    def carrier_link(self, name: str, *, inbound: bool) -> asyncio.Protocol:
+        """A link over a carrier the caller supplies (the in-process pipe of
+        :mod:`core.testing`): call ``connection_made(transport)`` on what this returns.
+        The link speaks the whole protocol (meta handshake, frames, keepalives); it
+        shows in :meth:`peers` as ``mem://name:0`` and is never redialled."""
+        self._check_open()
+        return self._new_conn(PeerURI("mem", name, 0), inbound=inbound)
+
     async def remove_peer(self, uri: str) -> None:
         base = parse_peer_uri(uri).base
         static = self._statics.pop(base, None)
@@ -467,6 +475,14 @@ class PacketNetwork:
                 next_maintenance = now + self.config.maintenance_interval
                 self._router.maintenance()
             self._flush()
+
+    def maintain(self) -> None:
+        """Run the router's periodic maintenance now (tree, paths, blooms), as the ticker
+        does every ``maintenance_interval``: an in-memory test mesh converges in
+        milliseconds instead of seconds."""
+        self._check_open()
+        self._router.maintenance()
+        self._flush()
 
     def _flush(self) -> None:
         """Write pending frames; queued packets only while a link's buffer has room."""
