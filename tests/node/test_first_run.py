@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,20 @@ def mesh(data: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
 class NodeProc:
     """One `mesh [global args] up ...` process, its log in a file beside the data dir."""
 
-    def __init__(self, data: Path, *up_args: str, global_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *up_args: str,
+        global_args: tuple[str, ...] = (),
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         self.data = data
         self.log_path = data.parent / f"{data.name}.log"
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [*MESH, *global_args, "--data-dir", str(data), "up", "--backend", "embedded",
                  *up_args],
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec,
             )  # fmt: skip
         try:
             self.status = self.wait_running()
