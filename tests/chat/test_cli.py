@@ -1,0 +1,128 @@
+"""`mesh chat ...` with the real `mesh` command against real `mesh up` processes,
+including kill -9 of the sender with 20 messages queued."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chat.procs import ChatProcess, mesh, node_key
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _until(what: str, probe: object, timeout: float = 60) -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = probe()  # type: ignore[operator]
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: not so after {timeout} s (last {last!r})")
+
+
+def history(data: Path, contact: str) -> list[dict[str, object]]:
+    done = mesh(data, "chat", "history", contact, "--json", "--limit", "1000")
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[ChatProcess, ChatProcess]]:
+    a = ChatProcess(tmp_path / "a", "--listen", "tcp://127.0.0.1:0")
+    try:
+        b = ChatProcess(tmp_path / "b", "--peer", a.listen_uri)
+        try:
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def test_send_wait_history_requests_accept_search_read(
+    pair: tuple[ChatProcess, ChatProcess],
+) -> None:
+    a, b = pair
+    ka, kb = node_key(a.data), node_key(b.data)
+    done = mesh(a.data, "chat", "send", f"{kb}@mesh", "hello from a", "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    mid = done.stdout.strip()
+    assert len(mid) == 32
+    piped = mesh(a.data, "chat", "send", kb, "-", stdin="line one\nline two\n")
+    assert piped.returncode == 0, piped.stderr
+
+    got = _until("both at B", lambda: len(history(b.data, ka)) == 2 and history(b.data, ka))
+    assert isinstance(got, list)
+    assert [m["body"] for m in got] == ["hello from a", "line one\nline two"]
+    first = got[0]
+    assert {k: first[k] for k in ("id", "direction", "from", "to", "state")} == {
+        "id": mid, "direction": "in", "from": ka, "to": kb, "state": "received",
+    }  # fmt: skip
+    assert isinstance(first["ts"], float)
+    assert history(a.data, kb)[0]["state"] == "delivered"
+
+    requests = json.loads(mesh(b.data, "chat", "requests", "--json").stdout)
+    assert [r["key"] for r in requests] == [ka]
+    found = json.loads(mesh(b.data, "chat", "search", "line", "--json").stdout)
+    assert [m["id"] for m in found] == [got[1]["id"]]
+    assert mesh(b.data, "chat", "history", ka, "--search", "hello", "--json").returncode == 0
+    read = mesh(b.data, "chat", "read", ka)
+    assert read.returncode == 0 and "marked 2 read" in read.stdout
+    _until("read at A", lambda: all(m["state"] == "read" for m in history(a.data, kb)))
+    accepted = mesh(b.data, "chat", "accept", ka)
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(mesh(b.data, "chat", "requests", "--json").stdout) == []
+
+
+def test_send_wait_times_out_with_exit_1_and_the_reason(tmp_path: Path) -> None:
+    a = ChatProcess(tmp_path / "a")
+    try:
+        nobody = node_key(tmp_path / "nobody")
+        done = mesh(a.data, "chat", "send", nobody, "anyone?", "--wait", "--timeout", "2")
+        assert done.returncode == 1
+        assert "not delivered after 2 s" in done.stderr and "pending" in done.stderr
+        bad = mesh(a.data, "chat", "send", "not-a-key", "x")
+        assert bad.returncode == 2 and "not a key" in bad.stderr
+        usage = mesh(a.data, "chat", "history")
+        assert usage.returncode == 2 and "usage: mesh chat history" in usage.stderr
+    finally:
+        a.stop()
+
+
+def test_twenty_queued_messages_survive_kill_9_and_arrive_once_in_order(
+    tmp_path: Path,
+) -> None:
+    b_data = tmp_path / "b"
+    kb = node_key(b_data)  # B exists, but is down
+    a = ChatProcess(tmp_path / "a", "--listen", "tcp://127.0.0.1:0")
+    ids = []
+    try:
+        for i in range(20):
+            done = mesh(a.data, "chat", "send", kb, f"queued {i}")
+            assert done.returncode == 0, done.stderr
+            ids.append(done.stdout.strip())
+        assert {m["state"] for m in history(a.data, kb)} == {"pending"}
+        a.kill()
+        a = ChatProcess(tmp_path / "a", "--listen", "tcp://127.0.0.1:0")
+        ka = node_key(a.data)
+        b = ChatProcess(b_data, "--peer", a.listen_uri)
+        try:
+            _until("20 at B", lambda: len(history(b_data, ka)) >= 20, timeout=120)
+            got = history(b_data, ka)
+            assert [m["id"] for m in got] == ids
+            assert [m["body"] for m in got] == [f"queued {i}" for i in range(20)]
+
+            def all_delivered() -> bool:
+                return all(m["state"] == "delivered" for m in history(a.data, kb))
+
+            _until("all delivered at A", all_delivered, timeout=120)
+        finally:
+            b.stop()
+    finally:
+        a.stop()
