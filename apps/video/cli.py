@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "mesh call CONTACT places a call; mesh call answer|reject|hangup|log act on "
             "the running node's calls. CONTACT is an alias, a 64-hex key or key@mesh."
         ),
+        epilog=(
+            "exit codes of mesh call CONTACT: 0 answered, 3 rejected, 4 busy, 5 no answer, "
+            "6 not a contact at the callee, 1 failed, 2 usage. See docs/calls.md."
+        ),
     )
     p.add_argument("contact", metavar="CONTACT|answer|reject|hangup|log")
     p.add_argument(
