@@ -501,14 +501,18 @@ class MailStore:
                 await self.move("INBOX", uids, new)
             return
         async with self._lock, self._tx():
-            box = await self._mailbox_row(old)
-            prefix = box[1] + "/"
+            # An implied parent (\Noselect: only its children exist) renames its children.
+            box = await self._mailbox_row(old, required=False)
+            old_name = box[1] if box is not None else normalize_mailbox(old.rstrip("/"))
+            prefix = old_name + "/"
             rows = await self._all(
                 "SELECT id, name FROM mailboxes WHERE id = ? OR substr(name, 1, ?) = ?",
-                (box[0], len(prefix), prefix),
+                (box[0] if box is not None else None, len(prefix), prefix),
             )
+            if not rows:
+                raise MailboxNotFound(f"no mailbox named {old!r}")
             moving = {int(r[0]) for r in rows}
-            renames = [(new + name[len(box[1]) :], int(row_id)) for row_id, name in rows]
+            renames = [(new + name[len(old_name) :], int(row_id)) for row_id, name in rows]
             for target, _ in renames:
                 clash = await self._mailbox_row(target, required=False)
                 if clash is not None and int(clash[0]) not in moving:
@@ -523,7 +527,7 @@ class MailStore:
                 "UPDATE mailboxes SET name = substr(name, ?) WHERE substr(name, 1, ?) = ?",
                 (len(scratch) + 1, len(scratch), scratch),
             )
-        self._notify_change(box[1])
+        self._notify_change(old_name)
 
     async def set_subscribed(self, name: str, subscribed: bool) -> None:
         async with self._lock, self._tx():

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..store import MailboxNotFound, MailStore
+from .names import decode_mailbox, render_mailbox
 from .parser import Value
 from .seqset import SequenceSet
 from .wire import render_flags, uid_set_text
@@ -135,11 +136,26 @@ class SessionBase:
         self.view: MailboxView | None = None
         self.condstore = False  # RFC 7162: on once the client used or enabled CONDSTORE
         self.qresync = False  # RFC 7162 section 3.2: only after ENABLE QRESYNC
+        self.utf8 = False  # RFC 6855: names in UTF-8 (not modified UTF-7) once enabled
         self.wakeup = asyncio.Event()
         self._unsubscribe = [
             store.subscribe_new_mail(lambda box, _uid: self._mark_dirty(box)),
             store.subscribe_changes(self._mark_dirty),
         ]
+
+    def mailbox_arg(self, value: Value, *, creating: bool = False, pattern: bool = False) -> str:
+        """A mailbox name argument decoded (:mod:`.names`); an invalid one ends the
+        command with ``NO [CANNOT]`` saying why."""
+        if isinstance(value, list):
+            raise bad("a mailbox name must be an atom or a string, not a list")
+        try:
+            return decode_mailbox(value, utf8=self.utf8, creating=creating, pattern=pattern)
+        except ValueError as exc:
+            raise CommandFailed("NO", f"invalid mailbox name: {exc}", "CANNOT") from None
+
+    def render_name(self, name: str) -> bytes:
+        """``name`` as this session writes mailbox names (modified UTF-7 or UTF-8)."""
+        return render_mailbox(name, utf8=self.utf8)
 
     def set_state(self, new: State) -> None:
         """The one place the state changes; illegal transitions are bugs, not input errors."""

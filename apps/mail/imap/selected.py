@@ -9,7 +9,7 @@ import dataclasses
 import logging
 
 from ..store import MailboxNotFound, StoreError, normalize_flags
-from .base import CommandFailed, SessionBase, State, astring, atom, bad
+from .base import CommandFailed, SessionBase, State, atom, bad
 from .fetch import FetchItem, parse_fetch_items, render_fetch
 from .parser import Command, Value
 from .qresync import parse_fetch_modifiers, vanished_earlier
@@ -157,7 +157,7 @@ class SelectedCommands(SessionBase):
         if move and view.readonly:
             raise CommandFailed("NO", "the mailbox is selected read-only (EXAMINE)")
         targets = view.resolve(cmd.args[0], uid_mode)
-        target = astring(cmd.args[1], "mailbox name")
+        target = self.mailbox_arg(cmd.args[1])
         try:
             info = await self.store.mailbox(target)
             op = self.store.move if move else self.store.copy

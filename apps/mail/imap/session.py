@@ -14,7 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from ..store import MailboxExists, MailboxNotFound, MailStore, StoreError
+from ..store import MailboxExists, MailboxNotFound, MailStore, StoreError, normalize_mailbox
 from .base import CommandFailed, MailboxView, State, Writer, astring, atom, bad
 from .parser import (
     Command,
@@ -27,7 +27,7 @@ from .parser import (
 )
 from .qresync import SelectParams, parse_select_params, resync
 from .selected import SelectedCommands
-from .wire import parse_date_time, quote_astring
+from .wire import parse_date_time
 
 __all__ = ["CAPABILITIES", "Authenticator", "ImapSession"]
 
@@ -37,7 +37,7 @@ Authenticator = Callable[[str, str], Awaitable[bool]]
 
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN IDLE UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED "
-    "CHILDREN UNSELECT ENABLE NAMESPACE ID CONDSTORE QRESYNC"
+    "CHILDREN UNSELECT ENABLE NAMESPACE ID CONDSTORE QRESYNC UTF8=ACCEPT"
 )
 MAX_AUTH_FAILURES = 5
 SYSTEM_FLAGS = "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
@@ -275,13 +275,16 @@ class ImapSession(SelectedCommands):
         if "QRESYNC" in asked:  # implies CONDSTORE (RFC 7162 section 3.2.3)
             self.condstore = self.qresync = True
             enabled += b" QRESYNC"
+        if "UTF8=ACCEPT" in asked:  # RFC 6855: mailbox names in UTF-8 from now on
+            self.utf8 = True
+            enabled += b" UTF8=ACCEPT"
         await self.write(b"* ENABLED" + enabled + b"\r\n")
         return "ENABLE completed"
 
     # --- mailboxes -----------------------------------------------------------------------
 
     async def cmd_create(self, cmd: Command) -> str:
-        name = astring(self._one_arg(cmd), "mailbox name")
+        name = self.mailbox_arg(self._one_arg(cmd), creating=True)
         try:
             await self.store.create_mailbox(name)
         except MailboxExists as exc:
@@ -289,7 +292,7 @@ class ImapSession(SelectedCommands):
         return "CREATE completed"
 
     async def cmd_delete(self, cmd: Command) -> str:
-        name = astring(self._one_arg(cmd), "mailbox name")
+        name = self.mailbox_arg(self._one_arg(cmd))
         try:
             await self.store.delete_mailbox(name)
         except MailboxNotFound as exc:
@@ -299,7 +302,15 @@ class ImapSession(SelectedCommands):
     async def cmd_rename(self, cmd: Command) -> str:
         if len(cmd.args) != 2:
             raise bad("RENAME needs the old and the new name")
-        old, new = astring(cmd.args[0], "mailbox name"), astring(cmd.args[1], "mailbox name")
+        old = self.mailbox_arg(cmd.args[0])
+        new = self.mailbox_arg(cmd.args[1], creating=True)
+        old_name, new_name = normalize_mailbox(old), normalize_mailbox(new.rstrip("/"))
+        if old_name != "INBOX" and (new_name == old_name or new_name.startswith(old_name + "/")):
+            # RFC 9051 6.3.6: a mailbox cannot become its own descendant (INBOX excepted:
+            # renaming it moves its messages, RFC 3501 6.3.5)
+            raise CommandFailed(
+                "NO", f"cannot rename {old!r} to itself or into its own subtree", "CANNOT"
+            )
         try:
             await self.store.rename_mailbox(old, new)
         except MailboxNotFound as exc:
@@ -309,11 +320,11 @@ class ImapSession(SelectedCommands):
         return "RENAME completed"
 
     async def cmd_subscribe(self, cmd: Command) -> str:
-        await self.store.set_subscribed(astring(self._one_arg(cmd), "mailbox name"), True)
+        await self.store.set_subscribed(self.mailbox_arg(self._one_arg(cmd)), True)
         return "SUBSCRIBE completed"
 
     async def cmd_unsubscribe(self, cmd: Command) -> str:
-        await self.store.set_subscribed(astring(self._one_arg(cmd), "mailbox name"), False)
+        await self.store.set_subscribed(self.mailbox_arg(self._one_arg(cmd)), False)
         return "UNSUBSCRIBE completed"
 
     def _one_arg(self, cmd: Command) -> Value:
@@ -338,18 +349,20 @@ class ImapSession(SelectedCommands):
             select = {atom(v, "selection option").upper() for v in options}
         if len(args) not in (2, 4):
             raise bad(f"{verb} needs a reference and a mailbox pattern")
-        reference = astring(args[0], "reference")
+        reference = self.mailbox_arg(args[0], pattern=True)
         patterns = args[1] if isinstance(args[1], list) else [args[1]]
         returns: set[str] = set()
         if len(args) == 4:
             if atom(args[2], "RETURN").upper() != "RETURN" or not isinstance(args[3], list):
                 raise bad("expected RETURN (options)")
             returns = {atom(v, "return option").upper() for v in args[3]}
-        texts = [astring(p, "pattern") for p in patterns]
+        texts = [self.mailbox_arg(p, pattern=True) for p in patterns]
         if texts == [""] and verb == "LIST":
             await self.write(b'* LIST (\\Noselect) "/" ""\r\n')
             return
-        lines = await _list_lines(self.store, verb, reference, texts, select, returns)
+        lines = await _list_lines(
+            self.store, verb, reference, texts, select, returns, self.render_name
+        )
         await self.write(b"".join(lines))
 
     async def cmd_select(self, cmd: Command) -> str:
@@ -365,7 +378,7 @@ class ImapSession(SelectedCommands):
             self.condstore = self.condstore or params.condstore
         elif len(cmd.args) != 1:
             raise bad(f"{cmd.name} needs a mailbox name")
-        name = astring(cmd.args[0], "mailbox name")
+        name = self.mailbox_arg(cmd.args[0])
         if self.view is not None:  # RFC 7162 section 3.2.11
             await self.write(b"* OK [CLOSED] previous mailbox closed\r\n")
         self.view = None
@@ -408,7 +421,7 @@ class ImapSession(SelectedCommands):
     async def cmd_status(self, cmd: Command) -> str:
         if len(cmd.args) != 2 or not isinstance(cmd.args[1], list):
             raise bad("STATUS needs a mailbox and a list of items")
-        name = astring(cmd.args[0], "mailbox name")
+        name = self.mailbox_arg(cmd.args[0])
         items = [atom(v, "status item").upper() for v in cmd.args[1]]
         unknown = [i for i in items if i not in STATUS_ITEMS]
         if unknown:
@@ -428,14 +441,14 @@ class ImapSession(SelectedCommands):
         if "HIGHESTMODSEQ" in items:
             self.condstore = True
         body = " ".join(f"{i} {values[i]}" for i in items).encode()
-        await self.write(b"* STATUS " + quote_astring(name) + b" (" + body + b")\r\n")
+        await self.write(b"* STATUS " + self.render_name(name) + b" (" + body + b")\r\n")
         return "STATUS completed"
 
     async def cmd_append(self, cmd: Command) -> str:
         args = list(cmd.args)
         if len(args) < 2 or not isinstance(args[-1], bytes):
             raise bad("APPEND needs a mailbox and a message literal")
-        name = astring(args[0], "mailbox name")
+        name = self.mailbox_arg(args[0])
         flags: list[str] = []
         when: datetime | None = None
         for extra in args[1:-1]:
@@ -476,6 +489,7 @@ async def _list_lines(
     patterns: list[str],
     select: set[str],
     returns: set[str],
+    render: Callable[[str], bytes],
 ) -> list[bytes]:
     boxes = {b.name: b for b in await store.list_mailboxes()}
     names = set(boxes)
@@ -483,6 +497,7 @@ async def _list_lines(
         parts = name.split("/")
         names.update("/".join(parts[:i]) for i in range(1, len(parts)))
     regexes = [_pattern(reference, p) for p in patterns]
+    subscribed_names = [b.name for b in boxes.values() if b.subscribed]
     lines: list[bytes] = []
     for name in sorted(names, key=lambda n: (n != "INBOX", n)):
         if not any(r.match(name) for r in regexes):
@@ -490,6 +505,13 @@ async def _list_lines(
         box = boxes.get(name)
         subscribed = box is not None and box.subscribed
         if (verb == "LSUB" or "SUBSCRIBED" in select) and not subscribed:
+            # RFC 3501 section 6.3.9: a parent whose subscribed children the pattern
+            # leaves out (``%``) is listed as \Noselect, so a client can walk down to them.
+            if verb == "LSUB" and any(
+                s.startswith(name + "/") and not any(r.match(s) for r in regexes)
+                for s in subscribed_names
+            ):
+                lines.append(b'* LSUB (\\Noselect) "/" ' + render(name) + b"\r\n")
             continue
         if "SPECIAL-USE" in select and (box is None or not box.special_use):
             continue
@@ -500,5 +522,5 @@ async def _list_lines(
             attrs.append(box.special_use)
         if subscribed and ("SUBSCRIBED" in select or "SUBSCRIBED" in returns):
             attrs.append("\\Subscribed")
-        lines.append(f'* {verb} ({" ".join(attrs)}) "/" '.encode() + quote_astring(name) + b"\r\n")
+        lines.append(f'* {verb} ({" ".join(attrs)}) "/" '.encode() + render(name) + b"\r\n")
     return lines
