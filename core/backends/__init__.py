@@ -33,18 +33,19 @@ async def select_backend(config: NodeConfig, identity: Identity | None) -> tuple
     if config.backend == "embedded":
         return _embedded(config, identity), "embedded requested"
 
-    from core.backends.yggdrasil import probe_daemon
+    from core.backends.yggdrasil import endpoints_to_try, find_daemon
 
     endpoint = config.admin_endpoint or DEFAULT_ADMIN_ENDPOINT
-    if await probe_daemon(endpoint):
+    found = await find_daemon(endpoint)
+    if found is not None:
         from core.backends.yggdrasil import YggdrasilBackend
 
-        return YggdrasilBackend(config, identity), f"auto: a daemon answers at {endpoint}"
+        return YggdrasilBackend(config, identity), f"auto: a daemon answers at {found}"
+    tried = " or ".join(endpoints_to_try(endpoint))
     if _embedded_available():
-        return _embedded(config, identity), f"auto: no daemon at {endpoint}, embedded node"
+        return _embedded(config, identity), f"auto: no daemon at {tried}, embedded node"
     raise MeshError(
-        f"no yggdrasil daemon answers at {endpoint} (or Debian's "
-        "unix:///var/run/yggdrasil/yggdrasil.sock) and the embedded node is not available; "
+        f"no yggdrasil daemon answers at {tried} and the embedded node is not available; "
         "install and start yggdrasil, or run `mesh up --backend yggdrasil --managed` as root"
     )
 

@@ -73,12 +73,24 @@ async def find_default_endpoint(timeout: float = 2.0) -> str | None:
     return None
 
 
+def endpoints_to_try(endpoint: str) -> tuple[str, ...]:
+    """Every admin endpoint a probe of ``endpoint`` tries, in order (the default one
+    stands for all of :data:`DEFAULT_ENDPOINTS`, Debian's included)."""
+    return DEFAULT_ENDPOINTS if endpoint == DEFAULT_ADMIN_ENDPOINT else (endpoint,)
+
+
+async def find_daemon(endpoint: str, timeout: float = 2.0) -> str | None:
+    """The endpoint of :func:`endpoints_to_try` where a daemon answers ``getSelf``."""
+    for candidate in endpoints_to_try(endpoint):
+        if await _probe(candidate, timeout):
+            return candidate
+    return None
+
+
 async def probe_daemon(endpoint: str, timeout: float = 2.0) -> bool:
     """Whether a yggdrasil daemon answers ``getSelf`` at ``endpoint`` (for the
     default endpoint, also at Debian's default)."""
-    if endpoint == DEFAULT_ADMIN_ENDPOINT:
-        return await find_default_endpoint(timeout) is not None
-    return await _probe(endpoint, timeout)
+    return await find_daemon(endpoint, timeout) is not None
 
 
 async def _probe(endpoint: str, timeout: float) -> bool:
