@@ -7,7 +7,7 @@ import asyncio
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from core import (
     OutboxFull,
     Retry,
     RetryPolicy,
+    Scheduler,
     UsageError,
 )
 from core.backend import NodeEvent
@@ -292,3 +293,39 @@ def test_next_attempt_never_passes_expiry() -> None:
 def test_bad_retry_policies_are_refused(kw: dict[str, float], match: str) -> None:
     with pytest.raises(UsageError, match=match):
         RetryPolicy(**kw)
+
+
+async def test_the_scheduler_bounds_concurrency_and_pauses_a_failing_batch() -> None:
+    work = list(range(10))
+    running, peak, runs = 0, 0, [0] * 10
+
+    async def find(now: float, free: int, busy: set[Hashable]) -> list[int]:
+        return [w for w in work if w not in busy][:free]
+
+    async def next_due(busy: set[Hashable]) -> float | None:
+        return time.time() if [w for w in work if w not in busy] else None
+
+    async def run(item: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        runs[item] += 1
+        await asyncio.sleep(0.01)
+        running -= 1
+        if item == 0:
+            raise RuntimeError("a bug in run")
+        work.remove(item)
+
+    scheduler: Scheduler[int] = Scheduler(
+        name="t", find=find, keys=lambda i: (i,), next_due=next_due, run=run, concurrency=3
+    )
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await eventually("the others done", lambda: work == [0])
+        await asyncio.sleep(0.3)
+        assert peak == 3
+        assert runs[1:] == [1] * 9
+        assert runs[0] == 1  # the failing one is held back (1 s), not retried in a loop
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
