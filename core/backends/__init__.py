@@ -33,7 +33,7 @@ async def select_backend(config: NodeConfig, identity: Identity | None) -> tuple
     if config.backend == "embedded":
         return _embedded(config, identity), "embedded requested"
 
-    from core.backends.yggdrasil import endpoints_to_try, find_daemon
+    from core.backends.yggdrasil.backend import endpoints_to_try, find_daemon
 
     endpoint = config.admin_endpoint or DEFAULT_ADMIN_ENDPOINT
     found = await find_daemon(endpoint)

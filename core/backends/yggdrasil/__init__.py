@@ -15,7 +15,7 @@ from .admin import (
     SessionInfo,
     TunInfo,
 )
-from .backend import YggdrasilBackend, endpoints_to_try, find_daemon, probe_daemon
+from .backend import YggdrasilBackend, probe_daemon
 
 __all__ = [
     "AdminClient",
@@ -26,7 +26,5 @@ __all__ = [
     "SessionInfo",
     "TunInfo",
     "YggdrasilBackend",
-    "endpoints_to_try",
-    "find_daemon",
     "probe_daemon",
 ]
