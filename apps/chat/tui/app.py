@@ -309,6 +309,9 @@ class ChatApp(App[int]):
             message = ChatMessage.from_json(data)
             if message.conversation == self.current:
                 log.add_live(message)
+                if log.window.unseen_below:
+                    n = log.window.unseen_below
+                    self.set_status(f"{n} new message(s) below — end jumps to the newest")
                 if not message.outgoing:
                     self.typing_until.pop(message.conversation, None)
                     self._mark_read_soon()
@@ -468,6 +471,12 @@ class ChatApp(App[int]):
         if sent.conversation == self.current:
             self.query_one(MessageLog).add_live(sent)
         self._schedule_refresh()
+
+    @on(MessageLog.Latest)
+    async def _latest(self) -> None:
+        if self.current is not None:
+            await self.open_conversation(self.current)
+            self.set_status("")
 
     @on(MessageLog.Reply)
     def _reply(self, event: MessageLog.Reply) -> None:

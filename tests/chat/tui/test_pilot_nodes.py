@@ -12,8 +12,9 @@ import pytest
 from apps.chat.tui.app import ChatApp
 from apps.chat.tui.widgets.composer import Composer
 from apps.chat.tui.widgets.message_log import MessageLog
+from tests.conftest import require
 
-from .nodes import ChatNode, chat_nodes, eventually
+from .nodes import ChatNode, chat_nodes, eventually, send_signed_by
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 SIZE = (110, 32)
@@ -126,6 +127,8 @@ async def test_search_jumps_to_a_hit_in_an_older_page(tmp_path: Path) -> None:
 
 async def test_add_command_creates_a_contact(tmp_path: Path) -> None:
     async with chat_nodes(tmp_path, 2) as (a, b):
+        methods = await a.call("methods")
+        require("contacts.add" in methods, "the node has no contacts.* control methods yet")
         app = ChatApp(a.client, tz=UTC)
         async with app.run_test(size=SIZE) as pilot:
             await app.ready.wait()
@@ -180,3 +183,30 @@ async def test_multiline_input_sends_one_message_with_its_newlines(tmp_path: Pat
 
             got = await eventually("the message at b", arrived)
             assert [m["body"] for m in got] == ["first\nsecond\nthird"]
+
+
+async def test_key_change_banner_appears_and_stays_until_acknowledged(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from apps.chat.tui.widgets.banner import SecurityBanner
+
+    async with chat_nodes(tmp_path, 2) as (a, b):
+        first = await send_signed_by(b, a, Ed25519PrivateKey.generate(), "signed by my app key")
+        assert first.code == 0, first  # pinned on first use
+        app = ChatApp(a.client, contact=b.key, tz=UTC)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.ready.wait()
+            banner = app.query_one(SecurityBanner)
+            assert not banner.display
+            second = await send_signed_by(b, a, Ed25519PrivateKey.generate(), "a new key")
+            assert second.code != 0  # refused
+            await eventually("the banner", lambda: banner.display)
+            assert "CHANGED" in str(app.query_one("#banner-text").render())
+            assert "a new key" not in held(app)
+            await app.open_conversation(b.key)  # reopening does not clear it
+            await pilot.pause()
+            assert banner.display
+            await pilot.click("#banner-ack")
+            await eventually("the banner gone", lambda: not banner.display)
+            records = await a.call("chat.security")
+            assert records and all(r["acknowledged"] for r in records)

@@ -20,6 +20,10 @@ EXPLAIN = {
         "them, or they reinstalled. Messages signed with the new key were refused. Check "
         "with them another way before you trust this conversation."
     ),
+    "forged-sender": (
+        "A message claiming to be from this contact was REFUSED: it did not come from their "
+        "mesh address. Someone may be trying to impersonate them. Nothing from it was stored."
+    ),
     "forged": (
         "A message claiming to be from this contact was REFUSED: it did not come from their "
         "mesh address or its signature did not verify. Nothing from it was stored."

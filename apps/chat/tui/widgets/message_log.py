@@ -44,6 +44,9 @@ class MessageLog(ScrollView, can_focus=True):
         Binding("y", "copy_message", "Copy text"),
     ]
 
+    class Latest(Message):
+        """The person asked for the newest messages while the window is scrolled away."""
+
     class Reply(Message):
         def __init__(self, message: ChatMessage) -> None:
             super().__init__()
@@ -299,6 +302,9 @@ class MessageLog(ScrollView, can_focus=True):
         self._maybe_load()
 
     def action_scroll_bottom(self) -> None:
+        if not self.window.at_live_end:
+            self.post_message(self.Latest())  # newer pages were let go: reload the newest
+            return
         self.scroll_end(animate=False, immediate=True)
 
     def action_reply(self) -> None:
