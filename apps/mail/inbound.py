@@ -6,7 +6,9 @@ aiosmtpd owns the grammar and RFC limits; this handler owns the decisions:
   peer's mesh address, and it must equal ``address_for_key(key)`` (and, where the
   backend knows it, the full key must match too). Otherwise 550 and a warning in the log.
 * every ``RCPT TO`` must be this node (``<our key>@mesh``): never relay (550).
-* the header ``From:`` must be the envelope sender, so a client shows the real author.
+* the header ``From:`` (and ``Sender:``) must be the envelope sender and no display name
+  there may show another address, so a client shows the real author (refused, not
+  rewritten: docs/mail.md).
 * per-peer token buckets bound how fast one node may send (450 when empty).
 * the message is committed to the store (with a ``Received:`` field naming both mesh
   addresses) BEFORE 250 is sent. A replay of a message already stored (same Message-ID
@@ -25,7 +27,7 @@ from core import PeerRateLimiter, UsageError, peer_address, peer_key
 from core.backend import NodeEvent
 from core.mailaddr import MailAddress, parse_mail_address
 
-from .message import dedup_key, from_addresses, header_fields, received_header
+from .message import author_problem, dedup_key, header_fields, received_header
 from .ports import MailSink
 from .smtp_server import ehlo_with_pipelining
 
@@ -118,15 +120,10 @@ class MeshInboundHandler:
         raw = bytes(envelope.original_content or b"")
         sender = parse_mail_address(envelope.mail_from)
         fields = header_fields(raw)
-        authors = [a.lower() for a in from_addresses(fields)]
-        if not authors or any(a != str(sender) for a in authors):
-            log.warning(
-                "mesh smtp: refused a message from [%s]: header From %s is not <%s>",
-                peer_addr,
-                authors or "(missing)",
-                sender,
-            )
-            return f"550 5.7.1 the header From: must be <{sender}>, the envelope sender"
+        problem = author_problem(fields, str(sender))  # From, Sender, display names
+        if problem is not None:
+            log.warning("mesh smtp: refused a message from [%s]: %s", peer_addr, problem)
+            return f"550 5.7.1 {problem}, the envelope sender"
         ident = secrets.token_hex(8)
         stamped = (
             received_header(

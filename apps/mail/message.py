@@ -12,11 +12,13 @@ import hashlib
 import re
 import secrets
 import time
+from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 __all__ = [
+    "author_problem",
     "dedup_key",
     "ensure_submission_headers",
     "from_addresses",
@@ -29,6 +31,8 @@ __all__ = [
 ]
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# Something a reader takes for an address: local@domain, with or without <>.
+_ADDRESS_LIKE = re.compile(r"[^\s<>()\"',;:@]+@[^\s<>()\"',;:@]+")
 _parser = BytesHeaderParser(policy=compat32)
 
 
@@ -89,6 +93,45 @@ def from_addresses(fields: Message) -> list[str]:
     """Every address in every ``From:`` field, as written (lowercase compare is the caller's)."""
     values = [str(v) for v in fields.get_all("From", [])]
     return [addr for _, addr in email.utils.getaddresses(values) if addr]
+
+
+def _display_name(raw: str) -> str:
+    """A display name with RFC 2047 encoded words decoded (as a client shows it)."""
+    try:
+        return str(make_header(decode_header(raw)))
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return raw
+
+
+def author_problem(fields: Message, author: str) -> str | None:
+    """Why the header does not show ``author`` (``key@mesh``) as the one author, or None.
+
+    Checked, because a mail client shows these as "from": every address in ``From:``
+    and ``Sender:`` must be ``author`` (exactly one From address), and no display name
+    there may carry another address (``"KEY2@mesh" <KEY1@mesh>`` reads as KEY2).
+    Such a message is refused, never rewritten: see docs/mail.md.
+    """
+    author = author.lower()
+    checked = {"From": fields.get_all("From", []), "Sender": fields.get_all("Sender", [])}
+    if len(checked["Sender"]) > 1:
+        return "the header has more than one Sender: field"
+    for name, values in checked.items():
+        pairs = email.utils.getaddresses([str(v) for v in values])
+        addresses = [addr.lower() for _, addr in pairs if addr]
+        if name == "From" and len(addresses) != 1:
+            shown = ", ".join(addresses) or "missing"
+            return f"the header From: must be exactly <{author}>, not {shown}"
+        for addr in addresses:
+            if addr != author:
+                return f"the header {name}: must be <{author}>, not <{addr}>"
+        for display, _ in pairs:
+            for found in _ADDRESS_LIKE.findall(_display_name(display)):
+                if found.lower() != author:
+                    return (
+                        f"the display name in {name}: shows the address {found!r}, which is "
+                        f"not the author <{author}>"
+                    )
+    return None
 
 
 def message_id(fields: Message) -> str | None:

@@ -3,7 +3,8 @@
 * AUTH PLAIN / LOGIN against the scrypt record (no record, no server: see
   :mod:`apps.mail.passwords`). Plain-text AUTH is allowed without TLS because the
   server listens on loopback only; nothing crosses a network.
-* ``MAIL FROM`` and the header ``From:`` must be this node's own address.
+* ``MAIL FROM`` and the header ``From:`` (and ``Sender:``) must be this node's own address,
+  and no display name there may show another address (refused, see docs/mail.md).
 * any number of ``<key>@mesh`` recipients, this node included (mail to oneself goes to
   the own INBOX like any other); other domains are refused at RCPT with a clear reply.
 * the message and one delivery per recipient are committed to the queue in one
@@ -23,7 +24,7 @@ from aiosmtpd.smtp import MISSING, AuthResult
 from core.errors import UsageError
 from core.mailaddr import MailAddress, parse_mail_address
 
-from .message import ensure_submission_headers, from_addresses, header_fields
+from .message import author_problem, ensure_submission_headers, header_fields
 from .passwords import PasswordVerifier
 from .queue import OutboxQueue, QueueFull
 from .smtp_server import ehlo_with_pipelining
@@ -160,12 +161,10 @@ class SubmissionHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = bytes(envelope.original_content or b"")
         fields = header_fields(raw)
-        authors = [a.lower() for a in from_addresses(fields)]
-        if len(authors) != 1 or authors[0] != str(self.own):
-            shown = ", ".join(authors) or "missing"
-            return (
-                f"550 5.7.1 the header From: must be exactly <{self.own}> (this node), not {shown}"
-            )
+        problem = author_problem(fields, str(self.own))
+        if problem is not None:  # refused, not rewritten (docs/mail.md)
+            log.info("submission: refused a message: %s", problem)
+            return f"550 5.7.1 {problem} (this node's address)"
         message, mid = ensure_submission_headers(
             raw, domain=f"{self.own.key.hex()[:16]}.mesh", fields=fields
         )
