@@ -2,7 +2,9 @@
 
 Two implementations: ``core.backends.yggdrasil`` (the real daemon, kernel sockets on
 its TUN) and ``core.backends.embedded`` (a Yggdrasil 0.5 node inside the process).
-Apps never see a backend; they use :class:`core.node.Node`.
+Apps never see a backend; they use :class:`core.node.Node`. The types a backend shares
+with apps (:class:`NodeEvent`, :class:`PeerInfo`, :class:`MeshServer`) live in
+:mod:`core.types` and are re-imported here for the backends.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from core.types import EventSink, MeshServer, NodeEvent, PeerInfo
 
 __all__ = [
     "Backend",
@@ -25,66 +28,6 @@ __all__ = [
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 DatagramFactory = Callable[[], asyncio.DatagramProtocol]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """One link to a neighbour (like ``yggdrasilctl getPeers``)."""
-
-    uri: str
-    key: bytes | None
-    up: bool
-    inbound: bool
-    address: str | None = None
-    port: int | None = None
-    priority: int = 0
-    uptime: float | None = None
-    rx_bytes: int | None = None
-    tx_bytes: int | None = None
-    last_error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "uri": self.uri,
-            "key": self.key.hex() if self.key else None,
-            "up": self.up,
-            "inbound": self.inbound,
-            "address": self.address,
-            "port": self.port,
-            "priority": self.priority,
-            "uptime": self.uptime,
-            "rx_bytes": self.rx_bytes,
-            "tx_bytes": self.tx_bytes,
-            "last_error": self.last_error,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class NodeEvent:
-    """Something that happened on the node: ``kind`` is dotted (``peer.up``, ``mail.new``)."""
-
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"event": self.kind, "data": self.data}
-
-
-EventSink = Callable[[NodeEvent], None]
-
-
-@runtime_checkable
-class MeshServer(Protocol):
-    """A listening service on the node's mesh address (an ``asyncio.Server`` look-alike)."""
-
-    @property
-    def port(self) -> int: ...
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
-
-    def is_serving(self) -> bool: ...
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from core.backend import NodeEvent
+from core.types import NodeEvent
 
 __all__ = ["EventBus", "Subscription"]
 

@@ -28,6 +28,7 @@ from core.backend import (
     ProtocolFactory,
 )
 from core.config import NodeConfig
+from core.contacts import CONTACTS_FILE_NAME, Contacts
 from core.errors import MeshError, UsageError
 from core.events import EventBus
 from core.guard import GuardProtocol
@@ -124,6 +125,7 @@ class Node:
         self.identity = identity
         self.backend_reason = backend_reason
         self.events = EventBus()
+        self.contacts: Contacts  # opened by open(), closed by close()
         self._servers: set[MeshServer] = set()
         self._closed = False
 
@@ -146,7 +148,14 @@ class Node:
         else:
             reason = f"{backend.name} given by the caller"
         node = cls(config, backend, identity=identity, backend_reason=reason)
-        await backend.start(node.events.publish)
+        node.contacts = await Contacts.open(
+            config.data_dir / CONTACTS_FILE_NAME, events=node.events.publish
+        )
+        try:
+            await backend.start(node.events.publish)
+        except BaseException:
+            await node.contacts.close()
+            raise
         if identity is not None and backend.public_key != identity.public_key:
             log.warning(
                 "the daemon's key differs from this node's identity: the mail address is "
@@ -178,8 +187,11 @@ class Node:
         for server in servers:
             await server.wait_closed()
         self._servers.clear()
-        await self.backend.close()
-        self.events.close()
+        try:
+            await self.backend.close()
+        finally:
+            await self.contacts.close()
+            self.events.close()
 
     # -- identity -------------------------------------------------------------------
     @property

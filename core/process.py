@@ -10,6 +10,7 @@ from typing import Any
 
 from core.backend import NodeEvent
 from core.config import NodeConfig
+from core.contacts import contact_methods
 from core.control.server import ControlServer
 from core.errors import MeshError, NeedsSetup, UsageError
 from core.forwarding import ForwardingConfig, ForwardingService
@@ -158,6 +159,7 @@ class NodeProcess:
             "peers.remove": remove_peer,
             "ping": ping,
             "methods": methods,
+            **contact_methods(node.contacts),
         }.items():
             control.register(name, handler)
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from core.cli import forward_cmds, identity_cmds, node_cmds, status_cmds
+from core.cli import contacts_cmds, forward_cmds, identity_cmds, node_cmds, status_cmds
 from core.errors import MeshError, UsageError
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmds.register(sub)
     node_cmds.register(sub, node_cmds.discover())
     forward_cmds.register(sub)
+    contacts_cmds.register(sub)
     for ep in sorted(entry_points(group="meshsuite.commands"), key=lambda e: e.name):
         try:
             ep.load()(sub)

@@ -49,6 +49,14 @@ async def test_each_node_has_its_own_data_dir_identity_and_contacts(tmp_path: Pa
             assert node.config.data_dir == tmp_path / f"node{i}"
             assert load_identity(node.config.data_dir / KEY_FILE_NAME).public_key == node.key
             assert node.backend.name == "embedded"
+        a, b = mesh
+        async with a.events.subscribe(("contact.",)) as sub:
+            await a.contacts.add(b.key, alias="bee")
+            event = await asyncio.wait_for(sub.get(), 5)
+        assert event is not None and event.kind == "contact.added"
+        assert (await a.contacts.resolve("bee")).key == b.key
+        assert await b.contacts.list() == []  # one list per node
+        assert (a.config.data_dir / "contacts.db").exists()
 
 
 async def test_chain_a_and_c_talk_only_through_b(tmp_path: Path) -> None:
