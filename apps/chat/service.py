@@ -152,7 +152,7 @@ class ChatService(BaseService):
                 name="chat",
                 policy=policy,
                 max_entries=self.config.max_queued,
-                max_batch=64,
+                max_batch=200,
             )
             await self._requeue()
             self._server = await self.node.start_server(self._incoming, self.config.port)
@@ -280,7 +280,11 @@ class ChatService(BaseService):
                 data = await asyncio.wait_for(reader.read(65536), self.config.idle_timeout)
                 if not data:
                     break
-                for event in conn.receive_data(data):
+                events = conn.receive_data(data)
+                seen = await self._db.seen_among(
+                    [e.envelope.id for e in events if isinstance(e, EnvelopeReceived)]
+                )
+                for event in events:
                     if isinstance(event, ProtocolFault):
                         self._count(event.refusal, f"from {source}: {event.reason}")
                         await answers.put(_done(event.reply))
@@ -290,7 +294,10 @@ class ChatService(BaseService):
                         ack = conn.send_ack(NO_ID, Refusal.MALFORMED, event.reason)
                         await answers.put(_done(ack))
                     elif isinstance(event, EnvelopeReceived):
-                        await answers.put(await self._receive(source, event.envelope, conn))
+                        verdict = await self._receive(
+                            source, event.envelope, conn, event.envelope.id in seen
+                        )
+                        await answers.put(verdict)
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 answers.put_nowait(None)
@@ -314,7 +321,7 @@ class ChatService(BaseService):
         log.info("chat: refused (%s) %s", refusal.label, detail)
 
     async def _receive(
-        self, source: Any, env: Envelope, conn: ChatConnection
+        self, source: Any, env: Envelope, conn: ChatConnection, seen: bool
     ) -> asyncio.Future[bytes]:
         """Check one envelope now (in stream order); commit it in the background. The
         future answers its ACK frame once that is decided (after the commit)."""
@@ -330,7 +337,7 @@ class ChatService(BaseService):
                 source=source,
                 own_key=self.node.key,
                 pinned=pinned,
-                seen=await store.seen(env.id),
+                seen=seen,
                 now=now,
                 expiry=self.config.expiry,
                 skew=self.config.skew,

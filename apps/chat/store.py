@@ -127,6 +127,9 @@ class ChatStore:
         self._incoming: GroupCommit[Incoming, Stored] = db.group_commit(
             _commit_incoming, max_batch=256, name="chat-in"
         )
+        self._outgoing: GroupCommit[tuple[Envelope, float], dict[str, Any]] = db.group_commit(
+            _commit_outgoing, max_batch=256, name="chat-out"
+        )
 
     @classmethod
     async def open(cls, path: Path) -> ChatStore:
@@ -137,13 +140,8 @@ class ChatStore:
 
     # -- writes ---------------------------------------------------------------------------
     async def add_outgoing(self, env: Envelope, *, now: float) -> dict[str, Any]:
-        def write(conn: sqlite3.Connection) -> dict[str, Any]:
-            seq = _insert_message(conn, env, "out", env.recipient, None, "pending", now)
-            _touch(conn, env.recipient, seq, now, accept=True)
-            row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,))
-            return message_json(row.fetchone())
-
-        return await self.db.transaction(write)
+        """Commit a message being sent (group-committed with concurrent sends)."""
+        return await self._outgoing.submit((env, now))
 
     async def commit_incoming(self, item: Incoming) -> Stored:
         return await self._incoming.submit(item)
@@ -313,6 +311,16 @@ class ChatStore:
     async def seen(self, id_: bytes) -> bool:
         return bool(await self._all("SELECT 1 FROM seen WHERE id = ?", (id_,)))
 
+    async def seen_among(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Which of ``ids`` are in the seen table (one query per 500)."""
+        found: set[bytes] = set()
+        for at in range(0, len(ids), 500):
+            chunk = ids[at : at + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._all(f"SELECT id FROM seen WHERE id IN ({marks})", chunk)
+            found.update(bytes(r[0]) for r in rows)
+        return found
+
     async def security(self) -> list[dict[str, Any]]:
         rows = await self._all(
             "SELECT id, key, kind, detail, ts, acknowledged FROM security ORDER BY id"
@@ -432,6 +440,18 @@ def _commit_one(conn: sqlite3.Connection, item: Incoming) -> Stored:
         conn.execute("UPDATE conversations SET request = 1 WHERE key = ?", (env.sender,))
     row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,)).fetchone()
     return Stored(message=message_json(row), request=request)
+
+
+def _commit_outgoing(
+    conn: sqlite3.Connection, items: list[tuple[Envelope, float]]
+) -> list[dict[str, Any] | BaseException]:
+    out: list[dict[str, Any] | BaseException] = []
+    for env, now in items:
+        seq = _insert_message(conn, env, "out", env.recipient, None, "pending", now)
+        _touch(conn, env.recipient, seq, now, accept=True)
+        row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,))
+        out.append(message_json(row.fetchone()))
+    return out
 
 
 def _commit_incoming(
