@@ -1,0 +1,152 @@
+"""Chat over real yggdrasil 0.5.12 daemons in network namespaces (``ch-…`` names):
+
+- two hosts, each `mesh up --backend yggdrasil --managed`: a message each way with the
+  `mesh chat` CLI (sent, delivered, read), over the real TUN interfaces;
+- an embedded node in this process (with the chat service) and a daemon host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apps.chat.config import ChatConfig
+from apps.chat.service import ChatService
+from core.config import NodeConfig
+from core.identity import Identity
+from core.node import Node
+from tests.chat.nodes import settle
+from tests.lab.fixtures import require_lab
+from tests.lab.lab import Host, Lab, MeshUp, mesh_cli
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(240)]
+
+TUN = "ch-tun"
+PORT = 12511
+
+
+class ChatLab(Lab):
+    """The shared lab harness with this helper's namespace prefix (``ch-``)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.prefix = "ch-" + self.prefix.split("-", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    require_lab()
+    with ChatLab("chat") as lab:
+        a, b = lab.host("a"), lab.host("b")
+        lab.link(a, b)
+        yield lab
+
+
+def _up(host: Host, data: Path, *args: str) -> MeshUp:
+    assert mesh_cli(data, "init").returncode == 0
+    return host.mesh_up(
+        data, "--backend", "yggdrasil", "--managed", "--if-name", TUN, "--no-multicast", *args
+    )
+
+
+def _status(data: Path, ok: Any, timeout: float = 60) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < end:
+        done = mesh_cli(data, "status", "--json")
+        if done.returncode == 0:
+            status = json.loads(done.stdout)
+            if ok(status):
+                return status
+        time.sleep(0.3)
+    raise AssertionError(f"node not ready: {status}")
+
+
+def _chat_up(status: dict[str, Any]) -> bool:
+    chat = status.get("services", {}).get("chat")
+    return isinstance(chat, dict) and "chat" in chat
+
+
+def _history(data: Path, key: str) -> list[dict[str, Any]]:
+    done = mesh_cli(data, "chat", "history", key, "--json")
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def test_chat_between_two_daemon_hosts(lab: Lab, tmp_path: Path) -> None:
+    a, b = lab.hosts["a"], lab.hosts["b"]
+    da, db = tmp_path / "a", tmp_path / "b"
+    up_a = _up(a, da, "--listen", f"tls://[::]:{PORT}")
+    up_b: MeshUp | None = None
+    try:
+        up_b = _up(b, db, "--peer", a.peer_uri(b, PORT))
+        sa = _status(da, _chat_up)
+        sb = _status(db, lambda s: _chat_up(s) and any(p["up"] for p in s.get("peers", [])))
+        ka, kb = str(sa["key"]), str(sb["key"])
+        done = mesh_cli(da, "chat", "send", f"{kb}@mesh", "over the daemons", "--wait",
+                        "--timeout", "90", timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        got = _history(db, ka)
+        assert [(m["body"], m["direction"], m["from"]) for m in got] == [
+            ("over the daemons", "in", ka)
+        ]
+        back = mesh_cli(db, "chat", "send", ka, "and back", "--wait", "--timeout", "90",
+                        timeout=120)  # fmt: skip
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert mesh_cli(db, "chat", "read", ka).returncode == 0
+        deadline = time.monotonic() + 60
+        while _history(da, kb)[0]["state"] != "read" and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert [m["state"] for m in _history(da, kb)] == ["read", "received"]
+        info = json.loads(mesh_cli(da, "status", "--json").stdout)["services"]["chat"]
+        assert info["signing"] == "node key"
+    finally:
+        if up_b is not None:
+            up_b.stop()
+        up_a.stop()
+
+
+async def test_embedded_node_and_daemon_host_chat(lab: Lab, tmp_path: Path) -> None:
+    a = lab.hosts["a"]
+    link = a.link_root(0x41)
+    up: MeshUp | None = None
+    try:
+        da = tmp_path / "daemon-host"
+        uri = f"tcp://[{link.host_addr}]:{PORT + 1}"
+        up = await asyncio.to_thread(_up, a, da, "--listen", uri)
+        status = await asyncio.to_thread(_status, da, _chat_up)
+        config = NodeConfig(data_dir=tmp_path / "emb", backend="embedded", peers=(uri,))
+        async with await Node.open(config, Identity.generate()) as node:
+            chat = ChatService(node, ChatConfig(), tmp_path / "emb")
+            await chat.start()
+            try:
+                for _ in range(60):
+                    if (await node.ping(str(status["address"]), count=1, timeout=1))[0]:
+                        break
+                methods = chat.control_methods()
+                sent = await methods["chat.send"]({"contact": status["key"], "body": "hi daemon"})
+
+                async def delivered() -> bool:
+                    h = await methods["chat.history"]({"contact": status["key"]})
+                    return bool(h["messages"][0]["state"] == "delivered")
+
+                await settle("delivered to the daemon host", delivered, timeout=60)
+                got = await asyncio.to_thread(_history, da, node.key.hex())
+                assert [m["id"] for m in got] == [sent["id"]]
+                done = await asyncio.to_thread(
+                    mesh_cli, da, "chat", "send", node.key.hex(), "hi embedded", "--wait"
+                )
+                assert done.returncode == 0, done.stdout + done.stderr
+                h = await methods["chat.history"]({"contact": status["key"]})
+                assert [m["body"] for m in h["messages"]] == ["hi daemon", "hi embedded"]
+            finally:
+                await chat.close()
+    finally:
+        if up is not None:
+            up.stop()
