@@ -159,7 +159,12 @@ async def test_kernel_client_to_embedded_server(klab: KLab, node: Node) -> None:
 
 
 async def _connected(sock: socket.socket, addr: str, port: int) -> socket.socket:
-    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (addr, port)), 20)
+    """``sock`` connected to ``[addr]:port``; closed (never leaked) when that fails."""
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (addr, port)), 20)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
