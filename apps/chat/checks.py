@@ -19,7 +19,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from apps.chat.envelope import Envelope
-from core.address import address_for_key
+from core import address_for_key
 
 __all__ = ["Context", "Refusal", "Verdict", "check", "window_ms"]
 

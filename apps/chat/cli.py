@@ -20,9 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from core import UsageError
-from core.control.client import ControlClient
-from core.datadir import resolve_data_dir
+from core import ControlClient, UsageError, resolve_data_dir
 
 __all__ = ["HISTORY_FIELDS", "register"]
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from apps.chat.connection import AckReceived, ChatConnection, ProtocolFault, RemoteError
 from apps.chat.wire import Ack
-from core.address import address_for_key
+from core import address_for_key
 
 __all__ = ["LinkError", "Links"]
 

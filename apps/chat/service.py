@@ -36,11 +36,13 @@ from apps.chat.envelope import MAX_IDS, Envelope, Kind, ids_body
 from apps.chat.links import LinkError, Links
 from apps.chat.store import DB_FILE, ChatStore, Incoming
 from core import (
+    BaseService,
     ConnectionLimiter,
     Delivered,
     DeliveryResult,
     Failed,
     MeshError,
+    NodeEvent,
     Outbox,
     OutboxEntry,
     PeerRateLimiter,
@@ -49,8 +51,6 @@ from core import (
     UsageError,
     peer_address,
 )
-from core.backend import NodeEvent
-from core.service import BaseService
 
 __all__ = ["ChatService", "create_service"]
 

@@ -17,13 +17,19 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
+from core import (
+    KEY_FILE_NAME,
+    ControlClient,
+    MailAddress,
+    MeshError,
+    NodeNotRunning,
+    UsageError,
+    load_config,
+    load_identity,
+    parse_mail_address,
+    resolve_data_dir,
+)
 from core.cli.output import emit
-from core.config import load_config
-from core.control.client import ControlClient, NodeNotRunning
-from core.datadir import resolve_data_dir
-from core.errors import MeshError, UsageError
-from core.identity import KEY_FILE_NAME, load_identity
-from core.mailaddr import MailAddress, parse_mail_address
 
 from .config import MailConfig
 from .passwords import PASSWORD_FILE_NAME, set_password

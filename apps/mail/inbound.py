@@ -23,9 +23,15 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from core import PeerRateLimiter, UsageError, peer_address, peer_key
-from core.backend import NodeEvent
-from core.mailaddr import MailAddress, parse_mail_address
+from core import (
+    MailAddress,
+    NodeEvent,
+    PeerRateLimiter,
+    UsageError,
+    parse_mail_address,
+    peer_address,
+    peer_key,
+)
 
 from .message import author_problem, dedup_key, header_fields, received_header
 from .ports import MailSink

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from core.errors import MeshError, NeedsSetup, UsageError
+from core import MeshError, NeedsSetup, UsageError
 
 __all__ = [
     "PASSWORD_FILE_NAME",

@@ -24,10 +24,16 @@ import random
 import time
 from collections.abc import Callable, Hashable
 
-from core import MeshError, Scheduler, UsageError, watch_reachable
-from core.backend import NodeEvent
-from core.events import EventBus
-from core.mailaddr import MailAddress, parse_mail_address
+from core import (
+    EventBus,
+    MailAddress,
+    MeshError,
+    NodeEvent,
+    Scheduler,
+    UsageError,
+    parse_mail_address,
+    watch_reachable,
+)
 
 from .config import MailConfig
 from .dsn import MAILER_DAEMON, Bounce, build_dsn, status_from_reply

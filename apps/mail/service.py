@@ -22,9 +22,7 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP
 
-from core import ConnectionLimiter, PeerRateLimiter
-from core.backend import MeshServer
-from core.errors import MeshError
+from core import ConnectionLimiter, MeshError, MeshServer, PeerRateLimiter
 
 from .config import MailConfig
 from .imap import ImapServer
@@ -72,7 +70,7 @@ class MailNode(Protocol):
 
 class MailService:
     def __init__(self, node: MailNode, config: MailConfig, data_dir: Path) -> None:
-        from core.mailaddr import MailAddress
+        from core import MailAddress
 
         self.node = node
         self.config = config

@@ -21,8 +21,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
-from core.errors import UsageError
-from core.mailaddr import MailAddress, parse_mail_address
+from core import MailAddress, UsageError, parse_mail_address
 
 from .message import author_problem, ensure_submission_headers, header_fields
 from .passwords import PasswordVerifier

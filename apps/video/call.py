@@ -33,7 +33,7 @@ from apps.video.media import Gate, MediaSink, Source, TestPattern, Tone, open_so
 from apps.video.signaling import CallMachine, CallState, Role, Trigger
 
 if TYPE_CHECKING:
-    from core.node import Node
+    from core import Node
 
 __all__ = ["Call", "CallOptions", "new_call_id"]
 

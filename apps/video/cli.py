@@ -22,10 +22,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from core import MeshError, UsageError
+from core import ControlClient, MeshError, UsageError, resolve_data_dir
 from core.cli.output import emit
-from core.control.client import ControlClient
-from core.datadir import resolve_data_dir
 
 __all__ = ["EXIT_CODES", "register", "summary_json"]
 

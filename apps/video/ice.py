@@ -34,7 +34,7 @@ from aioice import Candidate
 from aioice.candidate import candidate_foundation, candidate_priority
 
 if TYPE_CHECKING:
-    from core.node import Node
+    from core import Node
 
 __all__ = [
     "IceCounters",

@@ -28,14 +28,21 @@ from apps.video import sdp
 from apps.video import signaling as sig
 from apps.video.call import Call, CallOptions
 from apps.video.store import LOG_FILE_NAME, CallLog
-from core import ConnectionLimiter, MeshError, PeerRateLimiter, UsageError, peer_address, peer_key
-from core.address import address_for_key
-from core.backend import NodeEvent
-from core.mailaddr import parse_mail_address
-from core.service import BaseService
+from core import (
+    BaseService,
+    ConnectionLimiter,
+    MeshError,
+    NodeEvent,
+    PeerRateLimiter,
+    UsageError,
+    address_for_key,
+    parse_mail_address,
+    peer_address,
+    peer_key,
+)
 
 if TYPE_CHECKING:
-    from core.node import Node
+    from core import Node
 
 __all__ = ["CallService", "ContactBook", "VideoConfig", "create_service"]
 

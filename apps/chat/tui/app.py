@@ -26,9 +26,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, OptionList, Static
 
-from core.control.client import NodeNotRunning
-from core.datadir import resolve_data_dir
-from core.errors import MeshError
+from core import MeshError, NodeNotRunning, resolve_data_dir
 
 from .client import ChatBackend, ChatClient
 from .messages import ConnectionLost, NodeEvent

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.control.client import ControlClient
+from core import ControlClient
 
 __all__ = ["EVENT_PREFIXES", "ChatBackend", "ChatClient"]
 
