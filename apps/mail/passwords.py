@@ -23,6 +23,8 @@ import os
 import secrets
 import stat
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from core import MeshError, NeedsSetup, UsageError
 
 __all__ = [
     "PASSWORD_FILE_NAME",
+    "LoginBusy",
+    "LoginThrottle",
     "PasswordRecord",
     "PasswordVerifier",
     "load_password",
@@ -166,6 +170,87 @@ def _file_stamp(data_dir: Path | None) -> tuple[int, int, int] | None:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
+class LoginBusy(MeshError):
+    """Too many logins are waiting for their turn; the client should try again later."""
+
+
+class LoginThrottle:
+    """Password guessing limited per node, across connections and protocols.
+
+    One instance is shared by submission SMTP and IMAP (through their one
+    :class:`PasswordVerifier`). Password checks run one at a time, first come first
+    served; after ``n`` failures in a row the next check waits ``base * 2**(n-1)`` seconds
+    (0.5, 1, 2, 4 ... capped at ``cap``) after the last failure, however many
+    connections ask at once. Nothing is ever locked: the right password is checked in its
+    turn and resets the count, and ``forget_after`` seconds without a failure do too.
+    At most ``max_waiting`` attempts wait at once (memory stays bounded); beyond that an
+    attempt gets :class:`LoginBusy` without being checked.
+    """
+
+    def __init__(
+        self,
+        *,
+        base: float = 0.5,
+        cap: float = 30.0,
+        max_waiting: int = 64,
+        forget_after: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base, self.cap = base, cap
+        self.max_waiting = max_waiting
+        self.forget_after = forget_after
+        self._clock = clock
+        self._lock = asyncio.Lock()  # FIFO: one password check at a time, node-wide
+        self._waiting = 0
+        self.failures = 0
+        self._last_failure = 0.0
+        self.checks = 0  # password checks run (for tests and figures)
+
+    def delay(self) -> float:
+        """Seconds between the last failure and the next check."""
+        return 0.0 if not self.failures else min(self.cap, self.base * 2 ** (self.failures - 1))
+
+    async def attempt(self, check: Callable[[], Awaitable[bool]]) -> bool:
+        """Run ``check`` (a password check) in its turn; its result, counted."""
+        if self._waiting >= self.max_waiting:
+            raise LoginBusy(
+                f"{self._waiting} logins are waiting their turn (failed logins slow them "
+                f"down); try again in {self.delay():.0f} s"
+            )
+        self._waiting += 1
+        try:
+            async with self._lock:
+                now = self._clock()
+                if self.failures and now - self._last_failure > self.forget_after:
+                    self.failures = 0
+                wait = self._last_failure + self.delay() - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self.checks += 1
+                try:
+                    ok = await check()
+                except BaseException:  # cancelled mid-check (client gone): counts as failed
+                    self._failed()
+                    raise
+                if ok:
+                    self.failures = 0
+                else:
+                    self._failed()
+                return ok
+        finally:
+            self._waiting -= 1
+
+    def _failed(self) -> None:
+        self.failures += 1
+        self._last_failure = self._clock()
+        if self.failures in (5, 10) or self.failures % 50 == 0:
+            log.warning(
+                "mail: %d failed logins in a row; each next one waits %.1f s",
+                self.failures,
+                self.delay(),
+            )
+
+
 class PasswordVerifier:
     """Checks logins for submission SMTP and IMAP against one record.
 
@@ -175,8 +260,14 @@ class PasswordVerifier:
     """
 
     def __init__(
-        self, record: PasswordRecord, username: str, *, data_dir: Path | None = None
+        self,
+        record: PasswordRecord,
+        username: str,
+        *,
+        data_dir: Path | None = None,
+        throttle: LoginThrottle | None = None,
     ) -> None:
+        self.throttle = throttle or LoginThrottle()  # shared by SMTP and IMAP logins
         self._record: PasswordRecord | None = record
         self.username = username
         self._memo_salt = secrets.token_bytes(16)
@@ -229,9 +320,14 @@ class PasswordVerifier:
         return await self.check(username.encode("utf-8"), password.encode("utf-8"))
 
     async def check(self, username: bytes, password: bytes) -> bool:
+        """One login, in its turn (:class:`LoginThrottle`); raises :class:`LoginBusy`."""
         name = username.decode("utf-8", "replace")
-        ok = await self.verify_password(password)  # always pay the cost: no user oracle
-        if not (ok and self.username_matches(name)):
+        # always pay the cost: no user oracle
+        ok = await self.throttle.attempt(lambda: self._checked(name, password))
+        if not ok:
             log.warning("mail login refused for user %r", name[:100])
-            return False
-        return True
+        return ok
+
+    async def _checked(self, name: str, password: bytes) -> bool:
+        ok = await self.verify_password(password)
+        return ok and self.username_matches(name)

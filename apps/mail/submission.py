@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from base64 import b64decode
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from aiosmtpd.smtp import MISSING, AuthResult
 from core import MailAddress, UsageError, parse_mail_address
 
 from .message import author_problem, ensure_submission_headers, header_fields
-from .passwords import PasswordVerifier
+from .passwords import LoginBusy, PasswordVerifier
 from .queue import OutboxQueue, QueueFull
 from .smtp_server import ehlo_with_pipelining
 
@@ -32,7 +31,6 @@ __all__ = ["SubmissionHandler"]
 
 log = logging.getLogger(__name__)
 
-AUTH_FAILURE_DELAY = 0.5  # seconds before answering a wrong password: slows guessing
 MAX_AUTH_FAILURES = 5  # per connection, then the connection is closed
 
 
@@ -55,7 +53,6 @@ class SubmissionHandler:
         self.on_queued = on_queued
         self.max_recipients = max_recipients
         self.max_queue = max_queue
-        self.failure_delay = AUTH_FAILURE_DELAY
 
     # -- AUTH (replaces aiosmtpd's built-ins so that scrypt runs off the event loop) -----
     async def auth_PLAIN(self, server: Any, args: list[str]) -> AuthResult:
@@ -92,11 +89,16 @@ class SubmissionHandler:
         return await self._login(server, user, password)
 
     async def _login(self, server: Any, user: bytes, password: bytes) -> AuthResult:
-        if await self.verifier.check(user, password):
+        # Guessing is slowed node-wide (IMAP included) by the verifier's LoginThrottle.
+        try:
+            ok = await self.verifier.check(user, password)
+        except LoginBusy as exc:
+            await server.push(f"454 4.7.0 {exc}")
+            return AuthResult(success=False, handled=True)
+        if ok:
             return AuthResult(success=True, auth_data=user.decode("utf-8", "replace"))
         failures = getattr(server.session, "mesh_auth_failures", 0) + 1
         server.session.mesh_auth_failures = failures
-        await asyncio.sleep(self.failure_delay)
         if failures >= MAX_AUTH_FAILURES:
             await server.push("421 4.7.0 too many failed logins; closing")
             server.transport.close()

@@ -107,12 +107,40 @@ class ImapServer:
 
 
 async def _read_loop(reader: asyncio.StreamReader, session: ImapSession) -> None:
-    while not session.finished:
-        async with asyncio.timeout(AUTOLOGOUT_SECONDS):
-            data = await reader.read(READ_SIZE)
-        if not data:
-            return
-        await session.receive_data(data)
+    """Feed the session; a client that hangs up cancels the command it left running.
+
+    The next read runs while a command is handled: EOF then cancels the command (a
+    login waiting its turn in the node's LoginThrottle must not be checked for a client
+    that is gone); data read meanwhile is fed once the command is done.
+    """
+    read: asyncio.Future[bytes] | None = None
+    work: asyncio.Future[None] | None = None
+    try:
+        while not session.finished:
+            if read is None:
+                read = asyncio.ensure_future(reader.read(READ_SIZE))
+            async with asyncio.timeout(AUTOLOGOUT_SECONDS):
+                data = await read
+            read = None
+            if not data:
+                return
+            work = asyncio.ensure_future(session.receive_data(data))
+            read = asyncio.ensure_future(reader.read(READ_SIZE))
+            await asyncio.wait({work, read}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and read.done() and not read.exception() and not read.result():
+                work.cancel()  # EOF while the command runs
+            try:
+                await work
+            except asyncio.CancelledError:
+                if not work.cancelled() or not read.done():
+                    raise  # we were cancelled ourselves
+                return
+    finally:
+        for task in (work, read):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await task
 
 
 async def _notify_loop(session: ImapSession) -> None:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from ..passwords import LoginBusy
 from ..store import MailboxExists, MailboxNotFound, MailStore, StoreError, normalize_mailbox
 from .base import CommandFailed, MailboxView, State, Writer, astring, atom, bad
 from .parser import (
@@ -200,7 +201,10 @@ class ImapSession(SelectedCommands):
     # --- authentication ------------------------------------------------------------------
 
     async def _authenticate(self, user: str, password: str) -> bool:
-        ok = user.lower() == self.username.lower() and await self.authenticator(user, password)
+        try:  # the authenticator slows guessing node-wide (SMTP included)
+            ok = user.lower() == self.username.lower() and await self.authenticator(user, password)
+        except LoginBusy as exc:
+            raise CommandFailed("NO", str(exc), "UNAVAILABLE") from None
         if ok:
             self.set_state(State.AUTHENTICATED)
             log.info("IMAP login for %s", user)
@@ -246,7 +250,12 @@ class ImapSession(SelectedCommands):
         if authz_s and authz_s != user_s:
             await self._auth_failed(tag)
             return
-        if await self._authenticate(user_s, password_s):
+        try:
+            ok = await self._authenticate(user_s, password_s)
+        except CommandFailed as exc:
+            await self.write(exc.line(tag))
+            return
+        if ok:
             await self.write(f"{tag} OK [CAPABILITY {CAPABILITIES}] authenticated\r\n".encode())
         else:
             await self._auth_failed(tag)
