@@ -1,11 +1,15 @@
 """Chat TUI benchmark: a 100,000-message conversation opened and scrolled up.
 
-Run: ``.venv/bin/python tests/bench/bench_chat_tui.py [--messages 100000] [--pages 60]``
+Run: ``.venv/bin/python tests/bench/bench_chat_tui.py [--messages 100000] [--pages 120]
+[--source node|scripted]``
 
-A child process serves the chat control API on a Unix socket (core's ControlServer with
-the scripted chat API of tests/chat/tui/scripted.py holding the whole conversation, so
-the UI process holds only what it loads); this process runs the real ``ChatApp``
-headless through ``ChatClient`` over that socket and measures:
+``--source node`` (default): a real ``mesh up`` node (embedded backend, no discovery) in
+a child process whose chat store was filled beforehand with the conversation (through
+the chat store's own schema and writer); ``--source scripted``: a child process serving
+the scripted chat API (tests/chat/tui/scripted.py) on core's ControlServer, to see the
+UI's share alone. Either way the UI process holds only what it loads; this process runs
+the real ``ChatApp`` headless through ``ChatClient`` over the control socket and
+measures:
 
 - start → interactive: connect, mount, ``chat.info``/``chat.conversations``/the newest
   page of ``chat.history``, first frame drawn (target < 1 s);
@@ -95,6 +99,80 @@ async def serve(path: Path, count: int) -> None:
     await server.close()
 
 
+async def fill_store(data_dir: Path, count: int, peer: bytes) -> None:
+    """``count`` messages with ``peer`` in the node's chat store (before the node runs)."""
+    import os
+    import sqlite3
+
+    from apps.chat.store import DB_FILE, ChatStore
+    from core.identity import load_or_create_identity
+
+    own = load_or_create_identity(data_dir)[0].public_key
+    (data_dir / "chat").mkdir(mode=0o700, exist_ok=True)
+    store = await ChatStore.open(data_dir / "chat" / DB_FILE)  # where the service keeps it
+    chat = build(count)
+    rows = []
+    for m in chat.messages[ALICE][:count]:
+        out = m["direction"] == "out"
+        rows.append(
+            (
+                os.urandom(16),
+                peer,
+                m["direction"],
+                own if out else peer,
+                peer if out else own,
+                m["body"],
+                m["ts"],
+                None if out else m["ts"] + 0.2,
+                "read" if out else "seen",
+                m["ts"],
+            )
+        )
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO messages (id, conversation, direction, sender, recipient, body, ts, "
+            "received, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        last = conn.execute("SELECT MAX(seq) FROM messages").fetchone()[0]
+        conn.execute(
+            "INSERT INTO conversations (key, accepted, last_seq, last_activity) "
+            "VALUES (?, 1, ?, ?)",
+            (peer, last, rows[-1][6]),
+        )
+
+    await store.db.transaction(write)
+    await store.close()
+
+
+def start_node(data_dir: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "core.cli.main", "--data-dir", str(data_dir), "up"]
+    with open(data_dir / "mesh-up.log", "wb") as log:
+        return subprocess.Popen(
+            [*command, "--backend", "embedded", "--no-multicast"],
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+        )
+
+
+async def wait_for_node(path: Path, timeout: float = 60) -> None:
+    from apps.chat.tui.client import ChatClient
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            client = await ChatClient.connect(path)
+            await client.call("chat.info")
+            await client.close()
+            return
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.2)
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -107,7 +185,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
-async def measure(path: Path, pages: int) -> dict[str, Any]:
+async def measure(path: Path, pages: int, contact: str) -> dict[str, Any]:
     from apps.chat.tui.app import ChatApp
     from apps.chat.tui.client import ChatClient
     from apps.chat.tui.widgets.message_log import MessageLog
@@ -127,7 +205,7 @@ async def measure(path: Path, pages: int) -> dict[str, Any]:
                 round_trips.append(time.perf_counter() - t)
 
     client.call = timed_call  # type: ignore[method-assign]
-    app = ChatApp(client, contact="alice", freeze_gc=True)  # as `mesh chat` runs it
+    app = ChatApp(client, contact=contact, freeze_gc=True)  # as `mesh chat` runs it
     async with app.run_test(size=(120, 40)) as pilot:
         await app.ready.wait()
         await pilot.pause()
@@ -176,7 +254,8 @@ async def measure(path: Path, pages: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--pages", type=int, default=60, help="older pages to scroll through")
+    parser.add_argument("--pages", type=int, default=120, help="older pages to scroll through")
+    parser.add_argument("--source", choices=["node", "scripted"], default="node")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -185,22 +264,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tu-bench-") as tmp:
         sock = Path(tmp) / "control.sock"
         t = time.perf_counter()
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(sock), "--messages", str(args.messages)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert child.stdout is not None
-            if child.stdout.readline().strip() != "ready":
-                raise SystemExit("the chat API server did not start")
-            print(f"server with {args.messages} messages ready in {time.perf_counter() - t:.1f} s")
-            result = asyncio.run(measure(sock, args.pages))
-        finally:
-            if child.stdin is not None:
-                child.stdin.close()
-            child.wait(timeout=10)
+        if args.source == "node":
+            asyncio.run(fill_store(Path(tmp), args.messages, bytes.fromhex(ALICE)))
+            print(f"chat store with {args.messages} messages in {time.perf_counter() - t:.1f} s")
+            node = start_node(Path(tmp))
+            try:
+                asyncio.run(wait_for_node(sock))
+                result = asyncio.run(measure(sock, args.pages, ALICE))
+            finally:
+                node.terminate()
+                node.wait(timeout=20)
+        else:
+            child = subprocess.Popen(
+                [sys.executable, __file__, "--serve", str(sock), "--messages", str(args.messages)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert child.stdout is not None
+                if child.stdout.readline().strip() != "ready":
+                    raise SystemExit("the chat API server did not start")
+                print(f"scripted server with {args.messages} messages ready")
+                result = asyncio.run(measure(sock, args.pages, "alice"))
+            finally:
+                if child.stdin is not None:
+                    child.stdin.close()
+                child.wait(timeout=10)
+    print(f"source: {args.source}")
     targets = {
         "start_to_interactive_s": 1.0,
         "scroll_step_p95_ms": 50.0,

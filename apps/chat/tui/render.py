@@ -18,7 +18,7 @@ from textual.strip import Strip
 
 from .model import MARKS, ChatMessage, day_of, find_urls, preview
 
-__all__ = ["NAME_WIDTH", "RenderStyles", "render_block"]
+__all__ = ["NAME_WIDTH", "RenderStyles", "block_height", "render_block"]
 
 NAME_WIDTH = 12
 PREFIX = 6 + NAME_WIDTH + 1  # "HH:MM " + name + " "
@@ -39,6 +39,9 @@ class RenderStyles:
     day = Style(color="yellow", dim=True)
     hit = Style(color="black", bgcolor="yellow")
     selected = Style(bgcolor="grey23")
+
+
+_STYLES = RenderStyles()
 
 
 def _mark(message: ChatMessage, styles: RenderStyles) -> Text:
@@ -77,6 +80,43 @@ def _wrap_plain(text: str, width: int) -> list[str]:
     return out
 
 
+def _plain(body: str, search: str | None) -> bool:
+    """Whether the body can skip Rich: no link, no search hit, nothing to clean."""
+    if "://" in body or (search and search.lower() in body.lower()):
+        return False
+    return body.replace("\n", "").isprintable()  # tabs, control characters: Rich cleans
+
+
+def block_height(
+    message: ChatMessage,
+    previous: ChatMessage | None,
+    *,
+    width: int,
+    console: Console,
+    tz: tzinfo | None,
+    search: str | None = None,
+) -> int:
+    """How many lines :func:`render_block` gives, without building them (no objects the
+    collector has to track: held messages cost an int each until they are drawn)."""
+    width = max(width, PREFIX + 10)
+    lines = 0
+    if previous is None or day_of(previous.ts, tz) != day_of(message.ts, tz):
+        lines += 1
+    if message.reply_to:
+        lines += 1
+    if message.state == "failed":
+        lines += 1
+    room = width - PREFIX
+    mark = _mark(message, _STYLES)
+    if _plain(message.body, search):
+        wrapped = _wrap_plain(message.body, room)
+        over = bool(mark.plain) and cell_len(wrapped[-1]) + cell_len(mark.plain) > room
+        return lines + len(wrapped) + int(over)
+    body = _body_text(message.body, _STYLES, search)
+    body.append_text(mark)
+    return lines + len(body.wrap(console, room, overflow="fold"))
+
+
 def _plain_strip(text: str, style: Style | None, width: int) -> Strip:
     return Strip([Segment(set_cell_size(text, width), style)], width)
 
@@ -91,10 +131,8 @@ def _plain_body(
     """Body lines straight from segments, without Rich's Text (several times faster):
     for bodies with no link and no search hit, which is nearly all of them."""
     body = message.body
-    if "://" in body or (search and search.lower() in body.lower()):
+    if not _plain(body, search):
         return None
-    if not body.replace("\n", "").isprintable():
-        return None  # tabs, control characters: Rich's path cleans them
     mark = _mark(message, styles)
     room = width - PREFIX
     lines = _wrap_plain(body, room)

@@ -10,8 +10,10 @@ position is shifted by its height, so nothing on screen moves.
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import tzinfo
+from itertools import accumulate
 
 from rich.segment import Segment
 from textual.binding import Binding
@@ -21,12 +23,13 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ..model import ChatMessage, MessageWindow, find_urls
-from ..render import RenderStyles, render_block
+from ..render import RenderStyles, block_height, render_block
 
 __all__ = ["Fetch", "MessageLog"]
 
 # fetch(before_seq, limit) -> (messages oldest first, more older ones exist), or None
 # when the conversation changed meanwhile.
+STRIP_CACHE = 400  # drawn message blocks kept (a few screens' worth)
 Fetch = Callable[[int, int], Awaitable[tuple[list[ChatMessage], bool] | None]]
 
 
@@ -71,8 +74,9 @@ class MessageLog(ScrollView, can_focus=True):
         self._tz = tz
         self._name_of = name_of
         self._styles = RenderStyles()
-        self._blocks: list[list[Strip]] = []
+        self._heights: list[int] = []  # lines of each held message's block
         self._offsets: list[int] = [0]  # _offsets[i] = first line of block i
+        self._strips: OrderedDict[str, list[Strip]] = OrderedDict()  # drawn blocks, LRU
         self._width = 0
         self.search: str | None = None
         self.selected: int | None = None
@@ -83,13 +87,28 @@ class MessageLog(ScrollView, can_focus=True):
         self._follow = True  # stay at the newest line (until the person scrolls up)
         self.renders = 0  # blocks rendered (for benchmarks)
 
-    # -- building blocks
-    def _block(self, index: int) -> list[Strip]:
+    # -- blocks: a height per held message; strips only for what is drawn
+    def _height(self, index: int) -> int:
         messages = self.window.messages
-        self.renders += 1
-        return render_block(
+        return block_height(
             messages[index],
             messages[index - 1] if index else None,
+            width=self._width,
+            console=self.app.console,
+            tz=self._tz,
+            search=self.search,
+        )
+
+    def _block(self, index: int) -> list[Strip]:
+        message = self.window.messages[index]
+        cached = self._strips.get(message.id)
+        if cached is not None:
+            self._strips.move_to_end(message.id)
+            return cached
+        self.renders += 1
+        strips = render_block(
+            message,
+            self.window.messages[index - 1] if index else None,
             width=self._width,
             console=self.app.console,
             tz=self._tz,
@@ -99,28 +118,36 @@ class MessageLog(ScrollView, can_focus=True):
             search=self.search,
             selected=index == self.selected,
         )
+        self._strips[message.id] = strips
+        if len(self._strips) > STRIP_CACHE:
+            self._strips.popitem(last=False)
+        if len(strips) != self._heights[index]:  # never expected; keep lines consistent
+            self._heights[index] = len(strips)
+            self._reoffset()
+        return strips
+
+    def _forget(self, index: int) -> None:
+        if 0 <= index < len(self.window.messages):
+            self._strips.pop(self.window.messages[index].id, None)
 
     def _reoffset(self) -> None:
-        offsets = [0]
-        total = 0
-        for block in self._blocks:
-            total += len(block)
-            offsets.append(total)
-        self._offsets = offsets
-        self.virtual_size = Size(self._width, total)
+        self._offsets = [0, *accumulate(self._heights)]
+        self.virtual_size = Size(self._width, self._offsets[-1])
 
     def rebuild(self) -> None:
-        """Render every held message again (width, names or search changed)."""
+        """Measure every held message again (width, names or search changed)."""
         self._width = max(self.scrollable_content_region.width, 1)
-        self._blocks = [self._block(i) for i in range(len(self.window.messages))]
+        self._strips.clear()
+        self._heights = [self._height(i) for i in range(len(self.window.messages))]
         self._reoffset()
         self.refresh()
         if self._follow:
             self.scroll_end(animate=False)  # after the layout knows the new height
 
     def _refresh_block(self, index: int) -> None:
-        if 0 <= index < len(self._blocks):
-            self._blocks[index] = self._block(index)
+        if 0 <= index < len(self._heights):
+            self._forget(index)
+            self._heights[index] = self._height(index)
             self._reoffset()
             self.refresh()
 
@@ -136,42 +163,48 @@ class MessageLog(ScrollView, can_focus=True):
 
     def add_older(self, messages: list[ChatMessage], more: bool) -> None:
         self._loading_older = False
+        had = bool(self._heights)
         added, dropped = self.window.prepend(messages, more)
         if not added:
             return
         if dropped:
-            del self._blocks[-dropped:]
+            del self._heights[-dropped:]
         if self.selected is not None:
             self.selected += added
             if self.selected >= len(self.window.messages):
                 self.selected = None
-        old_first = self._blocks[:1]
-        redo = min(added + 1, len(self.window.messages)) if old_first else added
-        new_blocks = [self._block(i) for i in range(redo)]
-        # The old first block may lose its day separator now that its day has a
-        # predecessor; the view moves by what was added above the old content.
-        shift = sum(len(b) for b in new_blocks) - sum(len(b) for b in old_first)
-        self._blocks[0 : len(old_first)] = new_blocks
+        new = [self._height(i) for i in range(added)]
+        shift = sum(new)
+        if had:
+            # The old first block may lose its day separator now that its day has a
+            # predecessor; the view moves by what was added above the old content.
+            self._forget(added)
+            old_first = self._heights[0]
+            self._heights[0] = self._height(added)
+            shift += self._heights[0] - old_first
+        self._heights[0:0] = new
         self._reoffset()
         self.scroll_to(y=self.scroll_y + shift, animate=False, immediate=True)
         self.refresh()
 
     def add_newer(self, messages: list[ChatMessage]) -> None:
         self._loading_newer = False
-        old_first = self.window.messages[0].id if self.window.messages else None
         added, dropped = self.window.append_newer(messages)
         if not added and not dropped:
             return
-        shift = sum(len(b) for b in self._blocks[:dropped])
-        del self._blocks[:dropped]
-        if dropped and self._blocks:
-            self._blocks[0] = self._block(0)
-        start = len(self._blocks)
-        self._blocks.extend(self._block(i) for i in range(start, start + added))
+        shift = sum(self._heights[:dropped])
+        del self._heights[:dropped]
+        if dropped and self._heights:
+            self._forget(0)
+            old_first = self._heights[0]
+            self._heights[0] = self._height(0)  # it may gain a day separator
+            shift -= self._heights[0] - old_first
+        start = len(self._heights)
+        self._heights.extend(self._height(i) for i in range(start, start + added))
         if self.selected is not None:
             self.selected = self.selected - dropped if self.selected >= dropped else None
         self._reoffset()
-        if old_first is not None and dropped:
+        if dropped:
             self.scroll_to(y=max(self.scroll_y - shift, 0), animate=False, immediate=True)
         self.refresh()
 
@@ -183,7 +216,7 @@ class MessageLog(ScrollView, can_focus=True):
             if self.window.messages and self.window.messages[0].id != first:
                 self.rebuild()  # the oldest page was let go
             else:
-                self._blocks.append(self._block(len(self._blocks)))
+                self._heights.append(self._height(len(self._heights)))
                 self._reoffset()
             if follow:
                 self.scroll_end(animate=False, immediate=True)
@@ -220,11 +253,15 @@ class MessageLog(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         line = self.scroll_offset.y + y
         width = self.scrollable_content_region.width
-        if line >= self._offsets[-1] or not self._blocks:
-            return Strip([Segment(" " * width, self.rich_style)], width)
+        blank = Strip([Segment(" " * width, self.rich_style)], width)
+        if line >= self._offsets[-1] or not self._heights:
+            return blank
         index = bisect.bisect_right(self._offsets, line) - 1
-        strip = self._blocks[index][line - self._offsets[index]]
-        return strip.crop_extend(0, width, self.rich_style)
+        block = self._block(index)
+        row = line - self._offsets[index]
+        if row >= len(block):
+            return blank
+        return block[row].crop_extend(0, width, self.rich_style)
 
     def watch_scroll_y(self, old: float, new: float) -> None:
         super().watch_scroll_y(old, new)
@@ -269,7 +306,8 @@ class MessageLog(ScrollView, can_focus=True):
         old, self.selected = self.selected, index
         for i in {old, index}:
             if i is not None:
-                self._refresh_block(i)
+                self._forget(i)
+        self.refresh()
 
     def selected_message(self) -> ChatMessage | None:
         if self.selected is None or self.selected >= len(self.window.messages):
