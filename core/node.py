@@ -212,6 +212,8 @@ class Node:
 
     # -- networking -----------------------------------------------------------------
     async def key_for_address(self, address: ipaddress.IPv6Address | str) -> bytes | None:
+        """The full key of the node at ``address`` (a connection's or datagram's
+        source), or None if no session with it was seen."""
         addr = ipaddress.IPv6Address(str(address).split("%", 1)[0])
         if addr == self.address:
             return self.key
@@ -289,7 +291,12 @@ class Node:
         local_port: int = 0,
         remote: tuple[ipaddress.IPv6Address | str, int] | None = None,
     ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
-        """A UDP endpoint on the node's mesh address; non-mesh senders are dropped."""
+        """A UDP endpoint on the node's mesh address; non-mesh senders are dropped.
+
+        ``datagram_received(data, addr)``: ``addr[0]`` is the sender's mesh address,
+        authenticated by the backend on both (embedded: the session's key owns it;
+        daemon: the TUN only delivers what a session carried), and
+        ``await node.key_for_address(addr[0])`` gives the sender's full key."""
         target = (parse_target(str(remote[0])), remote[1]) if remote else None
         transport, guard = await self.backend.create_datagram_endpoint(
             lambda: _DatagramGuard(protocol_factory()), local_port=local_port, remote=target

@@ -41,13 +41,13 @@ log = logging.getLogger(__name__)
 
 
 class _Server:
-    def __init__(self, inner: Any, port: int) -> None:
+    def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self._port = port
 
     @property
     def port(self) -> int:
-        return self._port
+        """The bound port (the one the stack chose when asked for port 0)."""
+        return int(self._inner.port)
 
     def close(self) -> None:
         self._inner.close()
@@ -189,7 +189,7 @@ class EmbeddedBackend:
             server = await self.stack.create_server(protocol_factory, port, self.address)
         except OSError as exc:
             raise MeshError(f"cannot serve port {port} on the embedded node: {exc}") from None
-        return _Server(server, port)
+        return _Server(server)
 
     async def create_connection(
         self,
