@@ -31,7 +31,7 @@ from core import (
 )
 from core.cli.output import emit
 
-from .config import MailConfig
+from .config import MailConfig, parse_listen
 from .passwords import PASSWORD_FILE_NAME, set_password
 from .queue import OUTBOX_FILE_NAME, Delivery, read_queue
 
@@ -97,11 +97,17 @@ def _ask_node(data_dir: Path, method: str) -> Any | None:
         return None
 
 
-def cmd_address(args: argparse.Namespace) -> int:
-    data_dir = resolve_data_dir(args.data_dir)
+def _running_mail(data_dir: Path) -> dict[str, Any]:
+    """The running node's mail endpoints (``mesh status``), or {} when none runs."""
     status = _ask_node(data_dir, "status")
     mail = (status or {}).get("services", {}).get("mail", {})
-    if "mail_address" in mail:  # the running node knows best (e.g. a daemon's own key)
+    return mail if isinstance(mail, dict) and "mail_address" in mail else {}
+
+
+def cmd_address(args: argparse.Namespace) -> int:
+    data_dir = resolve_data_dir(args.data_dir)
+    mail = _running_mail(data_dir)
+    if mail:  # the running node knows best (e.g. a daemon's own key)
         own = parse_mail_address(mail["mail_address"])
         submission, imap = mail["submission"], mail["imap"]
         mesh_port = int(mail["mesh_smtp"].rsplit(":", 1)[1])
@@ -168,7 +174,13 @@ def _send_password(args: argparse.Namespace) -> str:
 
 def cmd_send(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
-    own = _own_address(data_dir)
+    mail = _running_mail(data_dir)
+    if mail:  # the port the node really listens on (`mesh up --smtp`, port 0...)
+        own = parse_mail_address(mail["mail_address"])
+        host, port = parse_listen(mail["submission"], "smtp")
+    else:
+        own = _own_address(data_dir)
+        host, port = _mail_config(data_dir).submission
     recipients = [str(parse_mail_address(to)) for to in args.to]
     password = _send_password(args)
     body = sys.stdin.read()
@@ -179,7 +191,6 @@ def cmd_send(args: argparse.Namespace) -> int:
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(domain=f"{own.key.hex()[:16]}.mesh")
     msg.set_content(body)
-    host, port = _mail_config(data_dir).submission
     try:
         with smtplib.SMTP(host, port, local_hostname="localhost", timeout=SEND_TIMEOUT) as smtp:
             smtp.login(str(own), password)
