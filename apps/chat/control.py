@@ -157,7 +157,7 @@ class ChatControl:
         out = [await self._conversation_json(c, contacts.get(c["key"])) for c in convs]
         known = {c["key"] for c in out}
         for hexkey, contact in contacts.items():  # contacts with no message yet
-            if hexkey not in known and trust_of(contact) != "blocked":
+            if hexkey not in known and trust_of(contact) == "trusted":
                 empty = {"key": hexkey, "unread": 0, "request": False, "accepted": True,
                          "last": None, "muted": False, "read_receipts": True}  # fmt: skip
                 out.append(await self._conversation_json(empty, contact))

@@ -104,6 +104,8 @@ class ChatService(BaseService):
         self.refused: Counter[str] = Counter()
         self._server: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()  # incoming streams being served
+        self._closing = False
         self._rate = PeerRateLimiter(
             burst=config.rate_burst, per_minute=config.rate_per_minute, max_peers=4096
         )
@@ -167,9 +169,12 @@ class ChatService(BaseService):
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
+        self._closing = True
+        # Incoming streams first (they read the store), then our own tasks.
+        pending = [*self._handlers, *self._tasks]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         if self.outbox is not None:
             await self.outbox.close()
             self.outbox = None
@@ -257,14 +262,24 @@ class ChatService(BaseService):
     # -- incoming streams -------------------------------------------------------------
     async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         source = peer_address(writer.transport)
-        if source is None or not self._conns.acquire(source):
+        task = asyncio.current_task()
+        if self._closing or task is None or source is None or not self._conns.acquire(source):
             writer.close()
             return
+        self._handlers.add(task)
         try:
             await self._serve(source, reader, writer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.debug("chat stream from %s ended: %s", source, exc)
+        except MeshError as exc:
+            log.info("chat stream from %s stopped: %s", source, exc)
+        except asyncio.CancelledError:
+            # close() cancels the streams it serves; ending normally keeps asyncio's
+            # stream callback from logging the cancellation as an error.
+            if not self._closing:
+                raise
         finally:
+            self._handlers.discard(task)
             self._conns.release(source)
             with contextlib.suppress(Exception):
                 writer.close()

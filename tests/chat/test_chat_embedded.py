@@ -137,7 +137,7 @@ async def test_blocked_sender_is_dropped_silently(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
         a, b = await net.start("a"), await net.start("b")
         await net.linked(a, b)
-        b.chat.contacts = _Book({a.key: "blocked"})
+        await b.node.contacts.block(a.key)
         sent = await a.call("chat.send", contact=b.key.hex(), body="let me in")
         await settle("sent at A", lambda: _is(a, b, sent["id"], "sent"))
         await asyncio.sleep(0.5)
@@ -156,26 +156,25 @@ async def test_search_finds_words_in_bodies(tmp_path: Path) -> None:
         assert await a.call("chat.search", text='"') == []
 
 
-class _Book:
-    """A stand-in for node.contacts (the kit's Contacts has not landed)."""
-
-    def __init__(self, trust: dict[bytes, str]) -> None:
-        self.trust = trust
-
-    async def get(self, key: bytes) -> Any:
-        t = self.trust.get(key)
-        return None if t is None else type("C", (), {"key": key, "trust": t, "alias": None})()
-
-    async def seen(self, key: bytes) -> Any:
-        self.trust.setdefault(key, "unknown")
-        return await self.get(key)
-
-    async def resolve(self, name: str) -> Any:
-        raise LookupError(name)
-
-    async def add(self, key: bytes) -> Any:
-        self.trust[key] = "trusted"
-        return await self.get(key)
-
-    async def list(self) -> list[Any]:
-        return [await self.get(k) for k in self.trust]
+async def test_accepting_a_request_makes_the_sender_a_trusted_contact(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start("a"), await net.start("b")
+        await net.linked(a, b)
+        await a.call("chat.send", contact=b.key.hex(), body="may I?")
+        await settle("request at B", lambda: b.seen("chat.request"))
+        assert [r["key"] for r in await b.call("chat.requests")] == [a.key.hex()]
+        contact = await b.node.contacts.get(a.key)
+        assert contact is not None and contact.trust.value == "unknown"
+        assert await b.call("chat.accept", contact=a.key.hex()) == {
+            "key": a.key.hex(), "trust": "trusted",
+        }  # fmt: skip
+        assert await b.call("chat.requests") == []
+        contact = await b.node.contacts.get(a.key)
+        assert contact is not None and contact.trust.value == "trusted"
+        await b.node.contacts.rename(a.key, "alice")
+        sent = await b.call("chat.send", contact="alice", body="welcome")
+        assert sent["to"] == a.key.hex()
+        convs = await b.call("chat.conversations")
+        assert [(c["key"], c["alias"], c["request"]) for c in convs] == [
+            (a.key.hex(), "alice", False)
+        ]
