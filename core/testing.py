@@ -95,26 +95,30 @@ class MemoryPipe(asyncio.Transport):
         protocol.connection_made(self)
 
     # -- asyncio.Transport --------------------------------------------------------
+    def pause_reading(self) -> None:
+        self._set_reading(False)
+
+    def resume_reading(self) -> None:
+        self._set_reading(True)
+
+    def _set_reading(self, on: bool) -> None:
+        was_paused, self._reading_paused = self._reading_paused, not on
+        if on and was_paused:
+            self._loop.call_soon(self._drain_inbox)
+
+    def is_reading(self) -> bool:
+        return not (self._reading_paused or self._lost)
+
     def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self._protocol is not None
+        if self._protocol is None:
+            raise RuntimeError("this pipe end is not started (MemoryPipe.start)")
         return self._protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
 
     def is_closing(self) -> bool:
-        return self._closing
-
-    def is_reading(self) -> bool:
-        return not self._reading_paused and not self._lost
-
-    def pause_reading(self) -> None:
-        self._reading_paused = True
-
-    def resume_reading(self) -> None:
-        if self._reading_paused:
-            self._reading_paused = False
-            self._loop.call_soon(self._drain_inbox)
+        return self._closing or self._lost
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._high = PIPE_HIGH_WATER if high is None else high
