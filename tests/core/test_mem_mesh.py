@@ -152,3 +152,11 @@ async def test_memory_pipe_holds_a_writer_back_while_the_reader_is_paused() -> N
     a.write(b"late")  # ignored after close
     await asyncio.sleep(0.01)
     assert len(sb.data) == 2000
+
+
+async def test_a_node_the_test_closes_itself_does_not_hold_up_the_mesh(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with mem_mesh(2, tmp_path) as mesh:
+        await mesh[1].close()
+    assert loop.time() - started < 10
