@@ -1,7 +1,7 @@
-"""Real embedded nodes in this process for the chat tests, each running the chat service.
-
-A relay node listens on loopback; every chat node peers with it, so two chat nodes talk
-through a forwarding node and one can close (go offline) while the other stays up.
+"""Chat services on real embedded nodes in this process, over core's in-memory carrier
+(:mod:`core.testing`): node 0 is a relay, every chat node links to it only, so two chat
+nodes talk through a forwarding node and one can be stopped (offline) and started again
+on the same data directory (same key, same databases) while the others stay up.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from typing import Any
 
 from apps.chat.config import ChatConfig
 from apps.chat.service import ChatService
-from core.config import NodeConfig
-from core.events import Subscription
-from core.identity import Identity
 from core.node import Node
+from core.testing import MemMesh
 from tests.lab.fixtures import poll
 
 __all__ = ["ChatNet", "ChatNode", "settle"]
@@ -29,92 +27,85 @@ async def settle(what: str, predicate: Any, timeout: float = 20.0) -> Any:
         raise AssertionError(f"{what}: still not so after {timeout} s") from None
 
 
-async def _route(src: Node, dst: Node) -> None:
-    for _ in range(60):
-        if (await src.ping(str(dst.address), count=1, timeout=1))[0] is not None:
-            return
-    raise AssertionError(f"{dst.address} never answered {src.address}")
-
-
 class ChatNode:
-    """One node + its chat service (+ the events it published, recorded)."""
+    """One node of the mesh + its chat service, and the chat events it published."""
 
-    def __init__(self, node: Node, service: ChatService) -> None:
-        self.node, self.chat = node, service
+    def __init__(self, index: int, settings: dict[str, Any]) -> None:
+        self.index, self.settings = index, settings
+        self.node: Node | Any = None
+        self.chat: ChatService | Any = None
         self.events: list[tuple[str, dict[str, Any]]] = []
-        self._sub: Subscription | None = None
         self._recorder: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
 
     @property
     def key(self) -> bytes:
-        return self.node.key
+        return bytes(self.node.key)
 
     def call(self, method: str, **params: Any) -> Any:
         return self.chat.control_methods()[method](params)
 
-    async def record(self) -> None:
-        self._recorder = asyncio.ensure_future(self._record())
-        await self._ready.wait()
+    async def run(self, node: Node) -> None:
+        self.node = node
+        self.chat = ChatService(node, ChatConfig(**self.settings), node.config.data_dir)
+        await self.chat.start()
+        ready = asyncio.Event()
+        self._recorder = asyncio.ensure_future(self._record(ready))
+        await ready.wait()
 
-    async def _record(self) -> None:
+    async def _record(self, ready: asyncio.Event) -> None:
         async with self.node.events.subscribe(("chat.",)) as sub:
-            self._ready.set()
+            ready.set()
             async for event in sub:
                 self.events.append((event.kind, event.data))
 
     def seen(self, kind: str, test: Callable[[dict[str, Any]], bool] = lambda d: True) -> bool:
         return any(k == kind and test(d) for k, d in self.events)
 
-    async def close(self) -> None:
+    async def halt(self) -> None:
         if self._recorder is not None:
             self._recorder.cancel()
             await asyncio.gather(self._recorder, return_exceptions=True)
-        await self.chat.close()
-        await self.node.close()
+            self._recorder = None
+        if self.chat is not None:
+            await self.chat.close()
+            self.chat = None
 
 
 class ChatNet:
+    """``async with ChatNet(tmp_path) as net: a, b = await net.start(), await net.start()``"""
+
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self.mesh = MemMesh(root)
         self.relay: Node | None = None
         self.members: list[ChatNode] = []
-        self.uri = ""
 
     async def __aenter__(self) -> ChatNet:
-        config = NodeConfig(
-            data_dir=self.root / "relay", backend="embedded", listen=("tcp://127.0.0.1:0",)
-        )
-        self.relay = await Node.open(config, Identity.generate())
-        self.uri = (await self.relay.status())["backend_status"]["listening"][0]
+        self.relay = await self.mesh.add()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for member in reversed(self.members):
-            await member.close()
-        if self.relay is not None:
-            await self.relay.close()
+            await member.halt()
+        await self.mesh.close()
 
-    async def start(self, name: str, identity: Identity | None = None, **settings: Any) -> ChatNode:
+    async def plain(self) -> Node:
+        """A node with no chat service (a third party writing its own frames)."""
         assert self.relay is not None
-        data = self.root / name
-        config = NodeConfig(data_dir=data, backend="embedded", peers=(self.uri,))
-        node = await Node.open(config, identity or Identity.generate())
-        chat = ChatService(node, ChatConfig(port=5310, **settings), data)
-        await chat.start()
-        member = ChatNode(node, chat)
-        await member.record()
+        return await self.mesh.add(links=[self.relay])
+
+    async def start(self, **settings: Any) -> ChatNode:
+        assert self.relay is not None
+        node = await self.mesh.add(links=[self.relay])
+        member = ChatNode(self.mesh.index(node), {"port": 5310, **settings})
+        await member.run(node)
         self.members.append(member)
-        await _route(node, self.relay)
-        await _route(self.relay, node)
         return member
 
     async def stop(self, member: ChatNode) -> None:
-        self.members.remove(member)
-        await member.close()
+        """Take the node offline (service closed, node closed)."""
+        await member.halt()
+        await self.mesh.stop(member.index)
 
-    async def linked(self, *members: ChatNode) -> None:
-        for a in members:
-            for b in members:
-                if a is not b:
-                    await _route(a.node, b.node)
+    async def resume(self, member: ChatNode) -> None:
+        """The same node back online: same key and databases, a new service."""
+        await member.run(await self.mesh.start(member.index))

@@ -31,8 +31,7 @@ async def test_message_arrives_signed_and_is_sent_then_delivered_then_read(
     tmp_path: Path,
 ) -> None:
     async with ChatNet(tmp_path) as net:
-        a, b = await net.start("a"), await net.start("b")
-        await net.linked(a, b)
+        a, b = await net.start(), await net.start()
         sent = await a.call("chat.send", contact=f"{b.key.hex()}@mesh", body="hello ✓")
         assert sent["state"] == "pending" and sent["direction"] == "out"
 
@@ -60,8 +59,7 @@ async def _is(member: ChatNode, peer: ChatNode, mid: str, state: str) -> bool:
 
 async def test_typing_is_an_event_never_stored(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
-        a, b = await net.start("a"), await net.start("b")
-        await net.linked(a, b)
+        a, b = await net.start(), await net.start()
         await a.call("chat.typing", contact=b.key.hex(), active=True)
         await settle(
             "typing at B",
@@ -74,8 +72,7 @@ async def test_typing_is_an_event_never_stored(tmp_path: Path) -> None:
 
 async def test_order_kept_and_each_message_once_in_a_burst(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
-        a, b = await net.start("a"), await net.start("b")
-        await net.linked(a, b)
+        a, b = await net.start(), await net.start()
         ids = [
             (await a.call("chat.send", contact=b.key.hex(), body=f"m{i}"))["id"] for i in range(60)
         ]
@@ -95,33 +92,32 @@ async def test_order_kept_and_each_message_once_in_a_burst(tmp_path: Path) -> No
         await settle("all delivered at A", all_delivered)
 
 
-async def test_offline_peer_gets_everything_when_it_comes_back(tmp_path: Path) -> None:
+async def test_offline_peer_gets_everything_at_once_when_it_comes_back(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
-        b_identity = Identity.generate()
-        a = await net.start("a", retry_initial=30.0)
-        b_key = b_identity.public_key
+        a, b = await net.start(retry_initial=60.0), await net.start()
+        await net.stop(b)
         ids = [
-            (await a.call("chat.send", contact=b_key.hex(), body=f"while away {i}"))["id"]
+            (await a.call("chat.send", contact=b.key.hex(), body=f"while away {i}"))["id"]
             for i in range(5)
         ]
         await asyncio.sleep(1.0)
-        assert all(
-            m["state"] == "pending"
-            for m in (await a.call("chat.history", contact=b_key.hex()))["messages"]
-        )
-        b = await net.start("b", identity=b_identity)
-        await net.linked(a, b)
-        await a.chat.outbox.wake(b_key)  # what session.up does when the node publishes it
+        assert {m["state"] for m in await history(a, b)} == {"pending"}
+        await net.resume(b)  # the first retry is 60 s away: only the wake-up can do it
 
         async def got_all() -> bool:
             return [m["id"] for m in await history(b, a)] == ids
 
-        await settle("all 5 at B in order", got_all)
+        await settle("all 5 at B in order", got_all, timeout=30)
+
+        async def all_delivered() -> bool:
+            return all(m["state"] == "delivered" for m in await history(a, b))
+
+        await settle("all delivered at A", all_delivered, timeout=30)
 
 
 async def test_undelivered_message_fails_at_expiry_with_an_event(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
-        a = await net.start("a", expiry_days=2 / 86400, retry_initial=0.3, retry_max=0.5)
+        a = await net.start(expiry_days=2 / 86400, retry_initial=0.3, retry_max=0.5)
         nobody = Identity.generate().public_key
         sent = await a.call("chat.send", contact=nobody.hex(), body="into the void")
 
@@ -135,8 +131,7 @@ async def test_undelivered_message_fails_at_expiry_with_an_event(tmp_path: Path)
 
 async def test_blocked_sender_is_dropped_silently(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
-        a, b = await net.start("a"), await net.start("b")
-        await net.linked(a, b)
+        a, b = await net.start(), await net.start()
         await b.node.contacts.block(a.key)
         sent = await a.call("chat.send", contact=b.key.hex(), body="let me in")
         await settle("sent at A", lambda: _is(a, b, sent["id"], "sent"))
@@ -147,8 +142,7 @@ async def test_blocked_sender_is_dropped_silently(tmp_path: Path) -> None:
 
 async def test_search_finds_words_in_bodies(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
-        a, b = await net.start("a"), await net.start("b")
-        await net.linked(a, b)
+        a, b = await net.start(), await net.start()
         for body in ("the quick fox", "lazy dog", "quick thinking"):
             await a.call("chat.send", contact=b.key.hex(), body=body)
         found = await a.call("chat.search", text="quick")
@@ -158,8 +152,7 @@ async def test_search_finds_words_in_bodies(tmp_path: Path) -> None:
 
 async def test_accepting_a_request_makes_the_sender_a_trusted_contact(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
-        a, b = await net.start("a"), await net.start("b")
-        await net.linked(a, b)
+        a, b = await net.start(), await net.start()
         await a.call("chat.send", contact=b.key.hex(), body="may I?")
         await settle("request at B", lambda: b.seen("chat.request"))
         assert [r["key"] for r in await b.call("chat.requests")] == [a.key.hex()]

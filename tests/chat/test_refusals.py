@@ -16,7 +16,6 @@ from apps.chat.checks import Refusal
 from apps.chat.connection import AckReceived, ChatConnection, RemoteError
 from apps.chat.envelope import Envelope, Kind
 from apps.chat.wire import MAX_PAYLOAD, FrameType, encode_frame
-from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
 from tests.chat.nodes import ChatNet, ChatNode, settle
@@ -67,17 +66,11 @@ class Intruder:
         return Refusal(ack.code), ack.reason
 
 
-async def _setup(net: ChatNet, tmp_path: Path) -> tuple[ChatNode, ChatNode, Intruder]:
-    a, b = await net.start("a"), await net.start("b")
-    identity = Identity.generate()
-    config = NodeConfig(data_dir=tmp_path / "c", backend="embedded", peers=(net.uri,))
-    c_node = await Node.open(config, identity)
-    intruder = Intruder(c_node, identity, b)
-    for src, dst in ((c_node, b.node), (b.node, c_node)):
-        for _ in range(60):
-            if (await src.ping(str(dst.address), count=1, timeout=1))[0] is not None:
-                break
-    return a, b, intruder
+async def _setup(net: ChatNet) -> tuple[ChatNode, ChatNode, Intruder]:
+    a, b = await net.start(), await net.start()
+    c_node = await net.plain()
+    assert c_node.identity is not None
+    return a, b, Intruder(c_node, c_node.identity, b)
 
 
 async def stored_at(b: ChatNode) -> int:
@@ -89,90 +82,78 @@ async def test_each_forgery_is_refused_with_its_reason_and_nothing_is_stored(
     tmp_path: Path,
 ) -> None:
     async with ChatNet(tmp_path) as net:
-        a, b, c = await _setup(net, tmp_path)
+        a, b, c = await _setup(net)
         a_identity = a.node.identity
         assert a_identity is not None
-        try:
-            cases = [
-                # claims to be A (and even carries A's real signature): the source is C
-                (c.envelope(sender=a.key, signer=a_identity), Refusal.FORGED_SENDER),
-                (c.envelope().with_signature(bytes(64)), Refusal.BAD_SIGNATURE),
-                (c.envelope(recipient=a.key), Refusal.NOT_FOR_ME),
-                (c.envelope(sent_ms=0), Refusal.NO_TIMESTAMP),
-                (c.envelope(sent_ms=int((time.time() - 40 * 86400) * 1000)), Refusal.STALE),
-                (c.envelope(sent_ms=int((time.time() + 3600) * 1000)), Refusal.STALE),
-            ]
-            for env, refusal in cases:
-                got, reason = await c.send(env)
-                assert got is refusal, (refusal, got, reason)
-                assert reason
-            assert await stored_at(b) == 0
-            assert b.chat.refused[Refusal.FORGED_SENDER.label] == 1
-            forged = await b.call("chat.security")
-            assert [r["kind"] for r in forged] == ["forged-sender"]
-            # B still serves: a good message from C is accepted and stored
-            assert (await c.send(c.envelope(body=b"hello")))[0] is Refusal.OK
-            assert await stored_at(b) == 1
-        finally:
-            await c.node.close()
+        cases = [
+            # claims to be A (and even carries A's real signature): the source is C
+            (c.envelope(sender=a.key, signer=a_identity), Refusal.FORGED_SENDER),
+            (c.envelope().with_signature(bytes(64)), Refusal.BAD_SIGNATURE),
+            (c.envelope(recipient=a.key), Refusal.NOT_FOR_ME),
+            (c.envelope(sent_ms=0), Refusal.NO_TIMESTAMP),
+            (c.envelope(sent_ms=int((time.time() - 40 * 86400) * 1000)), Refusal.STALE),
+            (c.envelope(sent_ms=int((time.time() + 3600) * 1000)), Refusal.STALE),
+        ]
+        for env, refusal in cases:
+            got, reason = await c.send(env)
+            assert got is refusal, (refusal, got, reason)
+            assert reason
+        assert await stored_at(b) == 0
+        assert b.chat.refused[Refusal.FORGED_SENDER.label] == 1
+        forged = await b.call("chat.security")
+        assert [r["kind"] for r in forged] == ["forged-sender"]
+        # B still serves: a good message from C is accepted and stored
+        assert (await c.send(c.envelope(body=b"hello")))[0] is Refusal.OK
+        assert await stored_at(b) == 1
 
 
 async def test_replayed_frame_is_refused_and_stored_once(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
-        _, b, c = await _setup(net, tmp_path)
-        try:
-            env = c.envelope(body=b"once")
-            assert (await c.send(env))[0] is Refusal.OK
-            assert (await c.send(env))[0] is Refusal.REPLAY
-            assert await stored_at(b) == 1
-        finally:
-            await c.node.close()
+        _, b, c = await _setup(net)
+        env = c.envelope(body=b"once")
+        assert (await c.send(env))[0] is Refusal.OK
+        assert (await c.send(env))[0] is Refusal.REPLAY
+        assert await stored_at(b) == 1
 
 
 async def test_rekeyed_sender_is_refused_and_recorded_as_a_security_event(
     tmp_path: Path,
 ) -> None:
     async with ChatNet(tmp_path) as net:
-        _, b, c = await _setup(net, tmp_path)
-        try:
-            first, second = Identity.generate(), Identity.generate()
-            assert (await c.send(c.envelope(signer=first)))[0] is Refusal.OK  # pinned now
-            assert (await c.send(c.envelope(signer=first)))[0] is Refusal.OK
-            got, reason = await c.send(c.envelope(signer=second, body=b"new key, who dis"))
-            assert got is Refusal.KEY_CHANGED and first.public_key.hex() in reason
-            assert await stored_at(b) == 2
-            records = await b.call("chat.security")
-            assert [(r["kind"], r["key"]) for r in records] == [
-                ("key-changed", c.identity.public_key.hex())
-            ]
-            await settle("security event", lambda: b.seen("chat.security"))
-            await b.call("chat.security.ack", id=records[0]["id"])
-            assert (await b.call("chat.security"))[0]["acknowledged"] is True
-        finally:
-            await c.node.close()
+        _, b, c = await _setup(net)
+        first, second = Identity.generate(), Identity.generate()
+        assert (await c.send(c.envelope(signer=first)))[0] is Refusal.OK  # pinned now
+        assert (await c.send(c.envelope(signer=first)))[0] is Refusal.OK
+        got, reason = await c.send(c.envelope(signer=second, body=b"new key, who dis"))
+        assert got is Refusal.KEY_CHANGED and first.public_key.hex() in reason
+        assert await stored_at(b) == 2
+        records = await b.call("chat.security")
+        assert [(r["kind"], r["key"]) for r in records] == [
+            ("key-changed", c.identity.public_key.hex())
+        ]
+        await settle("security event", lambda: b.seen("chat.security"))
+        await b.call("chat.security.ack", id=records[0]["id"])
+        assert (await b.call("chat.security"))[0]["acknowledged"] is True
 
 
 async def test_oversize_and_garbage_streams_are_refused_and_b_stays_up(
     tmp_path: Path,
 ) -> None:
     async with ChatNet(tmp_path) as net:
-        _, b, c = await _setup(net, tmp_path)
-        try:
-            oversize = struct.pack(">BBI", 1, int(FrameType.ENVELOPE), MAX_PAYLOAD + 1)
-            events = await c.send_raw(oversize + b"x" * 1000)
-            assert isinstance(events[0], RemoteError)
-            assert events[0].error.code == Refusal.OVERSIZE
+        _, b, c = await _setup(net)
+        oversize = struct.pack(">BBI", 1, int(FrameType.ENVELOPE), MAX_PAYLOAD + 1)
+        events = await c.send_raw(oversize + b"x" * 1000)
+        assert isinstance(events[0], RemoteError)
+        assert events[0].error.code == Refusal.OVERSIZE
 
-            events = await c.send_raw(b"\x16\x03\x01 this is not chat at all")
-            assert isinstance(events[0], RemoteError)
-            assert events[0].error.code == Refusal.BAD_VERSION
+        events = await c.send_raw(b"\x16\x03\x01 this is not chat at all")
+        assert isinstance(events[0], RemoteError)
+        assert events[0].error.code == Refusal.BAD_VERSION
 
-            conn = ChatConnection()
-            conn.send_envelope(b"", bytes(16))  # one answer expected
-            events = await c.send_raw(encode_frame(FrameType.ENVELOPE, b"\x01garbage"), conn)
-            assert isinstance(events[0], AckReceived)
-            assert events[0].ack.code == Refusal.MALFORMED
-            assert await stored_at(b) == 0
-            assert (await c.send(c.envelope()))[0] is Refusal.OK
-        finally:
-            await c.node.close()
+        conn = ChatConnection()
+        conn.send_envelope(b"", bytes(16))  # one answer expected
+        events = await c.send_raw(encode_frame(FrameType.ENVELOPE, b"\x01garbage"), conn)
+        assert isinstance(events[0], AckReceived)
+        assert events[0].ack.code == Refusal.MALFORMED
+        assert await stored_at(b) == 0
+        assert (await c.send(c.envelope()))[0] is Refusal.OK
