@@ -552,7 +552,7 @@ class ChatApp(App[int]):
         elif name == "quit":
             self.exit(0)
         elif name == "qr":
-            self.push_screen(QrScreen(str(self.info.get("address", ""))))
+            self.push_screen(QrScreen(f"{self.info.get('key', '')}@mesh"))
         elif name == "add":
             key = _key_from(args[0])
             if key is None:

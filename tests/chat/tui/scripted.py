@@ -128,7 +128,8 @@ class ScriptedChat:
         if method == "chat.info":
             return {
                 "key": OWN,
-                "address": "200:1111:2222:3333:4444:5555:6666:7777",
+                "address": f"{OWN}@mesh",
+                "node_address": "200:1111:2222:3333:4444:5555:6666:7777",
                 "max_body_bytes": self.max_body_bytes,
                 "port": 5312,
             }

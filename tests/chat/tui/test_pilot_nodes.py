@@ -3,6 +3,8 @@ each running the chat service behind its control socket, exactly as `mesh up` do
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -29,47 +31,48 @@ async def history(node: ChatNode, peer: ChatNode) -> list[dict[str, Any]]:
     return list(result["messages"])
 
 
+@contextlib.asynccontextmanager
+async def attached(node: ChatNode, **options: Any) -> AsyncIterator[tuple[ChatApp, Any]]:
+    """The UI attached to ``node``, started, with the input focused."""
+    app = ChatApp(node.client, tz=UTC, **options)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.ready.wait()
+        app.query_one(Composer).focus()
+        yield app, pilot
+
+
 async def typed(pilot: Any, text: str) -> None:
     for ch in text:
         await pilot.press("space" if ch == " " else ch)
 
 
 async def test_send_a_message_and_it_reaches_the_other_node(tmp_path: Path) -> None:
-    async with chat_nodes(tmp_path, 2) as (a, b):
-        app = ChatApp(a.client, contact=b.key, tz=UTC)
-        async with app.run_test(size=SIZE) as pilot:
-            await app.ready.wait()
-            app.query_one(Composer).focus()
-            await typed(pilot, "hello over the mesh")
-            await pilot.press("enter")
+    async with chat_nodes(tmp_path, 2) as (a, b), attached(a, contact=b.key) as (app, pilot):
+        await typed(pilot, "hello over the mesh")
+        await pilot.press("enter")
 
-            async def arrived() -> bool:
-                msgs = await history(b, a)
-                return any(
-                    m["body"] == "hello over the mesh" and m["direction"] == "in" for m in msgs
-                )
+        async def arrived() -> bool:
+            msgs = await history(b, a)
+            return any(m["body"] == "hello over the mesh" and m["direction"] == "in" for m in msgs)
 
-            await eventually("the message at the other node", arrived)
-            log = app.query_one(MessageLog)
-            await eventually(
-                "the delivered mark in the sender's view",
-                lambda: log.window.messages and log.window.messages[-1].state == "delivered",
-            )
+        await eventually("the message at the other node", arrived)
+        log = app.query_one(MessageLog)
+        await eventually(
+            "the delivered mark in the sender's view",
+            lambda: log.window.messages and log.window.messages[-1].state == "delivered",
+        )
 
 
 async def test_live_message_arrives_while_typing_and_the_draft_is_kept(tmp_path: Path) -> None:
-    async with chat_nodes(tmp_path, 2) as (a, b):
-        app = ChatApp(a.client, contact=b.key, tz=UTC)
-        async with app.run_test(size=SIZE) as pilot:
-            await app.ready.wait()
-            composer = app.query_one(Composer)
-            composer.focus()
-            await typed(pilot, "half a thought")
-            await b.call("chat.send", contact=a.key, body="incoming while you type")
-            await eventually("the live message", lambda: "incoming while you type" in held(app))
-            assert composer.text == "half a thought"
-            await typed(pilot, " done")
-            assert composer.text == "half a thought done"
+    async with chat_nodes(tmp_path, 2) as (a, b), attached(a, contact=b.key) as (app, pilot):
+        composer = app.query_one(Composer)
+        composer.focus()
+        await typed(pilot, "half a thought")
+        await b.call("chat.send", contact=a.key, body="incoming while you type")
+        await eventually("the live message", lambda: "incoming while you type" in held(app))
+        assert composer.text == "half a thought"
+        await typed(pilot, " done")
+        assert composer.text == "half a thought done"
 
 
 async def test_unread_counts_rise_in_another_conversation_and_reset_on_open(
@@ -78,9 +81,7 @@ async def test_unread_counts_rise_in_another_conversation_and_reset_on_open(
     async with chat_nodes(tmp_path, 3) as (a, b, c):
         await a.call("chat.send", contact=b.key, body="hi b")
         await a.call("chat.send", contact=c.key, body="hi c")
-        app = ChatApp(a.client, contact=b.key, tz=UTC)
-        async with app.run_test(size=SIZE) as pilot:
-            await app.ready.wait()
+        async with attached(a, contact=b.key) as (app, pilot):
             await c.call("chat.send", contact=a.key, body="one")
             await c.call("chat.send", contact=a.key, body="two")
 
@@ -107,9 +108,7 @@ async def test_search_jumps_to_a_hit_in_an_older_page(tmp_path: Path) -> None:
             return len(await history(a, b)) >= 61
 
         await eventually("61 messages at a", all_there, timeout=60)
-        app = ChatApp(a.client, contact=b.key, tz=UTC, page_size=20)
-        async with app.run_test(size=SIZE) as pilot:
-            await app.ready.wait()
+        async with attached(a, contact=b.key, page_size=20) as (app, pilot):
             log = app.query_one(MessageLog)
             assert "the needle is here" not in held(app)
             await pilot.press("ctrl+f")
@@ -129,10 +128,7 @@ async def test_add_command_creates_a_contact(tmp_path: Path) -> None:
     async with chat_nodes(tmp_path, 2) as (a, b):
         methods = await a.call("methods")
         require("contacts.add" in methods, "the node has no contacts.* control methods yet")
-        app = ChatApp(a.client, tz=UTC)
-        async with app.run_test(size=SIZE) as pilot:
-            await app.ready.wait()
-            app.query_one(Composer).focus()
+        async with attached(a) as (app, pilot):
             await typed(pilot, f"/add {b.key}@mesh bob")
             await pilot.press("enter")
 
@@ -145,44 +141,37 @@ async def test_add_command_creates_a_contact(tmp_path: Path) -> None:
 
 
 async def test_accept_a_message_request(tmp_path: Path) -> None:
-    async with chat_nodes(tmp_path, 2) as (a, b):
-        app = ChatApp(a.client, tz=UTC)
-        async with app.run_test(size=SIZE) as pilot:
-            await app.ready.wait()
-            await b.call("chat.send", contact=a.key, body="hello, stranger here")
+    async with chat_nodes(tmp_path, 2) as (a, b), attached(a) as (app, pilot):
+        await b.call("chat.send", contact=a.key, body="hello, stranger here")
 
-            def requested() -> bool:
-                conv = app.conversations.get(b.key)
-                return bool(conv and conv.request)
+        def requested() -> bool:
+            conv = app.conversations.get(b.key)
+            return bool(conv and conv.request)
 
-            await eventually("b's message in the requests", requested)
-            await app.open_conversation(b.key)
-            await pilot.pause()
-            assert app.query_one("#request-bar").display
-            await pilot.click("#request-accept")
-            await eventually("request accepted", lambda: not requested())
-            assert not await a.call("chat.requests")
-            assert not app.query_one("#request-bar").display
+        await eventually("b's message in the requests", requested)
+        await app.open_conversation(b.key)
+        await pilot.pause()
+        assert app.query_one("#request-bar").display
+        await pilot.click("#request-accept")
+        await eventually("request accepted", lambda: not requested())
+        assert not await a.call("chat.requests")
+        assert not app.query_one("#request-bar").display
 
 
 async def test_multiline_input_sends_one_message_with_its_newlines(tmp_path: Path) -> None:
-    async with chat_nodes(tmp_path, 2) as (a, b):
-        app = ChatApp(a.client, contact=b.key, tz=UTC)
-        async with app.run_test(size=SIZE) as pilot:
-            await app.ready.wait()
-            app.query_one(Composer).focus()
-            await typed(pilot, "first")
-            await pilot.press("ctrl+j")
-            await typed(pilot, "second")
-            await pilot.press("alt+enter")
-            await typed(pilot, "third")
-            await pilot.press("enter")
+    async with chat_nodes(tmp_path, 2) as (a, b), attached(a, contact=b.key) as (_app, pilot):
+        await typed(pilot, "first")
+        await pilot.press("ctrl+j")
+        await typed(pilot, "second")
+        await pilot.press("alt+enter")
+        await typed(pilot, "third")
+        await pilot.press("enter")
 
-            async def arrived() -> list[dict[str, Any]]:
-                return [m for m in await history(b, a) if m["direction"] == "in"]
+        async def arrived() -> list[dict[str, Any]]:
+            return [m for m in await history(b, a) if m["direction"] == "in"]
 
-            got = await eventually("the message at b", arrived)
-            assert [m["body"] for m in got] == ["first\nsecond\nthird"]
+        got = await eventually("the message at b", arrived)
+        assert [m["body"] for m in got] == ["first\nsecond\nthird"]
 
 
 async def test_key_change_banner_appears_and_stays_until_acknowledged(tmp_path: Path) -> None:
@@ -193,9 +182,7 @@ async def test_key_change_banner_appears_and_stays_until_acknowledged(tmp_path: 
     async with chat_nodes(tmp_path, 2) as (a, b):
         first = await send_signed_by(b, a, Ed25519PrivateKey.generate(), "signed by my app key")
         assert first.code == 0, first  # pinned on first use
-        app = ChatApp(a.client, contact=b.key, tz=UTC)
-        async with app.run_test(size=SIZE) as pilot:
-            await app.ready.wait()
+        async with attached(a, contact=b.key) as (app, pilot):
             banner = app.query_one(SecurityBanner)
             assert not banner.display
             second = await send_signed_by(b, a, Ed25519PrivateKey.generate(), "a new key")
@@ -210,3 +197,35 @@ async def test_key_change_banner_appears_and_stays_until_acknowledged(tmp_path: 
             await eventually("the banner gone", lambda: not banner.display)
             records = await a.call("chat.security")
             assert records and all(r["acknowledged"] for r in records)
+
+
+async def test_typing_indicator_and_a_bell_and_toast_for_another_conversation(
+    tmp_path: Path,
+) -> None:
+    async with chat_nodes(tmp_path, 3) as (a, b, c):
+        await a.call("chat.send", contact=c.key, body="hi c")
+        async with attached(a, contact=b.key) as (app, _pilot):
+            rings: list[str] = []
+            toasts: list[str] = []
+            notify = app.notify
+            app.bell = lambda: rings.append("bell")  # type: ignore[method-assign]
+
+            def record(message: str, **kw: Any) -> None:
+                toasts.append(f"{kw.get('title', '')}: {message}")
+                notify(message, **kw)
+
+            app.notify = record  # type: ignore[method-assign]
+            header = app.query_one("#header")
+            await b.call("chat.typing", contact=a.key, active=True)
+            await eventually("typing shown", lambda: "typing…" in str(header.render()))
+            await c.call("chat.send", contact=a.key, body="psst, over here")
+            await eventually("a toast", lambda: any("psst, over here" in t for t in toasts))
+            assert rings
+            # Muted: the next one from c neither rings nor toasts.
+            await a.call("chat.mute", contact=c.key, muted=True)
+            await eventually("muted", lambda: app.conversations[c.key].muted, timeout=5)
+            rings.clear()
+            toasts.clear()
+            await c.call("chat.send", contact=a.key, body="still here")
+            await eventually("c's unread grows", lambda: app.conversations[c.key].unread >= 2)
+            assert not rings and not toasts

@@ -12,7 +12,7 @@ from apps.chat.tui.app import ChatApp
 from apps.chat.tui.widgets.composer import Composer
 from apps.chat.tui.widgets.message_log import MessageLog
 
-from .scripted import ALICE, T0, ScriptedChat, message, scene
+from .scripted import ALICE, OWN, T0, ScriptedChat, message, scene
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,3 +129,34 @@ async def test_calls_not_available_without_call_place() -> None:
         await pilot.press("enter")
         assert "calls are not available" in str(app.query_one("#status").render())
         assert not [c for c in chat.calls if c[0] == "call.place"]
+
+
+async def test_retry_a_failed_message_and_commands_for_qr_copy_and_palette() -> None:
+    from apps.chat.tui.screens.help import HelpScreen
+    from apps.chat.tui.screens.qr import QrScreen
+
+    chat = scene()
+    app = ChatApp(chat, contact="alice", tz=UTC)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.ready.wait()
+        log = app.query_one(MessageLog)
+        failed = next(m for m in log.window.messages if m.state == "failed")
+        log.focus()
+        while log.selected_message() != failed:
+            await pilot.press("up")
+        await pilot.press("t")
+        assert ("chat.retry", {"id": failed.id}) in chat.calls
+        composer = app.query_one(Composer)
+        composer.focus()
+        composer.load_text("/qr")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, QrScreen)
+        assert app.screen.address == f"{OWN}@mesh"
+        await pilot.press("escape")
+        composer.load_text("/copy alice")
+        await pilot.press("enter")
+        assert f"copied {ALICE}@mesh" in str(app.query_one("#status").render())
+        app.palette_command("help")  # what the command palette runs for /help
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
