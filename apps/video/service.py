@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from apps.video import sdp
 from apps.video import signaling as sig
@@ -34,9 +34,11 @@ from core import (
     MeshError,
     NodeEvent,
     PeerRateLimiter,
+    Trust,
+    UnknownContact,
     UsageError,
     address_for_key,
-    parse_mail_address,
+    parse_key,
     peer_address,
     peer_key,
 )
@@ -44,7 +46,7 @@ from core import (
 if TYPE_CHECKING:
     from core import Node
 
-__all__ = ["CallService", "ContactBook", "VideoConfig", "create_service"]
+__all__ = ["CallService", "VideoConfig", "create_service"]
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +56,6 @@ MAX_HANDSHAKES = 8  # incoming streams still before their first frame
 FIRST_FRAME_TIMEOUT = 10.0
 FINISHED_KEPT = 32
 REFUSALS_LOGGED = 5  # refused calls logged per peer per minute
-
-
-class ContactBook(Protocol):
-    """What the service needs of the node's contacts (``node.contacts``)."""
-
-    async def get(self, key: bytes) -> Any | None: ...
-
-    async def seen(self, key: bytes) -> Any: ...
-
-    async def resolve(self, name: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -100,11 +92,6 @@ class VideoConfig:
         return config
 
 
-def _trust(contact: Any) -> str:
-    trust = getattr(contact, "trust", "unknown")
-    return str(getattr(trust, "value", trust))
-
-
 @dataclass
 class _Session:
     call: Call
@@ -121,13 +108,11 @@ class CallService(BaseService):
         node: Node,
         config: VideoConfig,
         data_dir: Path,
-        *,
-        contacts: ContactBook | None = None,
     ) -> None:
         self.node = node
         self.config = config
         self.data_dir = data_dir
-        self.contacts: ContactBook | None = contacts or getattr(node, "contacts", None)
+        self.contacts = node.contacts  # the node's one list, shared with chat and mail
         self.log: CallLog | None = None
         self._server: Any = None
         self._sessions: dict[str, _Session] = {}
@@ -208,28 +193,34 @@ class CallService(BaseService):
     # -- who may call -------------------------------------------------------------------
     async def _screen(self, call: Call) -> str | None:
         """None if the caller may ring us, else the reject reason; notes the caller's
-        alias in our contacts on the call."""
-        key = call.peer_key
-        contact = await self.contacts.get(key) if self.contacts is not None else None
-        call.alias = getattr(contact, "alias", None) if contact is not None else None
-        trust = _trust(contact) if contact is not None else "unknown"
-        if trust == "blocked":
+        alias in our contacts on the call, and remembers a stranger as unknown (like a
+        message request)."""
+        contact = await self.contacts.get(call.peer_key)
+        call.alias = contact.alias if contact is not None else None
+        trust = contact.trust if contact is not None else Trust.UNKNOWN
+        if trust is Trust.BLOCKED:
             return "not-a-contact"
         if self.config.ring == "everyone":
             return None
-        if trust != "trusted":
-            if contact is None and self.contacts is not None:
-                with contextlib.suppress(Exception):
-                    await self.contacts.seen(key)
+        if trust is not Trust.TRUSTED:
+            if contact is None:
+                await self.contacts.seen(call.peer_key)
             return "not-a-contact"
         return None
 
-    async def _resolve(self, name: str) -> bytes:
-        if self.contacts is not None:
+    async def _resolve(self, name: str) -> tuple[bytes, str | None]:
+        """The key (and our alias for it) that ``name`` means: a contact's alias, key
+        or key@mesh, or any key or key@mesh (the callee decides whether it rings)."""
+        try:
             contact = await self.contacts.resolve(name)
-            return bytes(contact.key)
-        text = name.strip()  # without a contact list: a key or key@mesh
-        return parse_mail_address(text if "@" in text else f"{text}@mesh").key
+        except UnknownContact:
+            try:
+                return parse_key(name), None
+            except UsageError:
+                raise UnknownContact(
+                    f"{name!r} is not a contact (mesh contacts list), a key or key@mesh"
+                ) from None
+        return contact.key, contact.alias
 
     # -- signaling I/O ------------------------------------------------------------------
     async def _send(self, session: _Session, frame: sig.Frame) -> None:
@@ -476,15 +467,13 @@ class CallService(BaseService):
     async def place(self, contact: str, options: CallOptions) -> Call:
         if self.current() is not None:
             raise UsageError("already in a call: hang up first (mesh call hangup)")
-        key = await self._resolve(contact)
+        key, alias = await self._resolve(contact)
         if key == self.node.key:
             raise UsageError("that is this node's own key")
         call = Call(self.node, sig.Role.CALLER, key, address_for_key(key), on_state=self._on_state)
         if options.audio_only:
             call.media = ("audio",)
-        if self.contacts is not None:
-            known = await self.contacts.get(key)
-            call.alias = getattr(known, "alias", None) if known is not None else None
+        call.alias = alias
         session = _Session(call)
         try:
             offer = await call.offer(options)

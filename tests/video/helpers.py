@@ -12,40 +12,9 @@ from typing import Any
 from apps.video import sdp
 from apps.video.call import CallOptions
 from apps.video.service import CallService, VideoConfig
-from core.backend import NodeEvent
-from core.node import Node
+from core import Node, NodeEvent
 
-__all__ = ["Book", "Phone", "connect", "method", "phones", "trust_each_other", "trusted_pair"]
-
-
-@dataclass
-class _Entry:
-    key: bytes
-    trust: str
-    alias: str | None = None
-
-
-class Book:
-    """A contact list with the node.contacts calls the service makes.
-    TODO(kit): replace with node.contacts once KIT-NODE's Contacts lands."""
-
-    def __init__(self) -> None:
-        self._by_key: dict[bytes, _Entry] = {}
-
-    def trust(self, node: Node, trust: str = "trusted", alias: str | None = None) -> None:
-        self._by_key[node.key] = _Entry(node.key, trust, alias)
-
-    async def get(self, key: bytes) -> _Entry | None:
-        return self._by_key.get(key)
-
-    async def seen(self, key: bytes) -> _Entry:
-        return self._by_key.setdefault(key, _Entry(key, "unknown"))
-
-    async def resolve(self, name: str) -> _Entry:
-        for entry in self._by_key.values():
-            if name in (entry.alias, entry.key.hex()):
-                return entry
-        return _Entry(bytes.fromhex(name), "unknown")
+__all__ = ["Phone", "connect", "method", "phones", "trust_each_other", "trusted_pair"]
 
 
 @dataclass
@@ -54,7 +23,6 @@ class Phone:
 
     node: Node
     service: CallService
-    book: Book
     events: list[NodeEvent] = field(default_factory=list)
     _watch: asyncio.Task[None] | None = None
 
@@ -111,12 +79,9 @@ async def phones(nodes: list[Node], root: Path, **config: Any) -> AsyncIterator[
     made: list[Phone] = []
     try:
         for i, node in enumerate(nodes):
-            book = Book()
-            service = CallService(
-                node, VideoConfig.from_mapping(config), root / f"phone{i}", contacts=book
-            )
+            service = CallService(node, VideoConfig.from_mapping(config), root / f"phone{i}")
             await service.start()
-            phone = Phone(node, service, book)
+            phone = Phone(node, service)
             await phone.watch()
             made.append(phone)
         yield made
@@ -127,9 +92,10 @@ async def phones(nodes: list[Node], root: Path, **config: Any) -> AsyncIterator[
                 assert set(sdp.addresses(text)) == {str(phone.node.address)}, text
 
 
-def trust_each_other(a: Phone, b: Phone) -> None:
-    a.book.trust(b.node, alias="b")
-    b.book.trust(a.node, alias="a")
+async def trust_each_other(a: Phone, b: Phone, names: tuple[str, str] = ("a", "b")) -> None:
+    """Each adds the other to its contacts (trusted) under the other's name."""
+    await a.node.contacts.add(b.node.key, alias=names[1])
+    await b.node.contacts.add(a.node.key, alias=names[0])
 
 
 async def method(phone: Phone, name: str, **params: Any) -> Any:
@@ -155,5 +121,5 @@ async def trusted_pair(root: Path, **config: Any) -> AsyncIterator[tuple[Phone, 
     async with CallMesh(root) as mesh:
         nodes = await mesh.open(2)
         async with phones(nodes, root, **config) as (a, b):
-            trust_each_other(a, b)
+            await trust_each_other(a, b)
             yield a, b

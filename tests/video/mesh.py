@@ -1,5 +1,5 @@
-"""Embedded nodes for the call tests: real nodes in this process, all peered over
-loopback TCP with one relay node, so any two of them talk through a forwarding node.
+"""Embedded nodes for the call tests: real nodes in this process, each linked only to one
+relay node, so any two of them talk through a forwarding node.
 
     async with CallMesh(tmp_path) as mesh:
         a, b = await mesh.open(2)
@@ -8,25 +8,16 @@ loopback TCP with one relay node, so any two of them talk through a forwarding n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from apps.video.ice import MeshIceConnection
-from core.config import NodeConfig
-from core.identity import Identity
-from core.node import Node
+from core import Node
+from core.testing import mem_mesh
 from tests.lab.fixtures import poll
 
-__all__ = ["CallMesh", "eventually", "exchange_and_connect", "ping_until_up"]
-
-
-async def ping_until_up(src: Node, dst: Node, tries: int = 60) -> None:
-    """The first packets to a new destination can be lost while the path lookup runs."""
-    for _ in range(tries):
-        rtt = await src.ping(str(dst.address), count=1, timeout=1)
-        if rtt[0] is not None:
-            return
-    raise AssertionError(f"no route from {src.address} to {dst.address}")
+__all__ = ["CallMesh", "eventually", "exchange_and_connect"]
 
 
 async def eventually(what: str, check: Any, timeout: float = 15.0) -> Any:
@@ -38,44 +29,28 @@ async def eventually(what: str, check: Any, timeout: float = 15.0) -> Any:
 
 
 class CallMesh:
+    """``open(n)`` gives ``n`` nodes of a star around :attr:`relay` on the kit's in-memory
+    carrier (``core.testing.mem_mesh``): every call between them is forwarded by the
+    relay, routes are ready when ``open`` returns."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.relay: Node | None = None
-        self.nodes: list[Node] = []
-        self._uri = ""
+        self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> CallMesh:
-        relay_config = NodeConfig(
-            data_dir=self.root / "relay", backend="embedded", listen=("tcp://127.0.0.1:0",)
-        )
-        self.relay = await Node.open(relay_config, Identity.generate())
-        self._uri = (await self.relay.status())["backend_status"]["listening"][0]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for node in reversed(self.nodes):
-            await node.close()
-        if self.relay is not None:
-            await self.relay.close()
+        await self._stack.aclose()
 
     async def open(self, count: int) -> list[Node]:
-        """``count`` new nodes that reach each other (through the relay)."""
-        assert self.relay is not None
-        fresh: list[Node] = []
-        for _ in range(count):
-            where = self.root / f"node{len(self.nodes)}"
-            config = NodeConfig(data_dir=where, backend="embedded", peers=(self._uri,))
-            node = await Node.open(config, Identity.generate())
-            self.nodes.append(node)
-            fresh.append(node)
-        for node in fresh:
-            await ping_until_up(node, self.relay)
-            await ping_until_up(self.relay, node)
-        for src in fresh:
-            for dst in fresh:
-                if src is not dst:
-                    await ping_until_up(src, dst)
-        return fresh
+        assert self.relay is None, "one open() per CallMesh"
+        mesh = await self._stack.enter_async_context(
+            mem_mesh(count + 1, self.root, topology="star")
+        )
+        self.relay = mesh[0]
+        return list(mesh[1:])
 
 
 async def exchange_and_connect(a: MeshIceConnection, b: MeshIceConnection) -> None:

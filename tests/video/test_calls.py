@@ -14,7 +14,7 @@ import pytest
 
 from apps.video.call import CallOptions
 from apps.video.media import read_stamp
-from core.errors import UsageError
+from core import Trust, UsageError
 from tests.video.helpers import connect, method, phones, trust_each_other, trusted_pair
 from tests.video.mesh import CallMesh, eventually
 from tests.video.oswatch import udp_socket_inodes
@@ -108,8 +108,8 @@ async def test_a_second_call_while_in_one_gets_busy(tmp_path: Path) -> None:
     async with CallMesh(tmp_path) as mesh:
         a, b, c = await mesh.open(3)
         async with phones([a, b, c], tmp_path) as (pa, pb, pc):
-            trust_each_other(pa, pb)
-            trust_each_other(pc, pb)
+            await trust_each_other(pa, pb)
+            await trust_each_other(pc, pb, ("c", "b"))
             first = await connect(pa, pb)
             await pc.service.place(b.key.hex(), CallOptions(audio_only=True))
             busy = await pc.wait_event("call.ended")
@@ -140,12 +140,13 @@ async def test_callers_who_are_not_trusted_contacts_are_refused(tmp_path: Path) 
     async with CallMesh(tmp_path) as mesh:
         a, b = await mesh.open(2)
         async with phones([a, b], tmp_path) as (pa, pb):
-            pa.book.trust(b)  # A knows B, but B does not know A
+            await pa.node.contacts.add(b.key)  # A knows B, but B does not know A
             await pa.service.place(b.key.hex(), CallOptions(audio_only=True))
             refused = await pa.wait_event("call.ended")
             assert refused["result"] == "not-a-contact"
             assert "call.incoming" not in pb.kinds()
-            assert (await pb.book.get(a.key)) is not None  # recorded as a seen stranger
+            stranger = await pb.node.contacts.get(a.key)  # remembered, like a message request
+            assert stranger is not None and stranger.trust is Trust.UNKNOWN
             assert (await method(pb, "call.log"))[0]["result"] == "not-a-contact"
 
 
@@ -153,7 +154,7 @@ async def test_ring_everyone_still_refuses_blocked_keys(tmp_path: Path) -> None:
     async with CallMesh(tmp_path) as mesh:
         a, b, c = await mesh.open(3)
         async with phones([a, b, c], tmp_path, ring="everyone") as (pa, pb, pc):
-            pb.book.trust(c, "blocked")
+            await pb.node.contacts.block(c.key)
             await pa.service.place(b.key.hex(), CallOptions(audio_only=True))
             await pb.wait_event("call.incoming")  # a stranger rings
             await method(pb, "call.reject")
@@ -170,7 +171,7 @@ async def test_an_audio_only_call_crosses_the_forwarding_relay_node(tmp_path: Pa
         for node in (a, b):  # no direct link: each node's only peer is the relay
             assert [p.key.hex() for p in await node.peers() if p.key] == [relay_key]
         async with phones([a, b], tmp_path) as (pa, pb):
-            trust_each_other(pa, pb)
+            await trust_each_other(pa, pb)
             await connect(pa, pb, audio_only=True)
             await eventually(
                 "audio at B",
@@ -237,8 +238,8 @@ async def test_two_calls_arriving_together_ring_once_and_the_other_is_busy(
     async with CallMesh(tmp_path) as mesh:
         a, b, c = await mesh.open(3)
         async with phones([a, b, c], tmp_path) as (pa, pb, pc):
-            trust_each_other(pa, pb)
-            trust_each_other(pc, pb)
+            await trust_each_other(pa, pb)
+            await trust_each_other(pc, pb, ("c", "b"))
             await asyncio.gather(
                 pa.service.place(b.key.hex(), CallOptions(audio_only=True)),
                 pc.service.place(b.key.hex(), CallOptions(audio_only=True)),
@@ -266,7 +267,7 @@ async def test_a_stranger_ringing_over_and_over_is_logged_five_times_a_minute(
     tmp_path: Path,
 ) -> None:
     async with trusted_pair(tmp_path) as (pa, pb):
-        pb.book.trust(pa.node, "unknown")  # B no longer trusts A
+        await pb.node.contacts.set_trust(pa.node.key, Trust.UNKNOWN)  # B no longer trusts A
         for _ in range(7):
             await pa.service.place(pb.node.key.hex(), CallOptions(audio_only=True))
             await eventually("refused", lambda: pa.service.current() is None, timeout=10)
