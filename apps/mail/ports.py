@@ -27,6 +27,9 @@ class MailSink(Protocol):
     ) -> int | None:
         """Store durably before returning; the new UID, or None for a known dedup key."""
 
+    async def special_mailbox(self, use: str, default: str) -> str:
+        """The name of the mailbox with special-use ``use`` (``default`` gets it if none)."""
+
 
 class Connector(Protocol):
     async def open_connection(

@@ -23,6 +23,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
 
 from core import (
     EventBus,
@@ -62,8 +64,17 @@ def _batches(due: list[Delivery], limit: int) -> list[list[Delivery]]:
     return order[:limit]
 
 
-async def _nothing_scheduled(busy: set[Hashable]) -> None:
-    return None  # Sent copies are due when woken (or at the scheduler's idle re-check)
+COPY_RETRY_INITIAL, COPY_RETRY_MAX = 5.0, 600.0  # seconds: a Sent copy that cannot be filed
+
+
+@dataclass(slots=True)
+class CopyFailure:
+    """Sent copies that could not be filed: retried with backoff, shown in the queue."""
+
+    since: float
+    attempts: int
+    next_attempt: float
+    last_error: str
 
 
 def _ids(busy: set[Hashable]) -> set[int]:
@@ -93,12 +104,13 @@ class QueueRunner:
         self.config = config
         self._clock = clock
         self._rng = rng or random.Random()
+        self.copy_failure: CopyFailure | None = None
         self._copies: Scheduler[list[tuple[int, str, bytes]]] = Scheduler(
             name="mail-sent-copies",
             find=self._unsent,
             keys=lambda batch: [message for message, _, _ in batch],
-            next_due=_nothing_scheduled,
-            run=self._file_copies,
+            next_due=self._copy_next_due,
+            run=self._copy_round,
             concurrency=1,
             clock=clock,
         )
@@ -140,21 +152,74 @@ class QueueRunner:
         due = await self.queue.due(now, limit=free * MAX_BATCH, exclude=_ids(busy))
         return _batches(due, free)
 
+    async def _copy_next_due(self, busy: set[Hashable]) -> float | None:
+        # Due when woken (or at the scheduler's idle re-check); after a failure, at its retry.
+        return None if self.copy_failure is None else self.copy_failure.next_attempt
+
     async def _unsent(
         self, now: float, free: int, busy: set[Hashable]
     ) -> list[list[tuple[int, str, bytes]]]:
         if busy:  # one round at a time
             return []
+        if self.copy_failure is not None and now < self.copy_failure.next_attempt:
+            return []  # backing off
         batch = await self.queue.unsent_copies()
         return [batch] if batch else []
 
-    async def _file_copies(self, batch: list[tuple[int, str, bytes]]) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for _message, token, raw in batch:
-                tg.create_task(
-                    self.sink.deliver("Sent", raw, flags=("\\Seen",), dedup_key=f"sent|{token}")
-                )
+    async def _copy_round(self, batch: list[tuple[int, str, bytes]]) -> None:
+        await self._file_copies(batch)
+
+    async def _file_copies(self, batch: list[tuple[int, str, bytes]]) -> bool:
+        """File a round of Sent copies; False (and a retry with backoff) if they failed."""
+        try:
+            # The mailbox with \Sent, wherever the person renamed it; re-created if deleted.
+            sent = await self.sink.special_mailbox("\\Sent", "Sent")
+            async with asyncio.TaskGroup() as tg:
+                for _message, token, raw in batch:
+                    tg.create_task(
+                        self.sink.deliver(sent, raw, flags=("\\Seen",), dedup_key=f"sent|{token}")
+                    )
+        except Exception as exc:
+            self._copies_failed(exc)
+            return False
         await self.queue.mark_sent_copies([message for message, _, _ in batch])
+        if self.copy_failure is not None:
+            log.info("mail queue: Sent copies are filed again (in %r)", sent)
+            self.copy_failure = None
+        return True
+
+    def _copies_failed(self, exc: Exception) -> None:
+        while isinstance(exc, ExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        reason = str(exc) or type(exc).__name__
+        now = self._clock()
+        old = self.copy_failure
+        attempts = 1 if old is None else old.attempts + 1
+        delay = min(COPY_RETRY_MAX, COPY_RETRY_INITIAL * 2 ** (attempts - 1))
+        self.copy_failure = CopyFailure(
+            now if old is None else old.since, attempts, now + delay, reason
+        )
+        # Once per new reason, not once per attempt: a broken store must not flood the log.
+        level = logging.WARNING if old is None or old.last_error != reason else logging.DEBUG
+        log.log(level, "mail queue: cannot file Sent copies (%s); retry in %.0f s", reason, delay)
+
+    def copy_rows(self) -> list[dict[str, Any]]:
+        """Sent copies waiting after a failure, as rows of ``mesh mail queue``."""
+        failure = self.copy_failure
+        if failure is None:
+            return []
+        return [
+            {
+                "delivery": None,
+                "message": None,
+                "message_id": "(Sent copies)",
+                "recipient": "Sent mailbox (local copy)",
+                "attempts": failure.attempts,
+                "queued_at": failure.since,
+                "next_attempt": failure.next_attempt,
+                "last_error": failure.last_error,
+            }
+        ]
 
     async def store_sent_copies(self) -> int:
         """File the Sent copy of every queued message that lacks one; returns how many.
@@ -166,7 +231,8 @@ class QueueRunner:
         """
         done = 0
         while batch := await self.queue.unsent_copies():
-            await self._file_copies(batch)
+            if not await self._file_copies(batch):
+                break
             done += len(batch)
         return done
 

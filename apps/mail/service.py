@@ -238,7 +238,10 @@ class MailService:
             raise MeshError("the mail service is not running")
         from .cli import delivery_json
 
-        return [delivery_json(d) for d in await self.queue.pending()]
+        rows = [delivery_json(d) for d in await self.queue.pending()]
+        if self.runner is not None:  # Sent copies that failed to be filed, retried with backoff
+            rows += self.runner.copy_rows()
+        return rows
 
 
 @contextlib.contextmanager

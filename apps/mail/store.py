@@ -478,8 +478,35 @@ class MailStore:
             async with self._tx():
                 if await self._mailbox_row(name, required=False) is not None:
                     raise MailboxExists(f"mailbox {name!r} already exists")
+                if special_use is None:  # a re-created "Sent" gets \Sent back if nobody has it
+                    special_use = await self._vacant_role(name)
                 await self._insert_mailbox(name, special_use)
             return self._info(await self._mailbox_row(name))
+
+    async def _vacant_role(self, name: str) -> str | None:
+        for default, use in DEFAULT_MAILBOXES:
+            if use is not None and default == name:
+                held = await self._one("SELECT 1 FROM mailboxes WHERE special_use = ?", (use,))
+                return None if held is not None else use
+        return None
+
+    async def special_mailbox(self, use: str, default: str) -> str:
+        """The name of the mailbox with special-use ``use`` (RFC 6154), wherever it was
+        renamed. If none has it (the person deleted it), ``default`` gets it: created if
+        missing, so filing a Sent copy never fails because of a client's DELETE."""
+        async with self._lock, self._tx():
+            row = await self._one("SELECT name FROM mailboxes WHERE special_use = ?", (use,))
+            if row is not None:
+                return str(row[0])
+            if await self._mailbox_row(default, required=False) is None:
+                await self._insert_mailbox(default, use)
+            else:
+                await self._db.execute(
+                    "UPDATE mailboxes SET special_use = ? WHERE name = ?",
+                    (use, normalize_mailbox(default)),
+                )
+        log.info("mail store: %s is now the %s mailbox", default, use)
+        return normalize_mailbox(default)
 
     async def delete_mailbox(self, name: str) -> None:
         if normalize_mailbox(name) == "INBOX":
