@@ -10,6 +10,8 @@ already pauses that listener for a second and retries; one line per interval say
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import errno
 import logging
 import resource
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AcceptErrorThrottle", "raise_nofile_limit"]
+__all__ = ["AcceptErrorThrottle", "MemoryTrimmer", "raise_nofile_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +85,62 @@ class AcceptErrorThrottle:
         )
         self._last = now
         self._suppressed = 0
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where there is no such call (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+class MemoryTrimmer:
+    """Give the C heap's free pages back to the OS after a burst of connections.
+
+    A flood of TLS handshakes leaves OpenSSL's freed buffers scattered through glibc's
+    heap; glibc only returns the top of the heap by itself, so the process would stay
+    at its peak size long after every connection is gone (measured: 35 MiB idle, 100 MiB
+    after three floods, 40 MiB after ``malloc_trim``). Count the connections that end;
+    :meth:`maybe_trim` (called from a periodic tick) trims once at least ``after`` of
+    them ended and either ``interval`` seconds passed since the last trim or the burst
+    is over (``quiet``: nothing is handshaking any more).
+    """
+
+    def __init__(
+        self,
+        *,
+        after: int = 64,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        trim: Callable[[], object] | None = None,
+    ) -> None:
+        self.after = after
+        self.interval = interval
+        self._clock = clock
+        self._trim = trim if trim is not None else _malloc_trim()
+        self._ended = 0
+        self._last = clock()
+        self.trims = 0
+
+    def ended(self, count: int = 1) -> None:
+        self._ended += count
+
+    def maybe_trim(self, *, quiet: bool = False) -> bool:
+        now = self._clock()
+        if self._trim is None or self._ended < self.after:
+            return False
+        if not quiet and now - self._last < self.interval:
+            return False
+        self._trim()
+        self._ended = 0
+        self._last = now
+        self.trims += 1
+        return True

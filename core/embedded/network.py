@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import resource
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..address import partial_key_for_subnet, subnet_for_key
 from ..limits import ConnectionLimiter
+from ..resources import MemoryTrimmer
 from .config import NetworkConfig
 from .links import LinkConnection, PeerURI, make_tls_contexts, parse_peer_uri
 from .meta import Meta, encode_meta
@@ -159,6 +161,7 @@ class PacketNetwork:
         self._links: dict[LinkConnection, _Link] = {}
         self._pending: set[LinkConnection] = set()  # not (yet) established, any direction
         self._inbound: ConnectionLimiter | None = None  # set by start(): rlimit-aware cap
+        self._trimmer = MemoryTrimmer()  # a flood's freed TLS buffers go back to the OS
         self._refused = 0
         self._refused_logged_at = -_REFUSAL_LOG_INTERVAL
         self._ports = PortAllocator()
@@ -257,6 +260,7 @@ class PacketNetwork:
             lambda: self._new_conn(parsed, inbound=True, server_tls=ssl_ctx),
             parsed.host,
             parsed.port,
+            backlog=socket.SOMAXCONN,  # as Go's net.Listen (yggdrasil-go): the kernel's cap
         )
         self._servers.append(server)
         host, port = server.sockets[0].getsockname()[:2]
@@ -283,6 +287,7 @@ class PacketNetwork:
 
     def _conn_closed(self, conn: LinkConnection) -> None:
         self._pending.discard(conn)
+        self._trimmer.ended()
         if conn.admitted and self._inbound is not None:
             self._inbound.release(source_of(conn.source))
 
@@ -474,6 +479,7 @@ class PacketNetwork:
             if now >= next_maintenance:
                 next_maintenance = now + self.config.maintenance_interval
                 self._router.maintenance()
+                self._trimmer.maybe_trim(quiet=not self._pending)
             self._flush()
 
     def maintain(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.resources import AcceptErrorThrottle
+from core.resources import AcceptErrorThrottle, MemoryTrimmer
 from tests.node.test_first_run import NodeProc, mesh
 
 pytestmark = pytest.mark.timeout(120)
@@ -111,3 +111,20 @@ def test_out_of_descriptor_errors_are_logged_once_per_interval(
         assert loop.get_exception_handler() is None
     finally:
         loop.close()
+
+
+def test_heap_is_trimmed_after_a_burst_of_connections_not_on_every_close() -> None:
+    now = [0.0]
+    trims: list[float] = []
+    trimmer = MemoryTrimmer(after=64, interval=5.0, clock=lambda: now[0],
+                            trim=lambda: trims.append(now[0]))  # fmt: skip
+    trimmer.ended(63)
+    now[0] = 100.0
+    assert not trimmer.maybe_trim(quiet=True)  # too few ended: nothing to give back
+    trimmer.ended()
+    assert trimmer.maybe_trim()  # a burst, and the interval passed
+    trimmer.ended(1000)
+    now[0] = 101.0
+    assert not trimmer.maybe_trim()  # still flooding: at most once per interval
+    assert trimmer.maybe_trim(quiet=True)  # the flood is over: at once
+    assert trims == [100.0, 101.0]
