@@ -27,6 +27,7 @@ from core.backend import (
 )
 from core.config import NodeConfig
 from core.discovery import Discovery, InterfacePolicy
+from core.embedded.config import NetworkConfig
 from core.embedded.network import PacketNetwork, PeerEvent
 from core.embedded.node import EmbeddedConfig, EmbeddedYggdrasil
 from core.errors import MeshError, UsageError
@@ -59,6 +60,15 @@ class _Server:
         return bool(self._inner.is_serving())
 
 
+def _embedded_config(config: NodeConfig) -> EmbeddedConfig:
+    """Defaults, with the listener limits of mesh.toml's ``[embedded]`` table."""
+    try:
+        network = NetworkConfig.from_table(config.service("embedded"))
+    except ValueError as exc:
+        raise UsageError(f"mesh.toml {exc}") from None
+    return EmbeddedConfig(network=network)
+
+
 class EmbeddedBackend:
     name = "embedded"
 
@@ -67,7 +77,7 @@ class EmbeddedBackend:
     ) -> None:
         self._config = config
         self._identity = identity
-        self.ygg = EmbeddedYggdrasil(identity.seed, embedded or EmbeddedConfig())
+        self.ygg = EmbeddedYggdrasil(identity.seed, embedded or _embedded_config(config))
         self._stack: NetStack | None = None
         self._discovery: Discovery | None = None
         self._unsubscribe: Any = None

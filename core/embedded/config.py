@@ -7,9 +7,14 @@ agree on the router timings; tests shorten them only between embedded nodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
-__all__ = ["NetworkConfig"]
+__all__ = ["LISTENER_KEYS", "NetworkConfig"]
+
+# what a person may set in mesh.toml's [embedded] table (the rest must agree network-wide)
+LISTENER_KEYS = ("handshake_timeout", "max_links", "max_links_per_source")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +48,24 @@ class NetworkConfig:
         for name in ("router_refresh", "router_timeout", "peer_timeout", "path_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "[embedded]") -> NetworkConfig:
+        """The defaults with ``mesh.toml``'s ``[embedded]`` keys (:data:`LISTENER_KEYS`)
+        applied; ValueError says which key is wrong."""
+        unknown = set(table) - set(LISTENER_KEYS)
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown keys {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(LISTENER_KEYS)})"
+            )
+        types = {f.name: f.type for f in fields(cls)}
+        changes: dict[str, Any] = {}
+        for key, value in table.items():
+            want = float if types[key] in (float, "float") else int
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{where} {key} must be a number, got {value!r}")
+            if want is int and not isinstance(value, int):
+                raise ValueError(f"{where} {key} must be a whole number, got {value!r}")
+            changes[key] = want(value)
+        return replace(cls(), **changes)

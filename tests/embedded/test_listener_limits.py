@@ -14,10 +14,15 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from core.backends.embedded import EmbeddedBackend
+from core.config import load_config
 from core.embedded import NetworkConfig, PacketNetwork
+from core.errors import UsageError
+from core.identity import load_or_create_identity
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,3 +139,35 @@ async def test_inbound_cap_per_source_address() -> None:
         assert net.inbound_open == 3
         for _r, writer in conns:
             writer.close()
+
+
+def test_listener_limits_come_from_mesh_toml(tmp_path: Path) -> None:
+    (tmp_path / "mesh.toml").write_text(
+        "[embedded]\nhandshake_timeout = 2.5\nmax_links = 100\nmax_links_per_source = 4\n"
+    )
+    identity, _ = load_or_create_identity(tmp_path)
+    backend = EmbeddedBackend(load_config(tmp_path), identity)
+    net = backend.ygg.network
+    assert isinstance(net, PacketNetwork)
+    assert (net.config.handshake_timeout, net.config.max_links) == (2.5, 100)
+    assert net.config.max_links_per_source == 4
+    assert NetworkConfig().handshake_timeout == 6.0  # the default is yggdrasil-go's
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ("max_link = 3", "unknown keys max_link"),
+        ("max_links = 0", "at least 1"),
+        ("max_links = 2.5", "whole number"),
+        ('handshake_timeout = "6s"', "must be a number"),
+        ("handshake_timeout = 0", "positive"),
+    ],
+)
+def test_bad_listener_limits_in_mesh_toml_say_what_is_wrong(
+    tmp_path: Path, table: str, error: str
+) -> None:
+    (tmp_path / "mesh.toml").write_text(f"[embedded]\n{table}\n")
+    identity, _ = load_or_create_identity(tmp_path)
+    with pytest.raises(UsageError, match=error):
+        EmbeddedBackend(load_config(tmp_path), identity)
