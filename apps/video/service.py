@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from apps.video import sdp
 from apps.video import signaling as sig
 from apps.video.call import Call, CallOptions
+from apps.video.page.server import PageServer, parse_page_setting
 from apps.video.store import LOG_FILE_NAME, CallLog
 from core import (
     BaseService,
@@ -68,6 +69,7 @@ class VideoConfig:
     connect_timeout: float = 20.0
     dial_timeout: float = 15.0
     name: str = ""
+    page: str = "127.0.0.1:0"  # the call page (apps/video/page): 127.0.0.1:PORT or "off"
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> VideoConfig:
@@ -80,6 +82,7 @@ class VideoConfig:
             raise UsageError('[video] ring must be "contacts" or "everyone"')
         if not 0 <= int(config.port) < 65536:
             raise UsageError("[video] port must be 0-65535")
+        parse_page_setting(config.page)
         for name in (
             "ring_timeout",
             "keepalive",
@@ -125,6 +128,7 @@ class CallService(BaseService):
         self.refused_frames = 0
         self.sent_sdp: deque[str] = deque(maxlen=64)  # the last SDPs sent, for checks
         self.port = config.port
+        self.page: PageServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -135,8 +139,21 @@ class CallService(BaseService):
             await self.log.close()
             raise
         self.port = self._server.port
+        page_port = parse_page_setting(self.config.page)
+        if page_port is not None:
+            page = PageServer(self, page_port)
+            try:
+                await page.start()
+            except BaseException:
+                self._server.close()
+                await self.log.close()
+                raise
+            self.page = page
 
     async def close(self) -> None:
+        if self.page is not None:
+            page, self.page = self.page, None
+            await page.close()
         if self._server is not None:
             self._server.close()
         for session in list(self._sessions.values()):
@@ -155,7 +172,10 @@ class CallService(BaseService):
             self.log = None
 
     def endpoints(self) -> dict[str, Any]:
-        return {"signaling": f"[{self.node.address}]:{self.port}", "ring": self.config.ring}
+        found = {"signaling": f"[{self.node.address}]:{self.port}", "ring": self.config.ring}
+        if self.page is not None:
+            found["page"] = self.page.url  # without its token
+        return found
 
     def control_methods(self) -> dict[str, Handler]:
         return {
@@ -168,6 +188,7 @@ class CallService(BaseService):
             "call.status": self._m_status,
             "call.stats": self._m_stats,
             "call.log": self._m_log,
+            "call.page": self._m_page,
         }
 
     def _own(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -552,10 +573,13 @@ class CallService(BaseService):
         return session
 
     async def _m_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.answer_with(params, CallOptions.from_params(params))
+
+    async def answer_with(self, params: dict[str, Any], options: CallOptions) -> dict[str, Any]:
+        """``call.answer`` with options built in this process (the page's tracks)."""
         session = self._ringing(params)
         call = session.call
         assert session.offer is not None
-        options = CallOptions.from_params(params)
         if session.answering:
             raise UsageError("this call is already being answered")
         session.answering = True
@@ -626,6 +650,18 @@ class CallService(BaseService):
 
     async def _m_stats(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self._session(params).call.stats()
+
+    async def _m_page(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The call page's URL with its token (the control socket is the owner's alone);
+        with ``contact``, a URL that places a call to it when opened."""
+        if self.page is None:
+            raise UsageError('the call page is off ([video] page = "off")')
+        contact = params.get("contact")
+        key = None
+        if contact:
+            found: Any = await self._resolve(str(contact))
+            key = (found[0] if isinstance(found, tuple) else found).hex()
+        return {"url": self.page.url_with_token(key), "page": self.page.url}
 
     async def _m_log(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         assert self.log is not None

@@ -1,0 +1,301 @@
+// The call page: talks to its own node only (WebSocket /ws, and a WebRTC leg on
+// loopback). No build step, no external resources.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+const page = {            // what the page knows; window.meshCall for tests and debugging
+  view: "idle", call: null, pc: null, ws: null, local: null, remote: new MediaStream(),
+  mediaReady: false, errors: [], events: [], placedFromUrl: false, muted: false, videoOff: false,
+};
+window.meshCall = page;
+
+// -- small helpers ----------------------------------------------------------------------
+function el(tag, props = {}, ...kids) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  for (const kid of kids) node.append(kid);
+  return node;
+}
+function short(key) { return key ? key.slice(0, 12) + "…" + key.slice(-4) : ""; }
+function who(call) { return (call && (call.alias || call.name)) || short(call && call.peer) || "?"; }
+function initial(text) { return (text || "?").trim().charAt(0).toUpperCase() || "?"; }
+function show(view) {
+  page.view = view;
+  document.body.dataset.view = view;
+  if (view === "incoming") ring.start("incoming");
+  else if (view === "outgoing") ring.start("outgoing");
+  else ring.stop();
+}
+function note(text) {
+  const box = $("note");
+  box.textContent = text || "";
+  box.hidden = !text;
+}
+function send(message) {
+  if (page.ws && page.ws.readyState === WebSocket.OPEN) page.ws.send(JSON.stringify(message));
+}
+
+// -- ringtone: generated with WebAudio, no file -----------------------------------------
+const ring = {
+  ctx: null, timer: null, kind: null,
+  start(kind) {
+    if (this.kind === kind) return;
+    this.stop();
+    this.kind = kind;
+    try {
+      this.ctx = this.ctx || new AudioContext();
+      this.ctx.resume().catch(() => {});
+    } catch (e) { return; }
+    const burst = () => {
+      const ctx = this.ctx, now = ctx.currentTime;
+      const tones = kind === "incoming" ? [440, 480] : [425];
+      const length = kind === "incoming" ? 1.2 : 1.0;
+      const gain = ctx.createGain();
+      gain.gain.setValueAtTime(0, now);
+      gain.gain.linearRampToValueAtTime(kind === "incoming" ? 0.15 : 0.06, now + 0.03);
+      gain.gain.setValueAtTime(kind === "incoming" ? 0.15 : 0.06, now + length - 0.05);
+      gain.gain.linearRampToValueAtTime(0, now + length);
+      gain.connect(ctx.destination);
+      for (const hz of tones) {
+        const osc = ctx.createOscillator();
+        osc.frequency.value = hz;
+        osc.connect(gain);
+        osc.start(now);
+        osc.stop(now + length);
+      }
+    };
+    burst();
+    this.timer = setInterval(burst, kind === "incoming" ? 3000 : 4000);
+  },
+  stop() {
+    this.kind = null;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  },
+};
+
+// -- the idle view: contacts and the call log -----------------------------------------
+function renderIdle(hello) {
+  const contacts = $("contacts"), log = $("log");
+  contacts.replaceChildren();
+  for (const c of hello.contacts || []) {
+    if (c.trust === "blocked") continue;
+    const name = c.alias || short(c.key);
+    contacts.append(el("li", {},
+      el("div", { className: "avatar", style: "width:32px;height:32px;font-size:1em", textContent: initial(name) }),
+      el("span", { className: "grow", textContent: name, title: c.key }),
+      el("span", { className: "muted", textContent: c.trust }),
+      callButton(c.key)));
+  }
+  if (!contacts.children.length) contacts.append(el("li", { className: "muted", textContent: "no contacts yet (mesh contacts add KEY ALIAS)" }));
+  log.replaceChildren();
+  for (const row of hello.log || []) {
+    const when = new Date(row.started * 1000).toLocaleString();
+    const arrow = row.direction === "outgoing" ? "→" : "←";
+    log.append(el("li", {},
+      el("span", { textContent: arrow }),
+      el("span", { className: "grow", textContent: `${row.alias || row.name || short(row.peer)}`, title: row.peer }),
+      el("span", { className: "muted", textContent: `${row.outcome} · ${Math.round(row.duration_s || 0)} s · ${when}` }),
+      callButton(row.peer)));
+  }
+  if (!log.children.length) log.append(el("li", { className: "muted", textContent: "no calls yet" }));
+}
+function callButton(key) {
+  const button = el("button", { className: "go call", textContent: "Call" });
+  button.dataset.key = key;
+  button.addEventListener("click", () => place(key));
+  return button;
+}
+function place(contact) {
+  if (!contact) return;
+  page.call = { peer: contact.length === 64 ? contact : "", alias: contact.length === 64 ? "" : contact };
+  showOutgoing(page.call, "calling…");
+  send({ op: "place", contact, source: page.local && page.local.getVideoTracks().length ? "browser" : null });
+}
+
+// -- call views --------------------------------------------------------------------------
+function showOutgoing(call, status) {
+  $("out-avatar").textContent = initial(who(call));
+  $("out-name").textContent = who(call);
+  $("out-key").textContent = call.peer || "";
+  $("out-status").textContent = status;
+  show("outgoing");
+}
+function showIncoming(call) {
+  $("in-avatar").textContent = initial(who(call));
+  $("in-name").textContent = who(call) + (call.media && !call.media.includes("video") ? " (audio only)" : "");
+  $("in-key").textContent = call.peer;
+  show("incoming");
+}
+function showInCall(call) {
+  $("call-name").textContent = who(call);
+  if (page.view !== "incall") {
+    page.muted = false; page.videoOff = false;
+    $("mute").classList.remove("on"); $("mute").textContent = "Mute";
+    $("camera").classList.remove("on"); $("camera").textContent = "Camera off";
+    $("source").value = page.local && page.local.getVideoTracks().length ? "browser" : "testsrc";
+  }
+  show("incall");
+  const video = $("remote");
+  if (video.srcObject !== page.remote) video.srcObject = page.remote;
+  video.play().catch(() => {});
+}
+function showEnded(summary) {
+  $("end-avatar").textContent = initial(who(summary));
+  $("end-name").textContent = who(summary);
+  const reason = summary.result === "answered" ? "call ended" : summary.result;
+  $("end-reason").textContent = reason + (summary.detail ? ` (${summary.detail})` : "");
+  $("end-duration").textContent = `duration ${Number(summary.duration_s || 0).toFixed(1)} s`;
+  show("ended");
+}
+function onCallState(data) {
+  page.call = data;
+  const state = data.state;
+  if (state === "ended") return;
+  if (state === "active" || state === "connecting") showInCall(data);
+  else if (data.direction === "incoming") showIncoming(data);
+  else showOutgoing(data, state === "ringing" ? "ringing…" : "calling…");
+  if (state === "active" && data.remote) {
+    const r = data.remote;
+    const bits = [];
+    if (r.audio_muted) bits.push("muted");
+    if (r.video_off) bits.push("camera off");
+    $("call-name").textContent = who(data) + (bits.length ? ` (${bits.join(", ")})` : "");
+  }
+}
+function stats(s) {
+  const f = (v, unit) => (v === null || v === undefined ? "–" : `${v}${unit}`);
+  $("stats").textContent = `RTT ${f(s.rtt_ms, " ms")} · loss ${f(s.loss === null ? null : (100 * s.loss).toFixed(1), " %")} · `
+    + `${f(s.bitrate_kbps, " kbit/s")} · ${f(s.fps, " fps")} · ${f(s.resolution, "")}`;
+}
+
+// -- buttons and keys ----------------------------------------------------------------------
+function hangup() { if (page.call) send({ op: "hangup", id: page.call.id }); }
+function toggleMute() {
+  page.muted = !page.muted;
+  for (const t of page.local ? page.local.getAudioTracks() : []) t.enabled = !page.muted;
+  $("mute").classList.toggle("on", page.muted);
+  $("mute").textContent = page.muted ? "Unmute" : "Mute";
+  send({ op: "update", audio_muted: page.muted });
+}
+function toggleVideo() {
+  page.videoOff = !page.videoOff;
+  for (const t of page.local ? page.local.getVideoTracks() : []) t.enabled = !page.videoOff;
+  $("camera").classList.toggle("on", page.videoOff);
+  $("camera").textContent = page.videoOff ? "Camera on" : "Camera off";
+  send({ op: "update", video_off: page.videoOff });
+}
+$("dial").addEventListener("submit", (e) => { e.preventDefault(); place($("dial-to").value.trim()); });
+$("cancel").addEventListener("click", hangup);
+$("hangup").addEventListener("click", hangup);
+$("reject").addEventListener("click", () => page.call && send({ op: "reject", id: page.call.id }));
+$("accept-video").addEventListener("click", () => answer(false));
+$("accept-audio").addEventListener("click", () => answer(true));
+$("mute").addEventListener("click", toggleMute);
+$("camera").addEventListener("click", toggleVideo);
+$("source").addEventListener("change", (e) => send({ op: "update", source: e.target.value }));
+$("back").addEventListener("click", () => { show("idle"); send({ op: "refresh" }); });
+document.addEventListener("keydown", (e) => {
+  if (e.target instanceof HTMLInputElement || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (page.view !== "incall" && !(e.key === "h" && page.view === "outgoing")) return;
+  if (e.key === "m") toggleMute();
+  else if (e.key === "v") toggleVideo();
+  else if (e.key === "h") hangup();
+});
+function answer(audioOnly) {
+  if (!page.call) return;
+  const camera = page.local && page.local.getVideoTracks().length;
+  send({ op: "answer", id: page.call.id, audio_only: audioOnly, source: camera ? "browser" : null });
+}
+
+// -- the loopback WebRTC leg to the node -------------------------------------------------
+async function openMedia() {
+  try {
+    page.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+  } catch (e) {
+    try { page.local = await navigator.mediaDevices.getUserMedia({ audio: true }); } catch (e2) { page.local = null; }
+    note("No camera from this browser (" + e.name + "): the other side sees your node's test pattern. "
+      + "Allow the camera and microphone for this page and reload to send your own.");
+  }
+  if (page.local) $("local").srcObject = page.local;
+}
+async function connectMedia() {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  page.pc = pc;
+  for (const kind of ["audio", "video"]) {
+    const track = page.local && page.local.getTracks().find((t) => t.kind === kind);
+    if (track) pc.addTransceiver(track, { direction: "sendrecv", streams: [page.local] });
+    else pc.addTransceiver(kind, { direction: "recvonly" });
+  }
+  pc.ontrack = (e) => {
+    page.remote.addTrack(e.track);
+    const video = $("remote");
+    video.srcObject = page.remote;
+    video.play().catch(() => {});
+  };
+  pc.onconnectionstatechange = () => {
+    page.mediaReady = pc.connectionState === "connected";
+    $("link").textContent = page.mediaReady ? "node connected" : pc.connectionState;
+    $("link").classList.toggle("ok", page.mediaReady);
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {       // non-trickle: the whole offer at once
+    if (pc.iceGatheringState === "complete") return done();
+    pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && done());
+    setTimeout(done, 3000);
+  });
+  send({ op: "offer", sdp: pc.localDescription.sdp });
+}
+
+// -- the node's WebSocket ------------------------------------------------------------------
+function onMessage(message) {
+  if (message.type === "hello") {
+    $("me").textContent = "you: " + (message.self.name || short(message.self.key));
+    renderIdle(message);
+    const state = message.state || {};
+    if (state.id && state.state && state.state !== "ended") onCallState(state);
+  } else if (message.type === "answer") {
+    page.pc.setRemoteDescription({ type: "answer", sdp: message.sdp }).then(() => {
+      const target = query.get("call");
+      if (target && !page.placedFromUrl) {
+        page.placedFromUrl = true;
+        history.replaceState(null, "", "/");
+        place(target);
+      }
+    });
+  } else if (message.type === "event") {
+    page.events.push(message.event);
+    const data = message.data || {};
+    if (message.event === "call.incoming") { page.call = data; showIncoming(data); }
+    else if (message.event === "call.state") onCallState(data);
+    else if (message.event === "call.ended") { page.call = null; showEnded(data); page.lastEnded = data; }
+  } else if (message.type === "placed") {
+    if (page.view === "outgoing") { page.call = message.call; showOutgoing(message.call, "calling…"); }
+  } else if (message.type === "stats") {
+    stats(message.stats || {});
+  } else if (message.type === "error") {
+    page.errors.push(message.message);
+    note(message.message);
+    if (page.view === "outgoing" && !(page.call && page.call.id)) show("idle");
+  }
+}
+function openSocket() {
+  return new Promise((opened) => {
+    const ws = new WebSocket(`ws://${location.host}/ws`);
+    page.ws = ws;
+    ws.onopen = () => opened();
+    ws.onmessage = (e) => onMessage(JSON.parse(e.data));
+    ws.onclose = () => {
+      $("link").textContent = "node gone";
+      $("link").classList.remove("ok");
+      note("The node closed the page's connection: is mesh up still running? Reload to retry.");
+    };
+  });
+}
+
+(async () => {
+  await openMedia();
+  await openSocket();
+  await connectMedia();
+})().catch((e) => { page.errors.push(String(e)); note(String(e)); });

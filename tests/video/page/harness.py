@@ -1,0 +1,89 @@
+"""Two nodes in this process, each with its call service and call page, and the
+system Chromium to open the pages in (tests and the bench)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from apps.video.service import CallService, VideoConfig
+from core.node import Node
+from core.testing import mem_mesh
+from tests.video.page.cdp import Chromium, Tab, chromium_path
+
+__all__ = ["INBOUND", "PagePair", "inbound", "need_chromium", "page_pair"]
+
+# Inbound RTP of the page's loopback leg: what the page decoded of the mesh call.
+INBOUND = """(async () => {
+  const out = {video: 0, audio: 0, width: 0};
+  if (!meshCall.pc) return out;
+  (await meshCall.pc.getStats()).forEach((s) => {
+    if (s.type !== "inbound-rtp") return;
+    if (s.kind === "video") { out.video = s.framesDecoded || 0; out.width = s.frameWidth || 0; }
+    if (s.kind === "audio") out.audio = s.packetsReceived || 0;
+  });
+  return out;
+})()"""
+
+
+def need_chromium() -> None:
+    """Fail under CI=true without chromium, skip (saying why) otherwise."""
+    if chromium_path() is not None:
+        return
+    why = "no chromium on PATH: scripts/install-system installs it (apt-get install chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(why)
+    print(why, file=sys.stderr)
+    pytest.skip(why)
+
+
+@dataclass
+class PagePair:
+    a: Node
+    b: Node
+    call_a: CallService
+    call_b: CallService
+    browser: Chromium
+
+    def url(self, service: CallService, call: str | None = None) -> str:
+        assert service.page is not None
+        return service.page.url_with_token(call)
+
+    async def open_both(self) -> tuple[Tab, Tab]:
+        """A's page set to call B as soon as it opens, and B's page waiting."""
+        tab_b = await self.browser.open(self.url(self.call_b))
+        await tab_b.wait("window.meshCall && meshCall.mediaReady")
+        tab_a = await self.browser.open(self.url(self.call_a, self.b.key.hex()))
+        return tab_a, tab_b
+
+
+async def inbound(tab: Tab) -> dict[str, int]:
+    got: dict[str, int] = await tab.evaluate(INBOUND)
+    return got
+
+
+@asynccontextmanager
+async def page_pair(root: Path) -> AsyncIterator[PagePair]:
+    need_chromium()
+    async with mem_mesh(2, root) as mesh:
+        a, b = mesh[0], mesh[1]
+        await a.contacts.add(b.key, alias="bob")
+        await b.contacts.add(a.key, alias="alice")
+        call_a = CallService(a, VideoConfig.from_mapping({"name": "alice"}), root / "video-a")
+        call_b = CallService(b, VideoConfig.from_mapping({"name": "bob"}), root / "video-b")
+        await call_a.start()
+        try:
+            await call_b.start()
+            try:
+                async with Chromium(root / "browser") as browser:
+                    yield PagePair(a, b, call_a, call_b, browser)
+            finally:
+                await call_b.close()
+        finally:
+            await call_a.close()

@@ -1,0 +1,161 @@
+"""The call page in headless Chromium (Debian's): node A's page calls node B, B's page
+accepts, both pages decode the other's video and audio, B hangs up; the layout against a
+stored reference; the privacy rule through the page; no network but loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from apps.video import sdp
+from apps.video.page.bridge import is_loopback
+from apps.video.service import CallService, VideoConfig
+from core.testing import mem_mesh
+from tests.video.page.cdp import Tab
+from tests.video.page.harness import INBOUND, PagePair, inbound, page_pair
+from tests.video.page.shots import boxes, decode
+
+REFERENCE = Path(__file__).with_name("reference-incall.png")
+BUTTONS = ("mute", "camera", "source", "hangup")
+
+
+async def in_call(pair: PagePair) -> tuple[Tab, Tab]:
+    """Open both pages; A's URL dials B; B accepts with video; both show the call."""
+    tab_a, tab_b = await pair.open_both()
+    await tab_b.wait("meshCall.view === 'incoming'")
+    text = await tab_b.evaluate("document.getElementById('in-name').textContent")
+    assert text == "alice"  # B's contacts name the caller
+    key = await tab_b.evaluate("document.getElementById('in-key').textContent")
+    assert key == pair.a.key.hex()
+    await tab_b.evaluate("document.getElementById('accept-video').click()")
+    await tab_a.wait("meshCall.view === 'incall'")
+    await tab_b.wait("meshCall.view === 'incall'")
+    return tab_a, tab_b
+
+
+async def decoding(tab: Tab, what: str) -> dict[str, int]:
+    """Inbound video frames decoded > 0 and advancing, and inbound audio."""
+    first = await tab.wait(f"({INBOUND}).then(s => s.video > 0 && s.audio > 0 && s)", 30)
+    await asyncio.sleep(1.5)
+    later = await inbound(tab)
+    assert later["video"] > first["video"], f"{what}: video frames decoded stopped: {first} {later}"
+    assert later["audio"] > first["audio"], f"{what}: audio stopped: {first} {later}"
+    return later
+
+
+@pytest.mark.timeout(90)
+async def test_a_page_calls_b_page_both_decode_video_and_audio_and_b_hangs_up(
+    tmp_path: Path,
+) -> None:
+    async with page_pair(tmp_path) as pair:
+        tab_a, tab_b = await in_call(pair)
+        await decoding(tab_a, "A's page")
+        await decoding(tab_b, "B's page")
+        # The engine's call is an ordinary one: status shows it active on both nodes.
+        status = await pair.call_a.control_methods()["call.status"]({})
+        assert status["state"] == "active" and status["peer"] == pair.b.key.hex()
+        # m (mute) on A's page reaches B as the remote side's update.
+        await tab_a.key("m")
+        await tab_b.wait("document.getElementById('call-name').textContent.includes('muted')")
+        await tab_b.evaluate("document.getElementById('hangup').click()")
+        await tab_a.wait("meshCall.view === 'ended'")
+        reason = await tab_a.evaluate("document.getElementById('end-reason').textContent")
+        assert reason == "call ended"
+        assert pair.call_a.current() is None
+        log = await pair.call_a.control_methods()["call.log"]({"limit": 1})
+        assert log[0]["result"] == "answered" and log[0]["duration_s"] > 1
+
+
+@pytest.mark.timeout(90)
+async def test_in_call_page_matches_reference_and_sdp_stays_on_mesh_and_loopback(
+    tmp_path: Path,
+) -> None:
+    async with page_pair(tmp_path) as pair:
+        tab_a, tab_b = await in_call(pair)
+        await decoding(tab_a, "A's page")
+        await asyncio.sleep(1.0)
+        png = await tab_a.screenshot()
+        if os.environ.get("CALL_PAGE_REFERENCE") == "write":
+            REFERENCE.write_bytes(png)
+        shot, ref = decode(png), decode(REFERENCE.read_bytes())
+        assert (shot.width, shot.height) == (ref.width, ref.height)
+        layout = await boxes(tab_a)
+        video = layout["remote"]
+        assert video[2] > 400 and video[3] > 300, layout
+        # The remote video is a picture (not black, not flat) where the reference has one.
+        assert shot.mean(video) > 30 and shot.spread(video) > 8, (shot.mean(video), video)
+        assert ref.spread(video) > 8
+        for name in BUTTONS:  # each button drawn where and as the reference has it
+            box = layout[name]
+            assert box[2] > 30 and box[3] > 20, (name, box)
+            assert box[1] + box[3] <= shot.height and box[1] > video[1] + video[3] - 5, (name, box)
+            assert abs(shot.mean(box) - ref.mean(box)) < 25, (name, shot.mean(box), ref.mean(box))
+        # The privacy rule through the page.
+        mesh = {str(pair.a.address), str(pair.b.address)}
+        for service, node in ((pair.call_a, pair.a), (pair.call_b, pair.b)):
+            assert service.sent_sdp, "no SDP went to the mesh peer"
+            for text in service.sent_sdp:
+                assert set(sdp.addresses(text)) == {str(node.address)}, text
+            assert service.page is not None
+            for page in service.page.pages:
+                leg = list(page.bridge.sent_sdp) + list(page.bridge.received_sdp)
+                assert leg, "no loopback leg"
+                for text in leg:
+                    found = [a for a in sdp.addresses(text) if a != "0.0.0.0"]
+                    assert found and all(is_loopback(a) for a in found), found
+        # The browser never sees a mesh address.
+        seen = await tab_a.evaluate(
+            "JSON.stringify([meshCall.call, document.body.innerText,"
+            " meshCall.pc.remoteDescription.sdp, meshCall.pc.localDescription.sdp])"
+        )
+        for address in mesh:
+            assert address not in seen
+            assert str(ipaddress.IPv6Address(address).exploded) not in seen
+        # Everything the pages loaded came from their own node on loopback (the browser's
+        # proxy for anything else is a closed port).
+        for tab, service in ((tab_a, pair.call_a), (tab_b, pair.call_b)):
+            assert service.page is not None
+            own = f"http://127.0.0.1:{service.page.port}/"
+            assert tab.requests and all(url.startswith(own) for url in tab.requests), tab.requests
+
+
+async def test_requests_without_the_token_get_403(tmp_path: Path) -> None:
+    async with mem_mesh(1, tmp_path) as mesh:
+        service = CallService(mesh[0], VideoConfig.from_mapping({}), tmp_path / "video")
+        await service.start()
+        try:
+            page = service.page
+            assert page is not None
+            base = page.url.rstrip("/")
+            jar = aiohttp.CookieJar(unsafe=True)  # it keeps cookies of IP hosts only so
+            async with aiohttp.ClientSession(cookie_jar=jar) as http:
+                for path in ("/", "/static/call.js", "/static/call.css", "/ws", "/?token=wrong"):
+                    async with http.get(base + path) as reply:
+                        assert reply.status == 403, path
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(base + "/ws")
+                assert refused.value.status == 403
+                # The token sets the cookie and drops itself from the address.
+                async with http.get(page.url_with_token(), allow_redirects=False) as reply:
+                    assert reply.status == 303 and reply.headers["Location"] == "/"
+                    cookie = reply.cookies[page.cookie]
+                    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+                async with http.get(base + "/static/call.js") as reply:
+                    assert reply.status == 200
+                async with http.ws_connect(base + "/ws") as ws:
+                    hello = json.loads((await ws.receive(timeout=5)).data)
+                    assert hello["type"] == "hello"
+                # A rebound name or a foreign page is refused even with the cookie.
+                for headers in ({"Host": "evil.example:80"}, {"Origin": "http://evil.example"}):
+                    async with http.get(base + "/static/call.js", headers=headers) as reply:
+                        assert reply.status == 403, headers
+            assert service.endpoints()["page"] == page.url  # status shows no token
+            assert page.token not in json.dumps(service.endpoints())
+        finally:
+            await service.close()
