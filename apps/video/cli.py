@@ -5,6 +5,8 @@ the media runs in the node process).
                       [--record-to FILE] [--json]
     mesh call answer [--auto] [--source ...] [--record-to FILE] [--count N] [--json]
     mesh call reject | hangup | log [--json]
+    mesh call page [CONTACT]          the call page's URL (with CONTACT: it calls them)
+    mesh call CONTACT --page          open that URL in the default browser
 
 Exit codes of ``mesh call CONTACT``: 0 answered (and ended normally), 3 rejected,
 4 busy, 5 no answer, 6 not a contact at the callee, 1 failed (2: usage).
@@ -18,6 +20,7 @@ import contextlib
 import json
 import sys
 import time
+import webbrowser
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,7 @@ EXIT_CODES = {
     "failed": 1,
     "missed": 5,
 }
-SUBCOMMANDS = ("answer", "reject", "hangup", "log")
-RESERVED = ("page",)  # the browser call page (calls part 2)
+SUBCOMMANDS = ("answer", "reject", "hangup", "log", "page")
 STATS_EVERY = 5.0
 JSON_FIELDS = (
     "result",
@@ -64,7 +66,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "6 not a contact at the callee, 1 failed, 2 usage. See docs/calls.md."
         ),
     )
-    p.add_argument("contact", metavar="CONTACT|answer|reject|hangup|log")
+    p.add_argument("contact", metavar="CONTACT|answer|reject|hangup|log|page")
+    p.add_argument("target", nargs="?", metavar="CONTACT", help="page: the contact the page calls")
+    p.add_argument(
+        "--page",
+        action="store_true",
+        help="call from the browser call page: open it (camera and microphone of the browser)",
+    )
     p.add_argument(
         "--source",
         default="testsrc",
@@ -92,8 +100,10 @@ def summary_json(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _check_flags(args: argparse.Namespace) -> None:
     word = args.contact
-    if word in RESERVED:
-        raise UsageError("mesh call page is not available yet (the call page is part 2)")
+    if args.target is not None and word != "page":
+        raise UsageError(f"mesh call {word} takes no second argument")
+    if args.page and word in SUBCOMMANDS:
+        raise UsageError("--page goes with mesh call CONTACT")
     if word != "answer" and (args.auto or args.count is not None):
         raise UsageError("--auto and --count go with mesh call answer")
     if word in SUBCOMMANDS and word != "answer" and args.record_to:
@@ -125,7 +135,8 @@ def cmd_call(args: argparse.Namespace) -> int:
         "reject": _simple,
         "hangup": _simple,
         "log": _log,
-    }.get(args.contact, _place)
+        "page": _page,
+    }.get(args.contact, _open_page if args.page else _place)
     code: int = asyncio.run(handler(path, args))
     return code
 
@@ -294,6 +305,35 @@ async def _simple(path: Path, args: argparse.Namespace) -> int:
         emit(result, as_json=True)
     else:
         print(f"{args.contact}: call {result.get('id', '')[:8]} {result.get('state')}")
+    return 0
+
+
+async def _page_url(path: Path, contact: str | None) -> str:
+    async with await ControlClient.connect(path) as client:
+        params = {"contact": contact} if contact else {}
+        found = await client.call("call.page", **params)
+    return str(found["url"])
+
+
+async def _page(path: Path, args: argparse.Namespace) -> int:
+    """Print the call page's URL with its token (keep it to yourself: it is the key)."""
+    url = await _page_url(path, args.target)
+    if args.json:
+        emit({"url": url}, as_json=True)
+    else:
+        print(url, flush=True)
+    return 0
+
+
+async def _open_page(path: Path, args: argparse.Namespace) -> int:
+    """Open the page that calls CONTACT in the default browser, or print its URL."""
+    url = await _page_url(path, args.contact)
+    opened = await asyncio.to_thread(webbrowser.open, url)
+    if not opened:
+        print("no browser could be opened here: open this URL on this machine", file=sys.stderr)
+        print(url, flush=True)
+    elif not args.json:
+        print("the call page is open in your browser", file=sys.stderr)
     return 0
 
 
