@@ -506,11 +506,17 @@ class ChatApp(App[int]):
             await self._call_ok("call.reject", "call rejected", id=event.call_id)
 
     async def _open_call_page(self) -> None:
-        with contextlib.suppress(MeshError):
-            info = await self.client.call("call.info")
-            url = info.get("page") or info.get("url") if isinstance(info, dict) else None
-            if url:
-                self.open_url(str(url))
+        """The node's call page (with its access token) in the browser, if it has one."""
+        method = "call.page" if "call.page" in self.methods else "call.info"
+        try:
+            info = await self.client.call(method)
+        except MeshError as exc:
+            self.set_status(f"no call page: {exc}", error=True)
+            return
+        url = (info.get("url") or info.get("page")) if isinstance(info, dict) else None
+        if url:
+            self.open_url(str(url))
+            self.set_status("call page opened in the browser")
 
     @on(RequestBar.Decided)
     async def _decided(self, event: RequestBar.Decided) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +59,11 @@ def chat_plugin() -> ServicePlugin:
     )
 
 
-async def _start(config: NodeConfig, plugin: ServicePlugin) -> ChatNode:
+async def _start(
+    config: NodeConfig, plugins: list[ServicePlugin], configs: Mapping[str, Mapping[str, Any]]
+) -> ChatNode:
     identity = Identity.generate()
-    process = NodeProcess(config, identity, [plugin], {"chat": {}})
+    process = NodeProcess(config, identity, plugins, configs)
     stop = asyncio.Event()
     task = asyncio.create_task(process.run(stop))
     ready = asyncio.create_task(process.ready.wait())
@@ -74,7 +76,8 @@ async def _start(config: NodeConfig, plugin: ServicePlugin) -> ChatNode:
         with contextlib.suppress(Exception):
             await task
         raise AssertionError(f"node in {config.data_dir} did not start: {process.failed}")
-    assert "chat" in process.services, f"chat service not running: {process.failed}"
+    for plugin in plugins:
+        assert plugin.name in process.services, f"{plugin.name} not running: {process.failed}"
     client = await ChatClient.connect(config.control_socket)
     return ChatNode(process, client, identity.public_key.hex(), task, stop)
 
@@ -89,18 +92,24 @@ async def _reach(src: ChatNode, dst: ChatNode) -> None:
 
 
 @contextlib.asynccontextmanager
-async def chat_nodes(root: Path, count: int) -> AsyncIterator[list[ChatNode]]:
-    plugin = chat_plugin()
+async def chat_nodes(
+    root: Path, count: int, *, services: Mapping[str, Mapping[str, Any]] | None = None
+) -> AsyncIterator[list[ChatNode]]:
+    """``count`` nodes running chat (and the installed ``services``, name → config)."""
+    services = services or {}
+    plugin = [chat_plugin(), *(p for p in discover_services() if p.name in services)]
+    assert len(plugin) == 1 + len(services), f"services missing: {list(services)}"
+    configs = {"chat": {}, **services}
     nodes: list[ChatNode] = []
     try:
         first = NodeConfig(data_dir=root / "n0", backend="embedded", listen=("tcp://127.0.0.1:0",))
-        nodes.append(await _start(first, plugin))
+        nodes.append(await _start(first, plugin, configs))
         assert nodes[0].process.node is not None
         status = await nodes[0].process.node.status()
         uri = status["backend_status"]["listening"][0]
         for i in range(1, count):
             config = NodeConfig(data_dir=root / f"n{i}", backend="embedded", peers=(uri,))
-            nodes.append(await _start(config, plugin))
+            nodes.append(await _start(config, plugin, configs))
         for src in nodes:
             for dst in nodes:
                 if src is not dst:

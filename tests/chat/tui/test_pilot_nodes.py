@@ -229,3 +229,25 @@ async def test_typing_indicator_and_a_bell_and_toast_for_another_conversation(
             await c.call("chat.send", contact=a.key, body="still here")
             await eventually("c's unread grows", lambda: app.conversations[c.key].unread >= 2)
             assert not rings and not toasts
+
+
+async def test_call_command_places_a_call_and_the_callee_gets_accept_reject(
+    tmp_path: Path,
+) -> None:
+    # The call page is the video app's (tested there); here: signaling through the UI.
+    async with chat_nodes(tmp_path, 2, services={"video": {"page": "off"}}) as (a, b):
+        await b.call("contacts.add", key=a.key, alias="alice")  # b takes calls from contacts
+        await a.call("chat.send", contact=b.key, body="calling you")
+        async with attached(b) as (callee, cpilot), attached(a, contact=b.key) as (_app, pilot):
+            await typed(pilot, "/call")
+            await pilot.press("enter")
+            bar = callee.query_one("#call-bar")
+            await eventually("the incoming call bar at b", lambda: bar.display, timeout=30)
+            await cpilot.click("#call-reject")
+            await eventually("the bar gone", lambda: not bar.display)
+
+            async def ended() -> bool:
+                status = await a.call("call.status")
+                return status.get("state") in ("idle", "ended")
+
+            await eventually("the call over at a", ended, timeout=30)
