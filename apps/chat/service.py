@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from apps.chat.checks import Context, Refusal, check
+from apps.chat.checks import Context, Refusal, Verdict, check
 from apps.chat.config import ChatConfig
 from apps.chat.connection import (
     NO_ID,
@@ -295,11 +295,7 @@ class ChatService(BaseService):
                 data = await asyncio.wait_for(reader.read(65536), self.config.idle_timeout)
                 if not data:
                     break
-                events = conn.receive_data(data)
-                seen = await self._db.seen_among(
-                    [e.envelope.id for e in events if isinstance(e, EnvelopeReceived)]
-                )
-                for event in events:
+                for event in conn.receive_data(data):
                     if isinstance(event, ProtocolFault):
                         self._count(event.refusal, f"from {source}: {event.reason}")
                         await answers.put(_done(event.reply))
@@ -309,10 +305,7 @@ class ChatService(BaseService):
                         ack = conn.send_ack(NO_ID, Refusal.MALFORMED, event.reason)
                         await answers.put(_done(ack))
                     elif isinstance(event, EnvelopeReceived):
-                        verdict = await self._receive(
-                            source, event.envelope, conn, event.envelope.id in seen
-                        )
-                        await answers.put(verdict)
+                        await answers.put(await self._receive(source, event.envelope, conn))
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 answers.put_nowait(None)
@@ -336,7 +329,7 @@ class ChatService(BaseService):
         log.info("chat: refused (%s) %s", refusal.label, detail)
 
     async def _receive(
-        self, source: Any, env: Envelope, conn: ChatConnection, seen: bool
+        self, source: Any, env: Envelope, conn: ChatConnection
     ) -> asyncio.Future[bytes]:
         """Check one envelope now (in stream order); commit it in the background. The
         future answers its ACK frame once that is decided (after the commit)."""
@@ -352,12 +345,17 @@ class ChatService(BaseService):
                 source=source,
                 own_key=self.node.key,
                 pinned=pinned,
-                seen=seen,
+                seen=False,  # the commit is the authority on ids (below)
                 now=now,
                 expiry=self.config.expiry,
                 skew=self.config.skew,
             ),
         )
+        if verdict.refusal in (Refusal.STALE, Refusal.NO_TIMESTAMP) and await store.seen(env.id):
+            # Check 5 comes before check 6: a replay is called a replay whatever its time.
+            # (An envelope that passes every check is refused as a replay by the commit,
+            # where the seen table is written in the same transaction: one query fewer.)
+            verdict = Verdict(Refusal.REPLAY, f"message {env.id.hex()} was received before")
         if not verdict.ok:
             self._count(verdict.refusal, f"from {source}: {verdict.detail}")
             if verdict.refusal in (Refusal.KEY_CHANGED, Refusal.FORGED_SENDER):

@@ -311,16 +311,6 @@ class ChatStore:
     async def seen(self, id_: bytes) -> bool:
         return bool(await self._all("SELECT 1 FROM seen WHERE id = ?", (id_,)))
 
-    async def seen_among(self, ids: Sequence[bytes]) -> set[bytes]:
-        """Which of ``ids`` are in the seen table (one query per 500)."""
-        found: set[bytes] = set()
-        for at in range(0, len(ids), 500):
-            chunk = ids[at : at + 500]
-            marks = ", ".join("?" * len(chunk))
-            rows = await self._all(f"SELECT id FROM seen WHERE id IN ({marks})", chunk)
-            found.update(bytes(r[0]) for r in rows)
-        return found
-
     async def security(self) -> list[dict[str, Any]]:
         rows = await self._all(
             "SELECT id, key, kind, detail, ts, acknowledged FROM security ORDER BY id"

@@ -3,6 +3,7 @@ including kill -9 of the sender with 20 messages queued."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -34,15 +35,12 @@ def history(data: Path, contact: str) -> list[dict[str, object]]:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[ChatProcess, ChatProcess]]:
-    a = ChatProcess(tmp_path / "a", "--listen", "tcp://127.0.0.1:0")
-    try:
+    with contextlib.ExitStack() as running:
+        a = ChatProcess(tmp_path / "a", "--listen", "tcp://127.0.0.1:0")
+        running.callback(a.stop)
         b = ChatProcess(tmp_path / "b", "--peer", a.listen_uri)
-        try:
-            yield a, b
-        finally:
-            b.stop()
-    finally:
-        a.stop()
+        running.callback(b.stop)
+        yield a, b
 
 
 def test_send_wait_history_requests_accept_search_read(
@@ -88,7 +86,7 @@ def test_send_wait_times_out_with_exit_1_and_the_reason(tmp_path: Path) -> None:
         assert done.returncode == 1
         assert "not delivered after 2 s" in done.stderr and "pending" in done.stderr
         bad = mesh(a.data, "chat", "send", "not-a-key", "x")
-        assert bad.returncode == 2 and "not a key" in bad.stderr
+        assert bad.returncode == 2 and "no contact is called" in bad.stderr
         usage = mesh(a.data, "chat", "history")
         assert usage.returncode == 2 and "usage: mesh chat history" in usage.stderr
     finally:

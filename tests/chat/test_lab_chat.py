@@ -31,28 +31,23 @@ TUN = "ch-tun"
 PORT = 12511
 
 
-class ChatLab(Lab):
-    """The shared lab harness with this helper's namespace prefix (``ch-``)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.prefix = "ch-" + self.prefix.split("-", 1)[1]
+UP = ("--backend", "yggdrasil", "--managed", "--if-name", TUN, "--no-multicast")
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     require_lab()
-    with ChatLab("chat") as lab:
-        a, b = lab.host("a"), lab.host("b")
-        lab.link(a, b)
-        yield lab
+    harness = Lab("chat")
+    harness.prefix = "ch-" + harness.prefix.split("-", 1)[1]  # this helper's namespaces
+    with harness:
+        harness.link(harness.host("a"), harness.host("b"))
+        yield harness
 
 
 def _up(host: Host, data: Path, *args: str) -> MeshUp:
-    assert mesh_cli(data, "init").returncode == 0
-    return host.mesh_up(
-        data, "--backend", "yggdrasil", "--managed", "--if-name", TUN, "--no-multicast", *args
-    )
+    initialised = mesh_cli(data, "init")
+    assert initialised.returncode == 0, initialised.stderr
+    return host.mesh_up(data, *UP, *args)
 
 
 def _status(data: Path, ok: Any, timeout: float = 60) -> dict[str, Any]:
