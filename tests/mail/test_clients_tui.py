@@ -46,6 +46,24 @@ def _controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+def _pump(
+    master: int, proc: subprocess.Popen[bytes], data: bytearray, stop: bytes | None, until: float
+) -> bool:
+    """Collect the screen until ``stop`` shows (True), the program ends or time is up."""
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
+    while proc.poll() is None and time.monotonic() < until:
+        if stop is not None and stop in data:
+            return True
+        if not poller.poll(200):
+            continue
+        try:
+            data += os.read(master, 65536)
+        except OSError:  # the program closed its terminal
+            return False
+    return stop is not None and stop in data
+
+
 def drive(argv: list[str], env: dict[str, str], when: bytes, keys: bytes, timeout: float) -> Screen:
     """Run a terminal program on a pty; once ``when`` is on screen, type ``keys``; wait
     for it to exit (killed at ``timeout``)."""
@@ -56,29 +74,24 @@ def drive(argv: list[str], env: dict[str, str], when: bytes, keys: bytes, timeou
         env={**os.environ, "TERM": "xterm-256color", **env},
     )  # fmt: skip
     os.close(slave)
-    data, sent = b"", False
+    data = bytearray()
+    until = time.monotonic() + timeout
+    sent = False
     try:
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    data += os.read(master, 65536)
-                except OSError:
-                    break
-            if not sent and when in data:
-                time.sleep(0.5)  # let it finish drawing before typing
-                os.write(master, keys)
-                sent = True
+        if when and _pump(master, proc, data, when, until):
+            time.sleep(0.5)  # let it finish drawing before typing
+            os.write(master, keys)
+            sent = True
+        _pump(master, proc, data, None, until)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            proc.wait(timeout=max(0.1, until - time.monotonic()))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         with contextlib.suppress(OSError):
             os.close(master)
-    return Screen(proc.returncode, data, sent)
+    return Screen(proc.returncode, bytes(data), sent)
 
 
 def _aerc_accounts(node: MailNode) -> str:
