@@ -284,6 +284,9 @@ class PageServer:
             with contextlib.suppress(Exception):
                 contacts = [c.to_json() for c in await lister()]
         recent = await service.log.recent(20) if service.log is not None else []
+        aliases = {c["key"]: c.get("alias") for c in contacts}
+        for row in recent:
+            row.setdefault("alias", aliases.get(str(row.get("peer"))))
         return {
             "type": "hello",
             "self": {"key": node.key.hex(), "name": service.config.name},

@@ -248,6 +248,52 @@ async function connectMedia() {
   send({ op: "offer", sdp: pc.localDescription.sdp });
 }
 
+// -- frame stamps: the node's test pattern codes its frame number and send time in the
+// top rows (apps/video/media.py); reading them here gives the latency to this page.
+function readStamp(video) {
+  const w = video.videoWidth, h = video.videoHeight;
+  if (w < 160 || h < 40) return null;
+  const canvas = page.stampCanvas || (page.stampCanvas = document.createElement("canvas"));
+  const scale = w / 640, rows = Math.ceil(40 * scale);
+  canvas.width = w; canvas.height = rows;
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  g.drawImage(video, 0, 0, w, rows, 0, 0, w, rows);
+  const data = g.getImageData(0, 0, w, rows).data;
+  const block = w / 40, bytes = new Array(10).fill(0);
+  for (let bit = 0; bit < 80; bit++) {
+    const line = Math.floor(bit / 40), i = bit % 40;
+    const x = Math.floor(i * block + block / 2), y = Math.floor((line * 16 + 8) * scale);
+    const at = (y * w + x) * 4, luma = (data[at] + data[at + 1] + data[at + 2]) / 3;
+    if (luma > 128) bytes[bit >> 3] |= 0x80 >> (bit & 7);
+  }
+  const sum = bytes.slice(0, 8).reduce((a, b) => a + b, 0);
+  if (((sum * 7 + 0x5a5a) & 0xffff) !== ((bytes[8] << 8) | bytes[9])) return null;
+  const word = (o) => ((bytes[o] << 24) >>> 0) + (bytes[o + 1] << 16) + (bytes[o + 2] << 8) + bytes[o + 3];
+  const ms = word(4), now = Date.now() % 4294967296;
+  return { frame: word(0), latency: (now - ms + 4294967296) % 4294967296 };
+}
+// Every frame the remote video presents: the first one's time, and the stamps' latencies.
+page.presented = 0; page.firstFrameAt = null; page.latencies = []; page.stampFrames = [];
+function watchFrames() {
+  const video = $("remote");
+  if (!video.requestVideoFrameCallback) return;
+  const each = () => {
+    page.presented += 1;
+    if (page.firstFrameAt === null) page.firstFrameAt = Date.now();
+    if (page.readStamps) {
+      const stamp = readStamp(video);
+      if (stamp) {
+        page.latencies.push(stamp.latency); page.stampFrames.push(stamp.frame);
+        if (page.latencies.length > 5000) { page.latencies.shift(); page.stampFrames.shift(); }
+      }
+    }
+    video.requestVideoFrameCallback(each);
+  };
+  video.requestVideoFrameCallback(each);
+}
+page.readStamp = () => readStamp($("remote"));
+watchFrames();
+
 // -- the node's WebSocket ------------------------------------------------------------------
 function onMessage(message) {
   if (message.type === "hello") {
