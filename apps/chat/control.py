@@ -140,16 +140,16 @@ class ChatControl:
         limit = _limit(params, 200)
         search = params.get("search")
         if search:
-            found = await self.s._db.search(str(search), conversation=key, limit=limit)
+            found = await self.s.db.search(str(search), conversation=key, limit=limit)
             return {"messages": list(reversed(found)), "more": False}
         before = params.get("before_seq")
         if before is not None and (not isinstance(before, int) or isinstance(before, bool)):
             raise UsageError("before_seq must be a whole number")
-        messages, more = await self.s._db.history(key, limit=limit, before_seq=before)
+        messages, more = await self.s.db.history(key, limit=limit, before_seq=before)
         return {"messages": messages, "more": more}
 
     async def conversations(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        convs = await self.s._db.conversations()
+        convs = await self.s.db.conversations()
         contacts: dict[str, Any] = {}
         if self.s.contacts is not None:
             with contextlib.suppress(Exception):
@@ -170,13 +170,13 @@ class ChatControl:
         key = await self._contact(params)
         if self.s.contacts is not None and trust_of(await self.s.contacts.get(key)) != "trusted":
             await self.s.contacts.add(key)
-        await self.s._db.set_flag(key, "accepted", True)
-        await self.s._db.set_flag(key, "request", False)
+        await self.s.db.set_flag(key, "accepted", True)
+        await self.s.db.set_flag(key, "request", False)
         return {"key": key.hex(), "trust": "trusted"}
 
     async def ignore(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
-        await self.s._db.set_flag(key, "request", False)
+        await self.s.db.set_flag(key, "request", False)
         trust = (
             trust_of(await self.s.contacts.get(key)) if self.s.contacts is not None else "unknown"
         )
@@ -189,7 +189,7 @@ class ChatControl:
     async def search(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         text = _want(params, "text")
         conv = await self._contact(params) if params.get("contact") else None
-        return await self.s._db.search(text, conversation=conv, limit=_limit(params, 50))
+        return await self.s.db.search(text, conversation=conv, limit=_limit(params, 50))
 
     async def typing(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
@@ -200,27 +200,27 @@ class ChatControl:
         return await self.s.retry(_hex_id(_want(params, "id"), "id"))
 
     async def security(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return await self.s._db.security()
+        return await self.s.db.security()
 
     async def security_ack(self, params: dict[str, Any]) -> dict[str, Any]:
         try:
             rid = int(str(_want(params, "id")))
         except ValueError:
             raise UsageError("id must be a security record id") from None
-        if not await self.s._db.ack_security(rid):
+        if not await self.s.db.ack_security(rid):
             raise MeshError(f"no security record {rid}")
         return {}
 
     async def mute(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
         muted = bool(params.get("muted", True))
-        await self.s._db.set_flag(key, "muted", muted)
+        await self.s.db.set_flag(key, "muted", muted)
         return {"key": key.hex(), "muted": muted}
 
     async def receipts(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
         on = bool(params.get("read_receipts", True))
-        await self.s._db.set_flag(key, "read_receipts", on)
+        await self.s.db.set_flag(key, "read_receipts", on)
         return {"key": key.hex(), "read_receipts": on}
 
 

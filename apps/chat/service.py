@@ -200,7 +200,7 @@ class ChatService(BaseService):
         self.node.events.publish(NodeEvent(kind, data))
 
     @property
-    def _db(self) -> ChatStore:
+    def db(self) -> ChatStore:
         if self.store is None:
             raise MeshError("the chat service is not running")
         return self.store
@@ -210,7 +210,7 @@ class ChatService(BaseService):
         after the message and before the entry) are queued again."""
         assert self.outbox is not None
         queued = {e.ref for e in await self.outbox.pending()}
-        for msg in await self._db.outgoing("pending"):
+        for msg in await self.db.outgoing("pending"):
             if msg["id"] not in queued:
                 env = self._envelope_for(msg, sent_ms=round(msg["ts"] * 1000))
                 await self.outbox.put(env.recipient, bytes(env), ref=msg["id"])
@@ -256,7 +256,7 @@ class ChatService(BaseService):
     async def _prune(self) -> None:
         while True:
             with contextlib.suppress(MeshError):
-                await self._db.prune_seen(self.clock())
+                await self.db.prune_seen(self.clock())
             await asyncio.sleep(3600)
 
     # -- incoming streams -------------------------------------------------------------
@@ -336,7 +336,7 @@ class ChatService(BaseService):
         if not self._rate.allow(source):
             self._count(Refusal.RATE_LIMITED, f"from {source}")
             return _done(conn.send_ack(env.id, Refusal.RATE_LIMITED, "slow down"))
-        store = self._db
+        store = self.db
         pinned = await store.pinned(env.sender) if env.signer != env.sender else None
         now = self.clock()
         verdict = check(
@@ -381,7 +381,7 @@ class ChatService(BaseService):
     async def _commit(self, item: Incoming, conn: ChatConnection) -> bytes:
         env = item.envelope
         try:
-            stored = await self._db.commit_incoming(item)
+            stored = await self.db.commit_incoming(item)
         except Exception as exc:
             log.warning("chat: could not store %s: %s", env.id.hex(), exc)
             return conn.send_ack(env.id, Refusal.BUSY, "the receiver could not store it")
@@ -403,7 +403,7 @@ class ChatService(BaseService):
     async def _security(self, key: bytes, kind: str, detail: str) -> None:
         if not self._records.allow(key):
             return
-        record = await self._db.add_security(key, kind, detail)
+        record = await self.db.add_security(key, kind, detail)
         self._publish("chat.security", record)
 
     # -- receipts ---------------------------------------------------------------------
@@ -465,12 +465,12 @@ class ChatService(BaseService):
                 if texts:
                     await self._fail(bytes.fromhex(entry.ref), reason)
         if sent:
-            for change in await self._db.set_state(sent, "sent", only_from=("pending",)):
+            for change in await self.db.set_state(sent, "sent", only_from=("pending",)):
                 self._publish("chat.state", change)
         return results
 
     async def _fail(self, id_: bytes, reason: str) -> None:
-        changes = await self._db.set_state([id_], "failed", reason, only_from=("pending", "sent"))
+        changes = await self.db.set_state([id_], "failed", reason, only_from=("pending", "sent"))
         for change in changes:
             self._publish("chat.state", change)
 
@@ -487,27 +487,27 @@ class ChatService(BaseService):
     async def send(self, key: bytes, body: str, reply_to: bytes | None) -> dict[str, Any]:
         assert self.outbox is not None
         env = self._build(Kind.TEXT, key, body.encode(), reply_to)
-        message = await self._db.add_outgoing(env, now=self.clock())
+        message = await self.db.add_outgoing(env, now=self.clock())
         await self.outbox.put(key, bytes(env), ref=env.id.hex())
         self._publish("chat.message", message)
         return message
 
     async def retry(self, id_: bytes) -> dict[str, Any]:
         assert self.outbox is not None
-        msg = await self._db.message(id_)
+        msg = await self.db.message(id_)
         if msg is None or msg["direction"] != "out":
             raise UsageError(f"no message {id_.hex()} sent from this node")
         if msg["state"] == "failed":
             env = self._envelope_for(msg, sent_ms=int(self.clock() * 1000))
-            for change in await self._db.set_state([id_], "pending", only_from=("failed",)):
+            for change in await self.db.set_state([id_], "pending", only_from=("failed",)):
                 self._publish("chat.state", change)
             await self.outbox.put(env.recipient, bytes(env), ref=msg["id"])
         await self.outbox.wake(bytes.fromhex(msg["to"]))
-        return await self._db.message(id_) or msg
+        return await self.db.message(id_) or msg
 
     async def mark_read(self, key: bytes) -> int:
-        ids = await self._db.mark_read(key)
-        conv = await self._db.conversation(key)
+        ids = await self.db.mark_read(key)
+        conv = await self.db.conversation(key)
         if ids and (conv is None or conv["read_receipts"]):
             await self._put_ids(Kind.READ, key, ids)
         return len(ids)

@@ -171,3 +171,41 @@ async def test_accepting_a_request_makes_the_sender_a_trusted_contact(tmp_path: 
         assert [(c["key"], c["alias"], c["request"]) for c in convs] == [
             (a.key.hex(), "alice", False)
         ]
+
+
+def _use_app_key(member: ChatNode) -> None:
+    """What the service does on a node that cannot sign with its node key (attached to
+    a daemon): sign with the app key kept in the chat data dir."""
+    identity = member.node.identity
+    member.node.identity = None
+    try:
+        member.chat.signer_key, member.chat._sign, member.chat.signing = member.chat._signing_key()
+    finally:
+        member.node.identity = identity
+
+
+async def test_app_key_is_pinned_on_first_use_and_a_new_one_is_refused_loudly(
+    tmp_path: Path,
+) -> None:
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start(), await net.start()
+        _use_app_key(a)
+        key_file = a.node.config.data_dir / "chat" / "app-key"
+        assert a.chat.signing == "app key" and key_file.stat().st_mode & 0o777 == 0o600
+        first = a.chat.signer_key
+        _use_app_key(a)
+        assert a.chat.signer_key == first  # persisted, not made again
+        ok = await a.call("chat.send", contact=b.key.hex(), body="signed by my app key")
+        await settle("delivered", lambda: _is(a, b, ok["id"], "delivered"))
+        assert await b.chat.db.pinned(a.key) == first
+
+        key_file.unlink()  # the app key is lost and made anew: the peer must refuse it
+        _use_app_key(a)
+        assert a.chat.signer_key != first
+        bad = await a.call("chat.send", contact=b.key.hex(), body="new key")
+        await settle("failed at A", lambda: _is(a, b, bad["id"], "failed"))
+        failed = next(m for m in await history(a, b) if m["id"] == bad["id"])
+        assert "key-changed" in failed["error"]
+        records = await b.call("chat.security")
+        assert [(r["kind"], r["key"]) for r in records] == [("key-changed", a.key.hex())]
+        assert [m["body"] for m in await history(b, a)] == ["signed by my app key"]

@@ -74,7 +74,7 @@ async def _setup(net: ChatNet) -> tuple[ChatNode, ChatNode, Intruder]:
 
 
 async def stored_at(b: ChatNode) -> int:
-    rows = await b.chat._db._all("SELECT COUNT(*) FROM messages")
+    rows = await b.chat.db._all("SELECT COUNT(*) FROM messages")
     return int(rows[0][0])
 
 
