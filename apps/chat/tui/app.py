@@ -351,7 +351,12 @@ class ChatApp(App[int]):
             kind == "call.state" and data.get("state") != "ringing"
         ):
             self.query_one(CallBar).stop(str(data.get("id")))
-        elif kind.startswith(("chat.", "contact.", "peer.")) or kind == "events.lagged":
+        elif kind == "events.lagged":
+            # The node dropped events for us (we were slow): what is shown may be stale.
+            self._schedule_refresh()
+            if self.current is not None and log.window.at_live_end:
+                await self.open_conversation(self.current)
+        elif kind.startswith(("chat.", "contact.", "peer.")):
             self._schedule_refresh()
 
     def on_connection_lost(self, event: ConnectionLost) -> None:

@@ -40,7 +40,7 @@ async def test_scrolling_up_loads_older_pages_without_moving_the_view() -> None:
         assert "message number 2000" in "\n".join(visible_text(log))
         log.scroll_to(y=log.scroll_y - 30, animate=False, immediate=True)
         before = visible_text(log)
-        for _ in range(20):
+        for _ in range(200):
             if len(log.window.messages) > 100:
                 break
             await pilot.pause(0.05)
@@ -160,3 +160,19 @@ async def test_retry_a_failed_message_and_commands_for_qr_copy_and_palette() -> 
         app.palette_command("help")  # what the command palette runs for /help
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
+
+
+async def test_lagged_events_reload_the_open_conversation() -> None:
+    chat = scene()
+    app = ChatApp(chat, contact="alice", tz=UTC)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.ready.wait()
+        missed = message(50, ALICE, "sent while we were not listening", ts=T0 + 900)
+        chat.add(missed)  # the node has it; its chat.message event was dropped
+        chat.push("events.lagged", {"dropped": 3})
+        log = app.query_one(MessageLog)
+        for _ in range(250):
+            if log.window.get(missed["id"]) is not None:
+                break
+            await pilot.pause(0.02)
+        assert log.window.get(missed["id"]) is not None
