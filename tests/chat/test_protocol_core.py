@@ -189,7 +189,7 @@ def test_each_check_refuses_with_its_own_code(
 
 def test_checks_run_in_the_issue_order() -> None:
     everything_wrong = envelope(recipient=A.public_key, sent_ms=0, sign=B.sign)
-    order = [
+    order: list[tuple[dict[str, object], Refusal]] = [
         ({"source": address_for_key(B.public_key), "seen": True}, Refusal.FORGED_SENDER),
         ({"seen": True}, Refusal.BAD_SIGNATURE),
     ]
