@@ -7,6 +7,7 @@ IPv6 endpoints with brackets, and output piped to `head` ends quietly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -70,13 +71,13 @@ class NodeProc:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def stop(self, grace: float = 20) -> None:
+        """SIGINT, then SIGKILL after ``grace`` seconds."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+                self.proc.wait(grace)
+        self.kill()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
