@@ -222,3 +222,22 @@ async def test_lsub_percent_shows_noselect_parents_of_subscribed_children(env: E
         m.logout()
 
     await run(client)
+
+
+async def test_utf8_append_data_item_after_enable(env: Env) -> None:
+    """RFC 6855 section 4: APPEND ... UTF8 (~{n}...) once UTF8=ACCEPT is enabled."""
+    message = "From: x@y\r\nSubject: Привет 👋\r\n\r\nтело\r\n".encode()
+
+    def client() -> None:
+        sock = _raw_login(env.port)
+        command = b"INBOX UTF8 (~{%d+}\r\n" % len(message) + message + b")\r\n"
+        reply = _answer(sock, b"u0", b"APPEND " + command)
+        assert b"u0 BAD" in reply and b"ENABLE UTF8=ACCEPT first" in reply
+        assert b"u1 OK" in _answer(sock, b"u1", b"ENABLE UTF8=ACCEPT\r\n")
+        reply = _answer(sock, b"u2", b"APPEND " + command)
+        assert b"u2 OK [APPENDUID " in reply, reply
+        sock.close()
+
+    await run(client)
+    (uid,) = await env.store.list_uids("INBOX")
+    assert await env.store.fetch_raw("INBOX", uid) == message

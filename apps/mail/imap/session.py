@@ -454,7 +454,7 @@ class ImapSession(SelectedCommands):
         return "STATUS completed"
 
     async def cmd_append(self, cmd: Command) -> str:
-        args = list(cmd.args)
+        args = self._utf8_append_data(list(cmd.args))
         if len(args) < 2 or not isinstance(args[-1], bytes):
             raise bad("APPEND needs a mailbox and a message literal")
         name = self.mailbox_arg(args[0])
@@ -476,6 +476,19 @@ class ImapSession(SelectedCommands):
         except StoreError as exc:
             raise bad(str(exc)) from None
         return f"[APPENDUID {info.uidvalidity} {uid}] APPEND completed"
+
+    def _utf8_append_data(self, args: list[Value]) -> list[Value]:
+        """``APPEND box ... UTF8 (~{n}<message>)`` (RFC 6855 section 4) as a plain APPEND."""
+        if len(args) < 3 or not isinstance(args[-1], list):
+            return args
+        marker, data = args[-2], args[-1]
+        if not (isinstance(marker, str) and marker.upper() == "UTF8"):
+            return args
+        if not self.utf8:
+            raise bad("APPEND ... UTF8 (...) needs ENABLE UTF8=ACCEPT first (RFC 6855)")
+        if len(data) != 2 or data[0] != "~" or not isinstance(data[1], bytes):
+            raise bad("expected UTF8 (~{size}) followed by the message")
+        return [*args[:-2], data[1]]
 
     async def cmd_idle(self, cmd: Command) -> None:
         self.idle_tag = cmd.tag
