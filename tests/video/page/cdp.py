@@ -205,8 +205,9 @@ class Chromium:
         result: dict[str, Any] = reply.get("result", {})
         return result
 
-    async def open(self, url: str) -> Tab:
-        """A new tab (its own window) on ``url``, network requests recorded."""
+    async def open(self, url: str, *, before: str | None = None) -> Tab:
+        """A new tab (its own window) on ``url``, network requests recorded; ``before``:
+        a script run in it before the page's own."""
         width, height = self.size
         created = await self.send(
             "Target.createTarget",
@@ -225,5 +226,7 @@ class Chromium:
             deviceScaleFactor=1,
             mobile=False,
         )
+        if before is not None:
+            await tab.send("Page.addScriptToEvaluateOnNewDocument", source=before)
         await tab.send("Page.navigate", url=url)
         return tab

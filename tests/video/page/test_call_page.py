@@ -159,3 +159,36 @@ async def test_requests_without_the_token_get_403(tmp_path: Path) -> None:
             assert page.token not in json.dumps(service.endpoints())
         finally:
             await service.close()
+
+
+NO_CAMERA = """navigator.mediaDevices.getUserMedia = () =>
+  Promise.reject(new DOMException("no camera here", "NotFoundError"));"""
+
+
+@pytest.mark.timeout(90)
+async def test_a_page_without_a_camera_calls_with_the_node_test_pattern_and_cli_hangup_ends_it(
+    tmp_path: Path,
+) -> None:
+    async with page_pair(tmp_path) as pair:
+        tab_a = await pair.browser.open(pair.url(pair.call_a, pair.b.key.hex()), before=NO_CAMERA)
+        await tab_a.wait("meshCall.mediaReady && meshCall.view === 'outgoing'")
+        note = await tab_a.evaluate("document.getElementById('note').textContent")
+        assert "test pattern" in note
+        # B takes it headless, as `mesh call answer` does: the page's call is an engine call.
+        for _ in range(200):
+            ringing = pair.call_b.current()
+            if ringing is not None and ringing.state.value == "ringing":
+                break
+            await asyncio.sleep(0.05)
+        await pair.call_b.control_methods()["call.answer"]({})
+        await decoding(tab_a, "A's page")
+        current = pair.call_b.current()
+        assert current is not None and current.sink is not None
+        for _ in range(100):  # A's node sends its coded test pattern in the camera's place
+            if len(current.sink.stamps) > 5:
+                break
+            await asyncio.sleep(0.1)
+        assert len(current.sink.stamps) > 5
+        # `mesh call hangup` on A (the control method) ends the page's call.
+        await pair.call_a.control_methods()["call.hangup"]({})
+        await tab_a.wait("meshCall.view === 'ended'")
