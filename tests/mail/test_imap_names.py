@@ -226,7 +226,7 @@ async def test_lsub_percent_shows_noselect_parents_of_subscribed_children(env: E
 
 async def test_utf8_append_data_item_after_enable(env: Env) -> None:
     """RFC 6855 section 4: APPEND ... UTF8 (~{n}...) once UTF8=ACCEPT is enabled."""
-    message = "From: x@y\r\nSubject: Привет 👋\r\n\r\nтело\r\n".encode()
+    message = "From: x@y\r\nSubject: Привет 👋\r\n\r\n\u0442\u0435\u043b\u043e\r\n".encode()
 
     def client() -> None:
         sock = _raw_login(env.port)
