@@ -157,3 +157,42 @@ async def test_oversize_and_garbage_streams_are_refused_and_b_stays_up(
         assert events[0].ack.code == Refusal.MALFORMED
         assert await stored_at(b) == 0
         assert (await c.send(c.envelope()))[0] is Refusal.OK
+
+
+async def test_a_flooding_sender_is_slowed_and_others_still_get_through(
+    tmp_path: Path,
+) -> None:
+    async with ChatNet(tmp_path) as net:
+        a = await net.start()
+        b = await net.start(rate_burst=20, rate_per_minute=60, conns_per_peer=2)
+        c_node = await net.plain()
+        assert c_node.identity is not None
+        c = Intruder(c_node, c_node.identity, b)
+        # 100 envelopes pipelined on one stream: the first 20 pass, the rest are told
+        # to slow down (a temporary refusal: a real sender retries them later).
+        conn = ChatConnection()
+        flood = [c.envelope(body=f"flood {i}".encode()) for i in range(100)]
+        wire = b"".join(conn.send_envelope(bytes(e), e.id) for e in flood)
+        reader, writer = await c_node.open_connection(b.node.address, 5310)
+        writer.write(wire)
+        acks: list[Any] = []
+        while len(acks) < 100:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            assert chunk, "B closed the stream"
+            acks.extend(e.ack for e in conn.receive_data(chunk) if isinstance(e, AckReceived))
+        codes = [Refusal(x.code) for x in acks]
+        assert codes.count(Refusal.OK) <= 21 and codes.count(Refusal.RATE_LIMITED) >= 79
+        # Meanwhile the streams C may hold are capped: a third one is closed at once.
+        extra = [await c_node.open_connection(b.node.address, 5310) for _ in range(2)]
+        assert await asyncio.wait_for(extra[-1][0].read(10), 10) == b""
+        for _, w in extra:
+            w.close()
+        writer.close()
+        sent = await a.call("chat.send", contact=b.key.hex(), body="still here")
+
+        async def arrived() -> bool:
+            got = (await b.call("chat.history", contact=a.key.hex()))["messages"]
+            return [m["id"] for m in got] == [sent["id"]]
+
+        await settle("A's message at B", arrived)
+        assert await stored_at(b) == codes.count(Refusal.OK) + 1
