@@ -193,6 +193,11 @@ class Node:
             await self.contacts.close()
             self.events.close()
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` started."""
+        return self._closed
+
     # -- identity -------------------------------------------------------------------
     @property
     def key(self) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from core.backend import NodeEvent
@@ -22,6 +22,8 @@ __all__ = ["NodeProcess"]
 
 log = logging.getLogger(__name__)
 
+NodeOpener = Callable[[NodeConfig, Identity | None], Awaitable[Node]]
+
 
 class NodeProcess:
     """Starts everything in order, stops it in reverse, whatever fails in between."""
@@ -33,8 +35,11 @@ class NodeProcess:
         plugins: list[ServicePlugin],
         service_configs: Mapping[str, Mapping[str, Any]],
         forwarding: ForwardingConfig | None = None,
+        *,
+        open_node: NodeOpener | None = None,
     ) -> None:
         self.forwarding_config = forwarding or ForwardingConfig()
+        self._open_node: NodeOpener = open_node or Node.open  # tests: core.testing.MemMesh
         self.config = config
         self.identity = identity
         self.plugins = plugins
@@ -55,7 +60,7 @@ class NodeProcess:
             await self._stop()
 
     async def _start(self) -> None:
-        self.node = node = await Node.open(self.config, self.identity)
+        self.node = node = await self._open_node(self.config, self.identity)
         self.control = ControlServer(self.config.control_socket, node.events)
         self._register_core_methods(self.control, node)
         forwarding = ForwardingService(node, self.forwarding_config, node.config.data_dir)

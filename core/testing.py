@@ -30,7 +30,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -42,7 +42,7 @@ from core.embedded.config import NetworkConfig
 from core.embedded.network import PacketNetwork, PeerEvent
 from core.embedded.node import EmbeddedConfig
 from core.errors import UsageError
-from core.identity import load_or_create_identity
+from core.identity import Identity, load_or_create_identity
 from core.node import Node
 
 __all__ = ["MemMesh", "MemoryPipe", "Topology", "mem_mesh"]
@@ -203,7 +203,8 @@ class MemoryPipe(asyncio.Transport):
 @dataclass
 class _Member:
     index: int
-    data_dir: Path
+    config: NodeConfig
+    identity: Identity | None = None  # None: the one in config.data_dir (created once)
     node: Node | None = None
 
 
@@ -260,7 +261,12 @@ class MemMesh(Sequence[Node]):
     async def add(self, *, links: Iterable[Node | int] = (), ready: bool = True) -> Node:
         """Open one more node (``base_dir/node<i>``), linked to ``links``."""
         index = len(self._members)
-        self._members.append(_Member(index, self.base_dir / f"node{index}"))
+        data_dir = self.base_dir / f"node{index}"
+        services = {k: MappingProxyType(dict(v)) for k, v in self._services.items()}
+        config = NodeConfig(
+            data_dir=data_dir, backend="embedded", services=MappingProxyType(services)
+        )
+        self._members.append(_Member(index, config))
         node = await self._open(index)
         for other in links:
             await self.link(index, other, ready=False)
@@ -270,18 +276,25 @@ class MemMesh(Sequence[Node]):
 
     async def _open(self, index: int) -> Node:
         member = self._members[index]
-        member.data_dir.mkdir(parents=True, exist_ok=True)
-        identity, _ = load_or_create_identity(member.data_dir)
-        config = NodeConfig(
-            data_dir=member.data_dir,
-            backend="embedded",
-            services=MappingProxyType(
-                {k: MappingProxyType(dict(v)) for k, v in self._services.items()}
-            ),
-        )
+        config = member.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        identity = member.identity or load_or_create_identity(config.data_dir)[0]
         backend = EmbeddedBackend(config, identity, EmbeddedConfig(network=MEM_NETWORK))
         member.node = await Node.open(config, identity, backend=backend)
         return member.node
+
+    def node_opener(self) -> Callable[[NodeConfig, Identity | None], Awaitable[Node]]:
+        """What ``core.process.NodeProcess(..., open_node=mesh.node_opener())`` takes:
+        the process's node becomes one more member of this mesh (its own config, data
+        dir and identity), with no link yet: ``await mesh.link(proc.node, other)``
+        once ``proc.ready`` is set. The process closes that node when it stops."""
+
+        async def open_node(config: NodeConfig, identity: Identity | None) -> Node:
+            index = len(self._members)
+            self._members.append(_Member(index, config, identity))
+            return await self._open(index)
+
+        return open_node
 
     async def stop(self, node: Node | int) -> None:
         """Close the node (its links go down on the other side too); ``start`` reopens it."""
@@ -296,12 +309,14 @@ class MemMesh(Sequence[Node]):
     async def start(self, node: Node | int, *, ready: bool = True) -> Node:
         """Open a stopped node again: same data directory and key; its links restored."""
         index = self.index(node)
-        if self._members[index].node is not None:
+        if self._is_open(index):
             return self._node(index)
+        for pair in [p for p in self._links if index in p]:
+            await self._cut(pair)  # links of a node closed behind our back (a NodeProcess)
         fresh = await self._open(index)
         for pair in [p for p in self._wanted if index in p]:
             (other,) = pair - {index}
-            if self._members[other].node is not None:
+            if self._is_open(other):
                 await self._join(index, other)
         if ready:
             await self.wait_ready()
@@ -368,7 +383,7 @@ class MemMesh(Sequence[Node]):
         i, j = sorted(pair)
         waits = []
         for me, other in ((i, j), (j, i)):
-            if self._members[me].node is not None and self._members[other].node is not None:
+            if self._is_open(me) and self._is_open(other):
                 key = self._network(other).public_key
                 waits.append(_peer_event(self._network(me), "down", key))
         link.ends[0].abort()
@@ -377,6 +392,10 @@ class MemMesh(Sequence[Node]):
         finally:
             for _, unsubscribe in waits:
                 unsubscribe()
+
+    def _is_open(self, index: int) -> bool:
+        node = self._members[index].node
+        return node is not None and not node.closed
 
     def _network(self, index: int) -> PacketNetwork:
         backend = self._node(index).backend
@@ -389,7 +408,7 @@ class MemMesh(Sequence[Node]):
     async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Until every running node reaches every other running node in its component
         (an echo answered end to end: tree built, path looked up, session open)."""
-        running = [m.index for m in self._members if m.node is not None]
+        running = [m.index for m in self._members if m.node is not None and not m.node.closed]
         pairs = [
             (i, j) for i, j in itertools.permutations(running, 2) if self._connected(i, j, running)
         ]

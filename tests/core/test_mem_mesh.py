@@ -160,3 +160,35 @@ async def test_a_node_the_test_closes_itself_does_not_hold_up_the_mesh(tmp_path:
     async with mem_mesh(2, tmp_path) as mesh:
         await mesh[1].close()
     assert loop.time() - started < 10
+
+
+async def test_node_processes_run_over_the_memory_mesh(tmp_path: Path) -> None:
+    from core.config import NodeConfig
+    from core.control.client import ControlClient
+    from core.identity import Identity
+    from core.process import NodeProcess
+
+    mesh = MemMesh(tmp_path)
+    procs: list[tuple[NodeProcess, asyncio.Event, asyncio.Task[None]]] = []
+    try:
+        for name in ("a", "b"):
+            config = NodeConfig(data_dir=tmp_path / name, backend="embedded")
+            proc = NodeProcess(config, Identity.generate(), [], {}, open_node=mesh.node_opener())
+            stop = asyncio.Event()
+            task = asyncio.create_task(proc.run(stop))
+            procs.append((proc, stop, task))
+            await asyncio.wait_for(proc.ready.wait(), 20)
+        a, b = (p.node for p, _, _ in procs)
+        assert a is not None and b is not None
+        await mesh.link(a, b)
+        async with await ControlClient.connect(tmp_path / "a" / "control.sock") as client:
+            assert (await client.call("ping", target=str(b.address), count=1))["rtts"][0]
+            added = await client.call("contacts.add", key=b.key.hex(), alias="bee")
+            assert added["alias"] == "bee"
+            assert (await a.contacts.resolve("bee")).key == b.key
+    finally:
+        for _, stop, _ in procs:
+            stop.set()
+        for _, _, task in procs:
+            await task
+        await mesh.close()
