@@ -124,7 +124,7 @@ async def test_search_jumps_to_a_hit_in_an_older_page(tmp_path: Path) -> None:
             assert log.search == "needle"
 
 
-async def test_add_command_creates_a_contact(tmp_path: Path) -> None:
+async def test_add_command_creates_a_contact_then_alias_and_block(tmp_path: Path) -> None:
     async with chat_nodes(tmp_path, 2) as (a, b):
         methods = await a.call("methods")
         require("contacts.add" in methods, "the node has no contacts.* control methods yet")
@@ -132,12 +132,21 @@ async def test_add_command_creates_a_contact(tmp_path: Path) -> None:
             await typed(pilot, f"/add {b.key}@mesh bob")
             await pilot.press("enter")
 
-            async def listed() -> bool:
-                contacts = await a.call("contacts.list")
-                return any(x["key"] == b.key and x["alias"] == "bob" for x in contacts)
+            async def contact(alias: str, trust: str | None = None) -> bool:
+                for x in await a.call("contacts.list"):
+                    if x["key"] == b.key and x["alias"] == alias:
+                        return trust is None or x["trust"] == trust
+                return False
 
-            await eventually("bob in a's contacts", listed)
+            await eventually("bob in a's contacts", lambda: contact("bob"))
             await eventually("bob's conversation open", lambda: app.current == b.key)
+            await typed(pilot, "/alias robert")
+            await pilot.press("enter")
+            await eventually("renamed", lambda: contact("robert"))
+            await eventually("the new name shown", lambda: app.name_of(b.key) == "robert")
+            await typed(pilot, "/block")
+            await pilot.press("enter")
+            await eventually("blocked", lambda: contact("robert", "blocked"))
 
 
 async def test_accept_a_message_request(tmp_path: Path) -> None:
