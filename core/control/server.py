@@ -82,8 +82,10 @@ class ControlServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            # only the socket we bound: a start() refused because another node answers
+            # on this path must leave that node's socket alone (issue 14)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

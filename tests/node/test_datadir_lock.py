@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from core.control.client import ControlClient
+from core.control.server import ControlServer
 from core.datadir import LOCK_FILE_NAME, DataDirBusy, DataDirLock
+from core.errors import MeshError
+from core.events import EventBus
 from tests.node.test_first_run import NodeProc, mesh
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,3 +63,25 @@ def test_lock_is_exclusive_and_freed_on_release(tmp_path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free after release
     finally:
         os.close(fd)
+
+
+async def test_a_refused_control_server_leaves_the_running_ones_socket(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    running = ControlServer(path, EventBus())
+
+    async def hello(params: dict[str, object]) -> str:
+        return "still here"
+
+    running.register("hello", hello)
+    await running.start()
+    try:
+        second = ControlServer(path, EventBus())
+        with pytest.raises(MeshError, match="already runs"):
+            await second.start()
+        await second.close()
+        assert path.is_socket()
+        async with await ControlClient.connect(path, timeout=3) as client:
+            assert await client.call("hello") == "still here"
+    finally:
+        await running.close()
+    assert not path.exists()  # its own socket, removed by its own close
