@@ -8,6 +8,8 @@ import asyncio
 import ipaddress
 import json
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -49,13 +51,20 @@ async def decoding(tab: Tab, what: str) -> dict[str, int]:
     return later
 
 
+@asynccontextmanager
+async def calling(root: Path) -> AsyncIterator[tuple[PagePair, Tab, Tab]]:
+    """A's page in a call with B's page, A's page decoding B's video and audio."""
+    async with page_pair(root) as pair:
+        tab_a, tab_b = await in_call(pair)
+        await decoding(tab_a, "A's page")
+        yield pair, tab_a, tab_b
+
+
 @pytest.mark.timeout(90)
 async def test_a_page_calls_b_page_both_decode_video_and_audio_and_b_hangs_up(
     tmp_path: Path,
 ) -> None:
-    async with page_pair(tmp_path) as pair:
-        tab_a, tab_b = await in_call(pair)
-        await decoding(tab_a, "A's page")
+    async with calling(tmp_path) as (pair, tab_a, tab_b):
         await decoding(tab_b, "B's page")
         # The engine's call is an ordinary one: status shows it active on both nodes.
         status = await pair.call_a.control_methods()["call.status"]({})
@@ -76,9 +85,7 @@ async def test_a_page_calls_b_page_both_decode_video_and_audio_and_b_hangs_up(
 async def test_in_call_page_matches_reference_and_sdp_stays_on_mesh_and_loopback(
     tmp_path: Path,
 ) -> None:
-    async with page_pair(tmp_path) as pair:
-        tab_a, tab_b = await in_call(pair)
-        await decoding(tab_a, "A's page")
+    async with calling(tmp_path) as (pair, tab_a, tab_b):
         await asyncio.sleep(1.0)
         png = await tab_a.screenshot()
         if os.environ.get("CALL_PAGE_REFERENCE") == "write":

@@ -172,20 +172,21 @@ function stats(s) {
 
 // -- buttons and keys ----------------------------------------------------------------------
 function hangup() { if (page.call) send({ op: "hangup", id: page.call.id }); }
-function toggleMute() {
-  page.muted = !page.muted;
-  for (const t of page.local ? page.local.getAudioTracks() : []) t.enabled = !page.muted;
-  $("mute").classList.toggle("on", page.muted);
-  $("mute").textContent = page.muted ? "Unmute" : "Mute";
-  send({ op: "update", audio_muted: page.muted });
+// Mute and camera off: the preview's track and the node's gate (what the peer gets).
+const TOGGLES = {
+  audio: { flag: "muted", button: "mute", field: "audio_muted", labels: ["Mute", "Unmute"] },
+  video: { flag: "videoOff", button: "camera", field: "video_off", labels: ["Camera off", "Camera on"] },
+};
+function toggle(kind) {
+  const t = TOGGLES[kind], off = !page[t.flag];
+  page[t.flag] = off;
+  for (const track of page.local ? page.local.getTracks() : []) if (track.kind === kind) track.enabled = !off;
+  $(t.button).classList.toggle("on", off);
+  $(t.button).textContent = t.labels[off ? 1 : 0];
+  send({ op: "update", [t.field]: off });
 }
-function toggleVideo() {
-  page.videoOff = !page.videoOff;
-  for (const t of page.local ? page.local.getVideoTracks() : []) t.enabled = !page.videoOff;
-  $("camera").classList.toggle("on", page.videoOff);
-  $("camera").textContent = page.videoOff ? "Camera on" : "Camera off";
-  send({ op: "update", video_off: page.videoOff });
-}
+const toggleMute = () => toggle("audio");
+const toggleVideo = () => toggle("video");
 $("dial").addEventListener("submit", (e) => { e.preventDefault(); place($("dial-to").value.trim()); });
 $("cancel").addEventListener("click", hangup);
 $("hangup").addEventListener("click", hangup);
