@@ -3,7 +3,10 @@ keys, the length limit, reply quotes. Data from the scripted chat API (fixed key
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC
+from typing import Any
 
 import pytest
 from textual import events
@@ -25,15 +28,22 @@ def long_history(count: int) -> ScriptedChat:
     return chat
 
 
+@contextlib.asynccontextmanager
+async def started(chat: ScriptedChat, **options: Any) -> AsyncIterator[tuple[ChatApp, Any]]:
+    """The UI on the scripted API, open on alice, once it has loaded."""
+    app = ChatApp(chat, contact="alice", tz=UTC, **options)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.ready.wait()
+        yield app, pilot
+
+
 def visible_text(log: MessageLog) -> list[str]:
     return [log.render_line(y).text for y in range(log.scrollable_content_region.height)]
 
 
 async def test_scrolling_up_loads_older_pages_without_moving_the_view() -> None:
     chat = long_history(2000)
-    app = ChatApp(chat, contact="alice", tz=UTC, page_size=100)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await app.ready.wait()
+    async with started(chat, page_size=100) as (app, pilot):
         await pilot.pause()
         log = app.query_one(MessageLog)
         assert len(log.window.messages) == 100
@@ -59,9 +69,7 @@ async def test_scrolling_up_loads_older_pages_without_moving_the_view() -> None:
 
 async def test_multiline_input_keys_and_history() -> None:
     chat = scene()
-    app = ChatApp(chat, contact="alice", tz=UTC)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await app.ready.wait()
+    async with started(chat) as (app, pilot):
         composer = app.query_one(Composer)
         composer.focus()
         await pilot.press("h", "i", "ctrl+j", "t", "h", "e", "r", "e", "alt+enter", "x")
@@ -83,9 +91,7 @@ async def test_multiline_input_keys_and_history() -> None:
 async def test_paste_keeps_lines_and_over_limit_is_refused_before_sending() -> None:
     chat = scene()
     chat.max_body_bytes = 50
-    app = ChatApp(chat, contact="alice", tz=UTC)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await app.ready.wait()
+    async with started(chat) as (app, pilot):
         composer = app.query_one(Composer)
         composer.focus()
         app.post_message(events.Paste("a\nb\nc"))  # as the terminal driver delivers it
@@ -102,9 +108,7 @@ async def test_paste_keeps_lines_and_over_limit_is_refused_before_sending() -> N
 
 async def test_reply_to_selected_message_sends_reply_to_and_shows_a_quote() -> None:
     chat = scene()
-    app = ChatApp(chat, contact="alice", tz=UTC)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await app.ready.wait()
+    async with started(chat) as (app, pilot):
         log = app.query_one(MessageLog)
         log.focus()
         await pilot.press("up", "up", "r")
@@ -121,9 +125,7 @@ async def test_reply_to_selected_message_sends_reply_to_and_shows_a_quote() -> N
 
 async def test_calls_not_available_without_call_place() -> None:
     chat = scene()
-    app = ChatApp(chat, contact="alice", tz=UTC)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await app.ready.wait()
+    async with started(chat) as (app, pilot):
         app.query_one(Composer).load_text("/call")
         app.query_one(Composer).focus()
         await pilot.press("enter")
@@ -136,9 +138,7 @@ async def test_retry_a_failed_message_and_commands_for_qr_copy_and_palette() -> 
     from apps.chat.tui.screens.qr import QrScreen
 
     chat = scene()
-    app = ChatApp(chat, contact="alice", tz=UTC)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await app.ready.wait()
+    async with started(chat) as (app, pilot):
         log = app.query_one(MessageLog)
         failed = next(m for m in log.window.messages if m.state == "failed")
         log.focus()
@@ -164,9 +164,7 @@ async def test_retry_a_failed_message_and_commands_for_qr_copy_and_palette() -> 
 
 async def test_lagged_events_reload_the_open_conversation() -> None:
     chat = scene()
-    app = ChatApp(chat, contact="alice", tz=UTC)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await app.ready.wait()
+    async with started(chat) as (app, pilot):
         missed = message(50, ALICE, "sent while we were not listening", ts=T0 + 900)
         chat.add(missed)  # the node has it; its chat.message event was dropped
         chat.push("events.lagged", {"dropped": 3})
