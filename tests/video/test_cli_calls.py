@@ -89,7 +89,6 @@ def test_mesh_call_with_a_bad_flag_mix_is_a_usage_error(nodes: tuple[NodeUp, Nod
     a, _ = nodes
     done = run_mesh(a.data, "call", "hangup", "--duration", "3")
     assert done.returncode == 2 and "--duration goes with mesh call CONTACT" in done.stderr
-    assert run_mesh(a.data, "call", "page").returncode == 2
     assert "no call in progress" in run_mesh(a.data, "call", "hangup").stderr
     assert os.path.exists(a.data / "calls.db")
 
@@ -106,3 +105,25 @@ def test_mesh_call_for_people_shows_states_live_stats_and_a_summary(
     assert "  rtt " in err and "640x480" in err  # the live stats line, every 5 s
     assert out.startswith("call answered: ") and "video /" in out
     assert _finish(answer)[0] == 0
+
+
+def test_mesh_call_by_contact_alias_and_an_unknown_name_is_a_usage_error(
+    nodes: tuple[NodeUp, NodeUp],
+) -> None:
+    a, b = nodes
+    added = run_mesh(a.data, "contacts", "add", b.status["key"], "--alias", "bob")
+    assert added.returncode == 0, added.stderr
+    answer = spawn_mesh(b.data, "call", "answer", "--auto", "--count", "1", "--json")
+    time.sleep(0.5)
+    code, out, err = _finish(
+        spawn_mesh(a.data, "call", "bob", "--audio-only", "--duration", "1", "--json")
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["result"], result["alias"], result["peer"]) == (
+        "answered", "bob", b.status["key"],
+    )  # fmt: skip
+    assert result["media"] == ["audio"] and result["audio_frames_received"] > 0
+    assert _finish(answer)[0] == 0
+    unknown = run_mesh(a.data, "call", "nobody-here")
+    assert unknown.returncode == 2 and "not a contact" in unknown.stderr
