@@ -174,3 +174,15 @@ async def test_lagged_events_reload_the_open_conversation() -> None:
                 break
             await pilot.pause(0.02)
         assert log.window.get(missed["id"]) is not None
+
+
+async def test_link_in_the_selected_message_opens() -> None:
+    async with started(scene()) as (app, pilot):
+        opened: list[str] = []
+        app.open_url = lambda url, **kw: opened.append(url)  # type: ignore[method-assign]
+        log = app.query_one(MessageLog)
+        log.focus()
+        while log.selected_message() is None or "://" not in log.selected_message().body:  # type: ignore[union-attr]
+            await pilot.press("up")
+        await pilot.press("o")
+        assert opened == ["https://example.org/map?x=1"]
