@@ -200,6 +200,8 @@ class MailStore:
         )
         store = cls(database)
         try:
+            if database.found_version == 1:
+                await store._names_to_unicode()
             await store._init_defaults()
         except BaseException:
             await store.close()
@@ -208,6 +210,25 @@ class MailStore:
 
     async def close(self) -> None:
         await self._database.close()
+
+    async def _names_to_unicode(self) -> None:
+        """Version 1 kept names as clients sent them: decode the modified UTF-7 ones."""
+        from .imap.names import decode_mutf7  # imap imports this module
+
+        async with self._lock, self._tx():
+            rows = await self._all("SELECT id, name FROM mailboxes WHERE instr(name, '&') > 0")
+            for row_id, name in rows:
+                try:
+                    decoded = decode_mutf7(name)
+                except ValueError:
+                    continue  # not modified UTF-7: a name of its own, kept as it is
+                if await self._mailbox_row(decoded, required=False) is not None:
+                    log.warning("mail store: kept %r: %r exists already", name, decoded)
+                    continue
+                await self._db.execute(
+                    "UPDATE mailboxes SET name = ? WHERE id = ?", (decoded, row_id)
+                )
+                log.info("mail store: mailbox %r is now named %r", name, decoded)
 
     async def _init_defaults(self) -> None:
         async with self._lock, self._tx():

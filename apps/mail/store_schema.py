@@ -52,5 +52,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX dedup_created ON dedup(created)",
     ),
+    # Mailbox names are Unicode text from version 2 on, no longer the modified UTF-7 a
+    # client sent (RFC 3501 5.1.3). The conversion needs a decoder, so it is Python:
+    # MailStore.open converts a store found at version 1 in the same open.
+    2: ("UPDATE mailboxes SET name = name WHERE 0",),
 }
 SCHEMA_VERSION = max(MIGRATIONS)

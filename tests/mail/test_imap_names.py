@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import socket
+import sqlite3
+from pathlib import Path
 
 import pytest
 
 from apps.mail.imap.names import decode_mailbox, decode_mutf7, encode_mutf7
+from apps.mail.store import MailStore
 from tests.mail.test_imap_commands import USER, Env, _raw, _read_until, env, run, tagged
 
 __all__ = ["env"]  # the fixture, imported for these tests
@@ -241,3 +244,23 @@ async def test_utf8_append_data_item_after_enable(env: Env) -> None:
     await run(client)
     (uid,) = await env.store.list_uids("INBOX")
     assert await env.store.fetch_raw("INBOX", uid) == message
+
+
+async def test_a_version_1_store_gets_its_modified_utf7_names_decoded(tmp_path: Path) -> None:
+    """Before version 2 the store kept names as sent (modified UTF-7): opening converts."""
+    path = tmp_path / "old.db"
+    store = await MailStore.open(path)
+    await store.create_mailbox("placeholder")
+    await store.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE schema_version SET version = 1")
+        db.execute("UPDATE mailboxes SET name = ? WHERE name = 'placeholder'", ("&U,BTFw-/x",))
+        db.execute("INSERT INTO mailboxes (name, uidvalidity) VALUES ('bad&Jjo', 7), ('R&-D', 8)")
+    db.close()
+    store = await MailStore.open(path)
+    try:
+        names = {b.name for b in await store.list_mailboxes()}
+    finally:
+        await store.close()
+    assert {"台北/x", "bad&Jjo", "R&D"} <= names and "&U,BTFw-/x" not in names
