@@ -55,12 +55,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=cmd_chat)
 
 
-def _arity(words: list[str], n: int, usage: str) -> list[str]:
-    if len(words) != n:
-        raise UsageError(f"usage: mesh chat {usage}")
-    return words
-
-
 def cmd_chat(args: argparse.Namespace) -> int:
     words = list(args.words)
     handler = COMMANDS.get(words[0]) if words else None
@@ -71,6 +65,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
         args.contact = words[0] if words else None
         return tui_main(args)
+    nargs, usage = USAGE[words[0]]
+    if len(words) - 1 != nargs:  # before connecting: a usage error needs no node
+        raise UsageError(f"usage: mesh chat {words[0]} {usage}")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be > 0 seconds")
+    if args.limit is not None and not 1 <= args.limit <= 1000:
+        raise UsageError("--limit must be from 1 to 1000")
     path = resolve_data_dir(args.data_dir) / "control.sock"
     code: int = asyncio.run(_with_client(path, lambda c: handler(c, words[1:], args)))
     return code
@@ -90,12 +91,10 @@ def _print_json(data: Any) -> None:
 
 
 async def _send(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
-    contact, text = _arity(words, 2, "send CONTACT TEXT|-")
+    contact, text = words
     if text == "-":
         text = sys.stdin.read()
         text = text[:-1] if text.endswith("\n") else text
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be > 0 seconds")
     if not args.wait:
         message = await client.call("chat.send", contact=contact, body=text)
         print(json.dumps(message) if args.json else message["id"])
@@ -143,7 +142,7 @@ async def _state(client: ControlClient, message: dict[str, Any]) -> tuple[str, A
 
 
 async def _history(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
-    (contact,) = _arity(words, 1, "history CONTACT [--json] [--limit N] [--search TEXT]")
+    (contact,) = words
     params: dict[str, Any] = {"contact": contact, "limit": args.limit or 200}
     if args.search:
         params["search"] = args.search
@@ -161,7 +160,6 @@ async def _history(client: ControlClient, words: list[str], args: argparse.Names
 
 
 async def _requests(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
-    _arity(words, 0, "requests [--json]")
     found = await client.call("chat.requests")
     if args.json:
         _print_json(found)
@@ -172,14 +170,14 @@ async def _requests(client: ControlClient, words: list[str], args: argparse.Name
 
 
 async def _accept(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
-    (contact,) = _arity(words, 1, "accept CONTACT")
+    (contact,) = words
     result = await client.call("chat.accept", contact=contact)
     print(f"accepted {result['key']}@mesh")
     return 0
 
 
 async def _search(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
-    (text,) = _arity(words, 1, "search TEXT [--json]")
+    (text,) = words
     found = await client.call("chat.search", text=text, limit=args.limit or 50)
     if args.json:
         _print_json(found)
@@ -189,12 +187,20 @@ async def _search(client: ControlClient, words: list[str], args: argparse.Namesp
 
 
 async def _read(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
-    (contact,) = _arity(words, 1, "read CONTACT")
+    (contact,) = words
     result = await client.call("chat.read", contact=contact)
     print(f"marked {result['marked']} read")
     return 0
 
 
+USAGE: dict[str, tuple[int, str]] = {
+    "send": (2, "CONTACT TEXT|- [--wait] [--timeout S] [--json]"),
+    "history": (1, "CONTACT [--json] [--limit N] [--search TEXT]"),
+    "requests": (0, "[--json]"),
+    "accept": (1, "CONTACT"),
+    "search": (1, "TEXT [--json]"),
+    "read": (1, "CONTACT"),
+}
 Command = Callable[[ControlClient, list[str], argparse.Namespace], Awaitable[int]]
 COMMANDS: dict[str, Command] = {
     "send": _send,

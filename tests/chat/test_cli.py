@@ -124,3 +124,17 @@ def test_twenty_queued_messages_survive_kill_9_and_arrive_once_in_order(
             b.stop()
     finally:
         a.stop()
+
+
+def test_usage_errors_exit_2_without_a_node(tmp_path: Path) -> None:
+    for argv, said in (
+        (("history",), "usage: mesh chat history CONTACT"),
+        (("send", "k"), "usage: mesh chat send CONTACT TEXT|-"),
+        (("send", "k", "t", "--wait", "--timeout", "0"), "--timeout must be > 0"),
+        (("history", "k", "--limit", "0"), "--limit must be from 1 to 1000"),
+        (("frob", "x"), "unknown chat command 'frob'"),
+    ):
+        done = mesh(tmp_path, "chat", *argv, timeout=20)
+        assert done.returncode == 2 and said in done.stderr, (argv, done.stderr)
+    gone = mesh(tmp_path, "chat", "requests", timeout=20)
+    assert gone.returncode == 1 and "no node is running" in gone.stderr
