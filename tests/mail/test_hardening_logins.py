@@ -10,10 +10,13 @@ import contextlib
 import imaplib
 import smtplib
 import time
+from pathlib import Path
 
 import pytest
 
+from apps.mail.imap import ImapServer
 from apps.mail.passwords import LoginThrottle
+from apps.mail.store import MailStore
 from tests.mail.helpers import PASSWORD, MailNode, on_shared_mesh
 
 ATTACK_SECONDS = 6.0
@@ -151,3 +154,31 @@ async def test_too_many_waiting_logins_are_told_to_come_back() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert throttle.checks == 0  # nobody was checked: no guess answered
+
+
+async def test_a_waiting_login_whose_client_left_is_never_checked(tmp_path: Path) -> None:
+    """IMAP: a client that hangs up while its LOGIN waits cancels it (no check, no guess)."""
+    store = await MailStore.open(tmp_path / "mail.db")
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow_authenticator(user: str, password: str) -> bool:
+        started.set()
+        try:
+            await asyncio.sleep(3600)  # as if waiting its turn in the LoginThrottle
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return False
+
+    server = ImapServer(store, slow_authenticator, username="u@mesh")
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await reader.readline()
+        writer.write(b'a LOGIN u@mesh "guess"\r\n')
+        await asyncio.wait_for(started.wait(), 10)
+        writer.close()
+        await asyncio.wait_for(cancelled.wait(), 10)
+    finally:
+        await server.close()
+        await store.close()
