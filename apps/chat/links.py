@@ -60,15 +60,20 @@ class Links:
         self._links: OrderedDict[bytes, _Link] = OrderedDict()
 
     async def exchange(self, dest: bytes, frames: Sequence[tuple[bytes, bytes]]) -> list[Ack]:
-        """Send ``(envelope bytes, id)`` pairs pipelined; their acks, in order. Any
-        failure drops the stream and raises LinkError (the caller retries them all)."""
-        link = await self._link(dest)
-        async with link.lock:
-            try:
-                return await asyncio.wait_for(self._run(link, frames), self.ack_timeout)
-            except (OSError, EOFError, TimeoutError, LinkError, RuntimeError) as exc:
-                self._drop(dest, link)
-                raise LinkError(str(exc) or type(exc).__name__) from None
+        """Send ``(envelope bytes, id)`` pairs pipelined; their acks, in order. A cached
+        stream that turns out dead (the peer closed it while idle) is replaced once at
+        once; any other failure drops the stream and raises LinkError (the caller
+        retries them all; the receiver answers ``replay`` for what it already has)."""
+        for fresh in (False, True):
+            link, reused = await self._link(dest, fresh=fresh)
+            async with link.lock:
+                try:
+                    return await asyncio.wait_for(self._run(link, frames), self.ack_timeout)
+                except (OSError, EOFError, TimeoutError, LinkError, RuntimeError) as exc:
+                    self._drop(dest, link)
+                    if not reused or isinstance(exc, TimeoutError):
+                        raise LinkError(str(exc) or type(exc).__name__) from None
+        raise LinkError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _run(self, link: _Link, frames: Sequence[tuple[bytes, bytes]]) -> list[Ack]:
         link.writer.write(b"".join(link.conn.send_envelope(raw, id_) for raw, id_ in frames))
@@ -98,11 +103,12 @@ class Links:
         finally:
             link.close()
 
-    async def _link(self, dest: bytes) -> _Link:
-        link = self._links.get(dest)
-        if link is not None and not link.writer.is_closing():
+    async def _link(self, dest: bytes, *, fresh: bool = False) -> tuple[_Link, bool]:
+        """The stream to ``dest`` and whether it is a cached one."""
+        link = None if fresh else self._links.get(dest)
+        if link is not None and not link.writer.is_closing() and not link.reader.at_eof():
             self._links.move_to_end(dest)
-            return link
+            return link, True
         try:
             reader, writer = await asyncio.wait_for(
                 self.node.open_connection(address_for_key(dest), self.port),
@@ -111,11 +117,14 @@ class Links:
         except (OSError, TimeoutError) as exc:
             raise LinkError(f"cannot reach {dest.hex()[:16]}…: {exc or 'timed out'}") from None
         link = _Link(reader, writer)
+        old = self._links.pop(dest, None)
+        if old is not None:
+            old.close()
         self._links[dest] = link
         while len(self._links) > self.max_links:
-            _, old = self._links.popitem(last=False)
-            old.close()
-        return link
+            _, evicted = self._links.popitem(last=False)
+            evicted.close()
+        return link, False
 
     def _drop(self, dest: bytes, link: _Link) -> None:
         link.close()

@@ -209,3 +209,14 @@ async def test_app_key_is_pinned_on_first_use_and_a_new_one_is_refused_loudly(
         records = await b.call("chat.security")
         assert [(r["kind"], r["key"]) for r in records] == [("key-changed", a.key.hex())]
         assert [m["body"] for m in await history(b, a)] == ["signed by my app key"]
+
+
+async def test_a_stream_the_peer_closed_while_idle_is_replaced_at_once(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start(retry_initial=60.0), await net.start(idle_timeout=0.5)
+        first = await a.call("chat.send", contact=b.key.hex(), body="one")
+        await settle("first delivered", lambda: _is(a, b, first["id"], "delivered"))
+        await asyncio.sleep(1.5)  # B has closed the idle stream A keeps cached
+        second = await a.call("chat.send", contact=b.key.hex(), body="two")
+        # A retry would be 60 s away: only an immediate new stream makes this in time.
+        await settle("second delivered", lambda: _is(a, b, second["id"], "delivered"), 10)
