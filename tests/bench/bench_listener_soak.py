@@ -50,7 +50,7 @@ CLIENT_LIMIT = 30.0  # a flood client gives up waiting for the node to close aft
 @dataclass
 class Figures:
     held: list[float] = field(default_factory=list)  # stalled connections N accepted
-    never_accepted: int = 0  # still open at CLIENT_LIMIT: lost in the kernel's listen queue
+    never_accepted: int = 0  # still open at CLIENT_LIMIT (held, or lost in the listen queue)
     refused: int = 0  # closed by N at once (caps)
     half_hello: list[float] = field(default_factory=list)
     garbage: int = 0
@@ -132,8 +132,8 @@ async def stalled(port: int, stop: float, fig: Figures, half: bytes | None) -> N
             fig.refused += 1
             await asyncio.sleep(0.05)  # bounded redial rate
         elif held >= CLIENT_LIMIT - 0.1:
-            # the node never had it: with its accept queue full the kernel drops the
-            # final ACK, the client believes it is connected (see ListenOverflows)
+            # held past any deadline, or never accepted: with the accept queue full the
+            # kernel drops the final ACK and the client believes it is connected
             fig.never_accepted += 1
         elif half is not None:
             fig.half_hello.append(held)
@@ -328,8 +328,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
               f"{'within' if within else 'NOT within'} 10 % of idle)")  # fmt: skip
         print(f"stalled connections held by the node: {_ms(fig.held)}")
         lost_in_kernel = listen_overflows() - overflows
-        print(f"stalled connections the node never accepted (kernel listen queue full, "
-              f"ListenOverflows +{lost_in_kernel}): {fig.never_accepted}")  # fmt: skip
+        print(f"stalled connections still open when the client gave up ({CLIENT_LIMIT:g} s): "
+              f"{fig.never_accepted} (held by the node, or lost in the kernel's full listen "
+              f"queue: ListenOverflows +{lost_in_kernel})")  # fmt: skip
         print(f"half-ClientHello connections held:    {_ms(fig.half_hello)}")
         print(f"refused at once (caps): {fig.refused}; garbage connections: {fig.garbage}; "
               f"TLS reconnects: {fig.reconnects}; failed: {fig.connect_errors}")  # fmt: skip
