@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -77,10 +78,9 @@ def _history(data: Path, key: str) -> list[dict[str, Any]]:
 def test_chat_between_two_daemon_hosts(lab: Lab, tmp_path: Path) -> None:
     a, b = lab.hosts["a"], lab.hosts["b"]
     da, db = tmp_path / "a", tmp_path / "b"
-    up_a = _up(a, da, "--listen", f"tls://[::]:{PORT}")
-    up_b: MeshUp | None = None
-    try:
-        up_b = _up(b, db, "--peer", a.peer_uri(b, PORT))
+    with contextlib.ExitStack() as running:
+        running.callback(_up(a, da, "--listen", f"tls://[::]:{PORT}").stop)
+        running.callback(_up(b, db, "--peer", a.peer_uri(b, PORT)).stop)
         sa = _status(da, _chat_up)
         sb = _status(db, lambda s: _chat_up(s) and any(p["up"] for p in s.get("peers", [])))
         ka, kb = str(sa["key"]), str(sb["key"])
@@ -101,47 +101,47 @@ def test_chat_between_two_daemon_hosts(lab: Lab, tmp_path: Path) -> None:
         assert [m["state"] for m in _history(da, kb)] == ["read", "received"]
         info = json.loads(mesh_cli(da, "status", "--json").stdout)["services"]["chat"]
         assert info["signing"] == "node key"
-    finally:
-        if up_b is not None:
-            up_b.stop()
-        up_a.stop()
 
 
 async def test_embedded_node_and_daemon_host_chat(lab: Lab, tmp_path: Path) -> None:
-    a = lab.hosts["a"]
-    link = a.link_root(0x41)
-    up: MeshUp | None = None
+    host = lab.hosts["a"]
+    listen = f"tcp://[{host.link_root(0x41).host_addr}]:{PORT + 1}"
+    daemon_dir = tmp_path / "daemon-host"
+    daemon = await asyncio.to_thread(_up, host, daemon_dir, "--listen", listen)
     try:
-        da = tmp_path / "daemon-host"
-        uri = f"tcp://[{link.host_addr}]:{PORT + 1}"
-        up = await asyncio.to_thread(_up, a, da, "--listen", uri)
-        status = await asyncio.to_thread(_status, da, _chat_up)
-        config = NodeConfig(data_dir=tmp_path / "emb", backend="embedded", peers=(uri,))
-        async with await Node.open(config, Identity.generate()) as node:
-            chat = ChatService(node, ChatConfig(), tmp_path / "emb")
-            await chat.start()
-            try:
-                for _ in range(60):
-                    if (await node.ping(str(status["address"]), count=1, timeout=1))[0]:
-                        break
-                methods = chat.control_methods()
-                sent = await methods["chat.send"]({"contact": status["key"], "body": "hi daemon"})
-
-                async def delivered() -> bool:
-                    h = await methods["chat.history"]({"contact": status["key"]})
-                    return bool(h["messages"][0]["state"] == "delivered")
-
-                await settle("delivered to the daemon host", delivered, timeout=60)
-                got = await asyncio.to_thread(_history, da, node.key.hex())
-                assert [m["id"] for m in got] == [sent["id"]]
-                done = await asyncio.to_thread(
-                    mesh_cli, da, "chat", "send", node.key.hex(), "hi embedded", "--wait"
-                )
-                assert done.returncode == 0, done.stdout + done.stderr
-                h = await methods["chat.history"]({"contact": status["key"]})
-                assert [m["body"] for m in h["messages"]] == ["hi daemon", "hi embedded"]
-            finally:
-                await chat.close()
+        status = await asyncio.to_thread(_status, daemon_dir, _chat_up)
+        await _embedded_chats_with(status, daemon_dir, listen, tmp_path / "emb")
     finally:
-        if up is not None:
-            up.stop()
+        daemon.stop()
+
+
+async def _embedded_chats_with(
+    status: dict[str, Any], daemon_dir: Path, listen: str, data: Path
+) -> None:
+    config = NodeConfig(data_dir=data, backend="embedded", peers=(listen,))
+    async with await Node.open(config, Identity.generate()) as node:
+        chat = ChatService(node, ChatConfig(), data)
+        await chat.start()
+        try:
+            for _ in range(60):
+                if (await node.ping(str(status["address"]), count=1, timeout=1))[0]:
+                    break
+            methods = chat.control_methods()
+            peer = str(status["key"])
+            sent = await methods["chat.send"]({"contact": peer, "body": "hi daemon"})
+
+            async def delivered() -> bool:
+                h = await methods["chat.history"]({"contact": peer})
+                return bool(h["messages"][0]["state"] == "delivered")
+
+            await settle("delivered to the daemon host", delivered, timeout=60)
+            got = await asyncio.to_thread(_history, daemon_dir, node.key.hex())
+            assert [m["id"] for m in got] == [sent["id"]]
+            back = await asyncio.to_thread(
+                mesh_cli, daemon_dir, "chat", "send", node.key.hex(), "hi embedded", "--wait"
+            )
+            assert back.returncode == 0, back.stdout + back.stderr
+            h = await methods["chat.history"]({"contact": peer})
+            assert [m["body"] for m in h["messages"]] == ["hi daemon", "hi embedded"]
+        finally:
+            await chat.close()
