@@ -91,7 +91,9 @@ class ForwardingService:
             token = load_or_create_token(self.data_dir / "socks.token")
             self._socks = SocksProxy(self._dial, SOCKS_USER, token)
             self._socks_bound = await self._socks.start(*self.config.socks)
-            log.info("SOCKS5 proxy on %s:%d (user %s)", *self._socks_bound, SOCKS_USER)
+            log.info(
+                "SOCKS5 proxy on %s (user %s)", format_hostport(*self._socks_bound), SOCKS_USER
+            )
         for ex in self.config.expose:
             await self.node.start_server(self._exposed_handler(ex), ex.mesh_port)
             log.info(
