@@ -220,3 +220,24 @@ async def test_a_stream_the_peer_closed_while_idle_is_replaced_at_once(tmp_path:
         second = await a.call("chat.send", contact=b.key.hex(), body="two")
         # A retry would be 60 s away: only an immediate new stream makes this in time.
         await settle("second delivered", lambda: _is(a, b, second["id"], "delivered"), 10)
+
+
+async def test_failed_message_is_retried_and_read_receipts_can_be_turned_off(
+    tmp_path: Path,
+) -> None:
+    async with ChatNet(tmp_path) as net:
+        a = await net.start(expiry_days=1 / 86400, retry_initial=0.2, retry_max=0.3)
+        b = await net.start()
+        await net.stop(b)
+        sent = await a.call("chat.send", contact=b.key.hex(), body="are you there?")
+        await settle("failed at A", lambda: _is(a, b, sent["id"], "failed"), timeout=30)
+        await net.resume(b)
+        again = await a.call("chat.retry", id=sent["id"])
+        assert again["id"] == sent["id"] and again["state"] in ("pending", "sent", "delivered")
+        await settle("delivered after retry", lambda: _is(a, b, sent["id"], "delivered"))
+        assert [m["id"] for m in await history(b, a)] == [sent["id"]]
+
+        await b.call("chat.receipts", contact=a.key.hex(), read_receipts=False)
+        assert await b.call("chat.read", contact=a.key.hex()) == {"marked": 1}
+        await asyncio.sleep(1.0)
+        assert await state_of(a, b, sent["id"]) == "delivered"  # no read receipt went out
