@@ -233,7 +233,6 @@ class LinkConnection(asyncio.Protocol):
         self.established = False
         self.paused = False
         self.error: str | None = None
-        self.accepted_at = asyncio.get_running_loop().time()
         self.closed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
 
