@@ -26,6 +26,17 @@ async def _swaks(node: MailNode, to: str, *extra: str) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace")
 
 
+async def only_message(node: MailNode) -> bytes:
+    """The one message that arrives in ``node``'s INBOX (waited for)."""
+
+    async def arrived() -> bool:
+        return await node.store.count("INBOX") == 1
+
+    await wait_for(f"a message at {node.address[:8]}", arrived)
+    (uid,) = await node.store.list_uids("INBOX")
+    return await node.store.fetch_raw("INBOX", uid) or b""
+
+
 @on_shared_mesh
 async def test_swaks_submits_and_the_mail_crosses_the_mesh(
     mail_pair: tuple[MailNode, MailNode],
@@ -35,12 +46,7 @@ async def test_swaks_submits_and_the_mail_crosses_the_mesh(
     code, log = await _swaks(a, b.address, "--header", "Subject: via swaks")
     assert code == 0 and "250 2.0.0 queued as" in log, log
 
-    async def arrived() -> bool:
-        return await b.store.count("INBOX") == 1
-
-    await wait_for("the message at B", arrived)
-    (uid,) = await b.store.list_uids("INBOX")
-    assert b"Subject: via swaks" in (await b.store.fetch_raw("INBOX", uid) or b"")
+    assert b"Subject: via swaks" in await only_message(b)
 
 
 @on_shared_mesh

@@ -24,7 +24,8 @@ import pytest
 
 from apps.mail.message import from_addresses, header_fields
 from tests.conftest import require
-from tests.mail.helpers import PASSWORD, MailNode, on_shared_mesh, wait_for
+from tests.mail.helpers import PASSWORD, MailNode, on_shared_mesh
+from tests.mail.test_clients_send import only_message
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,12 +87,18 @@ def drive(argv: list[str], env: dict[str, str], when: bytes, keys: bytes, timeou
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.1, until - time.monotonic()))
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with contextlib.suppress(OSError):
-            os.close(master)
+        _end(proc, master)
     return Screen(proc.returncode, bytes(data), sent)
+
+
+def _end(proc: subprocess.Popen[bytes], master: int) -> None:
+    """Kill what is left of the program's session; free its terminal."""
+    with contextlib.suppress(ProcessLookupError):
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with contextlib.suppress(OSError):
+        os.close(master)
 
 
 def _aerc_accounts(node: MailNode) -> str:
@@ -175,11 +182,6 @@ async def test_neomutt_sends_in_batch_mode_through_submission(
     out, _ = await asyncio.wait_for(proc.communicate(b"hello from neomutt\n"), 60)
     assert proc.returncode == 0, out.decode(errors="replace")
 
-    async def arrived() -> bool:
-        return await b.store.count("INBOX") == 1
-
-    await wait_for("the message at B", arrived)
-    (uid,) = await b.store.list_uids("INBOX")
-    raw = await b.store.fetch_raw("INBOX", uid) or b""
+    raw = await only_message(b)
     assert b"Subject: from neomutt" in raw and b"hello from neomutt" in raw
     assert from_addresses(header_fields(raw)) == [a.address]
