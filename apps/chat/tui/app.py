@@ -24,6 +24,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, OptionList, Static
 
 from core import MeshError, NodeNotRunning, resolve_data_dir
@@ -233,7 +234,7 @@ class ChatApp(App[int]):
 
     async def _do_refresh(self) -> None:
         self._refresh_pending = False
-        with contextlib.suppress(MeshError):
+        with contextlib.suppress(MeshError, NoMatches):  # NoMatches: the app is closing
             await self.refresh_conversations()
 
     async def resolve(self, name: str) -> str | None:
@@ -381,6 +382,7 @@ class ChatApp(App[int]):
         if self.current is not None:
             with contextlib.suppress(MeshError):
                 await self.client.call("chat.read", contact=self.current)
+                self._schedule_refresh()
 
     def _expire_typing(self) -> None:
         now = self.clock()
@@ -388,7 +390,8 @@ class ChatApp(App[int]):
         for key in expired:
             del self.typing_until[key]
         if expired:
-            self._header()
+            with contextlib.suppress(NoMatches):  # the app is closing
+                self._header()
 
     # -- paging
     async def fetch_page(

@@ -57,8 +57,12 @@ class ConversationList(OptionList):
             options += [
                 Option(_prompt(c, c.key in (warn or set()), width), id=c.key) for c in requests
             ]
+        keep = None
+        if self.has_focus and self.highlighted is not None:
+            keep = self.get_option_at_index(self.highlighted).id  # the person is browsing
         self.clear_options()
         self.add_options(options)
+        current = keep or current
         if current is not None:
             for index, option in enumerate(options):
                 if option is not None and option.id == current:
