@@ -9,6 +9,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apps.mail.imap.names import decode_mailbox, decode_mutf7, encode_mutf7
 from apps.mail.store import MailStore
@@ -264,3 +266,20 @@ async def test_a_version_1_store_gets_its_modified_utf7_names_decoded(tmp_path: 
     finally:
         await store.close()
     assert {"台北/x", "bad&Jjo", "R&D"} <= names and "&U,BTFw-/x" not in names
+
+
+@given(st.text(max_size=40))
+def test_any_text_round_trips_through_modified_utf7(name: str) -> None:
+    wire = encode_mutf7(name)
+    assert all(" " <= c <= "~" for c in wire)
+    assert decode_mutf7(wire) == name
+    assert wire == reference_mutf7(name) or "\x00" in name  # the reference stops at NUL
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20))
+def test_ascii_that_is_not_canonical_is_refused_never_misread(text: str) -> None:
+    try:
+        name = decode_mutf7(text)
+    except ValueError:
+        return
+    assert encode_mutf7(name) == text  # whatever is accepted has exactly this spelling
