@@ -21,6 +21,7 @@ import contextlib
 import fractions
 import ipaddress
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 MAX_SDP = 64 * 1024
+VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
 
 
 def is_loopback(host: str) -> bool:
@@ -127,6 +129,7 @@ class Feed(MediaStreamTrack):
         self._changed = asyncio.Event()
         self._shift: int | None = None
         self._next = 0
+        self._epoch = time.monotonic()
 
     @property
     def source(self) -> MediaStreamTrack | None:
@@ -162,15 +165,20 @@ class Feed(MediaStreamTrack):
                 return self._restamp(frame)
 
     def _restamp(self, frame: av.AudioFrame | av.VideoFrame) -> av.AudioFrame | av.VideoFrame:
+        if isinstance(frame, av.VideoFrame):
+            # Stamped when relayed: the browser's jitter buffer then sees frames arrive
+            # exactly as their timestamps say and holds them no longer than it must
+            # (the mesh leg's own timing made it grow by the second).
+            frame.time_base = VIDEO_TIME_BASE
+            now = int((time.monotonic() - self._epoch) * VIDEO_TIME_BASE.denominator)
+            frame.pts = max(now, self._next)
+            self._next = frame.pts + 1
+            return frame
         pts = int(frame.pts or 0)
         if self._shift is None:
             self._shift = self._next - pts
         frame.pts = max(pts + self._shift, self._next)
-        if isinstance(frame, av.AudioFrame):
-            self._next = frame.pts + frame.samples
-        else:
-            frame.time_base = frame.time_base or fractions.Fraction(1, 90_000)
-            self._next = frame.pts + 1  # never at or before the last one
+        self._next = frame.pts + frame.samples
         return frame
 
 

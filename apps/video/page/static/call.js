@@ -230,6 +230,9 @@ async function connectMedia() {
     else pc.addTransceiver(kind, { direction: "recvonly" });
   }
   pc.ontrack = (e) => {
+    // A call wants the frame now: no extra playout buffering on a loopback leg.
+    if ("jitterBufferTarget" in e.receiver) e.receiver.jitterBufferTarget = 0;
+    else if ("playoutDelayHint" in e.receiver) e.receiver.playoutDelayHint = 0;
     page.remote.addTrack(e.track);
     const video = $("remote");
     video.srcObject = page.remote;
