@@ -379,7 +379,12 @@ def contact_methods(contacts: Contacts) -> dict[str, Handler]:
         try:
             key = (await contacts.resolve(text)).key
         except UnknownContact:
-            key = parse_key(text)  # blocking a stranger by key adds them, blocked
+            try:
+                key = parse_key(text)  # blocking a stranger by key adds them, blocked
+            except UsageError:
+                raise UnknownContact(
+                    f"no contact is called {text!r}, and it is not a key to block"
+                ) from None
         return (await contacts.block(key)).to_json()
 
     async def unblock(params: dict[str, Any]) -> dict[str, Any]:

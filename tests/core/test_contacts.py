@@ -176,6 +176,11 @@ async def test_control_methods_resolve_names_and_refuse_bad_input(book: Contacts
     assert [c["alias"] for c in await m["contacts.list"]({})] == ["al"]
     with pytest.raises(UsageError):
         await m["contacts.add"]({"key": "not-a-key"})
+    with pytest.raises(UnknownContact, match="not a key to block"):
+        await m["contacts.block"]({"contact": "stranger"})
+    stranger = await m["contacts.block"]({"contact": key(6).hex()})
+    assert stranger["trust"] == "blocked" and stranger["alias"] is None
+    await m["contacts.remove"]({"contact": key(6).hex()})
     assert len(await m["contacts.list"]({})) == 1
     assert (await m["contacts.remove"]({"contact": "al"}))["key"] == key(1).hex()
     assert await m["contacts.list"]({}) == []
