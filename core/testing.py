@@ -31,7 +31,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, overload
@@ -208,10 +208,9 @@ class _Member:
     node: Node | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Link:
     ends: tuple[MemoryPipe, MemoryPipe]
-    down: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class MemMesh(Sequence[Node]):
@@ -375,6 +374,7 @@ class MemMesh(Sequence[Node]):
             for _, unsubscribe in up:
                 unsubscribe()
         self._links[frozenset((i, j))] = _Link((end_i, end_j))
+        log.debug("memory link node%d - node%d up", i, j)
 
     async def _cut(self, pair: frozenset[int]) -> None:
         link = self._links.pop(pair, None)
@@ -387,6 +387,7 @@ class MemMesh(Sequence[Node]):
                 key = self._network(other).public_key
                 waits.append(_peer_event(self._network(me), "down", key))
         link.ends[0].abort()
+        log.debug("memory link node%d - node%d cut", i, j)
         try:
             await asyncio.wait_for(asyncio.gather(*(f for f, _ in waits)), READY_TIMEOUT)
         finally:
