@@ -186,3 +186,19 @@ async def test_link_in_the_selected_message_opens() -> None:
             await pilot.press("up")
         await pilot.press("o")
         assert opened == ["https://example.org/map?x=1"]
+
+
+async def test_command_palette_lists_the_slash_commands() -> None:
+    from apps.chat.tui.screens.qr import QrScreen
+
+    async with started(scene()) as (app, pilot):
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        for ch in "/qr":
+            await pilot.press(ch)
+        for _ in range(100):  # the palette searches in the background
+            await pilot.pause(0.02)
+            await pilot.press("enter")
+            if isinstance(app.screen, QrScreen):
+                break
+        assert isinstance(app.screen, QrScreen)
