@@ -199,3 +199,18 @@ async def test_a_page_without_a_camera_calls_with_the_node_test_pattern_and_cli_
         # `mesh call hangup` on A (the control method) ends the page's call.
         await pair.call_a.control_methods()["call.hangup"]({})
         await tab_a.wait("meshCall.view === 'ended'")
+
+
+@pytest.mark.timeout(90)
+async def test_accept_audio_only_on_the_page_makes_an_audio_call(tmp_path: Path) -> None:
+    async with page_pair(tmp_path) as pair:
+        tab_a, tab_b = await pair.open_both()
+        await tab_b.wait("meshCall.view === 'incoming'")
+        await tab_b.evaluate("document.getElementById('accept-audio').click()")
+        await tab_b.wait("meshCall.view === 'incall'")
+        await tab_a.wait(f"({INBOUND}).then(s => s.audio > 20)", 30)
+        await tab_b.wait(f"({INBOUND}).then(s => s.audio > 20)", 30)
+        current = pair.call_b.current()
+        assert current is not None and "video" not in current.gates
+        await tab_a.key("h")
+        await tab_b.wait("meshCall.view === 'ended'")
