@@ -61,7 +61,7 @@ async def _stream(args: argparse.Namespace, method: str, **params: Any) -> int:
         err = reply["error"]
         cls = UsageError if err.get("code") == "bad_request" else MeshError
         raise cls(err.get("message", "failed"))
-    print(f"mesh {method}: {reply['result']}", file=sys.stderr, flush=True)
+    print(f"mesh {method}: {_describe(reply.get('result'))}", file=sys.stderr, flush=True)
     read_stdin = await _stdin_reader()
 
     async def up() -> None:
@@ -90,3 +90,12 @@ async def _stream(args: argparse.Namespace, method: str, **params: Any) -> int:
     finally:
         writer.close()
     return 0
+
+
+def _describe(result: Any) -> str:
+    """``connected to [addr]:port, peer key …`` from the node's reply, for people."""
+    if not isinstance(result, dict):
+        return str(result)
+    labels = {"connected": "connected to", "listening": "listening on", "peer_key": "peer key"}
+    parts = [f"{labels.get(key, key.replace('_', ' '))} {value}" for key, value in result.items()]
+    return ", ".join(parts)

@@ -70,6 +70,8 @@ class LineDecoder:
             value = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ProtocolError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("JSON nested too deeply") from None
         if not isinstance(value, dict):
             raise ProtocolError("a control message must be a JSON object")
         return value

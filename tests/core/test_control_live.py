@@ -170,3 +170,20 @@ async def test_callers_and_subscribers_are_told_when_the_node_goes_away(
     with pytest.raises(StopAsyncIteration):
         await _first(stream)
     await client.close()
+
+
+@pytest.mark.timeout(30)
+async def test_deeply_nested_json_is_a_bad_request_not_a_traceback(
+    live: tuple[ControlServer, EventBus, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, _, path = live
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(b"[" * 100_000 + b"\n")
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.readline(), 5)
+    assert b'"bad_request"' in reply and b"nested too deeply" in reply
+    writer.close()
+    await writer.wait_closed()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    async with await ControlClient.connect(path) as client:
+        assert await client.call("echo", alive=True) == {"alive": True}
