@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from apps.chat.text import escape_controls, json_safe
 from core import ControlClient, UsageError, resolve_data_dir
 
 __all__ = ["HISTORY_FIELDS", "register"]
@@ -72,6 +73,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise UsageError("--timeout must be > 0 seconds")
     if args.limit is not None and not 1 <= args.limit <= 1000:
         raise UsageError("--limit must be from 1 to 1000")
+    if words[0] == "send" and words[2] == "-":  # read before connecting: no node needed
+        words[2] = _stdin_text()
     path = resolve_data_dir(args.data_dir) / "control.sock"
     code: int = asyncio.run(_with_client(path, lambda c: handler(c, words[1:], args)))
     return code
@@ -86,15 +89,21 @@ async def _with_client(path: Path, fn: Callable[[ControlClient], Awaitable[int]]
 
 
 def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(json_safe(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
+
+
+def _stdin_text() -> str:
+    """The message from stdin: UTF-8, CRLF as LF, one trailing newline dropped."""
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("the message is not UTF-8 text") from None
+    text = text.replace("\r\n", "\n")
+    return text[:-1] if text.endswith("\n") else text
 
 
 async def _send(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
     contact, text = words
-    if text == "-":
-        text = sys.stdin.read()
-        text = text[:-1] if text.endswith("\n") else text
     if not args.wait:
         message = await client.call("chat.send", contact=contact, body=text)
         print(json.dumps(message) if args.json else message["id"])
@@ -117,7 +126,8 @@ async def _send(client: ControlClient, words: list[str], args: argparse.Namespac
                 if state[0] in DONE_STATES:
                     return 0
                 if state[0] == "failed":
-                    print(f"mesh: message {message['id']} failed: {state[1]}", file=sys.stderr)
+                    why = escape_controls(str(state[1]))  # the peer's words
+                    print(f"mesh: message {message['id']} failed: {why}", file=sys.stderr)
                     return 1
     except TimeoutError:
         pass
@@ -155,7 +165,7 @@ async def _history(client: ControlClient, words: list[str], args: argparse.Names
         who = "me" if m["from"] == info["key"] else m["from"][:12]
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["ts"]))
         mark = f" [{m['state']}]" if m["direction"] == "out" else ""
-        print(f"{when} {who}: {m['body']}{mark}")
+        print(f"{when} {who}: {escape_controls(m['body'])}{mark}")
     return 0
 
 
@@ -165,7 +175,7 @@ async def _requests(client: ControlClient, words: list[str], args: argparse.Name
         _print_json(found)
     for r in [] if args.json else found:
         last = (r.get("last") or {}).get("body", "")
-        print(f"{r['key']}@mesh  {r['unread']} unread  {last[:60]}")
+        print(f"{r['key']}@mesh  {r['unread']} unread  {escape_controls(last[:60])}")
     return 0
 
 
@@ -182,7 +192,7 @@ async def _search(client: ControlClient, words: list[str], args: argparse.Namesp
     if args.json:
         _print_json(found)
     for m in [] if args.json else found:
-        print(f"{m['conversation'][:12]} {m['direction']}: {m['body']}")
+        print(f"{m['conversation'][:12]} {m['direction']}: {escape_controls(m['body'])}")
     return 0
 
 

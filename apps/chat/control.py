@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from apps.chat.envelope import MAX_BODY
-from core import MeshError, UsageError
+from apps.chat.text import first_control
+from core import MeshError, UnknownContact, UsageError
 
 if TYPE_CHECKING:
     from apps.chat.service import ChatService
@@ -82,10 +83,29 @@ class ChatControl:
         key = _parse_key(name)
         if key is not None:
             return key
-        if self.s.contacts is None:
+        if self.s.contacts is not None:
+            try:
+                return bytes((await self.s.contacts.resolve(name)).key)
+            except UnknownContact:
+                # not a contact: maybe the start of a conversation's key (a request)
+                if (found := await self._conversation_prefix(name)) is None:
+                    raise
+                return found
+        if (found := await self._conversation_prefix(name)) is None:
             raise UsageError(f"{name!r} is not a key or key@mesh (this node has no contacts)")
-        contact = await self.s.contacts.resolve(name)
-        return bytes(contact.key)
+        return found
+
+    async def _conversation_prefix(self, name: str) -> bytes | None:
+        """The one conversation whose key starts with ``name`` (8+ hex digits)."""
+        prefix = name.strip().lower().removesuffix("@mesh")
+        if len(prefix) < 8 or prefix.strip("0123456789abcdef"):
+            return None
+        hits = [c["key"] for c in await self.s.db.conversations() if c["key"].startswith(prefix)]
+        if len(hits) > 1:
+            raise UsageError(
+                f"{name!r} is the start of {len(hits)} conversations' keys: give more of it"
+            )
+        return bytes.fromhex(hits[0]) if hits else None
 
     async def _contact(self, params: dict[str, Any]) -> bytes:
         key = await self.key_of(_want(params, "contact"))
@@ -127,6 +147,17 @@ class ChatControl:
         body = _want(params, "body")
         if not body.strip():
             raise UsageError("the message is empty")
+        control = first_control(body)
+        if control is not None:
+            at, char = control
+            raise UsageError(
+                f"the message has a control character (U+{ord(char):04X} at {at}); "
+                "only newlines and tabs may be in a message"
+            )
+        if self.s.contacts is not None and trust_of(await self.s.contacts.get(key)) == "blocked":
+            raise UsageError(
+                "you blocked this contact; unblock first (mesh contacts unblock CONTACT)"
+            )
         if len(body.encode()) > MAX_BODY:
             raise UsageError(
                 f"the message is {len(body.encode())} bytes; the limit is {MAX_BODY} (UTF-8)"
