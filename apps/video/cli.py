@@ -56,10 +56,11 @@ JSON_FIELDS = (
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "call",
-        help="audio/video calls over the mesh: call, answer, reject, hangup, log",
+        help="audio/video calls over the mesh: call, answer, reject, hangup, log, page",
         description=(
             "mesh call CONTACT places a call; mesh call answer|reject|hangup|log act on "
-            "the running node's calls. CONTACT is an alias, a 64-hex key or key@mesh."
+            "the running node's calls; mesh call page [CONTACT] prints the browser call "
+            "page's URL (--page opens it). CONTACT is an alias, a 64-hex key or key@mesh."
         ),
         epilog=(
             "exit codes of mesh call CONTACT: 0 answered, 3 rejected, 4 busy, 5 no answer, "

@@ -195,7 +195,14 @@ $("accept-video").addEventListener("click", () => answer(false));
 $("accept-audio").addEventListener("click", () => answer(true));
 $("mute").addEventListener("click", toggleMute);
 $("camera").addEventListener("click", toggleVideo);
-$("source").addEventListener("change", (e) => send({ op: "update", source: e.target.value }));
+$("source").addEventListener("change", (e) => {
+  let source = e.target.value;
+  if (source === "other") {
+    source = (prompt("A media file or device the node can open (/dev/video0, pulse:default, /path/clip.mp4):") || "").trim();
+    if (!source) { e.target.value = "testsrc"; return; }
+  }
+  send({ op: "update", source });
+});
 $("back").addEventListener("click", () => { show("idle"); send({ op: "refresh" }); });
 document.addEventListener("keydown", (e) => {
   if (e.target instanceof HTMLInputElement || e.ctrlKey || e.metaKey || e.altKey) return;
