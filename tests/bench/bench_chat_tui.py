@@ -17,6 +17,7 @@ measures:
   drawn again, including the keyset page loads (``before_seq``, 200 messages per
   round trip) on the way (target p95 < 50 ms), reported for all steps and for the
   steps that loaded a page;
+- the stall when a fetched page lands (the event loop busy adding it to the view);
 - the UI process's CPU time per step (p95), which machine load does not inflate the
   way it does wall time;
 - the UI process's RSS with the conversation open after scrolling (target < 150 MB).
@@ -220,6 +221,15 @@ async def measure(path: Path, pages: int, contact: str) -> dict[str, Any]:
         cpu_loads: list[float] = []
         oldest = log.window.messages[0].seq
         compositor = app.screen._compositor
+        stalls: list[float] = []  # the loop blocked while a landed page is measured in
+        add_older = log.add_older
+
+        def timed_add_older(messages: list[Any], more: bool) -> None:
+            t = time.perf_counter()
+            add_older(messages, more)
+            stalls.append(time.perf_counter() - t)
+
+        log.add_older = timed_add_older  # type: ignore[method-assign]
         while len(loads) < pages:
             t, cpu = time.perf_counter(), time.process_time()
             log.action_page(-1)  # what pageup does
@@ -248,6 +258,8 @@ async def measure(path: Path, pages: int, contact: str) -> dict[str, Any]:
         "page_loads": len(loads),
         "page_load_step_p50_ms": round(statistics.median(loads) * 1000, 2) if loads else None,
         "page_load_step_p95_ms": round(pct(loads, 0.95) * 1000, 2) if loads else None,
+        "page_land_stall_p50_ms": round(statistics.median(stalls) * 1000, 2),
+        "page_land_stall_p95_ms": round(pct(stalls, 0.95) * 1000, 2),
         "ui_cpu_per_step_p95_ms": round(pct(cpu_steps, 0.95) * 1000, 2),
         "ui_cpu_per_page_load_p95_ms": round(pct(cpu_loads, 0.95) * 1000, 2) if loads else None,
         "history_round_trip_p50_ms": round(statistics.median(round_trips) * 1000, 2),
