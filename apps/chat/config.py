@@ -26,6 +26,7 @@ class ChatConfig:
     conns_per_peer: int = 4
     conns_total: int = 128
     idle_timeout: float = 300.0  # s an incoming stream may stay silent
+    first_frame_timeout: float = 10.0  # s a new incoming stream has for its first frame
     connect_timeout: float = 15.0
     ack_timeout: float = 30.0
 
@@ -41,7 +42,14 @@ class ChatConfig:
             raise UsageError(f"[chat] has a bad value: {exc}") from None
         if not 0 <= config.port < 65536:
             raise UsageError("[chat] port must be 0-65535")
-        for name in ("expiry_days", "skew", "retry_initial", "retry_max", "idle_timeout"):
+        for name in (
+            "expiry_days",
+            "skew",
+            "retry_initial",
+            "retry_max",
+            "idle_timeout",
+            "first_frame_timeout",
+        ):
             if not getattr(config, name) > 0:
                 raise UsageError(f"[chat] {name} must be > 0")
         return config

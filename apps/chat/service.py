@@ -290,12 +290,29 @@ class ChatService(BaseService):
         conn = ChatConnection()
         answers: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(maxsize=512)
         acker = asyncio.ensure_future(self._write_acks(answers, writer))
+        # A new stream must bring its first whole frame within first_frame_timeout (one
+        # deadline, however the bytes trickle in), so silent streams cannot hold the
+        # per-peer slots for idle_timeout; after that, idle_timeout per read.
+        loop = asyncio.get_running_loop()
+        first_by: float | None = loop.time() + self.config.first_frame_timeout
         try:
             while not acker.done():
-                data = await asyncio.wait_for(reader.read(65536), self.config.idle_timeout)
+                wait = self.config.idle_timeout
+                if first_by is not None:
+                    wait = first_by - loop.time()
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), max(wait, 0))
+                except TimeoutError:
+                    if first_by is not None:
+                        self.refused["first-frame-timeout"] += 1
+                        log.info("chat: closed a stream from %s: no frame in time", source)
+                    raise
                 if not data:
                     break
-                for event in conn.receive_data(data):
+                events = conn.receive_data(data)
+                if events:
+                    first_by = None
+                for event in events:
                     if isinstance(event, ProtocolFault):
                         self._count(event.refusal, f"from {source}: {event.reason}")
                         await answers.put(_done(event.reply))
