@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from apps.video.call import CallOptions
-from apps.video.page.bridge import Bridge
+from apps.video.page.bridge import Bridge, Feed
 from core import MeshError, UsageError
 
 if TYPE_CHECKING:
@@ -90,6 +90,9 @@ class PageServer:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._shown: str | None = None  # the call whose remote tracks the pages get
+        # What a page's call sends of the browser: feeds that outlive the page, so a
+        # reloaded (or another) page takes over the same call.
+        self._sending: dict[str, Feed] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     @property
@@ -125,6 +128,8 @@ class PageServer:
         log.info("call page on %s", self.url)
 
     async def close(self) -> None:
+        for feed in self._sending.values():
+            feed.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -228,6 +233,7 @@ class PageServer:
             answer = await page.bridge.answer(str(message.get("sdp", "")))
             await page.send({"type": "answer", "sdp": answer})
             self._show_current()
+            self._take_over(page)
         elif op == "place":
             contact = message.get("contact")
             if not isinstance(contact, str) or not contact:
@@ -250,11 +256,33 @@ class PageServer:
 
     def _options(self, page: _Page, message: dict[str, Any]) -> CallOptions:
         source = message.get("source")
+        tracks: dict[str, Feed] = {}
+        if source in (None, "browser"):
+            for feed in self._sending.values():
+                feed.stop()  # the last call's
+            self._sending = {}
+            for kind, track in page.bridge.local_tracks().items():
+                feed = Feed(kind)
+                feed.feed(track)
+                tracks[kind] = feed
+            self._sending = dict(tracks)
         return CallOptions(
             source=str(source) if source and source != "browser" else "testsrc",
             audio_only=bool(message.get("audio_only", False)),
-            tracks=page.bridge.local_tracks() if source in (None, "browser") else {},
+            tracks=tracks,
         )
+
+    def _take_over(self, page: _Page) -> None:
+        """A page that connects during a call whose page went away sends its browser's
+        tracks into that call in their place."""
+        if self.service.current() is None or not self._sending:
+            return
+        fresh = page.bridge.local_tracks()
+        for kind, feed in self._sending.items():
+            if feed.source is None and kind in fresh:
+                feed.feed(fresh.pop(kind))
+        for track in fresh.values():
+            track.stop()
 
     async def _update(self, page: _Page, message: dict[str, Any]) -> None:
         params: dict[str, Any] = {
@@ -268,7 +296,11 @@ class PageServer:
             tracks = page.bridge.local_tracks()
             if "video" not in tracks:
                 raise UsageError("the browser gives no camera")
-            call.update(tracks=tracks)
+            feeds = {kind: self._sending.get(kind) or Feed(kind) for kind in tracks}
+            for kind, feed in feeds.items():
+                feed.feed(tracks[kind])
+            self._sending.update(feeds)
+            call.update(tracks=dict(feeds))
         elif source:
             params["source"] = str(source)
         if params:
@@ -324,6 +356,10 @@ class PageServer:
             async for event in sub:
                 if event.kind in ("call.state", "call.ended"):
                     self._show_current()
+                if event.kind == "call.ended" and self.service.current() is None:
+                    for feed in self._sending.values():
+                        feed.stop()
+                    self._sending = {}
                 await self._broadcast(
                     {"type": "event", "event": event.kind, "data": scrub(event.data)}
                 )

@@ -214,3 +214,16 @@ async def test_accept_audio_only_on_the_page_makes_an_audio_call(tmp_path: Path)
         assert current is not None and "video" not in current.gates
         await tab_a.key("h")
         await tab_b.wait("meshCall.view === 'ended'")
+
+
+@pytest.mark.timeout(90)
+async def test_a_page_reloaded_mid_call_takes_the_call_over_both_ways(tmp_path: Path) -> None:
+    async with calling(tmp_path) as (pair, tab_a, _):
+        current = pair.call_b.current()
+        assert current is not None and current.sink is not None
+        await tab_a.send("Page.reload")
+        await tab_a.wait("window.meshCall && meshCall.mediaReady && meshCall.view === 'incall'")
+        before = current.sink.video.frames
+        await decoding(tab_a, "A's reloaded page")  # the remote video comes back
+        assert current.sink.video.frames > before + 10  # A's camera reaches B again
+        assert pair.call_a.current() is not None  # the same call, never dropped
