@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from core import GroupCommit
 from apps.mail.queue import OutboxQueue, QueueFull
 from apps.mail.store import MailboxNotFound, MailStore
+from core import GroupCommit
 
 
 def _committed_tokens(path: Path) -> set[str]:
