@@ -225,6 +225,12 @@ class PageServer:
             await self._op(page, str(message.get("op")), message)
         except (UsageError, MeshError, ValueError) as exc:
             await page.send({"type": "error", "message": str(exc)})
+        except Exception as exc:  # aiortc refusing a mangled SDP, say: the page is told
+            log.info("call page: %s failed: %s", data[:40], exc, exc_info=True)
+            await page.send({"type": "error", "message": f"the node could not do that: {exc}"})
+            if page.bridge.pc is not None and page.bridge.pc.connectionState != "connected":
+                await page.bridge.close()  # a half-made leg: the page may offer again
+                page.bridge = Bridge()
 
     async def _op(self, page: _Page, op: str, message: dict[str, Any]) -> None:
         service = self.service

@@ -158,6 +158,22 @@ async def test_requests_without_the_token_get_403(tmp_path: Path) -> None:
                 async with http.ws_connect(base + "/ws") as ws:
                     hello = json.loads((await ws.receive(timeout=5)).data)
                     assert hello["type"] == "hello"
+                    # Garbage from a page is refused with a reason; the page stays served.
+                    for junk in (
+                        "not json",
+                        "[1]",
+                        '{"op": "fly"}',
+                        '{"op": "place"}',
+                        '{"op": "answer"}',
+                        '{"op": "hangup"}',
+                        '{"op": "offer", "sdp": "v=0\\r\\nm=video x"}',
+                        '{"op": "offer", "sdp": 5}',
+                    ):
+                        await ws.send_str(junk)
+                        reply = json.loads((await ws.receive(timeout=10)).data)
+                        assert reply["type"] == "error" and reply["message"], (junk, reply)
+                    await ws.send_str('{"op": "refresh"}')
+                    assert json.loads((await ws.receive(timeout=5)).data)["type"] == "hello"
                 # A rebound name or a foreign page is refused even with the cookie.
                 for headers in ({"Host": "evil.example:80"}, {"Origin": "http://evil.example"}):
                     async with http.get(base + "/static/call.js", headers=headers) as reply:
