@@ -156,6 +156,7 @@ class Node:
         except BaseException:
             await node.contacts.close()
             raise
+        node.contacts.own_key = backend.public_key  # a node is not its own contact
         if identity is not None and backend.public_key != identity.public_key:
             log.warning(
                 "the daemon's key differs from this node's identity: the mail address is "

@@ -6,7 +6,14 @@
     mesh contacts block|unblock|remove CONTACT
 
 CONTACT is an alias, a key, ``key@mesh`` or a unique key prefix. A malformed key or
-alias is refused (exit code 2) before the node is asked, so nothing changes.
+alias is refused (exit code 2) before the node is asked, so nothing changes; so are the
+node's own key and an alias taken by (or looking like) another contact's, by the node.
+
+A change prints one line saying what happened, naming the contact, then its trust and
+key: ``renamed carol to carol2: trusted <key>``. ``add`` of a key that is already a
+contact says so (``carol is already a contact``) or says what it changed (renamed,
+unblocked, trusted). ``list`` prints aligned columns (alias, trust, key), counting East
+Asian wide characters as two columns.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import asyncio
 import json
 import sys
+import unicodedata
 from typing import Any
 
 from core.contacts import parse_key, validate_alias
@@ -57,18 +65,69 @@ def _run(args: argparse.Namespace, action: Any) -> int:
     return asyncio.run(go())
 
 
-def _line(contact: dict[str, Any]) -> str:
-    alias = contact.get("alias") or "-"
-    return f"{alias:<20} {contact['trust']:<8} {contact['key']}"
+def _width(text: str) -> int:
+    """Terminal columns ``text`` takes: East Asian wide and fullwidth characters 2,
+    combining marks and format characters 0, the rest 1 (as wcwidth counts)."""
+    total = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        total += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return total
+
+
+def _pad(text: str, columns: int) -> str:
+    return text + " " * max(0, columns - _width(text))
+
+
+def _label(contact: dict[str, Any]) -> str:
+    alias = contact.get("alias")
+    return str(alias) if alias else str(contact["key"])[:16] + "…"
+
+
+def _said(phrase: str, contact: dict[str, Any]) -> str:
+    """One change, said: ``unblocked carol: trusted <key>``."""
+    return f"{phrase}: {contact['trust']} {contact['key']}"
+
+
+def _rows(contacts: list[dict[str, Any]]) -> list[str]:
+    aliases = [str(c.get("alias") or "-") for c in contacts]
+    columns = max(map(_width, aliases), default=1)
+    trust = max((len(str(c["trust"])) for c in contacts), default=1)
+    return [
+        f"{_pad(alias, columns)}  {c['trust']!s:<{trust}}  {c['key']}"
+        for alias, c in zip(aliases, contacts, strict=True)
+    ]
 
 
 async def _add(client: ControlClient, args: argparse.Namespace) -> int:
     key = parse_key(args.key)  # refused here, before the node is asked
     if args.alias is not None:
         validate_alias(args.alias)
+    before = {c["key"]: c for c in await client.call("contacts.list")}.get(key.hex())
     contact = await client.call("contacts.add", key=key.hex(), alias=args.alias)
-    print(f"added {_line(contact)}")
+    print(_said(_what_add_did(before, contact), contact))
     return 0
+
+
+def _what_add_did(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
+    if before is None:
+        return f"added {_label(after)}"
+    done = []
+    if before.get("alias") != after.get("alias"):
+        done.append(
+            f"renamed {_label(before)} to {_label(after)}"
+            if before.get("alias")
+            else f"gave {_label(before)} the alias {_label(after)}"
+        )
+    if before["trust"] != after["trust"]:
+        if before["trust"] == "blocked":
+            done.append(f"unblocked {_label(after)}")
+        else:
+            done.append(f"trusted {_label(after)} (was {before['trust']})")
+    if not done:
+        return f"{_label(after)} is already a contact"
+    return "; ".join(done)
 
 
 async def _list(client: ControlClient, args: argparse.Namespace) -> int:
@@ -79,15 +138,19 @@ async def _list(client: ControlClient, args: argparse.Namespace) -> int:
     elif not contacts:
         print("no contacts yet: mesh contacts add KEY --alias NAME")
     else:
-        for contact in contacts:
-            print(_line(contact))
+        for row in _rows(contacts):
+            print(row)
     return 0
 
 
 async def _rename(client: ControlClient, args: argparse.Namespace) -> int:
     validate_alias(args.alias)
-    contact = await client.call("contacts.rename", contact=args.contact, alias=args.alias)
-    print(f"renamed {_line(contact)}")
+    before = await client.call("contacts.resolve", contact=args.contact)
+    contact = await client.call("contacts.rename", contact=before["key"], alias=args.alias)
+    if before.get("alias") == contact.get("alias"):
+        print(_said(f"{_label(contact)} is already called so", contact))
+    else:
+        print(_said(f"renamed {_label(before)} to {_label(contact)}", contact))
     return 0
 
 
@@ -98,5 +161,5 @@ async def _one(client: ControlClient, args: argparse.Namespace, verb: str) -> in
         sys.stdout.write("\n")
     else:
         done = {"block": "blocked", "unblock": "unblocked", "remove": "removed"}[verb]
-        print(f"{done} {_line(contact)}")
+        print(_said(f"{done} {_label(contact)}", contact))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from core.contacts import (
     AmbiguousContact,
     Contact,
     Contacts,
+    OwnKey,
     Trust,
     UnknownContact,
     contact_methods,
@@ -19,6 +21,7 @@ from core.contacts import (
     validate_alias,
 )
 from core.errors import UsageError
+from core.testing import mem_mesh
 from core.types import NodeEvent
 
 pytestmark = pytest.mark.timeout(30)
@@ -197,3 +200,109 @@ async def test_concurrent_seen_of_one_key_adds_it_once(book: Contacts) -> None:
 def test_contact_json_names_the_mail_address() -> None:
     c = Contact(os.urandom(32), None, Trust.UNKNOWN, 1.0)
     assert c.to_json()["address"] == f"{c.key.hex()}@mesh" == c.mail_address
+
+
+async def test_a_fullwidth_alias_is_stored_nfkc_and_collides_with_its_ascii_twin(
+    book: Contacts,
+) -> None:
+    await book.add(key(1), alias="bob")
+    with pytest.raises(UsageError, match="already"):
+        await book.add(key(2), alias="\uff22\uff4f\uff42")  # fullwidth "Bob"
+    assert await book.get(key(2)) is None
+    carol = await book.add(key(3), alias="\uff43arol")  # fullwidth c
+    assert carol.alias == "carol"
+    assert await book.resolve("\uff23\uff21\uff32\uff2f\uff2c") == carol  # fullwidth CAROL
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "b\u03bfb",  # Greek omicron between Latin b's
+        "\u0430lice",  # Cyrillic a, Latin lice
+        "\u0391\u0411",  # Greek Alpha, Cyrillic Be
+    ],
+)
+def test_an_alias_mixing_latin_greek_or_cyrillic_letters_is_refused(alias: str) -> None:
+    with pytest.raises(UsageError, match="mixes"):
+        validate_alias(alias)
+
+
+async def test_a_look_alike_of_another_contacts_alias_is_refused(book: Contacts) -> None:
+    await book.add(key(1), alias="bob")
+    await book.add(key(2), alias="Tom")
+    for twin, other in (
+        ("\u0412\u041e\u0412", key(3)),  # "BOB" in Cyrillic capitals
+        ("\u03a4\u039f\u039c", key(4)),  # "TOM" in Greek capitals
+    ):
+        with pytest.raises(UsageError, match="look-alike"):
+            await book.add(other, alias=twin)
+        assert await book.get(other) is None
+    await book.add(key(5), alias="robert")
+    with pytest.raises(UsageError, match="look-alike"):
+        await book.rename(key(5), "\u0412\u041e\u0412")  # Cyrillic "BOB" again, by rename
+    assert (await book.get(key(5))).alias == "robert"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "alias", ["\u0411\u043e\u0440\u0438\u0441", "\u738b", "\u03a3\u03bf\u03c6\u03af\u03b1", "Zoë"]
+)
+async def test_real_non_latin_aliases_are_kept(book: Contacts, alias: str) -> None:
+    await book.add(key(1), alias="bob")
+    await book.add(key(2), alias="boris")
+    added = await book.add(key(3), alias=alias)  # Boris in Cyrillic, wang in CJK, Sofia in Greek
+    assert added.alias == alias
+    assert await book.resolve(alias) == added
+
+
+async def test_the_nodes_own_key_cannot_be_a_contact(tmp_path: Path) -> None:
+    own = key(7)
+    contacts = await Contacts.open(tmp_path / "contacts.db", own_key=own)
+    try:
+        with pytest.raises(OwnKey, match="own key"):
+            await contacts.add(own, alias="me")
+        with pytest.raises(OwnKey):
+            await contacts.block(own)
+        with pytest.raises(OwnKey):
+            await contact_methods(contacts)["contacts.add"]({"key": own.hex()})
+        assert await contacts.list() == []
+    finally:
+        await contacts.close()
+
+
+async def test_a_running_node_refuses_its_own_key_as_a_contact(tmp_path: Path) -> None:
+    async with mem_mesh(1, tmp_path) as (node,):
+        with pytest.raises(OwnKey):
+            await node.contacts.add(node.key)
+        assert await node.contacts.list() == []
+
+
+async def test_a_list_from_before_look_alike_folding_keeps_the_first_of_two_twins(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "contacts.db"
+    contacts = await Contacts.open(path)
+    await contacts.add(key(1), alias="bob")
+    await contacts.add(key(3), alias="Eve")
+    await contacts.close()
+    with sqlite3.connect(path) as conn:  # as written when aliases were only casefolded
+        conn.execute("UPDATE contacts SET alias_fold = lower(alias)")
+        conn.execute(
+            "INSERT INTO contacts (key, alias, alias_fold, trust, added, notes) "
+            "VALUES (?, ?, ?, 'trusted', 1e12, '')",
+            (key(2), "\u0412\u041e\u0412", "\u0432\u043e\u0432"),  # Cyrillic BOB, added later
+        )
+    conn.close()
+    again = await Contacts.open(path)
+    try:
+        assert (await again.get(key(1))).alias == "bob"  # type: ignore[union-attr]
+        assert (await again.get(key(2))).alias is None  # type: ignore[union-attr]
+        assert (await again.resolve("bob")).key == key(1)
+        blocked = await again.block(key(2))  # the twin can still be blocked, nothing lost
+        assert blocked.trust is Trust.BLOCKED and len(again) == 3
+    finally:
+        await again.close()
+    with sqlite3.connect(path) as conn:
+        folds = dict(conn.execute("SELECT hex(key), alias_fold FROM contacts"))
+    conn.close()
+    assert folds == {key(1).hex().upper(): "bob", key(2).hex().upper(): None,
+                     key(3).hex().upper(): "eve"}  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +83,75 @@ def test_an_ambiguous_name_exits_2_listing_the_matches(node: Up) -> None:
 def test_without_a_running_node_contacts_says_so(tmp_path: Path) -> None:
     out = mesh(tmp_path / "none", "contacts", "list")
     assert out.returncode == 1 and "mesh up" in out.stderr
+
+
+def test_adding_a_known_key_says_it_renamed_or_that_it_is_already_a_contact(node: Up) -> None:
+    carol = "c0" * 32
+    out = mesh(node.data, "contacts", "add", carol, "--alias", "carol")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"added carol: trusted {carol}\n"
+    out = mesh(node.data, "contacts", "add", carol, "--alias", "carol2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"renamed carol to carol2: trusted {carol}\n"
+    for again in (("--alias", "carol2"), ()):
+        out = mesh(node.data, "contacts", "add", carol, *again)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == f"carol2 is already a contact: trusted {carol}\n"
+    assert mesh(node.data, "contacts", "block", "carol2").returncode == 0
+    out = mesh(node.data, "contacts", "add", carol)
+    assert out.stdout == f"unblocked carol2: trusted {carol}\n"
+    out = mesh(node.data, "contacts", "unblock", "carol2")
+    assert out.stdout == f"unblocked carol2: trusted {carol}\n"
+    out = mesh(node.data, "contacts", "rename", "carol2", "carol")
+    assert out.stdout == f"renamed carol2 to carol: trusted {carol}\n"
+    assert [c["alias"] for c in listed(node) if c["key"] == carol] == ["carol"]
+
+
+def test_the_nodes_own_key_is_refused_as_a_contact(node: Up) -> None:
+    own = str(node.status["key"])
+    before = listed(node)
+    for how in ((own, "--alias", "me"), (f"{own}@mesh",)):
+        out = mesh(node.data, "contacts", "add", *how)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "own key" in out.stderr and out.stdout == ""
+    assert mesh(node.data, "contacts", "block", own).returncode == 2
+    assert listed(node) == before
+
+
+def test_look_alike_aliases_are_refused_and_stored_nfkc(node: Up) -> None:
+    dave, other = "d0" * 32, "d1" * 32
+    assert mesh(node.data, "contacts", "add", dave, "--alias", "dave").returncode == 0
+    for twin, why in (
+        ("\uff24\uff41\uff56\uff45", "already"),  # fullwidth "Dave" is "Dave" under NFKC
+        ("d\u0430ve", "mixes Cyrillic and Latin"),  # a Cyrillic a among Latin letters
+        ("D\u0410\u0412\u0415", "mixes"),  # Latin D, then Cyrillic capitals that read ABE
+    ):
+        out = mesh(node.data, "contacts", "add", other, "--alias", twin)
+        assert out.returncode == 2 and why in out.stderr, out.stdout + out.stderr
+    assert all(c["key"] != other for c in listed(node))
+    out = mesh(node.data, "contacts", "rename", dave, "\uff44\uff41\uff56\uff45\uff12")
+    assert out.returncode == 0 and "renamed dave to dave2" in out.stdout, out.stderr
+
+
+def test_contacts_list_aligns_columns_with_wide_characters(node: Up) -> None:
+    wide = "e0" * 32
+    out = mesh(node.data, "contacts", "add", wide, "--alias", "\u738b\u5c0f\u660e")  # 3 wide
+    assert out.returncode == 0, out.stderr
+    lines = mesh(node.data, "contacts", "list").stdout.splitlines()
+    assert len(lines) == len(listed(node)) >= 2
+    starts = {display_width(line[: line.index(key)]) for line in lines for key in keys(line)}
+    assert len(starts) == 1, lines  # every key begins in the same terminal column
+    trust_at = {display_width(line[: line.index(t)]) for line in lines for t in trusts(line)}
+    assert len(trust_at) == 1, lines
+
+
+def keys(line: str) -> list[str]:
+    return [word for word in line.split() if len(word) == 64]
+
+
+def trusts(line: str) -> list[str]:
+    return [word for word in line.split() if word in ("trusted", "unknown", "blocked")][:1]
+
+
+def display_width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
