@@ -82,6 +82,7 @@ class EncryptedPacketConn:
         self._flushing = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._timer_changed = asyncio.Event()  # a retry may be due sooner than the loop sleeps
         self.dropped_reads = 0
         network.set_handler(self._on_network_packet)
 
@@ -104,7 +105,7 @@ class EncryptedPacketConn:
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._expire_loop(), name="embedded-sessions")
+            self._task = asyncio.create_task(self._timer_loop(), name="embedded-sessions")
 
     async def close(self) -> None:
         self._closed = True
@@ -126,6 +127,7 @@ class EncryptedPacketConn:
             )
         self.sessions_manager.write_to(bytes(dest_key), bytes(payload))
         self._flush()
+        self.sessions_manager.take_opened()  # only a received packet opens a session
         return len(payload)
 
     async def read_from(self) -> tuple[bytes, bytes]:
@@ -141,11 +143,15 @@ class EncryptedPacketConn:
     def _on_network_packet(self, source: bytes, payload: bytes) -> None:
         if self._closed:
             return
-        had = self.sessions_manager.has_session(source)
         self.sessions_manager.handle_data(source, payload)
-        if not had and self._session_up is not None and self.sessions_manager.has_session(source):
-            self._session_up(source)  # the remote node is reachable (again)
         self._flush()
+        # A session opened, or was re-opened because the remote node restarted: it is
+        # reachable (again). After the flush, so what the packet answered is on its way.
+        for key in self.sessions_manager.take_opened():
+            if self._session_up is not None:
+                self._session_up(key)
+        if self.sessions_manager.next_retry() is not None:
+            self._timer_changed.set()
 
     def _flush(self) -> None:
         # Handlers may write (an echo reply); the outer loop then picks those up in order.
@@ -179,7 +185,20 @@ class EncryptedPacketConn:
         except asyncio.QueueFull:
             self.dropped_reads += 1
 
-    async def _expire_loop(self) -> None:
+    async def _timer_loop(self) -> None:
+        expire_at = time.monotonic() + EXPIRE_INTERVAL
         while True:
-            await asyncio.sleep(EXPIRE_INTERVAL)
-            self.sessions_manager.expire()
+            now = time.monotonic()
+            if now >= expire_at:
+                self.sessions_manager.expire()
+                expire_at = now + EXPIRE_INTERVAL
+            self.sessions_manager.retry()
+            self._flush()
+            wake = expire_at
+            retry_at = self.sessions_manager.next_retry()
+            if retry_at is not None:
+                # The manager's clock may not be time.monotonic (tests): sleep the gap.
+                wake = min(wake, now + max(0.0, retry_at - self.sessions_manager.now()))
+            self._timer_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_changed.wait(), max(0.01, wake - now))

@@ -120,6 +120,16 @@ class SessionConfig:
     max_buffers: int = 1024  # destinations with packets waiting for a session
     max_sessions: int = 4096
     max_events: int = 4096  # undrained output events before the oldest is dropped
+    # When a peer restarts (an init with fresh keys on a live session), the last packet
+    # we sent it within this many seconds is sent again in the new session: the restarted
+    # peer could not decrypt it. 0 disables. Only packets up to resend_max_bytes are kept.
+    resend_window: float = 3.0
+    resend_max_bytes: int = 4096
+    # The init that answers traffic for a session we do not have (we restarted) is sent
+    # again after these delays until the session opens: right after a restart the
+    # routed network may still be looking up the way back, and no write of ours would
+    # send it again. Upstream sends it once.
+    answer_retries: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
     def __post_init__(self) -> None:
         if self.replay_window < 0 or self.replay_window > 4096:
@@ -272,6 +282,10 @@ class _Session:
     next_send_shared: bytes = b""
     next_recv_shared: bytes = b""
     recv_window: ReplayWindow = field(default_factory=lambda: ReplayWindow(0))
+    # Set when this session replaced one the peer lost (it restarted); until the peer's
+    # first packet opens here, an ack from the same second as its init is accepted.
+    reset: bool = False
+    last_sent: tuple[float, bytes] | None = None  # (clock, payload) for resend_window
     next_send_window: ReplayWindow = field(default_factory=lambda: ReplayWindow(0))
     next_recv_window: ReplayWindow = field(default_factory=lambda: ReplayWindow(0))
 
@@ -300,6 +314,8 @@ class _Buffer:
     next_priv: bytes
     packets: deque[bytes]
     deadline: float
+    retries: int = 0  # answer_retries used
+    retry_at: float | None = None  # when the init goes again (an answer to traffic)
 
 
 class SessionManager:
@@ -323,6 +339,7 @@ class SessionManager:
         self._sessions: OrderedDict[bytes, _Session] = OrderedDict()
         self._buffers: OrderedDict[bytes, _Buffer] = OrderedDict()
         self._events: deque[Event] = deque()
+        self._opened: OrderedDict[bytes, None] = OrderedDict()
         self.dropped_events = 0
         # Why packets were not delivered: bad_packet, no_session, unknown_key_seq,
         # replayed, undecryptable (the last two are upstream's silent drops / re-inits).
@@ -336,6 +353,17 @@ class SessionManager:
     def events(self) -> list[Event]:
         out = list(self._events)
         self._events.clear()
+        return out
+
+    def now(self) -> float:
+        """The injected clock (what :meth:`next_retry` is measured in)."""
+        return self._clock()
+
+    def take_opened(self) -> list[bytes]:
+        """Keys whose session was created, or re-created after the peer restarted,
+        since the last call (a node's ``session.up``)."""
+        out = list(self._opened)
+        self._opened.clear()
         return out
 
     def _emit(self, event: Event) -> None:
@@ -429,10 +457,14 @@ class SessionManager:
             window_size=self.config.replay_window,
         )
         info.fix_shared(0, 0)
+        self._sessions.pop(ed, None)
         while len(self._sessions) >= self.config.max_sessions:
             evicted, _ = self._sessions.popitem(last=False)
             log.warning("session table full: forgot %s", evicted.hex()[:16])
         self._sessions[ed] = info
+        self._opened[ed] = None
+        while len(self._opened) > self.config.max_sessions:
+            self._opened.popitem(last=False)
         return info
 
     def _session_for_init(self, ed: bytes, init: SessionInit) -> tuple[_Session, _Buffer | None]:
@@ -451,15 +483,49 @@ class SessionManager:
         return info, buf
 
     def _handle_init(self, ed: bytes, init: SessionInit) -> None:
+        old = self._live_session(ed)
+        if old is not None and self._peer_restarted(old, init):
+            self._reset_session(old, init)
+            return
         info, buf = self._session_for_init(ed, init)
         self._info_handle_init(info, init)
         self._flush_buffer(info, buf)
+
+    @staticmethod
+    def _peer_restarted(info: _Session, init: SessionInit) -> bool:
+        """An init that starts the peer's key sequence over with keys we never saw.
+
+        A peer that still has our session sends inits with its current key sequence
+        number (at least 1 once it answered us) or repeats the keys of its first init;
+        key sequence 0 with new keys means it lost the session (it restarted, or its
+        session timed out): ours is stale and everything we send in it is unreadable.
+        """
+        return (
+            init.key_seq == 0
+            and init.seq > info.seq
+            and init.current not in (info.current, info.next)
+        )
+
+    def _reset_session(self, old: _Session, init: SessionInit) -> None:
+        """Replace ``old`` with a new session from ``init`` (upstream keeps the stale
+        one and only adopts the keys; its uptime, nonces and counters carry on)."""
+        log.debug("session with %s: the peer restarted; new session", old.ed.hex()[:16])
+        self.counters["peer_restarted"] += 1
+        info = self._new_session(old.ed, init)
+        info.reset = True
+        self._info_handle_init(info, init)
+        last = old.last_sent
+        if last is not None and self._clock() - last[0] <= self.config.resend_window:
+            self._do_send(info, last[1])  # the restarted peer could not read it
 
     def _handle_ack(self, ed: bytes, ack: SessionInit) -> None:
         is_old = self._live_session(ed) is not None
         info, buf = self._session_for_init(ed, ack)
         if is_old:
-            if ack.seq > info.seq:
+            if ack.seq > info.seq or (
+                # A peer answering our reset acks within the second of its init.
+                info.reset and ack.seq == info.seq and ack.key_seq > info.remote_key_seq
+            ):
                 self._handle_update(info, ack)
         else:
             self._info_handle_init(info, ack)
@@ -491,13 +557,41 @@ class SessionManager:
         if info is not None:
             self._do_recv(info, data)
             return
-        # Unknown sender (maybe spoofed or replayed): an init with keys we forget.
+        # Unknown sender: most likely we restarted and it still has our old session.
+        # Upstream answers with an init of keys it forgets at once, so the sender adopts
+        # keys nobody holds and heals only when a later init has a newer timestamp
+        # (a second or more, then its next retransmission). We keep the keys in the
+        # bounded init buffer instead, as if we were opening the session: the sender's
+        # ack then opens it here with keys both sides share. A spoofed sender costs one
+        # buffer slot (max_buffers, oldest first, buffer_timeout) and one init.
         self.counters["no_session"] += 1
-        current, _ = crypto.new_box_keys()
-        nxt, _ = crypto.new_box_keys()
-        self._send_init(ed, self._new_init(current, nxt, 0))
+        buf = self._init_buffer(ed)
+        if buf.retry_at is None and self.config.answer_retries:
+            buf.retries = 0
+            buf.retry_at = self._clock() + self.config.answer_retries[0]
 
-    def _buffer_and_init(self, dest: bytes, message: bytes) -> None:
+    def next_retry(self) -> float | None:
+        """When :meth:`retry` has an init to send again (clock seconds), if ever."""
+        times = [b.retry_at for b in self._buffers.values() if b.retry_at is not None]
+        return min(times) if times else None
+
+    def retry(self) -> None:
+        """Send again the answering inits that are due (see ``answer_retries``)."""
+        now = self._clock()
+        delays = self.config.answer_retries
+        for dest, buf in list(self._buffers.items()):
+            if buf.retry_at is None or buf.retry_at > now:
+                continue
+            if buf.deadline <= now or dest in self._sessions:
+                buf.retry_at = None
+                continue
+            buf.retries += 1
+            buf.retry_at = now + delays[buf.retries] if buf.retries < len(delays) else None
+            self.counters["answer_retried"] += 1
+            buf.init = replace(buf.init, seq=int(self._wallclock()) & _U64)
+            self._send_init(dest, buf.init)
+
+    def _init_buffer(self, dest: bytes, message: bytes | None = None) -> _Buffer:
         now = self._clock()
         buf = self._buffers.get(dest)
         if buf is not None and buf.deadline <= now:
@@ -521,9 +615,14 @@ class SessionManager:
             # peer ignores that copy (same seq) until its session times out a minute
             # later. A fresh timestamp (same keys) makes it answer again.
             buf.init = replace(buf.init, seq=int(self._wallclock()) & _U64)
-        buf.packets.append(message)
+        if message is not None:
+            buf.packets.append(message)
         buf.deadline = now + self.config.buffer_timeout
         self._send_init(dest, buf.init)
+        return buf
+
+    def _buffer_and_init(self, dest: bytes, message: bytes) -> None:
+        self._init_buffer(dest, message)
 
     def _do_send(self, info: _Session, message: bytes) -> None:
         info.send_nonce = (info.send_nonce + 1) & _U64
@@ -539,6 +638,10 @@ class SessionManager:
         )
         sealed = crypto.box_seal(info.nxt.public + message, info.send_nonce, info.send_shared)
         self._emit(Transmit(info.ed, header + sealed))
+        if self.config.resend_window > 0 and len(message) <= self.config.resend_max_bytes:
+            info.last_sent = (self._clock(), message)
+        else:
+            info.last_sent = None
         info.tx += len(message)
         info.deadline = self._clock() + self.config.session_timeout
 
@@ -573,6 +676,7 @@ class SessionManager:
             return
         inner_key, message = opened[: crypto.BOX_PUB_SIZE], opened[crypto.BOX_PUB_SIZE :]
         self._emit(Deliver(info.ed, message))
+        info.reset = False
         window.commit(nonce)
         if ratchet:
             self._maybe_ratchet(info, inner_key, window, inherit=shared is info.next_send_shared)
