@@ -7,7 +7,9 @@
 4. ``not-for-me``     the recipient is this node;
 5. ``replay``         the id was not seen before (ids are kept for the whole window of 6.);
 6. ``no-timestamp`` / ``stale``  the sent time is there and inside
-                      [now - expiry - skew, now + skew].
+                      [now - expiry - skew, now + skew];
+7. ``control-chars``  a text body has no control characters but newline and tab (a
+                      sender must not drive the reader's terminal).
 
 Pure: the caller looks up the pinned key and whether the id was seen, then asks.
 """
@@ -18,7 +20,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from apps.chat.envelope import Envelope
+from apps.chat.envelope import Envelope, Kind
+from apps.chat.text import first_control
 from core import address_for_key
 
 __all__ = ["Context", "Refusal", "Verdict", "check", "window_ms"]
@@ -43,6 +46,7 @@ class Refusal(enum.IntEnum):
     GARBAGE = 11
     BAD_VERSION = 12
     BUSY = 13
+    CONTROL_CHARS = 14
 
     @property
     def label(self) -> str:
@@ -112,4 +116,11 @@ def check(env: Envelope, ctx: Context) -> Verdict:
     low, high = window_ms(ctx.now, ctx.expiry, ctx.skew)
     if not low <= env.sent_ms <= high:
         return Verdict(Refusal.STALE, f"sent time {env.sent_ms} ms is outside [{low}, {high}]")
+    if env.kind is Kind.TEXT and (control := first_control(env.text)) is not None:
+        at, char = control
+        return Verdict(
+            Refusal.CONTROL_CHARS,
+            f"the text has a control character (U+{ord(char):04X} at {at}); "
+            "only newlines and tabs may be in a message",
+        )
     return Verdict(Refusal.OK, pin=pin)

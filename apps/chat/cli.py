@@ -4,6 +4,7 @@
     mesh chat send CONTACT TEXT|- [--wait] [--timeout S] [--json]
     mesh chat history CONTACT [--json] [--limit N] [--search TEXT]
     mesh chat requests [--json] | accept CONTACT | search TEXT [--json] | read CONTACT
+    mesh chat info [--json]                       this node's chat: key, port, refusals
 
 Exit codes: 0 done; 1 failed (``send --wait``: the message failed or the wait timed out,
 with the reason on stderr; or the node refused); 2 usage.
@@ -32,17 +33,17 @@ DONE_STATES = ("delivered", "read")
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "chat",
-        help="chat over the mesh: the terminal UI, or send/history/requests/accept/search/read",
+        help="chat over the mesh: the terminal UI, or send, history, requests, accept, search, ...",
         description=(
             "mesh chat [CONTACT] opens the terminal UI; mesh chat send|history|requests|"
-            "accept|search|read act on the running node's chat. CONTACT is an alias, a "
-            "64-hex key or key@mesh."
+            "accept|search|read|info act on the running node's chat. CONTACT is an alias, "
+            "a 64-hex key, key@mesh or the start (8+ hex digits) of a key."
         ),
     )
     p.add_argument(
         "words",
         nargs="*",
-        metavar="[send|history|requests|accept|search|read] ARGS",
+        metavar="[send|history|requests|accept|search|read|info] ARGS",
         help="a subcommand and its arguments, or a CONTACT to open in the UI",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -196,6 +197,19 @@ async def _search(client: ControlClient, words: list[str], args: argparse.Namesp
     return 0
 
 
+async def _info(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
+    info = await client.call("chat.info")
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"address  {info['address']}")
+    print(f"port     {info['port']}  (signing with the {info['signing']})")
+    refused = info.get("refused") or {}
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(refused.items())) or "none"
+    print(f"refused  {counts}  (since the node started)")
+    return 0
+
+
 async def _read(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
     (contact,) = words
     result = await client.call("chat.read", contact=contact)
@@ -210,6 +224,7 @@ USAGE: dict[str, tuple[int, str]] = {
     "accept": (1, "CONTACT"),
     "search": (1, "TEXT [--json]"),
     "read": (1, "CONTACT"),
+    "info": (0, "[--json]"),
 }
 Command = Callable[[ControlClient, list[str], argparse.Namespace], Awaitable[int]]
 COMMANDS: dict[str, Command] = {
@@ -219,4 +234,5 @@ COMMANDS: dict[str, Command] = {
     "accept": _accept,
     "search": _search,
     "read": _read,
+    "info": _info,
 }

@@ -25,8 +25,9 @@ RAW = ("\x1b", "\x07", "\x9b", "\x00", "\r")
 
 
 async def _received_before(data: Path, sender: Identity, body: str) -> None:
-    """B's database holds a message ``sender``'s node signed with ``body`` (as from a
-    node that does not refuse control characters at send), taken in as a request."""
+    """B's database holds a message ``sender``'s node signed with ``body``, taken in as
+    a request (as by a node from before receivers refused control characters: what is
+    stored must still print safely)."""
     now = time.time()
     env = Envelope.build(
         Kind.TEXT,
@@ -102,6 +103,14 @@ def test_control_characters_and_blocked_contacts_are_refused_at_send(tmp_path: P
         assert [m["body"] for m in shown] == ["tabs\tand\nlines", "back"]
         unknown = mesh(a.data, "chat", "history", "feedface00")
         assert unknown.returncode == 2 and "no contact is called" in unknown.stderr
+
+        # where refusals show: chat.info's counts, also as `mesh chat info`
+        info = mesh(a.data, "chat", "info", "--json")
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)["key"] == node_key(a.data)
+        assert json.loads(info.stdout)["refused"] == {}
+        shown = mesh(a.data, "chat", "info")
+        assert shown.returncode == 0 and "refused  none" in shown.stdout, shown.stdout
     finally:
         a.stop()
 
