@@ -199,14 +199,17 @@ async def _search(client: ControlClient, words: list[str], args: argparse.Namesp
 
 async def _info(client: ControlClient, words: list[str], args: argparse.Namespace) -> int:
     info = await client.call("chat.info")
+    counts = sorted((info.get("refused") or {}).items())
+    shown = (
+        f"address  {info['address']}\n"
+        f"port     {info['port']}  (signing with the {info['signing']})\n"
+        f"refused  {', '.join(f'{name} {n}' for name, n in counts) or 'none'}"
+        "  (since the node started)"
+    )
     if args.json:
         _print_json(info)
-        return 0
-    print(f"address  {info['address']}")
-    print(f"port     {info['port']}  (signing with the {info['signing']})")
-    refused = info.get("refused") or {}
-    counts = ", ".join(f"{name} {n}" for name, n in sorted(refused.items())) or "none"
-    print(f"refused  {counts}  (since the node started)")
+    else:
+        print(shown)
     return 0
 
 
