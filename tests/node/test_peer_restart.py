@@ -104,3 +104,61 @@ async def test_a_stream_to_a_restarted_peer_works_right_after_the_link_is_back(
         if b is not None:
             await b.close()
         await a.close()
+
+
+@pytest.mark.timeout(90)
+async def test_a_stream_through_a_hub_to_a_restarted_node_works_within_two_seconds(
+    tmp_path: Path,
+) -> None:
+    hub = await Node.open(
+        NodeConfig(data_dir=tmp_path / "hub", backend="embedded", listen=("tcp://127.0.0.1:0",)),
+        Identity.generate(),
+    )
+    nodes: list[Node] = []
+    b: Node | None = None
+    seen: list[tuple[str, str, float]] = []
+    watcher: asyncio.Task[None] | None = None
+    try:
+        uri = (await hub.status())["backend_status"]["listening"][0]
+        a = await Node.open(
+            NodeConfig(data_dir=tmp_path / "a", backend="embedded", peers=(uri,)),
+            Identity.generate(),
+        )
+        nodes.append(a)
+        watcher = asyncio.create_task(_watch(a, seen))
+        b_identity = Identity.generate()
+        b_config = NodeConfig(data_dir=tmp_path / "b", backend="embedded", peers=(uri,))
+        b = await Node.open(b_config, b_identity)
+        await b.start_server(_echo, PORT)
+        b_key, b_address = b.key.hex(), str(b.address)
+        assert await asyncio.wait_for(_echo_once(a, b_address, b"first"), 30) == b"first"
+
+        await asyncio.sleep(1.05 - time.time() % 1)  # see the test above
+        await b.close()
+        b = None
+        restarted = time.monotonic()
+        b = await Node.open(b_config, b_identity)
+        await b.start_server(_echo, PORT)
+        for _ in range(200):  # B's link to the hub is up again
+            if any(p.up for p in await b.peers()):
+                break
+            await asyncio.sleep(0.01)
+        linked = time.monotonic()
+        echoed = await asyncio.wait_for(_echo_once(a, b_address, b"again"), 20)
+        done = time.monotonic()
+        assert echoed == b"again"
+        print(
+            f"restart -> B linked {linked - restarted:.2f} s, -> echo at A "
+            f"{done - restarted:.2f} s ({done - linked:.2f} s after the link)"
+        )
+        assert done - linked < STREAM_DEADLINE
+        await _wait_for(seen, "session.up", b_key, restarted)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if b is not None:
+            await b.close()
+        for node in nodes:
+            await node.close()
+        await hub.close()
