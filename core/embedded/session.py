@@ -129,7 +129,7 @@ class SessionConfig:
     # again after these delays until the session opens: right after a restart the
     # routed network may still be looking up the way back, and no write of ours would
     # send it again. Upstream sends it once.
-    answer_retries: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    answer_retries: tuple[float, ...] = (0.3, 0.7, 1.5)  # past the 1 s lookup throttle
 
     def __post_init__(self) -> None:
         if self.replay_window < 0 or self.replay_window > 4096:
@@ -563,7 +563,8 @@ class SessionManager:
         # (a second or more, then its next retransmission). We keep the keys in the
         # bounded init buffer instead, as if we were opening the session: the sender's
         # ack then opens it here with keys both sides share. A spoofed sender costs one
-        # buffer slot (max_buffers, oldest first, buffer_timeout) and one init.
+        # buffer slot (max_buffers, oldest first, buffer_timeout) and 1 + len(answer_retries)
+        # inits, stopped as soon as the session opens.
         self.counters["no_session"] += 1
         buf = self._init_buffer(ed)
         if buf.retry_at is None and self.config.answer_retries:
