@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -38,20 +39,35 @@ KEYS: list[tuple[str, str]] = [
 ]
 
 
-def help_text() -> str:
+def help_text() -> Text:
+    """Built from styled pieces, not markup: usages such as `KEY[@mesh] [ALIAS]` are
+    shown literally (markup would take `[ALIAS]` for a tag)."""
+    text = Text()
+
+    def line(*parts: tuple[str, str]) -> None:
+        for part, style in parts:
+            text.append(part, style=style)
+        text.append("\n")
+
     width = max(len(k) for k, _ in KEYS) + 2
-    lines = ["[b]Keys[/b]", ""]
-    lines += [f"  [b]{k.ljust(width)}[/b]{what}" for k, what in KEYS]
-    lines += ["", "[b]Commands[/b]", ""]
+    line(("Keys", "bold"))
+    line()
+    for k, what in KEYS:
+        line(("  " + k.ljust(width), "bold"), (what, ""))
+    line()
+    line(("Commands", "bold"))
+    line()
     cwidth = max(len(c.usage) for c in COMMANDS.values()) + 2
-    lines += [f"  [b]{c.usage.ljust(cwidth)}[/b]{c.help}" for c in COMMANDS.values()]
-    lines += [
-        "",
-        "[b]Delivery marks[/b]  ◷ pending   ✓ sent   ✓✓ delivered   ✓✓ read (blue)   ✗ failed",
-        "",
-        "[dim]escape or q closes this screen[/dim]",
-    ]
-    return "\n".join(lines).replace("[b]/", "[b]\\/")
+    for c in COMMANDS.values():
+        line(("  " + c.usage.ljust(cwidth), "bold"), (c.help, ""))
+    line()
+    line(
+        ("Delivery marks", "bold"),
+        ("  ◷ pending   ✓ sent   ✓✓ delivered   ✓✓ read (blue)   ✗ failed", ""),
+    )
+    line()
+    text.append("escape or q closes this screen", style="dim")
+    return text
 
 
 class HelpScreen(ModalScreen[None]):
