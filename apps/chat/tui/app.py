@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -58,6 +59,7 @@ START_TIMEOUT = 20.0  # s to wait for `mesh up --start` to answer
 SCROLL_PAGE = 100  # messages per keyset page while scrolling (the first page is page_size)
 JUMP_PAGE = 500  # messages per request when walking back to a search hit
 MAX_JUMP_PAGES = 400
+NARROW = 70  # columns below which the conversation list shrinks to a share
 
 
 def _key_from(text: str) -> str | None:
@@ -166,7 +168,11 @@ class ChatApp(App[int]):
                 yield Static("", id="status", markup=False)
         yield Footer()
 
+    def on_resize(self, event: events.Resize) -> None:
+        self.set_class(event.size.width < NARROW, "narrow")
+
     async def on_mount(self) -> None:
+        self.set_class(self.size.width < NARROW, "narrow")
         for wid in ("#banner", "#request-bar", "#search", "#reply-bar", "#call-bar"):
             self.query_one(wid).display = False
         self.set_interval(1.0, self._expire_typing)
@@ -220,6 +226,9 @@ class ChatApp(App[int]):
 
     async def refresh_conversations(self) -> None:
         convs = [Conversation.from_json(c) for c in await self.client.call("chat.conversations")]
+        # The open conversation is being read: its count does not go up while a message
+        # that just arrived waits for chat.read (marked read soon after).
+        convs = [replace(c, unread=0) if c.key == self.current else c for c in convs]
         self.conversations = {c.key: c for c in convs}
         for conv in convs:
             self.names[conv.key] = conv.name
