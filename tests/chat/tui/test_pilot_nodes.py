@@ -118,8 +118,8 @@ async def test_search_jumps_to_a_hit_in_an_older_page(tmp_path: Path) -> None:
                 "the hit selected",
                 lambda: (
                     log.selected_message() is not None
-                    and log.selected_message().body == "the needle is here"
-                ),  # type: ignore[union-attr]
+                    and log.selected_message().body == "the needle is here"  # type: ignore[union-attr]
+                ),
             )
             assert log.search == "needle"
 
