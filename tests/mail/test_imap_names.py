@@ -91,6 +91,13 @@ def test_utf8_mode_takes_utf8_and_refuses_bad_bytes() -> None:
         decode_mailbox(b"a//b", utf8=True, creating=True)
 
 
+@pytest.mark.parametrize("name", [b"INBOX/../x", b"..", b"a/.", b"./a", b"a/../b/"])
+def test_dot_and_dot_dot_levels_are_refused_when_creating(name: bytes) -> None:
+    with pytest.raises(ValueError, match=r"'\.\.' level"):
+        decode_mailbox(name, utf8=False, creating=True)
+    assert decode_mailbox(b"a.b/..c/d..", utf8=False, creating=True) == "a.b/..c/d.."
+
+
 def _raw_login(port: int) -> socket.socket:
     sock = _raw(port)
     sock.sendall(f'l LOGIN {USER} "correct horse"\r\n'.encode())

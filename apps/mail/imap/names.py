@@ -128,6 +128,8 @@ def _check_name(name: str, *, creating: bool) -> str:
             raise ValueError("'*' and '%' are LIST wildcards and cannot be part of a name")
         if name.startswith(DELIMITER) or DELIMITER * 2 in name.rstrip(DELIMITER):
             raise ValueError(f"{name!r} has an empty level: '/' separates non-empty names")
+        if any(level in (".", "..") for level in name.rstrip(DELIMITER).split(DELIMITER)):
+            raise ValueError(f"{name!r} has a '.' or '..' level, which clients read as a path")
     return name
 
 
