@@ -58,6 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 B = TypeVar("B")
+T = TypeVar("T")
 
 WAKE_EVENTS = frozenset({"peer.up", "session.up"})  # node events naming a reachable key
 KEY_SIZE = 32
@@ -121,7 +122,14 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """The destination has the entry (it answered so)."""
+    """The destination has the entry (it answered so).
+
+    ``write(connection)``, if given, runs in the transaction that removes the entry (the
+    app's own record of the delivery commits with it); a callable it returns is called
+    on the event loop once that transaction is committed (to announce the change).
+    """
+
+    write: Callable[[sqlite3.Connection], Callable[[], None] | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,39 +227,59 @@ class Scheduler(Generic[B]):
         self._wake = asyncio.Event()
         self.busy: set[Hashable] = set()
         self.running = 0  # batches in flight
+        self._tg: asyncio.TaskGroup | None = None  # run()'s, while it runs
 
     def wake(self) -> None:
         """Look for due work now (something was queued or became reachable)."""
         self._wake.set()
 
+    def offer(self, batch: B) -> bool:
+        """Start ``batch`` now, without a pass, if a slot is free and none of its keys is
+        busy; whether it was started. The caller knows it is due (just queued, oldest of
+        its keys)."""
+        keys = list(self._keys(batch))
+        if self._tg is None or self.running >= self.concurrency or not self.busy.isdisjoint(keys):
+            return False
+        self._start(self._tg, batch, keys)
+        return True
+
     async def run(self) -> None:
         """Until cancelled; batches run in this call's TaskGroup (cancelled with it)."""
         async with asyncio.TaskGroup() as tg:
-            while True:
-                self._wake.clear()
-                try:
-                    wait = await self._pass(tg)
-                except Exception:
-                    log.exception("%s: a scheduler pass failed; retrying shortly", self.name)
-                    wait = ERROR_PAUSE
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+            self._tg = tg
+            try:
+                while True:
+                    self._wake.clear()
+                    try:
+                        wait = await self._pass(tg)
+                    except Exception:
+                        log.exception("%s: a scheduler pass failed; retrying shortly", self.name)
+                        wait = ERROR_PAUSE
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+            finally:
+                self._tg = None  # offer() starts nothing once the group is closing
 
     async def _pass(self, tg: asyncio.TaskGroup) -> float:
         free = self.concurrency - self.running
         if free > 0:
             for batch in await self._find(self._clock(), free, self.busy):
                 keys = list(self._keys(batch))
-                self.busy.update(keys)
-                self.running += 1
-                first = keys[0].hex()[:16] if isinstance(keys[0], bytes) else keys[0]
-                tg.create_task(self._one(batch, keys), name=f"{self.name}-{first}")
+                # offer() may have started some of this work while _find was running.
+                if self.running < self.concurrency and self.busy.isdisjoint(keys):
+                    self._start(tg, batch, keys)
         if self.running >= self.concurrency:
             return MAX_IDLE_WAIT  # every slot is busy: the next one to finish wakes us
         next_due = await self._next_due(self.busy)
         if next_due is None:
             return MAX_IDLE_WAIT
         return min(MAX_IDLE_WAIT, max(0.0, next_due - self._clock()))
+
+    def _start(self, tg: asyncio.TaskGroup, batch: B, keys: list[Hashable]) -> None:
+        self.busy.update(keys)
+        self.running += 1
+        first = keys[0].hex()[:16] if isinstance(keys[0], bytes) else keys[0]
+        tg.create_task(self._one(batch, keys), name=f"{self.name}-{first}")
 
     async def _one(self, batch: B, keys: list[Hashable]) -> None:
         try:
@@ -288,6 +316,14 @@ class _Put:
     payload: bytes
     ref: str
     stamp: float
+    also: Callable[[sqlite3.Connection], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    entry: OutboxEntry
+    head: bool  # no older entry for its destination: it may go out at once
+    also: Any  # what ``also`` returned (None without one)
 
 
 class Outbox:
@@ -379,28 +415,57 @@ class Outbox:
         )
 
     # -- queueing ---------------------------------------------------------------------------
-    async def put(self, destination: bytes, payload: bytes, *, ref: str) -> OutboxEntry:
+    async def put(
+        self,
+        destination: bytes,
+        payload: bytes,
+        *,
+        ref: str,
+    ) -> OutboxEntry:
         """Queue ``payload`` for ``destination``; returns once it is committed.
 
         A ``ref`` already queued returns that entry unchanged (a replayed put adds
         nothing). Raises :class:`OutboxFull` when ``max_entries`` are queued.
         """
+        entry, _ = await self.put_with(destination, payload, ref=ref, also=None)
+        return entry
+
+    async def put_with(
+        self,
+        destination: bytes,
+        payload: bytes,
+        *,
+        ref: str,
+        also: Callable[[sqlite3.Connection], T] | None,
+    ) -> tuple[OutboxEntry, T | None]:
+        """:meth:`put`, with ``also(connection)`` run in the same transaction (the app's
+        own row for what it queues: both are committed or neither is); returns the entry
+        and what ``also`` returned. An exception from ``also`` refuses this put alone
+        (raised here; nothing of it is written). ``also`` does not run for a ``ref``
+        already queued (None is returned for it).
+
+        An entry that is its destination's oldest goes out at once when the destination
+        is idle and a delivery slot is free (no scheduler pass in between).
+        """
         if len(destination) != KEY_SIZE:
             raise UsageError(f"an outbox destination is a {KEY_SIZE}-byte node key")
-        entry = await self._puts.submit(_Put(bytes(destination), payload, ref, self._clock()))
-        self._scheduler.wake()
-        return entry
+        item = _Put(bytes(destination), payload, ref, self._clock(), also)
+        queued = await self._puts.submit(item)
+        batch = (queued.entry.destination, [queued.entry])
+        if not (queued.head and self._scheduler.offer(batch)):
+            self._scheduler.wake()
+        return queued.entry, queued.also
 
     def _put_rows(
         self, conn: sqlite3.Connection, items: list[_Put]
-    ) -> list[OutboxEntry | BaseException]:
+    ) -> list[_Queued | BaseException]:
         t = self._table
         (count,) = conn.execute(f"SELECT count(*) FROM {t}").fetchone()
-        results: list[OutboxEntry | BaseException] = []
+        results: list[_Queued | BaseException] = []
         for item in items:
             row = conn.execute(f"SELECT {_COLUMNS} FROM {t} WHERE ref = ?", (item.ref,)).fetchone()
             if row is not None:
-                results.append(_entry(row))
+                results.append(_Queued(_entry(row), head=False, also=None))
                 continue
             if count >= self.max_entries:
                 results.append(
@@ -410,25 +475,30 @@ class Outbox:
                     )
                 )
                 continue
-            cur = conn.execute(
-                f"INSERT INTO {t} (destination, payload, ref, created, next_attempt) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (item.destination, item.payload, item.ref, item.stamp, item.stamp),
-            )
+            older = conn.execute(
+                f"SELECT 1 FROM {t} WHERE destination = ? LIMIT 1", (item.destination,)
+            ).fetchone()
+            conn.execute("SAVEPOINT outbox_put")
+            try:
+                also = item.also(conn) if item.also is not None else None
+                cur = conn.execute(
+                    f"INSERT INTO {t} (destination, payload, ref, created, next_attempt) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (item.destination, item.payload, item.ref, item.stamp, item.stamp),
+                )
+            except Exception as exc:  # this put alone is refused; the batch goes on
+                conn.execute("ROLLBACK TO outbox_put")
+                conn.execute("RELEASE outbox_put")
+                results.append(exc)
+                continue
+            conn.execute("RELEASE outbox_put")
             count += 1
             assert cur.lastrowid is not None
-            results.append(
-                OutboxEntry(
-                    cur.lastrowid,
-                    item.destination,
-                    item.payload,
-                    item.ref,
-                    item.stamp,
-                    0,
-                    item.stamp,
-                    None,
-                )
-            )
+            entry = OutboxEntry(
+                cur.lastrowid, item.destination, item.payload, item.ref, item.stamp, 0,
+                item.stamp, None,
+            )  # fmt: skip
+            results.append(_Queued(entry, head=older is None, also=also))
         return results
 
     async def remove(self, ref: str) -> bool:
@@ -583,16 +653,23 @@ class Outbox:
                     )
                 done.append(entry.id)
 
-        def write(conn: sqlite3.Connection) -> None:
+        writes = [r.write for r in results if isinstance(r, Delivered) and r.write is not None]
+
+        def write(conn: sqlite3.Connection) -> list[Callable[[], None]]:
             conn.executemany(f"DELETE FROM {self._table} WHERE id = ?", [(i,) for i in done])
             conn.executemany(
                 f"UPDATE {self._table} SET attempts = attempts + 1, next_attempt = ?, "
                 "last_error = ? WHERE id = ?",
                 retries,
             )
+            return [after for w in writes if (after := w(conn)) is not None]
 
         if done or retries:
-            await self.db.transaction(write)
+            for after in await self.db.transaction(write):
+                try:
+                    after()
+                except Exception:
+                    log.exception("outbox %s: a delivery announcement failed", self.name)
         for entry in expired:
             await self._expire(entry)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -206,8 +207,9 @@ class ChatService(BaseService):
         return self.store
 
     async def _requeue(self) -> None:
-        """Pending messages whose outbox entry was lost between two commits (a crash
-        after the message and before the entry) are queued again."""
+        """Pending messages with no outbox entry are queued again. A message and its
+        entry are committed together (``Outbox.put_with``); stores written by releases
+        that committed them one after the other can hold such messages after a crash."""
         assert self.outbox is not None
         queued = {e.ref for e in await self.outbox.pending()}
         for msg in await self.db.outgoing("pending"):
@@ -465,14 +467,12 @@ class ChatService(BaseService):
             return [Retry(str(exc)) for _ in entries]
         self._set_online(dest, True)
         results: list[DeliveryResult] = []
-        sent: list[bytes] = []
         for entry, ack in zip(entries, acks, strict=True):
             texts = entry.payload[1] == Kind.TEXT
             code = Refusal(ack.code) if ack.code in Refusal._value2member_map_ else None
             if code in (Refusal.OK, Refusal.REPLAY):
-                results.append(Delivered())
-                if texts:
-                    sent.append(bytes.fromhex(entry.ref))
+                # "sent" commits with the removal of the entry (one transaction).
+                results.append(Delivered(self._mark_sent(entry.ref) if texts else None))
             elif code is not None and code.temporary:
                 results.append(Retry(f"{code.label}: {ack.reason}"))
             else:
@@ -481,10 +481,22 @@ class ChatService(BaseService):
                 results.append(Failed(reason))
                 if texts:
                     await self._fail(bytes.fromhex(entry.ref), reason)
-        if sent:
-            for change in await self.db.set_state(sent, "sent", only_from=("pending",)):
-                self._publish("chat.state", change)
         return results
+
+    def _mark_sent(self, ref: str) -> Callable[[sqlite3.Connection], Callable[[], None] | None]:
+        move = ChatStore.state_row([bytes.fromhex(ref)], "sent", only_from=("pending",))
+
+        def write(conn: sqlite3.Connection) -> Callable[[], None] | None:
+            changes = move(conn)
+            if not changes:
+                return None
+            return lambda: self._publish_all("chat.state", changes)
+
+        return write
+
+    def _publish_all(self, kind: str, items: list[dict[str, Any]]) -> None:
+        for data in items:
+            self._publish(kind, data)
 
     async def _fail(self, id_: bytes, reason: str) -> None:
         changes = await self.db.set_state([id_], "failed", reason, only_from=("pending", "sent"))
@@ -504,8 +516,9 @@ class ChatService(BaseService):
     async def send(self, key: bytes, body: str, reply_to: bytes | None) -> dict[str, Any]:
         assert self.outbox is not None
         env = self._build(Kind.TEXT, key, body.encode(), reply_to)
-        message = await self.db.add_outgoing(env, now=self.clock())
-        await self.outbox.put(key, bytes(env), ref=env.id.hex())
+        write = self.db.outgoing_row(env, now=self.clock())
+        _, message = await self.outbox.put_with(key, bytes(env), ref=env.id.hex(), also=write)
+        assert message is not None  # a new id: never already queued
         self._publish("chat.message", message)
         return message
 

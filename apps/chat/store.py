@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,9 +127,6 @@ class ChatStore:
         self._incoming: GroupCommit[Incoming, Stored] = db.group_commit(
             _commit_incoming, max_batch=256, name="chat-in"
         )
-        self._outgoing: GroupCommit[tuple[Envelope, float], dict[str, Any]] = db.group_commit(
-            _commit_outgoing, max_batch=256, name="chat-out"
-        )
 
     @classmethod
     async def open(cls, path: Path) -> ChatStore:
@@ -139,12 +136,33 @@ class ChatStore:
         await self.db.close()
 
     # -- writes ---------------------------------------------------------------------------
-    async def add_outgoing(self, env: Envelope, *, now: float) -> dict[str, Any]:
-        """Commit a message being sent (group-committed with concurrent sends)."""
-        return await self._outgoing.submit((env, now))
+    @staticmethod
+    def outgoing_row(
+        env: Envelope, *, now: float
+    ) -> Callable[[sqlite3.Connection], dict[str, Any]]:
+        """The write of a message being sent, for the transaction that queues it in the
+        outbox (``Outbox.put_with``: message and entry commit together); it returns the
+        message as :func:`message_json` gives it."""
+
+        def write(conn: sqlite3.Connection) -> dict[str, Any]:
+            return _commit_outgoing(conn, env, now)
+
+        return write
 
     async def commit_incoming(self, item: Incoming) -> Stored:
         return await self._incoming.submit(item)
+
+    @staticmethod
+    def state_row(
+        ids: Sequence[bytes], state: str, *, only_from: Sequence[str]
+    ) -> Callable[[sqlite3.Connection], list[dict[str, Any]]]:
+        """:meth:`set_state` as a write for another transaction (the outbox's removal
+        of the delivered entries: ``core.Delivered(write=...)``)."""
+
+        def write(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return _move(conn, ids, state, None, only_from)
+
+        return write
 
     async def set_state(
         self,
@@ -432,16 +450,11 @@ def _commit_one(conn: sqlite3.Connection, item: Incoming) -> Stored:
     return Stored(message=message_json(row), request=request)
 
 
-def _commit_outgoing(
-    conn: sqlite3.Connection, items: list[tuple[Envelope, float]]
-) -> list[dict[str, Any] | BaseException]:
-    out: list[dict[str, Any] | BaseException] = []
-    for env, now in items:
-        seq = _insert_message(conn, env, "out", env.recipient, None, "pending", now)
-        _touch(conn, env.recipient, seq, now, accept=True)
-        row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,))
-        out.append(message_json(row.fetchone()))
-    return out
+def _commit_outgoing(conn: sqlite3.Connection, env: Envelope, now: float) -> dict[str, Any]:
+    seq = _insert_message(conn, env, "out", env.recipient, None, "pending", now)
+    _touch(conn, env.recipient, seq, now, accept=True)
+    row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,)).fetchone()
+    return message_json(row)
 
 
 def _commit_incoming(

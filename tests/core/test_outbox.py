@@ -329,3 +329,109 @@ async def test_the_scheduler_bounds_concurrency_and_pauses_a_failing_batch() -> 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_put_with_commits_the_app_row_and_the_entry_together_or_neither(
+    tmp_path: Path,
+) -> None:
+    db, outbox = await _open(tmp_path / "t.db")
+
+    def row(x: int) -> Callable[[sqlite3.Connection], int]:
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO app (x) VALUES (?)", (x,))
+            if x < 0:
+                raise ValueError("the app refused it")
+            return x * 10
+
+        return write
+
+    try:
+        results = await asyncio.gather(
+            *(outbox.put_with(A, b"p", ref=f"r{x}", also=row(x)) for x in (1, -1, 2)),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], ValueError)  # refused alone; the others committed
+        assert [r[1] for r in results if isinstance(r, tuple)] == [10, 20]
+        other = sqlite3.connect(tmp_path / "t.db")
+        assert sorted(x for (x,) in other.execute("SELECT x FROM app")) == [1, 2]
+        assert [r for (r,) in other.execute("SELECT ref FROM outbox_t ORDER BY id")] == [
+            "r1",
+            "r2",
+        ]
+        other.close()
+        again = await outbox.put_with(A, b"p", ref="r1", also=row(99))  # already queued
+        assert again[1] is None and await outbox.count() == 2
+    finally:
+        await db.close()
+
+
+async def test_a_new_entry_goes_out_at_once_but_never_before_older_ones(tmp_path: Path) -> None:
+    # B's first entry is in backoff: B's next entries must wait behind it; A's goes at once.
+    policy = RetryPolicy(initial=0.3, max_delay=0.3, jitter=0.0, expiry=3600)
+    db, outbox = await _open(tmp_path / "t.db", policy=policy)
+    got: list[str] = []
+    refuse = {"b0"}
+
+    async def deliver(dest: bytes, entries: list[OutboxEntry]) -> Sequence[DeliveryResult]:
+        results: list[DeliveryResult] = []
+        for entry in entries:
+            if entry.ref in refuse or (results and isinstance(results[-1], Retry)):
+                refuse.discard(entry.ref)
+                results.append(Retry("not yet"))
+            else:
+                got.append(entry.ref)
+                results.append(Delivered())
+        return results
+
+    try:
+        outbox.start(None, deliver=deliver, expired=_no_expiry)
+        await outbox.put(B, b"x", ref="b0")
+        await eventually("b0 refused once", lambda: not refuse)
+        await outbox.put(B, b"x", ref="b1")
+        start = time.monotonic()
+        await outbox.put(A, b"x", ref="a0")
+        await eventually("a0 delivered", lambda: "a0" in got)
+        assert time.monotonic() - start < 0.2 and "b1" not in got
+        await eventually("B delivered in order", lambda: "b1" in got)
+        assert [r for r in got if r.startswith("b")] == ["b0", "b1"]
+    finally:
+        await outbox.close()
+        await db.close()
+
+
+async def test_a_delivered_write_commits_with_the_removal_then_announces(tmp_path: Path) -> None:
+    db, outbox = await _open(tmp_path / "t.db")
+    announced: list[int] = []
+    seen_in_db: list[int] = []
+
+    def mark(x: int) -> Callable[[sqlite3.Connection], Callable[[], None] | None]:
+        def write(conn: sqlite3.Connection) -> Callable[[], None] | None:
+            conn.execute("INSERT INTO app (x) VALUES (?)", (x,))
+            if x == 2:
+                return None  # nothing to announce
+
+            def after() -> None:
+                other = sqlite3.connect(tmp_path / "t.db")  # committed by now
+                seen_in_db.extend(v for (v,) in other.execute("SELECT x FROM app WHERE x = ?",
+                                                              (x,)))  # fmt: skip
+                other.close()
+                announced.append(x)
+
+            return after
+
+        return write
+
+    async def deliver(dest: bytes, entries: list[OutboxEntry]) -> Sequence[DeliveryResult]:
+        return [Delivered(mark(int(e.ref))) for e in entries]
+
+    try:
+        for x in (1, 2, 3):
+            await outbox.put(A, b"x", ref=str(x))
+        outbox.start(None, deliver=deliver, expired=_no_expiry)
+        await eventually("all removed", lambda: len(announced) == 2)
+        await eventually("outbox empty", lambda: not outbox._scheduler.busy)
+        assert await outbox.count() == 0
+        assert sorted(announced) == [1, 3] and sorted(seen_in_db) == [1, 3]
+    finally:
+        await outbox.close()
+        await db.close()
