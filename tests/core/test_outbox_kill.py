@@ -40,11 +40,21 @@ async def _open(path: Path) -> tuple[AppDatabase, Outbox]:
     return db, outbox
 
 
-def _deliver_to(wire: Path, pause: float):  # type: ignore[no-untyped-def]
+STALL_AT = 50  # the worker's deliveries stop (mid-batch, in flight) after this many
+
+
+def _deliver_to(wire: Path, pause: float, stall_at: int | None = None):  # type: ignore[no-untyped-def]
+    written = [0]
+
     async def deliver(dest: bytes, entries: list[OutboxEntry]) -> Sequence[DeliveryResult]:
         results: list[DeliveryResult] = []
         for entry in entries:
             await asyncio.sleep(pause)
+            if stall_at is not None and written[0] >= stall_at:
+                # Whatever the load on the test's side, the kill lands mid-delivery:
+                # batches stay in flight with part of their entries on the wire.
+                await asyncio.Event().wait()
+            written[0] += 1
             fd = os.open(wire, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, f"{entry.ref} {dest[0]}\n".encode())
@@ -63,7 +73,7 @@ async def _never_expires(entry: OutboxEntry) -> None:
 
 async def _worker(path: Path, wire: Path) -> None:
     _db, outbox = await _open(path)
-    outbox.start(None, deliver=_deliver_to(wire, 0.01), expired=_never_expires)
+    outbox.start(None, deliver=_deliver_to(wire, 0.01, STALL_AT), expired=_never_expires)
     await asyncio.Event().wait()  # until killed
 
 
@@ -89,7 +99,7 @@ async def test_kill_9_mid_delivery_loses_nothing_and_resends_only_what_was_in_fl
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while len(_wire(wire)) < 40:
+        while len(_wire(wire)) < STALL_AT:
             assert worker.returncode is None, "the worker died"
             assert time.monotonic() < deadline, "the worker delivered too little"
             await asyncio.sleep(0.002)
@@ -100,7 +110,7 @@ async def test_kill_9_mid_delivery_loses_nothing_and_resends_only_what_was_in_fl
         _, err = await worker.communicate()
     assert worker.returncode == -signal.SIGKILL, err.decode()
     before = _wire(wire)
-    assert 40 <= len(before) < ENTRIES  # killed mid-delivery
+    assert len(before) == STALL_AT  # killed mid-delivery
 
     db, outbox = await _open(path)
     try:
