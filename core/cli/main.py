@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import Any
 
 from core.cli import contacts_cmds, forward_cmds, identity_cmds, node_cmds, status_cmds
 from core.errors import MeshError, UsageError
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_PIPE = 128 + 13  # 128 + SIGPIPE, what the shell reports for `yes | head`
+DATA_DIR_HELP = (
+    "state directory (default: $MESH_DATA_DIR or the XDG data dir); before or after COMMAND"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mesh",
         description="meshsuite: mail, chat and calls over a Yggdrasil mesh, no servers",
     )
-    parser.add_argument(
-        "--data-dir", help="state directory (default: $MESH_DATA_DIR or the XDG data dir)"
-    )
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
@@ -52,7 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
             ep.load()(sub)
         except Exception as exc:  # a broken plug-in must not take the CLI down
             log.warning("command plug-in %s failed to load: %s", ep.name, exc)
+    _accept_data_dir_after(sub)
     return parser
+
+
+def _accept_data_dir_after(sub: argparse._SubParsersAction[Any]) -> None:
+    """``--data-dir`` also after a command, at any depth (``mesh up --data-dir DIR``,
+    ``mesh mail queue --data-dir DIR``), as well as before it. SUPPRESS as the default:
+    a command not given it keeps the value given before the command (or None)."""
+    for parser in set(sub.choices.values()):
+        if "--data-dir" not in parser._option_string_actions:
+            parser.add_argument(
+                "--data-dir", default=argparse.SUPPRESS, metavar="DATA_DIR", help=DATA_DIR_HELP
+            )
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_data_dir_after(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
