@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 from itertools import accumulate
 
-from rich.segment import Segment
+from rich.style import Style
 from textual.binding import Binding
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -86,6 +86,8 @@ class MessageLog(ScrollView, can_focus=True):
         self._loading_newer = False
         self._follow = True  # stay at the newest line (until the person scrolls up)
         self.renders = 0  # blocks rendered (for benchmarks)
+        self._line_key: tuple[int, Style] = (0, Style())  # (width, style) of this draw
+        self._blank = Strip.blank(0)
 
     # -- blocks: a height per held message; strips only for what is drawn
     def _height(self, index: int) -> int:
@@ -142,7 +144,19 @@ class MessageLog(ScrollView, can_focus=True):
         self._reoffset()
         self.refresh()
         if self._follow:
-            self.scroll_end(animate=False)  # after the layout knows the new height
+            self._to_end()
+
+    def _to_end(self) -> None:
+        """Show the newest line at the bottom: now, and again once the layout has caught
+        up. ``force``: Textual refuses to scroll a view whose scrollbar it has not shown
+        yet, which is the case when the page that makes it scrollable has just arrived
+        (a long conversation then opened at the top of its newest page, F7)."""
+        self.scroll_end(animate=False, immediate=True, force=True)
+        self.call_after_refresh(self._to_end_if_following)
+
+    def _to_end_if_following(self) -> None:
+        if self._follow and self.scroll_y != self.max_scroll_y:
+            self.scroll_end(animate=False, immediate=True, force=True)
 
     def _refresh_block(self, index: int) -> None:
         if 0 <= index < len(self._heights):
@@ -219,7 +233,7 @@ class MessageLog(ScrollView, can_focus=True):
                 self._heights.append(self._height(len(self._heights)))
                 self._reoffset()
             if follow:
-                self.scroll_end(animate=False, immediate=True)
+                self._to_end()
             self.refresh()
         elif len(self.window.messages) == before:
             index = self.window.index_of(message.id)
@@ -247,21 +261,43 @@ class MessageLog(ScrollView, can_focus=True):
 
     # -- drawing
     def on_resize(self) -> None:
+        self._check_width()
+        if self._follow:  # a bar above (request, banner) took rows: keep the newest shown
+            self._to_end()
+
+    def watch_show_vertical_scrollbar(self) -> None:
+        # The scrollbar appears when the first long page arrives and takes a column
+        # without a Resize: measure again for the narrower width (after the layout).
+        self.call_later(self._check_width)
+
+    def _check_width(self) -> None:
         if self.scrollable_content_region.width != self._width:
             self.rebuild()
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # One pass draws every dirty row: look the style and width up once for all of
+        # them (``rich_style`` walks the ancestors' CSS; per row it was most of the cost).
+        width = self.scrollable_content_region.width
+        style = self.rich_style
+        if self._line_key != (width, style):
+            self._line_key = (width, style)
+            self._blank = Strip.blank(width, style)
+        return super().render_lines(crop)
+
     def render_line(self, y: int) -> Strip:
         line = self.scroll_offset.y + y
-        width = self.scrollable_content_region.width
-        blank = Strip([Segment(" " * width, self.rich_style)], width)
+        width, style = self._line_key
         if line >= self._offsets[-1] or not self._heights:
-            return blank
+            return self._blank
         index = bisect.bisect_right(self._offsets, line) - 1
         block = self._block(index)
         row = line - self._offsets[index]
         if row >= len(block):
-            return blank
-        return block[row].crop_extend(0, width, self.rich_style)
+            return self._blank
+        strip = block[row]
+        if strip.cell_length == width:
+            return strip  # the cached strip itself: Textual's per-strip caches stay warm
+        return strip.crop_extend(0, width, style)
 
     def watch_scroll_y(self, old: float, new: float) -> None:
         super().watch_scroll_y(old, new)
@@ -343,7 +379,7 @@ class MessageLog(ScrollView, can_focus=True):
         if not self.window.at_live_end:
             self.post_message(self.Latest())  # newer pages were let go: reload the newest
             return
-        self.scroll_end(animate=False, immediate=True)
+        self.scroll_end(animate=False, immediate=True, force=True)
 
     def action_reply(self) -> None:
         message = self.selected_message()
