@@ -435,9 +435,11 @@ class AdminClient:
             for attempt in (1, 2):
                 fresh = self._writer is None
                 try:
-                    reply = await asyncio.wait_for(
-                        self._exchange(name, arguments), timeout=self.timeout
-                    )
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+                    # cancellation that lands as the exchange completes, so a task
+                    # cancelled mid-request (the peers poller on close) ran on forever.
+                    async with asyncio.timeout(self.timeout):
+                        reply = await self._exchange(name, arguments)
                 except (OSError, EOFError, TimeoutError) as exc:
                     await self.close()
                     if attempt == 2 or fresh:

@@ -22,7 +22,6 @@ that network namespace), ``poll_interval`` (s, peers polling), ``bind_to_device`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -188,6 +187,17 @@ class _Server:
         return self._server is not None and self._server.is_serving()
 
 
+async def _cancel_and_wait(task: asyncio.Task[None], grace: float = 1.0) -> None:
+    """Cancel ``task`` and wait until it ended, cancelling again while it runs on: a
+    cancellation can be swallowed by code it lands in (``asyncio.wait_for`` in 3.11
+    returns the result when the awaited operation completes at the same moment)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=grace)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("poller ended with %r", task.exception())
+
+
 class YggdrasilBackend:
     """:class:`core.backend.Backend` over a real yggdrasil daemon (attach or managed)."""
 
@@ -337,9 +347,7 @@ class YggdrasilBackend:
 
     async def close(self) -> None:
         if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await _cancel_and_wait(self._poller)
             self._poller = None
         for server in list(self._servers):
             server.close()
