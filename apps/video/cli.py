@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core import ControlClient, MeshError, UsageError, resolve_data_dir
+from core.cli.names import Names, or_dash
 from core.cli.output import emit
 
 __all__ = ["EXIT_CODES", "register", "summary_json"]
@@ -216,28 +217,49 @@ class _Follower:
         return done
 
 
+# The stats line's parts: (field, how it is said); a field the node did not measure
+# (None or absent: no media yet, an audio-only call's fps) is left out, never "None".
+_STATS = (
+    ("rtt_ms", "rtt {} ms"),
+    ("loss", "loss {}"),
+    ("bitrate_kbps", "{} kbit/s"),
+    ("fps", "{} fps"),
+    ("resolution", "{}"),
+    ("jitter_ms", "jitter {} ms"),
+)
+
+
 def _stats_line(stats: dict[str, Any]) -> str:
-    return (
-        f"  rtt {stats.get('rtt_ms')} ms, loss {stats.get('loss')}, "
-        f"{stats.get('bitrate_kbps')} kbit/s, {stats.get('fps')} fps, "
-        f"{stats.get('resolution')}, jitter {stats.get('jitter_ms')} ms"
-    )
+    parts = [say.format(stats[k]) for k, say in _STATS if stats.get(k) not in (None, "")]
+    return "  " + (", ".join(parts) if parts else "no media stats")
 
 
-def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+def _who(call: dict[str, Any], names: Names) -> str:
+    """Our alias for the call's peer (the node's contacts), else the alias the node noted
+    on the call, else the name the peer gave, else its key's prefix."""
+    peer = call.get("peer")
+    return names.label(peer, call.get("alias") or call.get("name") or None)
+
+
+def _summary_line(summary: dict[str, Any], names: Names) -> str:
+    parts = [_who(summary, names)]
+    if summary.get("duration_s") is not None:
+        parts.append(f"{summary['duration_s']} s")
+    if summary.get("setup_s") is not None:
+        parts.append(f"setup {summary['setup_s']} s")
+    video, audio = summary.get("video_frames_received"), summary.get("audio_frames_received")
+    if video is not None or audio is not None:
+        parts.append(f"{or_dash(video)} video / {or_dash(audio)} audio frames")
+    detail = f" ({summary['detail']})" if summary.get("detail") else ""
+    return f"call {or_dash(summary.get('result'))}: {', '.join(parts)}{detail}"
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool, names: Names | None = None) -> None:
     if as_json:
         print(json.dumps(summary_json(summary), default=str), flush=True)
         return
-    print(
-        f"call {summary.get('result')}: {summary.get('duration_s')} s, "
-        f"setup {summary.get('setup_s')} s, "
-        f"{summary.get('video_frames_received')} video / "
-        f"{summary.get('audio_frames_received')} audio frames"
-        + (f" ({summary['detail']})" if summary.get("detail") else "")
-        + "\n"
-        + _stats_line(summary.get("stats") or {}),
-        flush=True,
-    )
+    line = _summary_line(summary, names or Names())
+    print(line + "\n" + _stats_line(summary.get("stats") or {}), flush=True)
 
 
 async def _place(path: Path, args: argparse.Namespace) -> int:
@@ -252,7 +274,8 @@ async def _place(path: Path, args: argparse.Namespace) -> int:
             with contextlib.suppress(UsageError):
                 await client.call("call.hangup", id=call["id"])
             summary = await follower.run(stream)
-    _print_summary(summary, args.json)
+        names = Names() if args.json else await Names.fetch(client)
+    _print_summary(summary, args.json, names)
     return EXIT_CODES.get(str(summary.get("result")), 1)
 
 
@@ -267,6 +290,7 @@ async def _answer(path: Path, args: argparse.Namespace) -> int:
     handled: set[str] = set()
     done = 0
     async with await ControlClient.connect(path) as client:
+        names = Names() if args.json else await Names.fetch(client)
         stream = client.subscribe(["call."])
         await stream.start()
         ringing = await client.call("call.status")  # one may ring already
@@ -283,8 +307,8 @@ async def _answer(path: Path, args: argparse.Namespace) -> int:
                 ringing = {}
                 continue
             handled.add(call_id)
-            who = ringing.get("alias") or ringing.get("name") or ringing["peer"][:16] + "…"
             if not args.json:
+                who = _who(ringing, names)
                 print(f"incoming call from {who} ({ringing['peer']})", file=sys.stderr)
             try:
                 if args.auto or await _ask("answer? [y/N] "):
@@ -293,7 +317,8 @@ async def _answer(path: Path, args: argparse.Namespace) -> int:
                     await client.call("call.reject", id=call_id)
             except UsageError as exc:  # the caller gave up meanwhile
                 print(f"mesh: {exc}", file=sys.stderr)
-            _print_summary(await _Follower(client, call_id, args).run(stream), args.json)
+            summary = await _Follower(client, call_id, args).run(stream)
+            _print_summary(summary, args.json, names)
             done += 1
             ringing = {}
     return 0
@@ -302,10 +327,13 @@ async def _answer(path: Path, args: argparse.Namespace) -> int:
 async def _simple(path: Path, args: argparse.Namespace) -> int:
     async with await ControlClient.connect(path) as client:
         result = await client.call(f"call.{args.contact}")
+        names = Names() if args.json else await Names.fetch(client)
     if args.json:
         emit(result, as_json=True)
     else:
-        print(f"{args.contact}: call {result.get('id', '')[:8]} {result.get('state')}")
+        with_whom = f" with {_who(result, names)}" if result.get("peer") else ""
+        call_id = str(result.get("id") or "")[:8] or "-"
+        print(f"{args.contact}: call {call_id}{with_whom} {or_dash(result.get('state'))}")
     return 0
 
 
@@ -341,19 +369,30 @@ async def _open_page(path: Path, args: argparse.Namespace) -> int:
 async def _log(path: Path, args: argparse.Namespace) -> int:
     async with await ControlClient.connect(path) as client:
         rows = await client.call("call.log")
+        names = Names() if args.json or not rows else await Names.fetch(client)
     if args.json:
         emit(rows, as_json=True)
         return 0
     if not rows:
         print("no calls yet")
     for row in rows:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started"]))
-        arrow = "→" if row["direction"] == "outgoing" else "←"
-        who = row["name"] or row["peer"][:16] + "…"
-        result = (
-            row["result"]
-            if row["result"] == row["outcome"]
-            else (f"{row['outcome']} ({row['result']})")
-        )
-        print(f"{when} {arrow} {who:18} {result:24} {row['duration_s']:8.1f} s")
+        print(_log_line(row, names))
     return 0
+
+
+def _log_line(row: dict[str, Any], names: Names) -> str:
+    """One call of ``mesh call log``: when, direction, who (alias where we have one),
+    outcome (result), duration; a dash for what the row lacks."""
+    started = row.get("started")
+    when = (
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(float(started)))
+        if started is not None
+        else "-".ljust(16)
+    )
+    arrow = "→" if row.get("direction") == "outgoing" else "←"
+    who = names.label(row.get("peer"), row.get("name") or None)
+    outcome, result = or_dash(row.get("outcome")), or_dash(row.get("result"))
+    said = result if result == outcome else f"{outcome} ({result})"
+    duration = row.get("duration_s")
+    length = f"{float(duration):8.1f} s" if duration is not None else f"{'-':>8} s"
+    return f"{when} {arrow} {who:18} {said:24} {length}"
