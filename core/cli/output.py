@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,17 @@ def emit(data: Mapping[str, Any] | list[Any], *, as_json: bool) -> None:
             print(item)
 
 
+def human(value: Any) -> str:
+    """A value for people: floats rounded (two decimals, trailing zeros dropped; below 1,
+    three significant digits so that small latencies stay visible), the rest as str."""
+    if isinstance(value, float) and math.isfinite(value):
+        if value != 0 and abs(value) < 1:
+            return f"{value:.3g}"
+        text = f"{value:.2f}".rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
+    return str(value)
+
+
 def emit_fields(data: Mapping[str, Any], indent: str = "") -> None:
     width = max((len(k) for k in data), default=0)
     for key, value in data.items():
@@ -30,8 +42,9 @@ def emit_fields(data: Mapping[str, Any], indent: str = "") -> None:
             print(f"{indent}{key}:" + ("" if value else " (none)"))
             for item in value:
                 if isinstance(item, Mapping):
-                    print(f"{indent}  - " + ", ".join(f"{k}={v}" for k, v in item.items()))
+                    pairs = (f"{k}={human(v)}" for k, v in item.items())
+                    print(f"{indent}  - " + ", ".join(pairs))
                 else:
-                    print(f"{indent}  - {item}")
+                    print(f"{indent}  - {human(item)}")
         else:
-            print(f"{indent}{key.ljust(width)}  {value}")
+            print(f"{indent}{key.ljust(width)}  {human(value)}")
