@@ -29,6 +29,7 @@ from core import (
     parse_mail_address,
     resolve_data_dir,
 )
+from core.cli.names import Names, or_dash
 from core.cli.output import emit
 
 from .config import MailConfig, parse_listen
@@ -244,11 +245,30 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if not rows:
         print("the outbound queue is empty")
         return 0
+    names = _contact_names(data_dir)
     now = time.time()
     for r in rows:
-        wait = max(0.0, float(r["next_attempt"]) - now)
-        print(
-            f"{r['recipient']}  {r['message_id']}  attempts={r['attempts']}  "
-            f"next in {wait:.0f} s  last error: {r['last_error'] or '-'}"
-        )
+        print(_queue_line(r, names, now))
     return 0
+
+
+def _contact_names(data_dir: Path) -> Names:
+    """Our contacts' aliases, from the running node (none without one)."""
+    try:
+        contacts = _ask_node(data_dir, "contacts.list")
+    except MeshError:
+        contacts = None
+    return Names.from_contacts(contacts if isinstance(contacts, list) else [])
+
+
+def _queue_line(r: dict[str, Any], names: Names, now: float) -> str:
+    """One delivery of ``mesh mail queue``: the recipient by our alias where it has one
+    (else its address), message id, attempts, next attempt, last error; dashes, no None."""
+    recipient = r.get("recipient")
+    who = names.alias(recipient) or or_dash(recipient)
+    due = r.get("next_attempt")
+    wait = f"next in {max(0.0, float(due) - now):.0f} s" if due is not None else "next -"
+    return (
+        f"{who}  {or_dash(r.get('message_id'))}  attempts={or_dash(r.get('attempts'))}  "
+        f"{wait}  last error: {or_dash(r.get('last_error'))}"
+    )
