@@ -5,6 +5,8 @@ so that ``mesh ...`` can run in-process (``core.cli.main.main``) against it."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +17,15 @@ from core.control.server import ControlServer
 from core.errors import MeshError
 from core.events import EventBus
 
-__all__ = ["fake_node"]
+__all__ = ["fake_node", "short_data_dir"]
+
+
+def short_data_dir() -> Iterator[Path]:
+    """A fresh data dir under /tmp (a fixture: ``pytest.fixture(short_data_dir, name=...)``):
+    short, as a Unix socket path has 107 bytes at most."""
+    path = Path(tempfile.mkdtemp(prefix="mesh"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

@@ -4,16 +4,13 @@ the node's numbers as they are. Against a stand-in node (tests/core/fake_control
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.cli.main import main
 from core.cli.output import human
-from tests.core.fake_control import fake_node
+from tests.core.fake_control import fake_node, short_data_dir
 
 STATUS = {
     "backend": "embedded",
@@ -24,11 +21,7 @@ STATUS = {
 }
 
 
-@pytest.fixture
-def data() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ms"))  # short: a socket path has 107 bytes at most
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+data = pytest.fixture(short_data_dir, name="data")
 
 
 def test_status_for_people_rounds_floats_at_every_level(

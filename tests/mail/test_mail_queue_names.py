@@ -5,16 +5,13 @@ node), never prints ``None``, and leaves ``--json`` as it was. Against a stand-i
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.cli.main import main
-from tests.core.fake_control import fake_node
+from tests.core.fake_control import fake_node, short_data_dir
 
 BOB, CAROL = "b0" * 32, "c0" * 32
 CONTACTS = [{"key": BOB, "alias": "bob", "trust": "trusted"}]
@@ -30,11 +27,7 @@ def _row(recipient: str, **fields: object) -> dict[str, object]:
     return row
 
 
-@pytest.fixture
-def data() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mq"))  # short: a socket path has 107 bytes at most
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+data = pytest.fixture(short_data_dir, name="data")
 
 
 def test_queue_shows_our_alias_for_a_known_recipient_and_the_address_otherwise(

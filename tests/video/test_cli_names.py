@@ -5,16 +5,13 @@ node), never prints ``None``, and leaves ``--json`` as it was. Against a stand-i
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.cli.main import main
-from tests.core.fake_control import fake_node
+from tests.core.fake_control import fake_node, short_data_dir
 
 BOB = "b0" * 32
 CAROL = "c0" * 32
@@ -37,11 +34,7 @@ LOG = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def data() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mc"))  # short: a socket path has 107 bytes at most
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+data = pytest.fixture(short_data_dir, name="data")
 
 
 def _mesh(data: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
