@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from apps.chat.envelope import MAX_BODY
 from apps.chat.text import first_control
-from core import MeshError, UnknownContact, UsageError
+from core import MeshError, NodeEvent, UnknownContact, UsageError
 
 if TYPE_CHECKING:
     from apps.chat.service import ChatService
@@ -79,6 +79,13 @@ class ChatControl:
         }
 
     # -- helpers ----------------------------------------------------------------------
+    def _changed(self, key: bytes, **fields: Any) -> dict[str, Any]:
+        """A conversation's flags changed: ``chat.conversation`` tells every attached
+        client (another UI on the same node); the same object is the method's reply."""
+        data = {"key": key.hex(), **fields}
+        self.s.node.events.publish(NodeEvent("chat.conversation", data))
+        return data
+
     async def key_of(self, name: str) -> bytes:
         key = _parse_key(name)
         if key is not None:
@@ -203,7 +210,7 @@ class ChatControl:
             await self.s.contacts.add(key)
         await self.s.db.set_flag(key, "accepted", True)
         await self.s.db.set_flag(key, "request", False)
-        return {"key": key.hex(), "trust": "trusted"}
+        return self._changed(key, accepted=True, request=False, trust="trusted")
 
     async def ignore(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
@@ -211,11 +218,14 @@ class ChatControl:
         trust = (
             trust_of(await self.s.contacts.get(key)) if self.s.contacts is not None else "unknown"
         )
-        return {"key": key.hex(), "trust": trust}
+        return self._changed(key, request=False, trust=trust)
 
     async def read(self, params: dict[str, Any]) -> dict[str, int]:
         key = await self._contact(params)
-        return {"marked": await self.s.mark_read(key)}
+        marked = await self.s.mark_read(key)
+        if marked:
+            self._changed(key, unread=0)
+        return {"marked": marked}
 
     async def search(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         text = _want(params, "text")
@@ -246,13 +256,13 @@ class ChatControl:
         key = await self._contact(params)
         muted = bool(params.get("muted", True))
         await self.s.db.set_flag(key, "muted", muted)
-        return {"key": key.hex(), "muted": muted}
+        return self._changed(key, muted=muted)
 
     async def receipts(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
         on = bool(params.get("read_receipts", True))
         await self.s.db.set_flag(key, "read_receipts", on)
-        return {"key": key.hex(), "read_receipts": on}
+        return self._changed(key, read_receipts=on)
 
 
 def trust_of(contact: Any) -> str:

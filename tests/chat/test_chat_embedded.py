@@ -241,3 +241,29 @@ async def test_failed_message_is_retried_and_read_receipts_can_be_turned_off(
         assert await b.call("chat.read", contact=a.key.hex()) == {"marked": 1}
         await asyncio.sleep(1.0)
         assert await state_of(a, b, sent["id"]) == "delivered"  # no read receipt went out
+
+
+async def test_flag_changes_are_events_for_every_attached_client(tmp_path: Path) -> None:
+    # Another UI on the same node learns of a mute, a receipts switch, a read and an
+    # accept without polling (they are not messages, so nothing else would tell it).
+    async with ChatNet(tmp_path) as net:
+        a, b = await net.start(), await net.start()
+        await a.call("chat.send", contact=b.key.hex(), body="hello")
+        await settle("the request at B", lambda: b.seen("chat.request", lambda d: True))
+        key = a.key.hex()
+        calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+            ("chat.mute", {"muted": True}, {"muted": True}),
+            ("chat.receipts", {"read_receipts": False}, {"read_receipts": False}),
+            ("chat.read", {}, {"unread": 0}),
+            ("chat.accept", {}, {"accepted": True, "request": False, "trust": "trusted"}),
+        ]
+        for method, params, fields in calls:
+            await b.call(method, contact=key, **params)
+            want = {"key": key, **fields}
+
+            def told(want: dict[str, Any] = want) -> bool:
+                return bool(b.seen("chat.conversation", lambda d: d == want))
+
+            await settle(f"{method} event", told)
+        conv = next(c for c in await b.call("chat.conversations") if c["key"] == key)
+        assert conv["muted"] and not conv["read_receipts"] and conv["unread"] == 0
