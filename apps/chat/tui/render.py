@@ -7,7 +7,8 @@ so a conversation costs a few strips per *held* message, never a widget per mess
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
+from functools import lru_cache
 
 from rich.cells import cell_len, chop_cells, set_cell_size
 from rich.console import Console
@@ -16,7 +17,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.strip import Strip
 
-from .model import MARKS, ChatMessage, day_of, find_urls, preview
+from .model import MARKS, ChatMessage, find_urls, preview
 
 __all__ = ["NAME_WIDTH", "RenderStyles", "block_height", "render_block"]
 
@@ -53,6 +54,22 @@ def _mark(message: ChatMessage, styles: RenderStyles) -> Text:
         "read": styles.read,
     }.get(message.state, styles.mark)
     return Text(f" {mark}", style=style)
+
+
+@lru_cache(maxsize=4096)
+def _day(ts: float, tz: tzinfo | None) -> date:
+    """The calendar day of ``ts`` (cached: each message is asked about twice, as itself
+    and as the next one's predecessor, and strftime was a fifth of measuring a page)."""
+    return datetime.fromtimestamp(ts, tz).date()
+
+
+def _new_day(message: ChatMessage, previous: ChatMessage | None, tz: tzinfo | None) -> bool:
+    return previous is None or _day(previous.ts, tz) != _day(message.ts, tz)
+
+
+def _mark_plain(message: ChatMessage) -> str:
+    """The text of :func:`_mark`, without building a Text."""
+    return f" {MARKS.get(message.state, message.state)}" if message.outgoing else ""
 
 
 def _wrap_plain(text: str, width: int) -> list[str]:
@@ -99,21 +116,19 @@ def block_height(
     """How many lines :func:`render_block` gives, without building them (no objects the
     collector has to track: held messages cost an int each until they are drawn)."""
     width = max(width, PREFIX + 10)
-    lines = 0
-    if previous is None or day_of(previous.ts, tz) != day_of(message.ts, tz):
-        lines += 1
+    lines = int(_new_day(message, previous, tz))
     if message.reply_to:
         lines += 1
     if message.state == "failed":
         lines += 1
     room = width - PREFIX
-    mark = _mark(message, _STYLES)
     if _plain(message.body, search):
+        mark = _mark_plain(message)
         wrapped = _wrap_plain(message.body, room)
-        over = bool(mark.plain) and cell_len(wrapped[-1]) + cell_len(mark.plain) > room
+        over = bool(mark) and cell_len(wrapped[-1]) + cell_len(mark) > room
         return lines + len(wrapped) + int(over)
     body = _body_text(message.body, _STYLES, search)
-    body.append_text(mark)
+    body.append_text(_mark(message, _STYLES))
     return lines + len(body.wrap(console, room, overflow="fold"))
 
 
@@ -188,8 +203,7 @@ def render_block(
     the wrapped body with time, sender and delivery mark, and a failure line."""
     width = max(width, PREFIX + 10)
     strips: list[Strip] = []
-    day = day_of(message.ts, tz)
-    if previous is None or day_of(previous.ts, tz) != day:
+    if _new_day(message, previous, tz):
         label = datetime.fromtimestamp(message.ts, tz).strftime(" %A %d %B %Y ")
         strips.append(_plain_strip(label.center(width, "─"), styles.day, width))
     indent = " " * PREFIX

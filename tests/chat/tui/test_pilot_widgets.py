@@ -13,7 +13,7 @@ from textual import events
 
 from apps.chat.tui.app import ChatApp
 from apps.chat.tui.widgets.composer import Composer
-from apps.chat.tui.widgets.message_log import MessageLog
+from apps.chat.tui.widgets.message_log import PREFETCH_SCREENS, MessageLog
 
 from .scripted import ALICE, OWN, T0, ScriptedChat, message, scene
 
@@ -43,22 +43,23 @@ def visible_text(log: MessageLog) -> list[str]:
 
 async def test_scrolling_up_loads_older_pages_without_moving_the_view() -> None:
     chat = long_history(2000)
-    async with started(chat, page_size=100) as (app, pilot):
+    async with started(chat, page_size=300) as (app, pilot):
         await pilot.pause()
         log = app.query_one(MessageLog)
-        assert len(log.window.messages) == 100
+        assert len(log.window.messages) == 300  # far from the top: nothing fetched ahead
         assert "message number 2000" in "\n".join(visible_text(log))
-        log.scroll_to(y=log.scroll_y - 30, animate=False, immediate=True)
+        ahead = PREFETCH_SCREENS * log.scrollable_content_region.height
+        log.scroll_to(y=ahead - 10, animate=False, immediate=True)
         before = visible_text(log)
         for _ in range(200):
-            if len(log.window.messages) > 100:
+            if len(log.window.messages) > 300:
                 break
             await pilot.pause(0.05)
-        assert len(log.window.messages) == 200
+        assert len(log.window.messages) == 400
         # The page arrived above: what is on screen did not move.
         assert visible_text(log) == before
         history = [c for c in chat.calls if c[0] == "chat.history"]
-        assert history[-1][1]["before_seq"] == 1901
+        assert history[-1][1]["before_seq"] == 1701
         # Walking far up keeps a bounded window (no widget per message either).
         for _ in range(40):
             log.action_scroll_top()

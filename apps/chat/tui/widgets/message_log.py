@@ -27,9 +27,11 @@ from ..render import RenderStyles, block_height, render_block
 
 __all__ = ["Fetch", "MessageLog"]
 
+STRIP_CACHE = 400  # drawn message blocks kept (a few screens' worth)
+PREFETCH_SCREENS = 4  # the next page is asked for this many screens before the edge
+
 # fetch(before_seq, limit) -> (messages oldest first, more older ones exist), or None
 # when the conversation changed meanwhile.
-STRIP_CACHE = 400  # drawn message blocks kept (a few screens' worth)
 Fetch = Callable[[int, int], Awaitable[tuple[list[ChatMessage], bool] | None]]
 
 
@@ -307,15 +309,17 @@ class MessageLog(ScrollView, can_focus=True):
     def _maybe_load(self) -> None:
         height = max(self.scrollable_content_region.height, 1)
         cursor = self.window.older_cursor()
-        # Ask a page ahead (two screens), so the person rarely reaches the edge.
-        if cursor is not None and not self._loading_older and self.scroll_y < 2 * height:
+        # Ask a page ahead, so that the person holding pageup does not reach the edge
+        # before it lands (a page is 4-5 screens; the round trip 10-40 ms, under load).
+        ahead = PREFETCH_SCREENS * height
+        if cursor is not None and not self._loading_older and self.scroll_y < ahead:
             self._loading_older = True
             self.run_worker(self._load(cursor, self.window.page_size, older=True), group="pages")
         request = self.window.newer_request()
         if (
             request is not None
             and not self._loading_newer
-            and self.scroll_y > self.max_scroll_y - 2 * height
+            and self.scroll_y > self.max_scroll_y - ahead
         ):
             self._loading_newer = True
             self.run_worker(self._load(*request, older=False), group="pages")
