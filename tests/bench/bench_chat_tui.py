@@ -1,7 +1,7 @@
 """Chat TUI benchmark: a 100,000-message conversation opened and scrolled up.
 
 Run: ``.venv/bin/python tests/bench/bench_chat_tui.py [--messages 100000] [--pages 120]
-[--source node|scripted]``
+[--source node|scripted] [--pace 30]``
 
 ``--source node`` (default): a real ``mesh up`` node (embedded backend, no discovery) in
 a child process whose chat store was filled beforehand with the conversation (through
@@ -13,10 +13,15 @@ measures:
 
 - start → interactive: connect, mount, ``chat.info``/``chat.conversations``/the newest
   page of ``chat.history``, first frame drawn (target < 1 s);
-- scrolling up one screen at a time (pageup): each step until the whole screen is
-  drawn again, including the keyset page loads (``before_seq``, 200 messages per
-  round trip) on the way (target p95 < 50 ms), reported for all steps and for the
-  steps that loaded a page;
+- scrolling up one screen at a time (pageup): each step from the key until the whole
+  screen is drawn again (target p95 < 50 ms), reported for all steps and for the steps
+  that waited for a page or met one landing. ``--pace 30`` (default): the keys come as
+  a held pageup repeats, 30 a second (never before the last screen was drawn), the
+  next older page (``before_seq``, 100 messages per round trip) is fetched ahead
+  meanwhile, a step waits for it only when the view reached the top of what is held,
+  and a landing that holds the event loop when a key comes counts in that key's step.
+  ``--pace 0``: steps back to back, each also waiting for any page fetch it started
+  (round trip included), the app settling untimed in between;
 - the stall when a fetched page lands (the event loop busy adding it to the view);
 - the UI process's CPU time per step (p95), which machine load does not inflate the
   way it does wall time;
