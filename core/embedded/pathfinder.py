@@ -95,34 +95,46 @@ class Pathfinder:
 
     # -- lookups --------------------------------------------------------------
 
-    def send_lookup(self, dest: bytes, now: float) -> None:
+    def send_lookup(self, dest: bytes, now: float) -> bool:
+        """``_sendLookup``, throttled per destination; True if it reached a link.
+
+        A lookup that reached no link (sent before any link was up, or before a new
+        link's bloom arrived) does not count against the throttle, so the first lookup
+        once a link is up goes out at once instead of up to ``path_throttle`` later."""
         info = self.paths.get(dest)
         if info is not None and now - info.req_time < self._throttle:
-            return
+            return False
         me = self._tree.key
         lookup = PathLookup(me, dest, self._tree.root_and_path(me)[1])
-        self._handle_lookup(me, lookup, now)
+        sent = self._handle_lookup(me, lookup, now) > 0
+        if info is not None and sent:
+            info.req_time = now  # as Go: the throttle runs from the last lookup sent
+        return sent
 
     def handle_lookup(self, link: TreeLink, lookup: PathLookup, now: float) -> None:
         if not self._blooms.is_on_tree(link.key):
             return
         self._handle_lookup(link.key, lookup, now)
 
-    def _handle_lookup(self, from_key: bytes, lookup: PathLookup, now: float) -> None:
+    def _handle_lookup(self, from_key: bytes, lookup: PathLookup, now: float) -> int:
+        """Forward ``lookup`` (answer it if it is ours); how many links it went to."""
         if self.lookup_logger is not None:
             self.lookup_logger(lookup)
         body = bytes(lookup)
+        sent = 0
         for link in self._blooms.multicast_targets(from_key, lookup.dest):
             link.send_queued(PacketType.PATH_LOOKUP, body, lookup.source, lookup.dest)
+            sent += 1
         me = self._tree.key
         if self._blooms.x_key(lookup.dest) != self._blooms.x_key(me):
-            return
+            return sent
         coords = self._tree.root_and_path(me)[1]
         info = PathNotifyInfo(int(self._wallclock()) & MAX_UINT64, coords)
         if not self._info.same_content(info):
             self._info = self._signed(info)
         notify = PathNotify(lookup.from_path, MAX_UINT64, me, lookup.source, self._info)
         self._handle_notify(me, notify, now)
+        return sent
 
     # -- notifies -------------------------------------------------------------
 
@@ -178,15 +190,18 @@ class Pathfinder:
         if rumor is not None:
             if now - rumor.send_time < self._throttle:
                 return
-            rumor.send_time = now
             rumor.expires = now + self._timeout
         else:
             if len(self.rumors) >= self._max_rumors:
                 # bounded (ironwood is not): forget the destination asked for longest ago
                 oldest = min(self.rumors, key=lambda k: self.rumors[k].send_time)
                 del self.rumors[oldest]
-            self.rumors[xform] = _Rumor(now, now + self._timeout)
-        self.send_lookup(dest, now)
+            rumor = self.rumors[xform] = _Rumor(float("-inf"), now + self._timeout)
+        if self.send_lookup(dest, now):
+            # throttled per destination, and only once a lookup reached a link: one
+            # sent into no link (before the link to the destination came up, e.g. after
+            # a peer restart) must not hold back the next one for path_throttle
+            rumor.send_time = now
 
     def handle_own_traffic(self, tr: Traffic, now: float) -> None:
         """``_handleTraffic``: our packet; route it if we know a path, else look it up."""
