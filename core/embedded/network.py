@@ -344,17 +344,15 @@ class PacketNetwork:
         conn = self._new_conn(parsed, inbound=False)
         ssl_ctx = self._tls_contexts()[1] if parsed.scheme == "tls" else None
         try:
-            await asyncio.wait_for(
-                asyncio.get_running_loop().create_connection(
+            async with asyncio.timeout(self.config.connect_timeout):  # see _static_loop
+                await asyncio.get_running_loop().create_connection(
                     lambda: conn,
                     parsed.host,
                     parsed.port,
                     ssl=ssl_ctx,
                     server_hostname=(parsed.sni or "") if ssl_ctx is not None else None,
                     ssl_handshake_timeout=self.config.handshake_timeout if ssl_ctx else None,
-                ),
-                self.config.connect_timeout,
-            )
+                )
         except BaseException:
             conn.abort()
             self._pending.discard(conn)
@@ -390,17 +388,18 @@ class PacketNetwork:
             static.conn = conn
             try:
                 ssl_ctx = self._tls_contexts()[1] if uri.scheme == "tls" else None
-                await asyncio.wait_for(
-                    loop.create_connection(
+                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
+                # (remove_peer, close) that lands as the connection completes, and this
+                # loop then redialled on with remove_peer awaiting it forever
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await loop.create_connection(
                         lambda conn=conn: conn,
                         uri.host,
                         uri.port,
                         ssl=ssl_ctx,
                         server_hostname=(uri.sni or "") if ssl_ctx is not None else None,
                         ssl_handshake_timeout=self.config.handshake_timeout if ssl_ctx else None,
-                    ),
-                    self.config.connect_timeout,
-                )
+                    )
                 error = await conn.closed
                 if conn.meta is not None:
                     failures = 0
