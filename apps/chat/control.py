@@ -79,12 +79,10 @@ class ChatControl:
         }
 
     # -- helpers ----------------------------------------------------------------------
-    def _changed(self, key: bytes, **fields: Any) -> dict[str, Any]:
+    def _changed(self, key: bytes, **fields: Any) -> None:
         """A conversation's flags changed: ``chat.conversation`` tells every attached
-        client (another UI on the same node); the same object is the method's reply."""
-        data = {"key": key.hex(), **fields}
-        self.s.node.events.publish(NodeEvent("chat.conversation", data))
-        return data
+        client (another UI on the same node)."""
+        self.s.node.events.publish(NodeEvent("chat.conversation", {"key": key.hex(), **fields}))
 
     async def key_of(self, name: str) -> bytes:
         key = _parse_key(name)
@@ -210,7 +208,8 @@ class ChatControl:
             await self.s.contacts.add(key)
         await self.s.db.set_flag(key, "accepted", True)
         await self.s.db.set_flag(key, "request", False)
-        return self._changed(key, accepted=True, request=False, trust="trusted")
+        self._changed(key, accepted=True, request=False, trust="trusted")
+        return {"key": key.hex(), "trust": "trusted"}
 
     async def ignore(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
@@ -218,7 +217,8 @@ class ChatControl:
         trust = (
             trust_of(await self.s.contacts.get(key)) if self.s.contacts is not None else "unknown"
         )
-        return self._changed(key, request=False, trust=trust)
+        self._changed(key, request=False, trust=trust)
+        return {"key": key.hex(), "trust": trust}
 
     async def read(self, params: dict[str, Any]) -> dict[str, int]:
         key = await self._contact(params)
@@ -256,13 +256,15 @@ class ChatControl:
         key = await self._contact(params)
         muted = bool(params.get("muted", True))
         await self.s.db.set_flag(key, "muted", muted)
-        return self._changed(key, muted=muted)
+        self._changed(key, muted=muted)
+        return {"key": key.hex(), "muted": muted}
 
     async def receipts(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
         on = bool(params.get("read_receipts", True))
         await self.s.db.set_flag(key, "read_receipts", on)
-        return self._changed(key, read_receipts=on)
+        self._changed(key, read_receipts=on)
+        return {"key": key.hex(), "read_receipts": on}
 
 
 def trust_of(contact: Any) -> str:
