@@ -415,13 +415,7 @@ class Outbox:
         )
 
     # -- queueing ---------------------------------------------------------------------------
-    async def put(
-        self,
-        destination: bytes,
-        payload: bytes,
-        *,
-        ref: str,
-    ) -> OutboxEntry:
+    async def put(self, destination: bytes, payload: bytes, *, ref: str) -> OutboxEntry:
         """Queue ``payload`` for ``destination``; returns once it is committed.
 
         A ``ref`` already queued returns that entry unchanged (a replayed put adds

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -199,6 +199,10 @@ class ChatService(BaseService):
 
     def _publish(self, kind: str, data: dict[str, Any]) -> None:
         self.node.events.publish(NodeEvent(kind, data))
+
+    def _publish_all(self, kind: str, items: Iterable[dict[str, Any]]) -> None:
+        for data in items:
+            self._publish(kind, data)
 
     @property
     def db(self) -> ChatStore:
@@ -407,8 +411,7 @@ class ChatService(BaseService):
         if stored.duplicate:
             self._count(Refusal.REPLAY, f"message {env.id.hex()} (already stored)")
             return conn.send_ack(env.id, Refusal.REPLAY, "already received")
-        for change in stored.states:
-            self._publish("chat.state", change)
+        self._publish_all("chat.state", stored.states)
         if stored.message is not None:
             self._publish("chat.message", stored.message)
             if stored.request:
@@ -494,14 +497,9 @@ class ChatService(BaseService):
 
         return write
 
-    def _publish_all(self, kind: str, items: list[dict[str, Any]]) -> None:
-        for data in items:
-            self._publish(kind, data)
-
     async def _fail(self, id_: bytes, reason: str) -> None:
         changes = await self.db.set_state([id_], "failed", reason, only_from=("pending", "sent"))
-        for change in changes:
-            self._publish("chat.state", change)
+        self._publish_all("chat.state", changes)
 
     async def _expired(self, entry: OutboxEntry) -> None:
         if entry.payload[1] != Kind.TEXT:
@@ -529,8 +527,8 @@ class ChatService(BaseService):
             raise UsageError(f"no message {id_.hex()} sent from this node")
         if msg["state"] == "failed":
             env = self._envelope_for(msg, sent_ms=int(self.clock() * 1000))
-            for change in await self.db.set_state([id_], "pending", only_from=("failed",)):
-                self._publish("chat.state", change)
+            changes = await self.db.set_state([id_], "pending", only_from=("failed",))
+            self._publish_all("chat.state", changes)
             await self.outbox.put(env.recipient, bytes(env), ref=msg["id"])
         await self.outbox.wake(bytes.fromhex(msg["to"]))
         return await self.db.message(id_) or msg

@@ -154,13 +154,13 @@ class ChatStore:
 
     @staticmethod
     def state_row(
-        ids: Sequence[bytes], state: str, *, only_from: Sequence[str]
+        ids: Sequence[bytes], state: str, error: str | None = None, *, only_from: Sequence[str]
     ) -> Callable[[sqlite3.Connection], list[dict[str, Any]]]:
-        """:meth:`set_state` as a write for another transaction (the outbox's removal
-        of the delivered entries: ``core.Delivered(write=...)``)."""
+        """:meth:`set_state` as a write for a transaction of its caller's (e.g. the
+        outbox's removal of the delivered entries: ``core.Delivered(write=...)``)."""
 
         def write(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return _move(conn, ids, state, None, only_from)
+            return _move(conn, ids, state, error, only_from)
 
         return write
 
@@ -173,11 +173,7 @@ class ChatStore:
         only_from: Sequence[str],
     ) -> list[dict[str, Any]]:
         """Move outgoing messages to ``state`` (those now in ``only_from``); the changed."""
-
-        def write(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return _move(conn, ids, state, error, only_from)
-
-        return await self.db.transaction(write)
+        return await self.db.transaction(self.state_row(ids, state, error, only_from=only_from))
 
     async def mark_read(self, conversation: bytes) -> list[bytes]:
         """Received messages of a conversation marked read; their ids (oldest first)."""
