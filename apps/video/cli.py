@@ -5,7 +5,7 @@ the media runs in the node process).
                       [--record-to FILE] [--json]
     mesh call answer [--auto] [--source ...] [--record-to FILE] [--count N] [--json]
     mesh call reject | hangup | log [--json]
-    mesh call page [CONTACT]          the call page's URL (with CONTACT: it calls them)
+    mesh call page [CONTACT]          the call page's URL (with CONTACT: preset on them)
     mesh call CONTACT --page          open that URL in the default browser
 
 Exit codes of ``mesh call CONTACT``: 0 answered (and ended normally), 3 rejected,
@@ -69,7 +69,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     p.add_argument("contact", metavar="CONTACT|answer|reject|hangup|log|page")
-    p.add_argument("target", nargs="?", metavar="CONTACT", help="page: the contact the page calls")
+    p.add_argument(
+        "target",
+        nargs="?",
+        metavar="CONTACT",
+        help="page: whom the page is preset on (a click calls)",
+    )
     p.add_argument(
         "--page",
         action="store_true",
@@ -355,7 +360,8 @@ async def _page(path: Path, args: argparse.Namespace) -> int:
 
 
 async def _open_page(path: Path, args: argparse.Namespace) -> int:
-    """Open the page that calls CONTACT in the default browser, or print its URL."""
+    """Open the page preset on CONTACT (the person presses Call) in the default browser,
+    or print its URL."""
     url = await _page_url(path, args.contact)
     opened = await asyncio.to_thread(webbrowser.open, url)
     if not opened:

@@ -653,7 +653,7 @@ class CallService(BaseService):
 
     async def _m_page(self, params: dict[str, Any]) -> dict[str, Any]:
         """The call page's URL with its token (the control socket is the owner's alone);
-        with ``contact``, a URL that places a call to it when opened."""
+        with ``contact``, a URL preset on it (the person presses Call: a URL never dials)."""
         if self.page is None:
             raise UsageError('the call page is off ([video] page = "off")')
         contact = params.get("contact")

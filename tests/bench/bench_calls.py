@@ -241,7 +241,7 @@ async def _browser(seconds: float) -> dict[str, Any]:
             )
             await tab_b.wait("meshCall.view === 'incoming'", 30, every=0.02)
             answered = time.time()
-            await tab_b.evaluate("document.getElementById('accept-video').click()")
+            await tab_b.click("#accept-video")
             first = await tab_b.wait("meshCall.firstFrameAt", 30, every=0.02)
             await asyncio.sleep(seconds)
             wall = time.monotonic() - wall0

@@ -7,7 +7,14 @@ service (aiohttp), a part of that service, started and closed by it.
   sets an HttpOnly, SameSite=Strict cookie and redirects to the same page without it;
   a request with neither gets 403 (static files and the WebSocket alike). The Host
   header must name ``127.0.0.1:PORT`` (or ``localhost:PORT``) and an Origin, when sent,
-  the same: a DNS-rebound name is refused.
+  the same: a DNS-rebound name is refused. A WebSocket upgrade must carry that Origin
+  (browsers always send one): another page, even on another port of 127.0.0.1, whose
+  requests carry the cookie (the same site), cannot open ``/ws``.
+- Every response forbids framing (CSP ``frame-ancestors 'none'``, ``X-Frame-Options:
+  DENY``): no other page can lay the call page under its own and steal a click.
+- Only a person's click on the page places, answers or rejects a call: ``?call=KEY``
+  (what ``mesh call page CONTACT`` prints) only preselects whom to call. See
+  docs/security.md, "The call page".
 - ``/ws``: one WebSocket per page. The page sends ``offer`` (its WebRTC leg, see
   :mod:`apps.video.page.bridge`), ``place``, ``answer``, ``reject``, ``hangup``,
   ``update`` and ``refresh``; the node sends ``hello`` (state, contacts, call log),
@@ -45,6 +52,17 @@ MAX_MESSAGE = 128 * 1024
 STATIC = {"call.css": "text/css", "call.js": "text/javascript"}
 HIDDEN = ("address", "local_candidates", "remote_candidates", "dropped_candidates")
 STATS_EVERY = 1.0
+# On every response: no page may frame this one (clickjacking), no type sniffing.
+FRAMING = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}
+INDEX_CSP = (
+    "default-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; "
+    "object-src 'none'"
+)
 
 
 def parse_page_setting(text: str) -> int | None:
@@ -152,12 +170,29 @@ class PageServer:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        try:
+            response = await self._checked(request, handler)
+        except web.HTTPException as refused:  # 404 and the like: framed the same way
+            for name, value in FRAMING.items():
+                refused.headers.setdefault(name, value)
+            raise
+        if not response.prepared:  # a WebSocket's headers are already sent
+            for name, value in FRAMING.items():
+                response.headers.setdefault(name, value)
+        return response
+
+    async def _checked(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         hosts = (f"127.0.0.1:{self.port}", f"localhost:{self.port}")
         if request.headers.get("Host") not in hosts:
             return web.Response(status=403, text="forbidden: wrong Host\n")
         origin = request.headers.get("Origin")
-        if origin is not None and origin not in tuple(f"http://{h}" for h in hosts):
+        origins = tuple(f"http://{h}" for h in hosts)
+        if origin is not None and origin not in origins:
             return web.Response(status=403, text="forbidden: wrong Origin\n")
+        if request.path == "/ws" and origin is None:
+            return web.Response(status=403, text="forbidden: a WebSocket needs its Origin\n")
         given = request.query.get("token")
         if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
             if request.path == "/":  # set the cookie, drop the token from the address bar
@@ -186,8 +221,7 @@ class PageServer:
             content_type="text/html",
             headers={
                 "Cache-Control": "no-store",
-                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                "media-src 'self' blob: mediastream:; connect-src 'self'",
+                "Content-Security-Policy": INDEX_CSP,
                 "Referrer-Policy": "no-referrer",
             },
         )

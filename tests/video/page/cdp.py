@@ -101,6 +101,24 @@ class Tab:
         reply = await self.send("Page.captureScreenshot", format="png")
         return base64.b64decode(reply["data"])
 
+    async def click(self, selector: str, timeout: float = 20.0) -> None:
+        """A person's click (a trusted mouse event, as the page requires to place, answer
+        or reject) at the middle of the first visible element matching ``selector``."""
+        where = json.dumps(selector)
+        box = await self.wait(
+            f"""(() => {{ const e = document.querySelector({where});
+              if (!e) return null; e.scrollIntoView({{block: "center"}});
+              const r = e.getBoundingClientRect();
+              return r.width > 0 && r.height > 0 && !e.disabled
+                && [r.x + r.width / 2, r.y + r.height / 2]; }})()""",
+            timeout,
+        )
+        x, y = box
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.send(
+                "Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1
+            )
+
     async def key(self, key: str) -> None:
         for kind in ("keyDown", "keyUp"):
             await self.send("Input.dispatchKeyEvent", type=kind, key=key, text=key)

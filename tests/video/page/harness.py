@@ -17,7 +17,7 @@ from core.node import Node
 from core.testing import mem_mesh
 from tests.video.page.cdp import Chromium, Tab, chromium_path
 
-__all__ = ["INBOUND", "PagePair", "inbound", "need_chromium", "page_pair"]
+__all__ = ["INBOUND", "PagePair", "inbound", "need_chromium", "page_pair", "press_call"]
 
 # Inbound RTP of the page's loopback leg: what the page decoded of the mesh call.
 INBOUND = """(async () => {
@@ -56,11 +56,19 @@ class PagePair:
         return service.page.url_with_token(call)
 
     async def open_both(self) -> tuple[Tab, Tab]:
-        """A's page set to call B as soon as it opens, and B's page waiting."""
+        """B's page waiting, and A's page opened preset on B (``mesh call page bob``),
+        where A's person presses Call."""
         tab_b = await self.browser.open(self.url(self.call_b))
         await tab_b.wait("window.meshCall && meshCall.mediaReady")
         tab_a = await self.browser.open(self.url(self.call_a, self.b.key.hex()))
+        await press_call(tab_a)
         return tab_a, tab_b
+
+
+async def press_call(tab: Tab) -> None:
+    """Once the page is connected and preset by its URL, its person presses Call."""
+    await tab.wait("window.meshCall && meshCall.mediaReady && meshCall.preset !== null")
+    await tab.click("#dial-go")
 
 
 async def inbound(tab: Tab) -> dict[str, int]:

@@ -20,7 +20,7 @@ from apps.video.page.bridge import is_loopback
 from apps.video.service import CallService, VideoConfig
 from core.testing import mem_mesh
 from tests.video.page.cdp import Tab
-from tests.video.page.harness import INBOUND, PagePair, inbound, page_pair
+from tests.video.page.harness import INBOUND, PagePair, inbound, page_pair, press_call
 from tests.video.page.shots import boxes, decode
 
 REFERENCE = Path(__file__).with_name("reference-incall.png")
@@ -35,7 +35,7 @@ async def in_call(pair: PagePair) -> tuple[Tab, Tab]:
     assert text == "alice"  # B's contacts name the caller
     key = await tab_b.evaluate("document.getElementById('in-key').textContent")
     assert key == pair.a.key.hex()
-    await tab_b.evaluate("document.getElementById('accept-video').click()")
+    await tab_b.click("#accept-video")
     await tab_a.wait("meshCall.view === 'incall'")
     await tab_b.wait("meshCall.view === 'incall'")
     return tab_a, tab_b
@@ -155,7 +155,11 @@ async def test_requests_without_the_token_get_403(tmp_path: Path) -> None:
                     assert cookie["httponly"] and cookie["samesite"] == "Strict"
                 async with http.get(base + "/static/call.js") as reply:
                     assert reply.status == 200
-                async with http.ws_connect(base + "/ws") as ws:
+                # A WebSocket without its Origin (a browser always sends one) is refused.
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(base + "/ws")
+                assert refused.value.status == 403
+                async with http.ws_connect(base + "/ws", origin=base) as ws:
                     hello = json.loads((await ws.receive(timeout=5)).data)
                     assert hello["type"] == "hello"
                     # Garbage from a page is refused with a reason; the page stays served.
@@ -194,6 +198,7 @@ async def test_a_page_without_a_camera_calls_with_the_node_test_pattern_and_cli_
 ) -> None:
     async with page_pair(tmp_path) as pair:
         tab_a = await pair.browser.open(pair.url(pair.call_a, pair.b.key.hex()), before=NO_CAMERA)
+        await press_call(tab_a)
         await tab_a.wait("meshCall.mediaReady && meshCall.view === 'outgoing'")
         note = await tab_a.evaluate("document.getElementById('note').textContent")
         assert "test pattern" in note
@@ -222,7 +227,7 @@ async def test_accept_audio_only_on_the_page_makes_an_audio_call(tmp_path: Path)
     async with page_pair(tmp_path) as pair:
         tab_a, tab_b = await pair.open_both()
         await tab_b.wait("meshCall.view === 'incoming'")
-        await tab_b.evaluate("document.getElementById('accept-audio').click()")
+        await tab_b.click("#accept-audio")
         await tab_b.wait("meshCall.view === 'incall'")
         await tab_a.wait(f"({INBOUND}).then(s => s.audio > 20)", 30)
         await tab_b.wait(f"({INBOUND}).then(s => s.audio > 20)", 30)

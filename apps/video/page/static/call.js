@@ -4,9 +4,13 @@
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
+// Only a person's click (a trusted event) places, answers or rejects a call: another
+// page can navigate here (?call=KEY), never press a button (no framing: CSP
+// frame-ancestors 'none'). The URL only preselects whom to call.
+const byPerson = (handler) => (e) => { if (e.isTrusted) handler(e); };
 const page = {            // what the page knows; window.meshCall for tests and debugging
   view: "idle", call: null, pc: null, ws: null, local: null, remote: new MediaStream(),
-  mediaReady: false, errors: [], events: [], placedFromUrl: false, muted: false, videoOff: false,
+  mediaReady: false, errors: [], events: [], hellos: 0, preset: null, muted: false, videoOff: false,
 };
 window.meshCall = page;
 
@@ -104,8 +108,22 @@ function renderIdle(hello) {
 function callButton(key) {
   const button = el("button", { className: "go call", textContent: "Call" });
   button.dataset.key = key;
-  button.addEventListener("click", () => place(key));
+  button.addEventListener("click", byPerson(() => place(key)));
   return button;
+}
+// ?call=KEY (mesh call page CONTACT): the dial box holds them and the Call button has
+// the focus; the call goes only when the person presses it.
+function preselect(hello) {
+  const target = query.get("call");
+  if (!target || page.preset !== null) return;
+  history.replaceState(null, "", "/");
+  page.preset = target;
+  const known = (hello.contacts || []).find((c) => c.key === target || c.alias === target);
+  $("dial-to").value = known && known.alias ? known.alias : target;
+  const hint = $("preset");
+  hint.textContent = `Press Call to call ${known && known.alias ? known.alias : short(target) || target}.`;
+  hint.hidden = false;
+  $("dial-go").focus();
 }
 function place(contact) {
   if (!contact) return;
@@ -187,12 +205,19 @@ function toggle(kind) {
 }
 const toggleMute = () => toggle("audio");
 const toggleVideo = () => toggle("video");
-$("dial").addEventListener("submit", (e) => { e.preventDefault(); place($("dial-to").value.trim()); });
+// The dial box calls on a click of its button or Enter in it, never on a submit event
+// alone: a script's button.click() or requestSubmit() fires a trusted submit.
+function dial() { $("preset").hidden = true; place($("dial-to").value.trim()); }
+$("dial").addEventListener("submit", (e) => e.preventDefault());
+$("dial-go").addEventListener("click", byPerson(dial));
+$("dial-to").addEventListener("keydown", byPerson((e) => {
+  if (e.key === "Enter") { e.preventDefault(); dial(); }
+}));
 $("cancel").addEventListener("click", hangup);
 $("hangup").addEventListener("click", hangup);
-$("reject").addEventListener("click", () => page.call && send({ op: "reject", id: page.call.id }));
-$("accept-video").addEventListener("click", () => answer(false));
-$("accept-audio").addEventListener("click", () => answer(true));
+$("reject").addEventListener("click", byPerson(() => page.call && send({ op: "reject", id: page.call.id })));
+$("accept-video").addEventListener("click", byPerson(() => answer(false)));
+$("accept-audio").addEventListener("click", byPerson(() => answer(true)));
 $("mute").addEventListener("click", toggleMute);
 $("camera").addEventListener("click", toggleVideo);
 $("source").addEventListener("change", (e) => {
@@ -308,19 +333,14 @@ watchFrames();
 // -- the node's WebSocket ------------------------------------------------------------------
 function onMessage(message) {
   if (message.type === "hello") {
+    page.hellos += 1;
     $("me").textContent = "you: " + (message.self.name || short(message.self.key));
     renderIdle(message);
+    preselect(message);
     const state = message.state || {};
     if (state.id && state.state && state.state !== "ended") onCallState(state);
   } else if (message.type === "answer") {
-    page.pc.setRemoteDescription({ type: "answer", sdp: message.sdp }).then(() => {
-      const target = query.get("call");
-      if (target && !page.placedFromUrl) {
-        page.placedFromUrl = true;
-        history.replaceState(null, "", "/");
-        place(target);
-      }
-    });
+    page.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
   } else if (message.type === "event") {
     page.events.push(message.event);
     const data = message.data || {};
