@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, Literal, overload
 
 from core.backends.embedded import EmbeddedBackend
 from core.config import NodeConfig
+from core.embedded.carriers.memory import MemoryPipe
 from core.embedded.config import NetworkConfig
 from core.embedded.network import PacketNetwork, PeerEvent
 from core.embedded.node import EmbeddedConfig
@@ -58,146 +58,6 @@ MAINTENANCE_STEP = 0.005  # between the router maintenance rounds while the tree
 # nodes of one in-memory mesh use these timings (router timings stay yggdrasil's).
 # Lookups may repeat sooner than yggdrasil's 1 s: only this node's own rate.
 MEM_NETWORK = NetworkConfig(peer_timeout=30.0, path_throttle=0.05)
-PIPE_HIGH_WATER = 256 * 1024
-
-
-class MemoryPipe(asyncio.Transport):
-    """One end of an in-process byte pipe: what one end writes, the other receives on a
-    later loop iteration, in order. Bounded: the writer is paused (``pause_writing``)
-    while more than the high-water mark is unread on the other side (reading paused
-    or not yet run), and resumed below the low-water mark."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, peername: str) -> None:
-        super().__init__(extra={"peername": (peername, 0), "sockname": ("mem", 0)})
-        self._loop = loop
-        self._protocol: asyncio.BaseProtocol | None = None
-        self.other: MemoryPipe | None = None
-        self._closing = False
-        self._lost = False
-        self._reading_paused = False
-        self._inbox: deque[bytes] = deque()  # arrived while reading was paused
-        self._unread = 0  # bytes we wrote that the other side has not consumed
-        self._high = PIPE_HIGH_WATER
-        self._low = PIPE_HIGH_WATER // 4
-        self._writing_paused = False
-
-    @classmethod
-    def pair(
-        cls, loop: asyncio.AbstractEventLoop, name_a: str, name_b: str
-    ) -> tuple[MemoryPipe, MemoryPipe]:
-        """Two joined ends; ``a`` sees ``name_b`` as its peername and vice versa."""
-        a, b = cls(loop, name_b), cls(loop, name_a)
-        a.other, b.other = b, a
-        return a, b
-
-    def start(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-        protocol.connection_made(self)
-
-    # -- asyncio.Transport --------------------------------------------------------
-    def pause_reading(self) -> None:
-        self._set_reading(False)
-
-    def resume_reading(self) -> None:
-        self._set_reading(True)
-
-    def _set_reading(self, on: bool) -> None:
-        was_paused, self._reading_paused = self._reading_paused, not on
-        if on and was_paused:
-            self._loop.call_soon(self._drain_inbox)
-
-    def is_reading(self) -> bool:
-        return not (self._reading_paused or self._lost)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        if self._protocol is None:
-            raise RuntimeError("this pipe end is not started (MemoryPipe.start)")
-        return self._protocol
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def is_closing(self) -> bool:
-        return self._closing or self._lost
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high = PIPE_HIGH_WATER if high is None else high
-        self._low = self._high // 4 if low is None else low
-
-    def get_write_buffer_size(self) -> int:
-        return self._unread
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._low, self._high
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or not data or self.other is None:
-            return
-        chunk = bytes(data)
-        self._unread += len(chunk)
-        self._loop.call_soon(self.other._arrive, chunk)
-        if not self._writing_paused and self._unread > self._high:
-            self._writing_paused = True
-            if isinstance(self._protocol, asyncio.Protocol):
-                self._protocol.pause_writing()
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def write_eof(self) -> None:
-        raise NotImplementedError("a memory pipe has no half-close")
-
-    def close(self) -> None:
-        """Both ends lose the connection after the data already written arrived."""
-        if self._closing:
-            return
-        self._closing = True
-        self._loop.call_soon(self._hang_up)
-
-    def abort(self) -> None:
-        """Both ends lose the connection now; data in flight is dropped."""
-        self._closing = True
-        self._hang_up()
-
-    # -- the other end ------------------------------------------------------------------
-    def _arrive(self, chunk: bytes) -> None:
-        if self._lost:
-            return
-        if self._reading_paused or self._inbox:
-            self._inbox.append(chunk)
-            return
-        self._consume(chunk)
-
-    def _drain_inbox(self) -> None:
-        while self._inbox and not self._reading_paused and not self._lost:
-            self._consume(self._inbox.popleft())
-
-    def _consume(self, chunk: bytes) -> None:
-        if self.other is not None:
-            self.other._consumed(len(chunk))
-        if isinstance(self._protocol, asyncio.Protocol):
-            self._protocol.data_received(chunk)
-
-    def _consumed(self, size: int) -> None:
-        self._unread = max(self._unread - size, 0)
-        if self._writing_paused and self._unread <= self._low and not self._lost:
-            self._writing_paused = False
-            if isinstance(self._protocol, asyncio.Protocol):
-                self._protocol.resume_writing()
-
-    def _hang_up(self) -> None:
-        for end in (self, self.other):
-            if end is not None:
-                end._lose()
-
-    def _lose(self) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        self._closing = True
-        self._inbox.clear()
-        if self._protocol is not None:
-            self._loop.call_soon(self._protocol.connection_lost, None)
 
 
 @dataclass

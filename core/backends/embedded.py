@@ -130,6 +130,9 @@ class EmbeddedBackend:
         except OSError as exc:
             await self.close()
             raise MeshError(f"embedded node: {exc}") from None
+        except ValueError as exc:  # a bad URI in --peer/--listen/mesh.toml: the person's to fix
+            await self.close()
+            raise UsageError(f"embedded node: {exc}") from None
 
     async def _listen_local(self, host: str) -> int:
         bound = await self.ygg.listen(f"tls://{host}")

@@ -14,7 +14,7 @@ from core.cli.status_cmds import join_hint
 from core.config import NodeConfig, load_config
 from core.control.client import ControlClient
 from core.datadir import DataDirLock, resolve_data_dir
-from core.errors import UsageError
+from core.errors import MeshError, UsageError
 from core.forwarding import ForwardingConfig, parse_expose, parse_hostport
 from core.identity import load_or_create_identity
 from core.mailaddr import parse_mail_address
@@ -176,6 +176,13 @@ async def _announce_and_run(process: NodeProcess) -> None:
                 await run_until_signal(process)
             finally:
                 announcer.cancel()
+    except BaseExceptionGroup as group:
+        # a node that cannot start (a bad --peer URI, a busy port) is one clear line
+        # (UsageError: exit 2, MeshError: exit 1), not a task group's traceback
+        errors = group.exceptions
+        if len(errors) == 1 and isinstance(errors[0], MeshError):
+            raise errors[0] from None
+        raise
     finally:
         throttle.uninstall(loop)
 

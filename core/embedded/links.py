@@ -1,10 +1,11 @@
-"""asyncio carriers for peer links: ``tcp://`` and ``tls://`` (yggdrasil ``src/core/link*.go``).
+"""Peer links (yggdrasil ``src/core/link.go``): URIs and the link protocol on a byte stream.
 
 A link is a byte stream: both ends first send the meta handshake
-(:mod:`core.embedded.meta`), then ironwood frames. TLS is only a wrapper, as in
-yggdrasil-go: each node presents a self-signed certificate for its own Ed25519 key,
-nobody verifies certificates, and the peer's identity is the key proven in the
-handshake; ``?key=<hex>`` pins the expected key (checked after the handshake).
+(:mod:`core.embedded.meta`), then ironwood frames. What carries the stream (TCP, TLS,
+a QUIC stream, WebSocket messages, an in-process pipe) is a carrier
+(:mod:`core.embedded.carriers`), found by the URI's scheme. The peer's identity is the
+key proven in the handshake; ``?key=<hex>`` pins the expected key (checked after the
+handshake).
 
 :class:`LinkConnection` is the thin :class:`asyncio.Protocol`; everything it learns it
 reports to its :class:`LinkOwner` (the :class:`~core.embedded.network.PacketNetwork`).
@@ -19,6 +20,7 @@ import logging
 import os
 import ssl
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from .carriers import BUILTIN, UnknownScheme, unknown_scheme_message
 from .meta import MAX_PASSWORD, HandshakeError, Meta, MetaReader
 
 __all__ = [
@@ -36,11 +39,12 @@ __all__ = [
     "PeerURI",
     "make_tls_contexts",
     "parse_peer_uri",
+    "self_signed_certificate",
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("tcp", "tls")
+SCHEMES = tuple(BUILTIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,8 @@ class PeerURI:
     pinned_keys: frozenset[bytes] = frozenset()
     sni: str | None = None
     max_backoff: float | None = None
+    path: str = ""  # ws:// and wss:// only: the HTTP path ("" is "/")
+    origins: tuple[str, ...] = ()  # ws:// listeners: ?origin= (upstream's OriginPatterns)
 
     @property
     def hostport(self) -> str:
@@ -64,22 +70,20 @@ class PeerURI:
     @property
     def base(self) -> str:
         """The URI without its query (yggdrasil ``urlForLinkInfo``)."""
-        return f"{self.scheme}://{self.hostport}"
+        return f"{self.scheme}://{self.hostport}{self.path}"
 
 
-def parse_peer_uri(uri: str) -> PeerURI:
-    """Parse ``tcp://host:port?password=..&key=..&priority=..``; ValueError says what's wrong."""
+def parse_peer_uri(uri: str, schemes: Collection[str] = SCHEMES) -> PeerURI:
+    """Parse ``tcp://host:port?password=..&key=..&priority=..``; ValueError says what's wrong
+    (:class:`~core.embedded.carriers.UnknownScheme` for a scheme not in ``schemes``)."""
     try:
         parts = urlsplit(uri)
         port = parts.port
     except ValueError as exc:
         raise ValueError(f"invalid peer URI {uri!r}: {exc}") from None
     scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise ValueError(
-            f"unsupported link scheme {parts.scheme!r} in {uri!r}: the embedded node speaks "
-            f"{' and '.join(s + '://' for s in SCHEMES)}"
-        )
+    if scheme not in schemes:
+        raise UnknownScheme(f"{unknown_scheme_message(parts.scheme, tuple(schemes))} (in {uri!r})")
     if not parts.hostname or port is None:
         raise ValueError(f"peer URI {uri!r} needs a host and a port, e.g. tcp://[::1]:12345")
     query = parse_qs(parts.query, keep_blank_values=True)
@@ -104,9 +108,14 @@ def parse_peer_uri(uri: str) -> PeerURI:
     backoff = None
     if "maxbackoff" in query:
         backoff = _parse_duration(query["maxbackoff"][0], uri)
+    path = ""  # other schemes ignore a path, as upstream
+    if scheme in ("ws", "wss") and parts.path not in ("", "/"):
+        path = parts.path
+    origins = tuple(o for o in query.get("origin", []) if o)
     return PeerURI(
-        scheme, parts.hostname, port, password, int(prio_text), frozenset(keys), sni, backoff
-    )
+        scheme, parts.hostname, port, password, int(prio_text), frozenset(keys), sni, backoff,
+        path, origins,
+    )  # fmt: skip
 
 
 def _is_ip(host: str) -> bool:
@@ -131,8 +140,9 @@ def _parse_duration(text: str, uri: str) -> float:
     raise ValueError(f"maxbackoff in {uri!r} must be a duration like 30s or 5m")
 
 
-def make_tls_contexts(private_seed: bytes) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """Server and client contexts with a self-signed certificate for our Ed25519 key."""
+def self_signed_certificate(private_seed: bytes) -> tuple[x509.Certificate, Ed25519PrivateKey]:
+    """A self-signed certificate for our Ed25519 key (CN = the key in hex), as
+    yggdrasil-go's ``generateSelfSignedCertificate``; nobody verifies it."""
     sk = Ed25519PrivateKey.from_private_bytes(private_seed)
     pub_hex = (
         sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -149,6 +159,12 @@ def make_tls_contexts(private_seed: bytes) -> tuple[ssl.SSLContext, ssl.SSLConte
         .not_valid_after(now + datetime.timedelta(days=3650))
         .sign(sk, None)
     )
+    return cert, sk
+
+
+def make_tls_contexts(private_seed: bytes) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts with a self-signed certificate for our Ed25519 key."""
+    cert, sk = self_signed_certificate(private_seed)
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     key_pem = sk.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

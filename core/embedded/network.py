@@ -14,10 +14,9 @@ import contextlib
 import ipaddress
 import logging
 import resource
-import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -26,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..address import partial_key_for_subnet, subnet_for_key
 from ..limits import ConnectionLimiter
 from ..resources import MemoryTrimmer
+from .carriers import Carrier, CarrierEnv, CarrierRegistry, Listener
 from .config import NetworkConfig
-from .links import LinkConnection, PeerURI, make_tls_contexts, parse_peer_uri
+from .links import LinkConnection, PeerURI, parse_peer_uri
 from .meta import Meta, encode_meta
 from .peers import PeerSession, PollResult, PortAllocator
 from .router import Router, RoutingEntry
@@ -139,7 +139,9 @@ class PacketNetwork:
         bloom_transform: Callable[[bytes], bytes] | None = None,
         path_notify: Callable[[bytes], None] | None = None,
         config: NetworkConfig | None = None,
+        carriers: Mapping[str, Carrier] | None = None,
     ) -> None:
+        """``carriers`` adds carriers to (or replaces) the built-in ones by scheme."""
         if len(private_seed) != 32:
             raise ValueError("private_seed must be the 32-byte Ed25519 seed")
         self._seed = bytes(private_seed)
@@ -167,9 +169,10 @@ class PacketNetwork:
         self._ports = PortAllocator()
         self._order = 0
         self._statics: dict[str, _Static] = {}
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[Listener] = []
         self._subscribers: list[Callable[[PeerEvent], None]] = []
-        self._tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
+        self.carriers = CarrierRegistry(carriers)
+        self._env = CarrierEnv(self._seed, self.config)
         self._ticker: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -201,14 +204,14 @@ class PacketNetwork:
             tasks.append(self._ticker)
         for task in tasks:
             task.cancel()
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
         conns = list(self._links) + list(self._pending)
         for conn in conns:
             conn.abort()
         await asyncio.gather(*tasks, *(c.wait_closed() for c in conns), return_exceptions=True)
-        for server in self._servers:
-            await server.wait_closed()
+        for listener in self._listeners:
+            await listener.wait_closed()
         self._statics.clear()
 
     def _check_open(self) -> None:
@@ -243,30 +246,44 @@ class PacketNetwork:
 
     # -- listeners and peers ----------------------------------------------------------
 
-    def _tls_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        if self._tls is None:
-            self._tls = make_tls_contexts(self._seed)
-        return self._tls
+    def parse_uri(self, uri: str) -> PeerURI:
+        """``uri`` parsed against the schemes this node's carriers speak (ValueError;
+        :class:`~core.embedded.carriers.UnknownScheme` names the known schemes)."""
+        return parse_peer_uri(uri, self.carriers.schemes)
 
     async def listen(self, uri: str) -> str:
         """Accept links on ``uri`` (``tcp://[::1]:0``); returns the bound URI."""
         self._check_open()
-        parsed = parse_peer_uri(uri)
-        # TLS is started by the link itself once the connection is admitted (start_tls),
-        # so that a handshake that never finishes is still ours to time out and free
-        ssl_ctx = self._tls_contexts()[0] if parsed.scheme == "tls" else None
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: self._new_conn(parsed, inbound=True, server_tls=ssl_ctx),
-            parsed.host,
-            parsed.port,
-            backlog=socket.SOMAXCONN,  # as Go's net.Listen (yggdrasil-go): the kernel's cap
-        )
-        self._servers.append(server)
-        host, port = server.sockets[0].getsockname()[:2]
-        bound = PeerURI(parsed.scheme, host, port).base
-        log.info("%s listener started on %s", parsed.scheme.upper(), bound)
-        return bound
+        parsed = self.parse_uri(uri)
+        carrier = self.carriers.get(parsed.scheme)
+        if not carrier.can_listen:
+            raise ValueError(
+                f"{parsed.scheme}:// cannot listen (as yggdrasil-go: put a ws:// listener "
+                "behind a reverse proxy that terminates TLS)"
+            )
+
+        def new_link(*, server_tls: ssl.SSLContext | None = None) -> LinkConnection:
+            return self._new_conn(parsed, inbound=True, server_tls=server_tls)
+
+        listener = await carrier.listen(parsed, new_link, self._env)
+        self._listeners.append(listener)
+        log.info("%s listener started on %s", parsed.scheme.upper(), listener.uri)
+        return listener.uri
+
+    def listener_uris(self) -> list[str]:
+        return [listener.uri for listener in self._listeners]
+
+    def carrier_stats(self) -> dict[str, dict[str, int]]:
+        """Per scheme: what its listeners refused before a link existed."""
+        return {scheme: st.to_json() for scheme, st in sorted(self._env.stats.items())}
+
+    async def _dial(self, uri: PeerURI, conn: LinkConnection) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
+        # (remove_peer, close) that lands as the connection completes, and a peer loop
+        # then redialled on with remove_peer awaiting it forever
+        carrier = self.carriers.get(uri.scheme)
+        async with asyncio.timeout(self.config.connect_timeout):
+            await carrier.dial(uri, conn, self._env)
 
     def _new_conn(
         self, uri: PeerURI, *, inbound: bool, server_tls: ssl.SSLContext | None = None
@@ -326,7 +343,8 @@ class PacketNetwork:
     async def add_peer(self, uri: str) -> None:
         """Keep a link to ``uri`` up, redialling with a capped doubling back-off."""
         self._check_open()
-        parsed = parse_peer_uri(uri)
+        parsed = self.parse_uri(uri)
+        self.carriers.get(parsed.scheme)  # its module loads now: an error shows here
         if parsed.base in self._statics:
             raise ValueError(f"peer {parsed.base} is already configured")
         task = asyncio.create_task(self._static_loop(parsed.base), name=f"peer {parsed.base}")
@@ -337,22 +355,13 @@ class PacketNetwork:
         ``CallPeer``, used by LAN discovery). Skipped when the ``?key=`` in ``uri`` is
         already linked. Raises ``OSError``/``TimeoutError`` if the dial fails."""
         self._check_open()
-        parsed = parse_peer_uri(uri)
+        parsed = self.parse_uri(uri)
         linked = {link.session.key for link in self._links.values()}
         if parsed.pinned_keys and parsed.pinned_keys & linked:
             return
         conn = self._new_conn(parsed, inbound=False)
-        ssl_ctx = self._tls_contexts()[1] if parsed.scheme == "tls" else None
         try:
-            async with asyncio.timeout(self.config.connect_timeout):  # see _static_loop
-                await asyncio.get_running_loop().create_connection(
-                    lambda: conn,
-                    parsed.host,
-                    parsed.port,
-                    ssl=ssl_ctx,
-                    server_hostname=(parsed.sni or "") if ssl_ctx is not None else None,
-                    ssl_handshake_timeout=self.config.handshake_timeout if ssl_ctx else None,
-                )
+            await self._dial(parsed, conn)
         except BaseException:
             conn.abort()
             self._pending.discard(conn)
@@ -367,7 +376,7 @@ class PacketNetwork:
         return self._new_conn(PeerURI("mem", name, 0), inbound=inbound)
 
     async def remove_peer(self, uri: str) -> None:
-        base = parse_peer_uri(uri).base
+        base = self.parse_uri(uri).base
         static = self._statics.pop(base, None)
         if static is None:
             raise ValueError(f"peer {base} is not configured")
@@ -382,24 +391,11 @@ class PacketNetwork:
         uri = static.uri
         cap = uri.max_backoff or self.config.backoff_max
         failures = 0
-        loop = asyncio.get_running_loop()
         while True:
             conn = self._new_conn(uri, inbound=False)
             static.conn = conn
             try:
-                ssl_ctx = self._tls_contexts()[1] if uri.scheme == "tls" else None
-                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
-                # (remove_peer, close) that lands as the connection completes, and this
-                # loop then redialled on with remove_peer awaiting it forever
-                async with asyncio.timeout(self.config.connect_timeout):
-                    await loop.create_connection(
-                        lambda conn=conn: conn,
-                        uri.host,
-                        uri.port,
-                        ssl=ssl_ctx,
-                        server_hostname=(uri.sni or "") if ssl_ctx is not None else None,
-                        ssl_handshake_timeout=self.config.handshake_timeout if ssl_ctx else None,
-                    )
+                await self._dial(uri, conn)
                 error = await conn.closed
                 if conn.meta is not None:
                     failures = 0

@@ -184,7 +184,7 @@ def test_peer_uri_errors_say_what_is_wrong() -> None:
     from core.embedded.links import parse_peer_uri
 
     for uri, text in [
-        ("quic://[::1]:1", "unsupported link scheme"),
+        ("udp://[::1]:1", "unsupported link scheme"),
         ("tcp://[::1]", "needs a host and a port"),
         ("tcp://[::1]:1?priority=300", "priority"),
         ("tcp://[::1]:1?key=abcd", "pinned key"),

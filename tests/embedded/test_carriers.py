@@ -1,0 +1,97 @@
+"""The carrier registry: links found by URI scheme, one module per carrier."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+
+import pytest
+
+from core.embedded import PacketNetwork
+from core.embedded.carriers import BUILTIN, CarrierRegistry, UnknownScheme
+from core.embedded.carriers.memory import MemoryCarrier, MemoryHub
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_a_link_dials_and_listens_over_a_carrier_found_by_its_scheme() -> None:
+    hub = MemoryHub()
+    a = PacketNetwork(os.urandom(32), carriers={"mem": MemoryCarrier(hub)})
+    b = PacketNetwork(os.urandom(32), carriers={"mem": MemoryCarrier(hub)})
+    await a.start()
+    await b.start()
+    try:
+        assert await b.listen("mem://bee:0") == "mem://bee:0"
+        await a.add_peer(f"mem://bee:0?key={b.public_key.hex()}")
+        await _until(lambda: [p.key for p in a.peers() if p.up] == [b.public_key])
+        await _until(lambda: [p.key for p in b.peers() if p.up] == [a.public_key])
+        assert [p.uri for p in a.peers()] == ["mem://bee:0"]
+        assert b.peers()[0].inbound
+    finally:
+        await a.close()
+        await b.close()
+    assert hub.listeners == {}  # closing the network closed its listener
+
+
+async def test_a_refused_dial_is_retried_like_any_unreachable_peer() -> None:
+    a = PacketNetwork(os.urandom(32), carriers={"mem": MemoryCarrier()})
+    await a.start()
+    try:
+        await a.add_peer("mem://nobody:0")
+        await _until(lambda: a.peers()[0].last_error is not None)
+        assert "nothing listens on mem://nobody" in str(a.peers()[0].last_error)
+        assert a.pending_count == 0
+    finally:
+        await a.close()
+
+
+async def test_an_unknown_scheme_is_refused_naming_the_known_ones() -> None:
+    net = PacketNetwork(os.urandom(32))
+    await net.start()
+    try:
+        for call in (net.add_peer, net.listen, net.call):
+            with pytest.raises(UnknownScheme, match="speaks tcp://, tls://") as info:
+                await call("udp://[::1]:1")
+            assert "udp" in str(info.value)
+        with pytest.raises(UnknownScheme):
+            await net.add_peer("mem://x:0")  # the test carrier is not a built-in one
+    finally:
+        await net.close()
+
+
+def test_built_in_carriers_are_imported_only_when_a_uri_needs_them() -> None:
+    registry = CarrierRegistry()
+    assert set(registry.schemes) == set(BUILTIN)
+    code = (
+        "import sys; from core.embedded.network import PacketNetwork; "
+        "print(sorted(m for m in sys.modules if m.startswith('core.embedded.carriers.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # no carrier module loaded by importing the node
+    assert registry.get("tcp").scheme == "tcp"
+
+
+def test_mesh_up_with_an_unknown_scheme_is_a_usage_error_naming_the_schemes() -> None:
+    with tempfile.TemporaryDirectory(prefix="mesh-") as data:
+        for flag in ("--peer", "--listen"):
+            out = subprocess.run(
+                [sys.executable, "-m", "core.cli.main", "--data-dir", data, "up",
+                 "--backend", "embedded", "--no-services", flag, "gopher://[::1]:70"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert out.returncode == 2, out.stderr
+            assert "Traceback" not in out.stderr
+            assert "unsupported link scheme 'gopher'" in out.stderr
+            assert "tcp://" in out.stderr and "tls://" in out.stderr
