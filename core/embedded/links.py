@@ -45,6 +45,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCHEMES = tuple(BUILTIN)
+# Held before our side of the handshake is sent: a remote meta (a few hundred bytes) and
+# whatever frames a fast peer sends right after it.
+EARLY_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +244,10 @@ class LinkConnection(asyncio.Protocol):
         self._reader = MetaReader(uri.password)
         self._raw: asyncio.Transport | None = None
         self._tls_task: asyncio.Task[None] | None = None
+        # Bytes that arrive before :meth:`_begin` (an inbound TLS upgrade hands the first
+        # decrypted bytes to data_received before start_tls returns): held, bounded, then
+        # read in order once our own meta is sent.
+        self._early = bytearray()
         self.transport: asyncio.Transport | None = None
         self.meta: Meta | None = None
         self.remote = ""
@@ -304,8 +311,21 @@ class LinkConnection(asyncio.Protocol):
         # pause_writing above our high water, resume_writing (-> owner flushes) below
         transport.set_write_buffer_limits(high=self._high_water)
         transport.write(self._meta_bytes)
+        if self._early:
+            early, self._early = bytes(self._early), bytearray()
+            self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            # The TLS layer delivers what followed its handshake before start_tls has
+            # returned: the link is not ours to use yet (no transport, our meta unsent).
+            # Nothing is dropped and nothing is answered until _begin.
+            if self._raw is None:
+                return  # already finished
+            self._early += data
+            if len(self._early) > EARLY_LIMIT:
+                self.fail(f"more than {EARLY_LIMIT} bytes before the handshake")
+            return
         if self.established:
             self._owner.link_data(self, data)
             return

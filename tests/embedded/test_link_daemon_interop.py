@@ -342,3 +342,62 @@ async def test_static_peer_redials_after_daemon_restart(tmp_path: Path) -> None:
         assert events[:3] == ["up", "down", "up"]
     finally:
         await net.close()
+
+
+async def _ctl_quiet(daemon: Daemon, request: str, **args: str) -> None:
+    """A yggdrasilctl request that answers ``{}`` on success (addPeer, removePeer)."""
+    proc = await _start_ctl(daemon, request, *(f"{k}={v}" for k, v in args.items()))
+    try:
+        async with asyncio.timeout(20):
+            out, err = await proc.communicate()
+    finally:
+        await _kill(proc)
+    assert proc.returncode == 0, f"yggdrasilctl {request}: {out!r} {err!r}"
+
+
+async def _tree_formed(net: PacketNetwork, daemon: Daemon) -> bool:
+    """Both ends agree on the root of the tree holding the link (not just "link up")."""
+    ours = net.tree().root
+    if ours not in (net.public_key, daemon.public_key):
+        return False
+    tree = await asyncio.to_thread(_daemon_tree_keys, daemon)
+    return _root_of(tree, net.public_key.hex()) == ours.hex()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
+@pytest.mark.parametrize("dialler", ["embedded", "daemon"])
+async def test_ten_link_ups_form_a_tree_every_time(
+    tmp_path: Path, scheme: str, dialler: str
+) -> None:
+    """Each carrier, each direction: 10 fresh link-ups with a real 0.5 daemon, and every
+    one forms a tree (a link that is "up" without routes is the bug this guards)."""
+    _need_daemon()
+    port = free_port()
+    took: list[float] = []
+    async with daemon_running(tmp_path / "d", listen=[f"{scheme}://127.0.0.1:{port}"]) as daemon:
+        await asyncio.to_thread(daemon.wait_listening, port)
+        for attempt in range(10):
+            net = _net()
+            await net.start()
+            try:
+                start = time.monotonic()
+                if dialler == "embedded":
+                    await net.add_peer(f"{scheme}://127.0.0.1:{port}")
+                else:
+                    uri = await net.listen(f"{scheme}://127.0.0.1:0")
+                    await _ctl_quiet(daemon, "addPeer", uri=uri)
+                deadline = start + 30
+                while not await _tree_formed(net, daemon):
+                    assert time.monotonic() < deadline, (
+                        f"link-up {attempt + 1}: no tree; peers {net.peers()}\n{daemon.log_tail()}"
+                    )
+                    await asyncio.sleep(0.05)
+                took.append(time.monotonic() - start)
+                if dialler == "daemon":
+                    await _ctl_quiet(daemon, "removePeer", uri=uri)
+            finally:
+                await net.close()
+            await _eventually(lambda: not daemon.peers_up(), "the daemon's link down")
+    took.sort()
+    print(f"{dialler} dials over {scheme}: tree in median {took[5]:.2f} s, max {took[-1]:.2f} s")
