@@ -10,6 +10,7 @@ and the send time (ms) as black/white blocks that survive VP8 and are read back 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import fractions
 import logging
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90_000
 AUDIO_RATE = 48_000
+SOUND_PEAK = 64  # s16: above decoded silence and codec noise, far below a voice
 AUDIO_SAMPLES = 960  # 20 ms
 BLACK, WHITE, GREY = 16, 235, 128
 CODE_BLOCKS = 40  # per row, two rows: 32-bit frame number, 32-bit ms, 16-bit check
@@ -219,6 +221,20 @@ def _audio_frame(pcm: bytes, pts: int) -> av.AudioFrame:
     return frame
 
 
+def silence_like(frame: av.AudioFrame) -> av.AudioFrame:
+    """Silence in ``frame``'s own format, layout, rate and length: what a muted gate
+    sends, so the encoder's resampler (set up by the first frame) takes it as it took
+    the sound (a browser's stereo, a file's planar float, the tone's mono)."""
+    silent = av.AudioFrame(
+        format=frame.format.name, layout=frame.layout.name, samples=frame.samples
+    )
+    for plane in silent.planes:
+        plane.update(bytes(plane.buffer_size))
+    silent.sample_rate = frame.sample_rate
+    silent.time_base = frame.time_base
+    return silent
+
+
 # -- the gate: mute, camera off, switch source ----------------------------------------
 class Gate(MediaStreamTrack):
     """What the peer connection sends for one kind: frames of the current source,
@@ -271,9 +287,7 @@ class Gate(MediaStreamTrack):
 
     def _blank(self, frame: Any) -> Any:
         if isinstance(frame, av.AudioFrame):
-            silent = _audio_frame(bytes(2 * frame.samples), 0)
-            silent.sample_rate = frame.sample_rate
-            return silent
+            return silence_like(frame)
         if self._black is None or (self._black.width, self._black.height) != (
             frame.width,
             frame.height,
@@ -374,6 +388,17 @@ def _open_one(spec: str, *, audio: bool, video: bool) -> Source:
     )
 
 
+def peak(frame: av.AudioFrame) -> int:
+    """The largest absolute sample of an ``s16`` frame (what decoders give), else 0."""
+    if frame.format.name not in ("s16", "s16p"):
+        return 0
+    per_plane = 2 * frame.samples * (1 if frame.format.is_planar else len(frame.layout.channels))
+    samples = array.array("h")
+    for plane in frame.planes:
+        samples.frombytes(bytes(plane)[:per_plane])
+    return max(max(samples, default=0), -min(samples, default=0))
+
+
 # -- the sink: count, measure, record ------------------------------------------------
 @dataclass
 class KindStats:
@@ -382,6 +407,10 @@ class KindStats:
     width: int = 0
     height: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=90))
+    # Audio only: frames with sound in them (a peak above SOUND_PEAK) and without; a
+    # muted peer's frames still arrive, silent.
+    sounding: int = 0
+    quiet: int = 0
 
     def fps(self) -> float:
         if len(self.recent) < 2 or self.recent[-1] == self.recent[0]:
@@ -441,7 +470,12 @@ class MediaSink:
             stats.recent.append(now)
             if stats.first_at is None:
                 stats.first_at = now
-            if isinstance(frame, av.VideoFrame):
+            if isinstance(frame, av.AudioFrame):
+                if peak(frame) > SOUND_PEAK:
+                    stats.sounding += 1
+                else:
+                    stats.quiet += 1
+            elif isinstance(frame, av.VideoFrame):
                 stats.width, stats.height = frame.width, frame.height
                 self.first_video.set()
                 stamp = read_stamp(frame)

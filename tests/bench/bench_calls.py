@@ -24,7 +24,11 @@ test pattern, B's page accepts at once with its (fake) camera; it prints dial �
 remote frame presented in the callee's page (target < 2 s), the latency to B's page from
 the pattern's stamps read in the page against B's node (the relay's extra latency), and
 the CPU of the node process during the page call against an engine-only call of the same
-length (the relay's CPU; Chromium's own CPU on the side). Not a timed test.
+length (the relay's CPU; Chromium's own CPU on the side). ``resume``: mute/unmute and
+camera off/on over and over for ``--seconds`` in a call between two in-process embedded
+nodes (A sends a stereo tone, as a browser's microphone reaches its node): A's update →
+the first sounding frame / the first pattern frame at B, p50 and max (target < 500 ms).
+Not a timed test.
 """
 
 from __future__ import annotations
@@ -279,6 +283,80 @@ async def _browser(seconds: float) -> dict[str, Any]:
     }
 
 
+async def _resumes(seconds: float) -> dict[str, Any]:
+    """Mute/unmute and camera off/on, over and over, in a call between two embedded
+    nodes in this process (A sends a stereo tone, as a browser's microphone reaches the
+    node, and its test pattern): from A's ``call.update`` to the first frame with sound
+    / the first pattern frame decoded at B."""
+    from apps.video.call import CallOptions
+    from apps.video.service import CallService, VideoConfig
+    from core.testing import mem_mesh
+    from tests.video.helpers import StereoTone
+
+    async def until(check: Callable[[], bool]) -> float:
+        start = time.monotonic()
+        while not check():
+            if time.monotonic() - start > 10:
+                raise TimeoutError("media did not come back within 10 s")
+            await asyncio.sleep(0.002)
+        return time.monotonic() - start
+
+    sound_s: list[float] = []
+    picture_s: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bc-resume-") as tmp:
+        root = Path(tmp)
+        async with mem_mesh(2, root) as mesh:
+            a, b = mesh[0], mesh[1]
+            await a.contacts.add(b.key, alias="bob")
+            await b.contacts.add(a.key, alias="alice")
+            call_a = CallService(a, VideoConfig.from_mapping({}), root / "video-a")
+            call_b = CallService(b, VideoConfig.from_mapping({}), root / "video-b")
+            await call_a.start()
+            await call_b.start()
+            try:
+                await call_a.place(b.key.hex(), CallOptions(tracks={"audio": StereoTone()}))
+                await until(
+                    lambda: (c := call_b.current()) is not None and c.state.value == "ringing"
+                )
+                await call_b.control_methods()["call.answer"]({})
+                current = call_b.current()
+                assert current is not None and current.sink is not None
+                sink = current.sink
+                await until(lambda: sink.audio.sounding > 10 and len(sink.stamps) > 10)
+                update = call_a.control_methods()["call.update"]
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline or len(sound_s) < 5:
+                    quiet = sink.audio.quiet
+                    await update({"audio_muted": True, "video_off": True})
+                    await until(lambda q=quiet: sink.audio.quiet > q + 10)
+                    await asyncio.sleep(0.2)
+                    sounding, stamps = sink.audio.sounding, len(sink.stamps)
+                    await update({"audio_muted": False, "video_off": False})
+                    sound = until(lambda n=sounding: sink.audio.sounding > n)
+                    picture = until(lambda n=stamps: len(sink.stamps) > n)
+                    took = await asyncio.gather(sound, picture)
+                    sound_s.append(took[0])
+                    picture_s.append(took[1])
+                await call_a.control_methods()["call.hangup"]({})
+            finally:
+                await call_b.close()
+                await call_a.close()
+    sound_s.sort()
+    picture_s.sort()
+    return {
+        "path": "mute/camera resume (embedded, in process)",
+        "toggles": len(sound_s),
+        "sound_back_p50_ms": round(1000 * sound_s[len(sound_s) // 2]),
+        "sound_back_max_ms": round(1000 * sound_s[-1]),
+        "picture_back_p50_ms": round(1000 * picture_s[len(picture_s) // 2]),
+        "picture_back_max_ms": round(1000 * picture_s[-1]),
+    }
+
+
+def bench_resume(seconds: float) -> dict[str, Any]:
+    return asyncio.run(_resumes(seconds))
+
+
 def bench_browser(seconds: float) -> dict[str, Any]:
     return asyncio.run(_browser(seconds))
 
@@ -293,13 +371,14 @@ PATHS: dict[str, Callable[[float], dict[str, Any]]] = {
     "daemon": bench_daemon,
     "direct": bench_direct,
     "browser": bench_browser,
+    "resume": bench_resume,
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--paths", default="embedded,daemon,direct,browser")
+    parser.add_argument("--paths", default="embedded,daemon,direct,browser,resume")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     rows = []
@@ -319,12 +398,16 @@ def main() -> int:
         if "error" in row:
             print(f"{row['path']} | error: {row['error']}")
             continue
+        if not any(c in row for c in cols[1:]):  # the resume row: figures of its own
+            print(f"{row['path']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "path"))
+            continue
         print(" | ".join(str(row.get(c)) for c in cols))
         extra = {k: v for k, v in row.items() if k not in cols}
         if extra:  # the browser path's relay figures
             print("  " + ", ".join(f"{k} {v}" for k, v in extra.items()))
     print(
-        "targets: setup < 1.5 s, delivered ≥ 97 %, latency p50 < 150 ms, CPU < 50 % per side",
+        "targets: setup < 1.5 s, delivered ≥ 97 %, latency p50 < 150 ms, CPU < 50 % per side,"
+        " media back after unmute / camera on < 500 ms",
         file=sys.stderr,
     )
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
@@ -9,12 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
+from aiortc import MediaStreamTrack
+
 from apps.video import sdp
 from apps.video.call import CallOptions
+from apps.video.media import Tone
 from apps.video.service import CallService, VideoConfig
 from core import Node, NodeEvent
 
-__all__ = ["Phone", "connect", "method", "phones", "trust_each_other", "trusted_pair"]
+__all__ = ["Phone", "StereoTone", "connect", "method", "phones", "trust_each_other", "trusted_pair"]
 
 
 @dataclass
@@ -123,3 +128,29 @@ async def trusted_pair(root: Path, **config: Any) -> AsyncIterator[tuple[Phone, 
         async with phones(nodes, root, **config) as (a, b):
             await trust_each_other(a, b)
             yield a, b
+
+
+class StereoTone(MediaStreamTrack):
+    """The tone in stereo, as a browser's microphone reaches the node (aiortc decodes
+    Opus to s16 stereo) and as MediaPlayer gives a file's sound."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mono = Tone()
+
+    async def recv(self) -> av.AudioFrame:
+        mono = await self._mono.recv()
+        left = array.array("h", bytes(mono.planes[0])[: 2 * mono.samples])
+        both = array.array("h", [0]) * (2 * len(left))
+        both[0::2] = left
+        both[1::2] = left
+        frame = av.AudioFrame(format="s16", layout="stereo", samples=mono.samples)
+        frame.planes[0].update(both.tobytes())
+        frame.sample_rate, frame.pts, frame.time_base = mono.sample_rate, mono.pts, mono.time_base
+        return frame
+
+    def stop(self) -> None:
+        self._mono.stop()
+        super().stop()

@@ -15,7 +15,14 @@ import pytest
 from apps.video.call import CallOptions
 from apps.video.media import read_stamp
 from core import Trust, UsageError
-from tests.video.helpers import connect, method, phones, trust_each_other, trusted_pair
+from tests.video.helpers import (
+    StereoTone,
+    connect,
+    method,
+    phones,
+    trust_each_other,
+    trusted_pair,
+)
 from tests.video.mesh import CallMesh, eventually
 from tests.video.oswatch import udp_socket_inodes
 
@@ -204,6 +211,32 @@ async def test_mute_camera_off_and_source_switch_mid_call_reach_the_peer(tmp_pat
         await method(pa, "call.update", video_off=False, source="testsrc:320x240@15")
         await eventually("the new source", lambda: sink.video.width == 320, timeout=10)
         assert call_b.remote_update["source"] == "testsrc:320x240@15"
+        await method(pa, "call.hangup")
+
+
+async def test_mute_and_camera_off_any_number_of_times_the_peer_gets_media_back_each_time(
+    tmp_path: Path,
+) -> None:
+    async with trusted_pair(tmp_path) as (pa, pb):
+        await connect(pa, pb, tracks={"audio": StereoTone()})
+        call_b = pb.service.current()
+        assert call_b is not None and call_b.sink is not None
+        sound = call_b.sink.audio
+        stamps = call_b.sink.stamps
+        await eventually("A's sound at B", lambda: sound.sounding > 10)
+        for _ in range(4):
+            quiet = sound.quiet
+            await method(pa, "call.update", audio_muted=True, video_off=True)
+            # Muted is silence that still flows (the peer knows the line is up)...
+            await eventually("silence at B", lambda q=quiet: sound.quiet > q + 10, timeout=20)
+            seen = len(stamps)
+            await asyncio.sleep(0.3)
+            assert len(stamps) <= seen + 2, "camera off still sent the pattern"
+            # ...and unmuted the sound and the picture come back, every time.
+            sounding, seen = sound.sounding, len(stamps)
+            await method(pa, "call.update", audio_muted=False, video_off=False)
+            await eventually("sound back", lambda n=sounding: sound.sounding > n + 10, timeout=20)
+            await eventually("picture back", lambda n=seen: len(stamps) > n + 5, timeout=20)
         await method(pa, "call.hangup")
 
 

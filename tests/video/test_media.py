@@ -9,6 +9,8 @@ from pathlib import Path
 
 import av
 import pytest
+from aiortc import MediaStreamTrack
+from aiortc.codecs.opus import OpusEncoder
 
 from apps.video.media import Gate, TestPattern, Tone, open_source, read_stamp
 from core.errors import UsageError
@@ -113,5 +115,45 @@ async def test_a_switch_while_the_gate_waits_goes_on_with_the_new_source() -> No
     gate.switch(TestPattern(160, 120, 60)).stop()
     frame = await asyncio.wait_for(waiting, 3)
     assert frame.width == 160  # not the stale frame of the old source
+    gate.stop()
+    gate.source.stop()
+
+
+class _Sound(MediaStreamTrack):
+    """20 ms of a non-silent sound in a given sample format and layout (a browser's
+    decoded stereo, MediaPlayer's stereo, the tone's mono), as fast as read."""
+
+    kind = "audio"
+
+    def __init__(self, fmt: str, layout: str) -> None:
+        super().__init__()
+        self.fmt, self.layout, self.pts = fmt, layout, 0
+
+    async def recv(self) -> av.AudioFrame:
+        frame = av.AudioFrame(format=self.fmt, layout=self.layout, samples=960)
+        for plane in frame.planes:
+            plane.update(bytes([0x11, 0x22]) * (plane.buffer_size // 2))
+        frame.sample_rate, frame.pts = 48000, self.pts
+        frame.time_base = fractions.Fraction(1, 48000)
+        self.pts += 960
+        return frame
+
+
+@pytest.mark.parametrize(("fmt", "layout"), [("s16", "stereo"), ("s16", "mono")])
+async def test_muting_any_audio_source_any_number_of_times_keeps_the_encoder_going(
+    fmt: str, layout: str
+) -> None:
+    """The Opus encoder sets its resampler up from the first frame: silence must come in
+    the source's own layout, or every frame after a mute is refused (and the call's
+    audio ends)."""
+    gate = Gate("audio", _Sound(fmt, layout))
+    encoder = OpusEncoder()
+    for muted in [False, True, False, True, True, False, True, False] * 3:
+        gate.muted = muted
+        frame = await gate.recv()
+        assert (frame.format.name, frame.layout.name, frame.samples) == (fmt, layout, 960)
+        assert any(any(bytes(p)) for p in frame.planes) != muted
+        packets, _ = encoder.encode(frame)
+        assert packets
     gate.stop()
     gate.source.stop()
