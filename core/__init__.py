@@ -57,6 +57,7 @@ if TYPE_CHECKING:
         watch_reachable,
     )
     from core.service import BaseService, ControlHandler, ControlMethods, Service
+    from core.text import json_safe, safe_line, safe_text, unsafe_reason
     from core.types import EventSink, MeshServer, NodeEvent, PeerInfo
 
 # name -> the module that defines it
@@ -117,6 +118,10 @@ _EXPORTS: dict[str, str] = {
     "TooManyConnections": "core.limits",
     "peer_address": "core.limits",
     "peer_key": "core.limits",
+    "json_safe": "core.text",
+    "safe_line": "core.text",
+    "safe_text": "core.text",
+    "unsafe_reason": "core.text",
 }
 
 __all__ = [
@@ -165,6 +170,7 @@ __all__ = [
     "UsageError",
     "address_for_key",
     "is_mesh_address",
+    "json_safe",
     "load_config",
     "load_identity",
     "parse_key",
@@ -173,7 +179,10 @@ __all__ = [
     "peer_address",
     "peer_key",
     "resolve_data_dir",
+    "safe_line",
+    "safe_text",
     "subnet_for_key",
+    "unsafe_reason",
     "validate_alias",
     "watch_reachable",
 ]

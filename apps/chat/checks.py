@@ -8,8 +8,10 @@
 5. ``replay``         the id was not seen before (ids are kept for the whole window of 6.);
 6. ``no-timestamp`` / ``stale``  the sent time is there and inside
                       [now - expiry - skew, now + skew];
-7. ``control-chars``  a text body has no control characters but newline and tab (a
-                      sender must not drive the reader's terminal).
+7. ``control-chars``  a text body has no character the terminal sanitizer would escape
+                      (``core.text``: C0/C1 controls but newline and tab, bidi and other
+                      format characters, zero-width and invisible blanks), and
+   ``malformed``      it is not empty or only whitespace (as ``mesh chat send`` refuses).
 
 Pure: the caller looks up the pinned key and whether the id was seen, then asks.
 """
@@ -21,8 +23,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from apps.chat.envelope import Envelope, Kind
-from apps.chat.text import first_control
-from core import address_for_key
+from core import address_for_key, unsafe_reason
 
 __all__ = ["Context", "Refusal", "Verdict", "check", "window_ms"]
 
@@ -116,11 +117,11 @@ def check(env: Envelope, ctx: Context) -> Verdict:
     low, high = window_ms(ctx.now, ctx.expiry, ctx.skew)
     if not low <= env.sent_ms <= high:
         return Verdict(Refusal.STALE, f"sent time {env.sent_ms} ms is outside [{low}, {high}]")
-    if env.kind is Kind.TEXT and (control := first_control(env.text)) is not None:
-        at, char = control
+    if env.kind is Kind.TEXT and (unsafe := unsafe_reason(env.text)) is not None:
         return Verdict(
             Refusal.CONTROL_CHARS,
-            f"the text has a control character (U+{ord(char):04X} at {at}); "
-            "only newlines and tabs may be in a message",
+            f"the text has {unsafe}; only newlines and tabs may be in a message",
         )
+    if env.kind is Kind.TEXT and not env.text.strip():
+        return Verdict(Refusal.MALFORMED, "the text is empty")
     return Verdict(Refusal.OK, pin=pin)

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from apps.chat.text import escape_controls, json_safe
-from core import ControlClient, UsageError, resolve_data_dir
+from core import ControlClient, UsageError, json_safe, resolve_data_dir, safe_line, safe_text
+from core.cli.names import Names
 
 __all__ = ["HISTORY_FIELDS", "register"]
 
@@ -127,7 +127,7 @@ async def _send(client: ControlClient, words: list[str], args: argparse.Namespac
                 if state[0] in DONE_STATES:
                     return 0
                 if state[0] == "failed":
-                    why = escape_controls(str(state[1]))  # the peer's words
+                    why = safe_line(str(state[1]))  # the peer's words
                     print(f"mesh: message {message['id']} failed: {why}", file=sys.stderr)
                     return 1
     except TimeoutError:
@@ -162,11 +162,12 @@ async def _history(client: ControlClient, words: list[str], args: argparse.Names
         _print_json([{**{f: m.get(f) for f in HISTORY_FIELDS}, **m} for m in messages])
         return 0
     info = await client.call("chat.info")
+    names = await Names.fetch(client)
     for m in messages:
-        who = "me" if m["from"] == info["key"] else m["from"][:12]
+        who = "me" if m["from"] == info["key"] else safe_line(names.label(m["from"]))
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["ts"]))
-        mark = f" [{m['state']}]" if m["direction"] == "out" else ""
-        print(f"{when} {who}: {escape_controls(m['body'])}{mark}")
+        mark = f" [{safe_line(m['state'])}]" if m["direction"] == "out" else ""
+        print(f"{when} {who}: {safe_text(m['body'])}{mark}")
     return 0
 
 
@@ -176,7 +177,7 @@ async def _requests(client: ControlClient, words: list[str], args: argparse.Name
         _print_json(found)
     for r in [] if args.json else found:
         last = (r.get("last") or {}).get("body", "")
-        print(f"{r['key']}@mesh  {r['unread']} unread  {escape_controls(last[:60])}")
+        print(f"{safe_line(r['key'])}@mesh  {r['unread']} unread  {safe_line(last[:60])}")
     return 0
 
 
@@ -192,8 +193,10 @@ async def _search(client: ControlClient, words: list[str], args: argparse.Namesp
     found = await client.call("chat.search", text=text, limit=args.limit or 50)
     if args.json:
         _print_json(found)
+    names = Names() if args.json else await Names.fetch(client)
     for m in [] if args.json else found:
-        print(f"{m['conversation'][:12]} {m['direction']}: {escape_controls(m['body'])}")
+        who = safe_line(names.label(m["conversation"]))
+        print(f"{who} {m['direction']}: {safe_text(m['body'])}")
     return 0
 
 

@@ -7,8 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from apps.chat.envelope import MAX_BODY
-from apps.chat.text import first_control
-from core import MeshError, NodeEvent, UnknownContact, UsageError
+from core import MeshError, NodeEvent, UnknownContact, UsageError, unsafe_reason
 
 if TYPE_CHECKING:
     from apps.chat.service import ChatService
@@ -152,12 +151,10 @@ class ChatControl:
         body = _want(params, "body")
         if not body.strip():
             raise UsageError("the message is empty")
-        control = first_control(body)
-        if control is not None:
-            at, char = control
+        unsafe = unsafe_reason(body)
+        if unsafe is not None:
             raise UsageError(
-                f"the message has a control character (U+{ord(char):04X} at {at}); "
-                "only newlines and tabs may be in a message"
+                f"the message has {unsafe}; only newlines and tabs may be in a message"
             )
         if self.s.contacts is not None and trust_of(await self.s.contacts.get(key)) == "blocked":
             raise UsageError(

@@ -13,6 +13,7 @@ from typing import Any
 
 from core.control.client import ControlClient
 from core.errors import MeshError
+from core.text import safe_line
 
 __all__ = ["DASH", "Names", "or_dash", "short_key"]
 
@@ -66,7 +67,7 @@ class Names:
         key's prefix; a dash when there is no key at all."""
         found = self.alias(key)
         if found:
-            return found
+            return safe_line(found)
         if fallback:
-            return fallback
-        return short_key(key) if key else DASH
+            return safe_line(fallback)
+        return safe_line(short_key(key)) if key else DASH

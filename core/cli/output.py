@@ -8,6 +8,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from core.text import safe_line
+
 
 def emit(data: Mapping[str, Any] | list[Any], *, as_json: bool) -> None:
     if as_json:
@@ -18,7 +20,7 @@ def emit(data: Mapping[str, Any] | list[Any], *, as_json: bool) -> None:
         emit_fields(data)
     else:
         for item in data:
-            print(item)
+            print(safe_line(item))
 
 
 def human(value: Any) -> str:
@@ -29,20 +31,20 @@ def human(value: Any) -> str:
             return f"{value:.3g}"
         text = f"{value:.2f}".rstrip("0").rstrip(".")
         return "0" if text == "-0" else text
-    return str(value)
+    return safe_line(value)  # values can be a peer's words (names, reasons)
 
 
 def emit_fields(data: Mapping[str, Any], indent: str = "") -> None:
     width = max((len(k) for k in data), default=0)
     for key, value in data.items():
         if isinstance(value, Mapping):
-            print(f"{indent}{key}:")
+            print(f"{indent}{safe_line(key)}:")
             emit_fields(value, indent + "  ")
         elif isinstance(value, list):
             print(f"{indent}{key}:" + ("" if value else " (none)"))
             for item in value:
                 if isinstance(item, Mapping):
-                    pairs = (f"{k}={human(v)}" for k, v in item.items())
+                    pairs = (f"{safe_line(k)}={human(v)}" for k, v in item.items())
                     print(f"{indent}  - " + ", ".join(pairs))
                 else:
                     print(f"{indent}  - {human(item)}")

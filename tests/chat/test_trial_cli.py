@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,50 @@ def test_a_remote_senders_control_characters_are_printed_escaped(tmp_path: Path)
         assert [m["body"] for m in got] == [HOSTILE]
         assert json.loads(outputs["search --json"].stdout)[0]["body"] == HOSTILE
         assert json.loads(outputs["requests --json"].stdout)[0]["last"]["body"] == HOSTILE
+    finally:
+        b.stop()
+
+
+# Issue 20: every class the one sanitizer (core.text) escapes, not only C0/C1.
+EVERY_CLASS = (
+    "two \x1b]0;TITLE\x07\x1b[2J\x7f\x9b31m\u202eevil\u2066\u200e\u200b\u200d\u2060"
+    "\ufeff\u00ad\u2028\u3164\u115f\U000e0041 end"
+)
+
+
+def _unsafe(text: str) -> list[str]:
+    cats = ("Cc", "Cf", "Zl", "Zp", "Cs")
+    return sorted(
+        {
+            f"U+{ord(c):04X}"
+            for c in text
+            if c not in "\n\t" and (unicodedata.category(c) in cats or c in "\u3164\u115f")
+        }
+    )
+
+
+def test_bidi_zero_width_and_invisible_characters_are_printed_escaped(tmp_path: Path) -> None:
+    sender = Identity.generate()
+    asyncio.run(_received_before(tmp_path / "b", sender, EVERY_CLASS))
+    b = ChatProcess(tmp_path / "b")
+    try:
+        prefix = sender.public_key.hex()[:12]
+        for args in (
+            ("history", prefix),
+            ("history", prefix, "--json"),
+            ("search", "two"),
+            ("search", "two", "--json"),
+            ("requests",),
+            ("requests", "--json"),
+        ):
+            done = mesh(b.data, "chat", *args)
+            assert done.returncode == 0, (args, done.stderr)
+            assert "end" in done.stdout and _unsafe(done.stdout) == [], (args, done.stdout)
+            if "--json" in args:  # the JSON still means the exact body
+                got = json.loads(done.stdout)[0]
+                assert (got.get("last") or got)["body"] == EVERY_CLASS
+        shown = mesh(b.data, "chat", "history", prefix).stdout
+        assert "\\u202eevil" in shown and "\\x1b]0;TITLE\\x07" in shown
     finally:
         b.stop()
 

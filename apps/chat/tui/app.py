@@ -28,7 +28,7 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, OptionList, Static
 
-from core import MeshError, NodeNotRunning, resolve_data_dir
+from core import MeshError, NodeNotRunning, resolve_data_dir, safe_line
 
 from .client import ChatBackend, ChatClient
 from .messages import ConnectionLost, NodeEvent
@@ -222,7 +222,7 @@ class ChatApp(App[int]):
     def name_of(self, key: str) -> str:
         if key and key == self.info.get("key"):
             return "you"
-        return self.names.get(key) or short_key(key)
+        return safe_line(self.names.get(key) or short_key(key))
 
     async def refresh_conversations(self) -> None:
         convs = [Conversation.from_json(c) for c in await self.client.call("chat.conversations")]
@@ -287,7 +287,9 @@ class ChatApp(App[int]):
         typing = "  typing…" if self.typing_until.get(self.current, 0) > self.clock() else ""
         muted = "  (muted)" if conv and conv.muted else ""
         header.update(
-            f"{self.name_of(self.current)}  {online}{muted}{typing}   {self.current}@mesh"
+            safe_line(
+                f"{self.name_of(self.current)}  {online}{muted}{typing}   {self.current}@mesh"
+            )
         )
 
     def _update_bars(self) -> None:
@@ -306,8 +308,27 @@ class ChatApp(App[int]):
 
     def set_status(self, text: str, *, error: bool = False) -> None:
         status = self.query_one("#status", Static)
-        status.update(text)
+        status.update(safe_line(text))  # errors can quote what a peer or the node said
         status.set_class(error, "error")
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: Any = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast is plain, escaped text: names and previews are a peer's words
+        (no markup, no control characters)."""
+        super().notify(
+            safe_line(message),
+            title=safe_line(title),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     # -- events from the node
     async def on_node_event(self, event: NodeEvent) -> None:

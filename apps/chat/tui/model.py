@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from typing import Any
 
+from core import safe_line, safe_text
+
 __all__ = [
     "COMMANDS",
     "MARKS",
@@ -47,6 +49,7 @@ URL_RE = re.compile(r"\b(?:https?|gemini|ftp)://[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]]
 
 
 def short_key(key: str) -> str:
+    key = safe_line(key)
     return f"{key[:8]}…{key[-4:]}" if len(key) > 12 else key
 
 
@@ -56,7 +59,7 @@ def find_urls(text: str) -> list[tuple[int, int]]:
 
 
 def preview(body: str, width: int = 40) -> str:
-    line = " ".join(body.split())
+    line = safe_line(" ".join(body.split()))
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -98,13 +101,13 @@ class ChatMessage:
                 direction=str(data["direction"]),
                 sender=str(data.get("from", "")),
                 recipient=str(data.get("to", "")),
-                body=str(data.get("body", "")),
+                body=safe_text(str(data.get("body", ""))),  # remote text: escaped once
                 ts=float(data["ts"]),
                 state=str(data.get("state", "received")),
                 seq=int(data["seq"]),
                 reply_to=data.get("reply_to") or None,
                 received=None if data.get("received") is None else float(data["received"]),
-                error=data.get("error") or None,
+                error=safe_line(data["error"]) if data.get("error") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed chat message from the node: {exc}") from None
@@ -130,7 +133,7 @@ class Conversation:
         last = data.get("last")
         return cls(
             key=str(data["key"]),
-            alias=data.get("alias") or None,
+            alias=safe_line(data["alias"]) if data.get("alias") else None,
             trust=str(data.get("trust", "unknown")),
             unread=int(data.get("unread", 0)),
             online=bool(data.get("online", False)),
@@ -182,9 +185,9 @@ class SecurityRecord:
     def from_json(cls, data: Mapping[str, Any]) -> SecurityRecord:
         return cls(
             id=str(data["id"]),
-            key=str(data.get("key", "")),
-            kind=str(data.get("kind", "unknown")),
-            detail=str(data.get("detail", "")),
+            key=safe_line(data.get("key", "")),
+            kind=safe_line(data.get("kind", "unknown")),
+            detail=safe_line(data.get("detail", "")),
             ts=float(data.get("ts", 0.0)),
             acknowledged=bool(data.get("acknowledged", False)),
         )
@@ -313,11 +316,13 @@ class MessageWindow:
         return index
 
     def set_state(self, message_id: str, state: str, error: str | None) -> int | None:
-        """Apply a ``chat.state`` event; the index of the changed message, or None."""
+        """Apply a ``chat.state`` event; the index of the changed message, or None. The
+        error is the peer's words (an ACK's reason): escaped here like every remote text."""
         index = self._by_id.get(message_id)
         if index is None:
             return None
-        self.messages[index] = replace(self.messages[index], state=state, error=error)
+        shown = safe_line(error) if error else None
+        self.messages[index] = replace(self.messages[index], state=state, error=shown)
         return index
 
     def index_of(self, message_id: str) -> int | None:

@@ -17,6 +17,8 @@ from rich.style import Style
 from rich.text import Text
 from textual.strip import Strip
 
+from core import safe_line
+
 from .model import MARKS, ChatMessage, find_urls, preview
 
 __all__ = ["NAME_WIDTH", "RenderStyles", "block_height", "render_block"]
@@ -216,7 +218,7 @@ def render_block(
         )
         strips.append(_plain_strip(f"{indent}┃ ↪ {what}", styles.quote, width))
     stamp = datetime.fromtimestamp(message.ts, tz).strftime("%H:%M ")
-    name = name_of(message.sender)[:NAME_WIDTH].ljust(NAME_WIDTH) + " "
+    name = safe_line(name_of(message.sender))[:NAME_WIDTH].ljust(NAME_WIDTH) + " "
     name_style = styles.name_out if message.outgoing else styles.name_in
     head = [Segment(stamp, styles.time), Segment(name, name_style)]
     body_strips = _plain_body(message, width, head, styles, search)
@@ -236,7 +238,7 @@ def render_block(
             body_strips.append(Strip(line.render(console), width))
     strips += body_strips
     if message.state == "failed":
-        reason = message.error or "not delivered"
+        reason = safe_line(message.error or "not delivered")  # the peer's words
         strips.append(_plain_strip(f"{indent}✗ {reason} — t retries", styles.failed, width))
     if selected:
         strips = [strip.apply_style(styles.selected) for strip in strips]

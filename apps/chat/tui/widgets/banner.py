@@ -10,6 +10,8 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Button, Static
 
+from core import safe_line
+
 from ..model import SecurityRecord
 
 __all__ = ["CallBar", "RequestBar", "SecurityBanner", "explain"]
@@ -35,7 +37,7 @@ def explain(record: SecurityRecord, name: str, tz: tzinfo | None) -> str:
     base = EXPLAIN.get(record.kind, f"Security event: {record.kind}.")
     when = datetime.fromtimestamp(record.ts, tz).strftime("%Y-%m-%d %H:%M") if record.ts else ""
     detail = f" ({record.detail})" if record.detail else ""
-    return f"⚠ {name}: {base}{detail} {when}".strip()
+    return safe_line(f"⚠ {name}: {base}{detail} {when}".strip())
 
 
 class SecurityBanner(Horizontal):
@@ -86,7 +88,7 @@ class CallBar(Horizontal):
 
     def ring(self, call_id: str, who: str) -> None:
         self.call_id = call_id
-        self.query_one("#call-text", Static).update(f"📞 incoming call from {who}")
+        self.query_one("#call-text", Static).update(f"📞 incoming call from {safe_line(who)}")
         self.display = True
 
     def stop(self, call_id: str | None = None) -> None:
