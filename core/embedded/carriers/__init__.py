@@ -41,6 +41,7 @@ __all__ = [
 BUILTIN: Mapping[str, str] = {
     "tcp": ".tcp",
     "tls": ".tls",
+    "quic": ".quic",
 }
 
 
@@ -125,7 +126,8 @@ class CarrierRegistry:
 
     @property
     def schemes(self) -> tuple[str, ...]:
-        return tuple(sorted({*self._loaded, *self._modules}))
+        known = [*self._modules, *self._loaded]
+        return tuple(s for s in dict.fromkeys([*BUILTIN, *known]) if s in known)
 
     def __contains__(self, scheme: object) -> bool:
         return scheme in self._loaded or scheme in self._modules
