@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core import ControlClient, MeshError, UsageError, resolve_data_dir
-from core.cli.names import Names, or_dash
+from core.cli.names import Names, or_dash, short_key
 from core.cli.output import emit
 
 __all__ = ["EXIT_CODES", "register", "summary_json"]
@@ -239,11 +239,20 @@ def _stats_line(stats: dict[str, Any]) -> str:
     return "  " + (", ".join(parts) if parts else "no media stats")
 
 
+def _claimed(name: Any, key: Any) -> str | None:
+    """What a peer says it is called, shown as its claim beside its key's start (names
+    come only from our contacts: anyone can say they are "ana"); None without a name."""
+    if not name:
+        return None
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(name)[:64])
+    return f'{short_key(str(key)) if key else "?"} (says "{text}")'
+
+
 def _who(call: dict[str, Any], names: Names) -> str:
     """Our alias for the call's peer (the node's contacts), else the alias the node noted
-    on the call, else the name the peer gave, else its key's prefix."""
+    on the call (from its contacts), else its key's prefix with the name it claimed."""
     peer = call.get("peer")
-    return names.label(peer, call.get("alias") or call.get("name") or None)
+    return names.label(peer, call.get("alias") or _claimed(call.get("name"), peer))
 
 
 def _summary_line(summary: dict[str, Any], names: Names) -> str:
@@ -396,7 +405,7 @@ def _log_line(row: dict[str, Any], names: Names) -> str:
         else "-".ljust(16)
     )
     arrow = "→" if row.get("direction") == "outgoing" else "←"
-    who = names.label(row.get("peer"), row.get("name") or None)
+    who = names.label(row.get("peer"), _claimed(row.get("name"), row.get("peer")))
     outcome, result = or_dash(row.get("outcome")), or_dash(row.get("result"))
     said = result if result == outcome else f"{outcome} ({result})"
     duration = row.get("duration_s")

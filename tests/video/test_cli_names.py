@@ -56,13 +56,20 @@ def test_call_log_shows_our_alias_instead_of_the_key(
     assert "None" not in out
 
 
-def test_call_log_without_contacts_falls_back_to_the_peers_name_then_its_key(
+def test_call_log_never_takes_a_claimed_name_for_a_contact(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A name comes only from our contacts; what a caller says it is called shows as its
+    claim beside its key's start (a stranger saying "ana" is not our ana)."""
     with fake_node(data, {"call.log": LOG, "contacts.list": []}):
         _, out, _ = _mesh(data, capsys, "call", "log")
     bob, carol = out.splitlines()
-    assert " ← Robert " in bob and f" → {CAROL[:16]}…" in carol
+    assert f' ← {BOB[:16]}… (says "Robert") ' in bob
+    assert f" → {CAROL[:16]}…" in carol
+    posing = [{**LOG[0], "name": "ana\u202e\x7f"}]
+    with fake_node(data, {"call.log": posing, "contacts.list": [CONTACTS[1]]}):
+        _, out, _ = _mesh(data, capsys, "call", "log")
+    assert f'{BOB[:16]}… (says "ana??")' in out and " ana " not in out
 
 
 def test_call_log_json_is_the_nodes_rows_unchanged(

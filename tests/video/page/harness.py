@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,10 @@ class PagePair:
     call_a: CallService
     call_b: CallService
     browser: Chromium
+    # With page_pair(stranger=NAME): a third node, in nobody's contacts, that calls itself
+    # NAME (its page is off).
+    c: Node | None = None
+    call_c: CallService | None = None
 
     def url(self, service: CallService, call: str | None = None) -> str:
         assert service.page is not None
@@ -77,21 +81,24 @@ async def inbound(tab: Tab) -> dict[str, int]:
 
 
 @asynccontextmanager
-async def page_pair(root: Path) -> AsyncIterator[PagePair]:
+async def page_pair(root: Path, *, stranger: str | None = None) -> AsyncIterator[PagePair]:
     need_chromium()
-    async with mem_mesh(2, root) as mesh:
+    async with mem_mesh(3 if stranger else 2, root) as mesh, AsyncExitStack() as stack:
         a, b = mesh[0], mesh[1]
         await a.contacts.add(b.key, alias="bob")
         await b.contacts.add(a.key, alias="alice")
-        call_a = CallService(a, VideoConfig.from_mapping({"name": "alice"}), root / "video-a")
-        call_b = CallService(b, VideoConfig.from_mapping({"name": "bob"}), root / "video-b")
-        await call_a.start()
-        try:
-            await call_b.start()
-            try:
-                async with Chromium(root / "browser") as browser:
-                    yield PagePair(a, b, call_a, call_b, browser)
-            finally:
-                await call_b.close()
-        finally:
-            await call_a.close()
+        services = []
+        for node, config, name in ((a, {"name": "alice"}, "a"), (b, {"name": "bob"}, "b")):
+            service = CallService(node, VideoConfig.from_mapping(config), root / f"video-{name}")
+            await service.start()
+            stack.push_async_callback(service.close)
+            services.append(service)
+        c = call_c = None
+        if stranger:
+            c = mesh[2]
+            config = {"name": stranger, "page": "off"}
+            call_c = CallService(c, VideoConfig.from_mapping(config), root / "video-c")
+            await call_c.start()
+            stack.push_async_callback(call_c.close)
+        browser = await stack.enter_async_context(Chromium(root / "browser"))
+        yield PagePair(a, b, services[0], services[1], browser, c, call_c)

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from apps.video import sdp
+from apps.video.call import CallOptions
 from apps.video.page.bridge import is_loopback
 from apps.video.service import CallService, VideoConfig
 from core.testing import mem_mesh
@@ -248,3 +249,44 @@ async def test_a_page_reloaded_mid_call_takes_the_call_over_both_ways(tmp_path: 
         await decoding(tab_a, "A's reloaded page")  # the remote video comes back
         assert current.sink.video.frames > before + 10  # A's camera reaches B again
         assert pair.call_a.current() is not None  # the same call, never dropped
+
+
+@pytest.mark.timeout(120)
+async def test_a_strangers_ring_during_a_page_call_is_a_notice_and_the_page_keeps_its_call(
+    tmp_path: Path,
+) -> None:
+    """The page follows its call by id: a stranger (calling itself "bob", as A's contact
+    is called) ringing A mid-call is refused and only noted; the page still shows B's
+    call and hangs that one up; the stranger's row names them by key and claim."""
+    async with page_pair(tmp_path, stranger="bob") as pair:
+        assert pair.c is not None and pair.call_c is not None
+        tab_a, tab_b = await in_call(pair)
+        current = pair.call_a.current()
+        assert current is not None
+        ours = current.id
+        await pair.call_c.place(pair.a.key.hex(), CallOptions(audio_only=True))
+        await tab_a.wait("meshCall.notices.length > 0")
+        start = pair.c.key.hex()[:12] + "…" + pair.c.key.hex()[-4:]
+        notice = await tab_a.evaluate("meshCall.notices[0].text")
+        assert notice == f"{start} (says “bob”): call refused: not a contact", notice
+        assert notice in await tab_a.evaluate("document.getElementById('note').textContent")
+        assert await tab_a.evaluate("meshCall.view") == "incall"
+        assert await tab_a.evaluate("meshCall.call.id") == ours
+        assert await tab_a.evaluate("document.getElementById('call-name').textContent") == "bob"
+        await decoding(tab_a, "A's page after the stranger's ring")
+        # Hang up is the page's own call's.
+        await tab_a.click("#hangup")
+        await tab_b.wait("meshCall.view === 'ended'")
+        await tab_a.wait("meshCall.view === 'ended'")
+        assert pair.call_a.current() is None and pair.call_b.current() is None
+        log = await pair.call_a.control_methods()["call.log"]({})
+        assert {row["id"] for row in log} >= {ours}
+        # The recent calls: B as our contact, the stranger by key start and claim.
+        await tab_a.click("#back")
+        await tab_a.wait("document.querySelectorAll('#log button.call').length >= 2")
+        rows = await tab_a.evaluate(
+            "[...document.querySelectorAll('#log li')].map(li => [li.children[1].textContent,"
+            " li.querySelector('button').dataset.key])"
+        )
+        assert [f"{start} (says “bob”)", pair.c.key.hex()] in rows, rows
+        assert ["bob", pair.b.key.hex()] in rows, rows

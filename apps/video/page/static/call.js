@@ -10,7 +10,8 @@ const query = new URLSearchParams(location.search);
 const byPerson = (handler) => (e) => { if (e.isTrusted) handler(e); };
 const page = {            // what the page knows; window.meshCall for tests and debugging
   view: "idle", call: null, pc: null, ws: null, local: null, remote: new MediaStream(),
-  mediaReady: false, errors: [], events: [], hellos: 0, preset: null, muted: false, videoOff: false,
+  mediaReady: false, errors: [], events: [], notices: [], hellos: 0, preset: null, muted: false,
+  videoOff: false, placing: false,
 };
 window.meshCall = page;
 
@@ -22,7 +23,29 @@ function el(tag, props = {}, ...kids) {
   return node;
 }
 function short(key) { return key ? key.slice(0, 12) + "…" + key.slice(-4) : ""; }
-function who(call) { return (call && (call.alias || call.name)) || short(call && call.peer) || "?"; }
+// Names come only from our contacts (call.alias is the node's lookup in them); what a
+// caller says it is called is shown as its claim, beside its key's start.
+function claimed(name, key) {
+  const start = short(key);
+  if (!name) return start || "?";
+  return start ? `${start} (says “${name}”)` : `“${name}”?`;
+}
+function who(call) { return !call ? "?" : call.alias || claimed(call.name, call.peer); }
+// The call this page follows: page.call (its id once the node has it). Events of any
+// other call (a stranger refused, a busy ring) only show as a notice.
+function follows(data) { return !!(page.call && page.call.id && data && data.id === page.call.id); }
+function free() { return !page.call || page.view === "idle" || page.view === "ended"; }
+const OUTCOMES = {
+  missed: "missed call", "no-answer": "no answer", rejected: "call rejected",
+  "not-a-contact": "call refused: not a contact", failed: "call failed", answered: "call ended",
+};
+function notice(data) {
+  const what = data.detail === "refused: busy" ? "called while you were in a call"
+    : OUTCOMES[data.result] || String(data.result || "call");
+  page.notices.push({ id: data.id, text: `${who(data)}: ${what}` });
+  if (page.notices.length > 50) page.notices.shift();
+  note(`${who(data)}: ${what}`);
+}
 function initial(text) { return (text || "?").trim().charAt(0).toUpperCase() || "?"; }
 function show(view) {
   page.view = view;
@@ -94,12 +117,13 @@ function renderIdle(hello) {
   }
   if (!contacts.children.length) contacts.append(el("li", { className: "muted", textContent: "no contacts yet (mesh contacts add KEY ALIAS)" }));
   log.replaceChildren();
+  const aliases = new Map((hello.contacts || []).filter((c) => c.alias).map((c) => [c.key, c.alias]));
   for (const row of hello.log || []) {
     const when = new Date(row.started * 1000).toLocaleString();
     const arrow = row.direction === "outgoing" ? "→" : "←";
     log.append(el("li", {},
       el("span", { textContent: arrow }),
-      el("span", { className: "grow", textContent: `${row.alias || row.name || short(row.peer)}`, title: row.peer }),
+      el("span", { className: "grow", textContent: aliases.get(row.peer) || claimed(row.name, row.peer), title: row.peer }),
       el("span", { className: "muted", textContent: `${row.outcome} · ${Math.round(row.duration_s || 0)} s · ${when}` }),
       callButton(row.peer)));
   }
@@ -127,7 +151,9 @@ function preselect(hello) {
 }
 function place(contact) {
   if (!contact) return;
+  if (!free()) return;
   page.call = { peer: contact.length === 64 ? contact : "", alias: contact.length === 64 ? "" : contact };
+  page.placing = true;
   showOutgoing(page.call, "calling…");
   send({ op: "place", contact, source: page.local && page.local.getVideoTracks().length ? "browser" : null });
 }
@@ -189,7 +215,10 @@ function stats(s) {
 }
 
 // -- buttons and keys ----------------------------------------------------------------------
-function hangup() { if (page.call) send({ op: "hangup", id: page.call.id }); }
+function hangup() {
+  if (page.call && page.call.id) send({ op: "hangup", id: page.call.id });
+  else if (page.placing) send({ op: "hangup" });  // still dialling: the node's only call
+}
 // Mute and camera off: the preview's track and the node's gate (what the peer gets).
 const TOGGLES = {
   audio: { flag: "muted", button: "mute", field: "audio_muted", labels: ["Mute", "Unmute"] },
@@ -215,7 +244,7 @@ $("dial-to").addEventListener("keydown", byPerson((e) => {
 }));
 $("cancel").addEventListener("click", hangup);
 $("hangup").addEventListener("click", hangup);
-$("reject").addEventListener("click", byPerson(() => page.call && send({ op: "reject", id: page.call.id })));
+$("reject").addEventListener("click", byPerson(() => page.call && page.call.id && send({ op: "reject", id: page.call.id })));
 $("accept-video").addEventListener("click", byPerson(() => answer(false)));
 $("accept-audio").addEventListener("click", byPerson(() => answer(true)));
 $("mute").addEventListener("click", toggleMute);
@@ -237,7 +266,7 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "h") hangup();
 });
 function answer(audioOnly) {
-  if (!page.call) return;
+  if (!page.call || !page.call.id) return;
   const camera = page.local && page.local.getVideoTracks().length;
   send({ op: "answer", id: page.call.id, audio_only: audioOnly, source: camera ? "browser" : null });
 }
@@ -330,6 +359,23 @@ function watchFrames() {
 page.readStamp = () => readStamp($("remote"));
 watchFrames();
 
+// -- the node's events: this page's call, or a notice -------------------------------------
+function onEvent(kind, data) {
+  const ours = follows(data)
+    // the call this page is placing, before the node's "placed" reply names it
+    || (page.placing && data.direction === "outgoing" && kind === "call.state")
+    // nothing followed: a call that rings here, or one placed elsewhere (the CLI)
+    || (free() && data.state !== "ended" && kind !== "call.ended");
+  if (!ours) {
+    if (kind === "call.ended") notice(data);
+    return;
+  }
+  if (page.placing && data.id) { page.placing = false; }
+  if (kind === "call.incoming") { page.call = data; showIncoming(data); }
+  else if (kind === "call.state") onCallState(data);
+  else if (kind === "call.ended") { page.call = null; showEnded(data); page.lastEnded = data; }
+}
+
 // -- the node's WebSocket ------------------------------------------------------------------
 function onMessage(message) {
   if (message.type === "hello") {
@@ -338,23 +384,28 @@ function onMessage(message) {
     renderIdle(message);
     preselect(message);
     const state = message.state || {};
-    if (state.id && state.state && state.state !== "ended") onCallState(state);
+    if (state.id && state.state && state.state !== "ended" && (free() || follows(state))) {
+      page.call = state;
+      onCallState(state);
+    }
   } else if (message.type === "answer") {
     page.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
   } else if (message.type === "event") {
     page.events.push(message.event);
     const data = message.data || {};
-    if (message.event === "call.incoming") { page.call = data; showIncoming(data); }
-    else if (message.event === "call.state") onCallState(data);
-    else if (message.event === "call.ended") { page.call = null; showEnded(data); page.lastEnded = data; }
+    onEvent(message.event, data);
   } else if (message.type === "placed") {
-    if (page.view === "outgoing") { page.call = message.call; showOutgoing(message.call, "calling…"); }
+    if (page.placing) {
+      page.placing = false;
+      page.call = message.call;
+      if (page.view === "outgoing") showOutgoing(message.call, "calling…");
+    }
   } else if (message.type === "stats") {
     stats(message.stats || {});
   } else if (message.type === "error") {
     page.errors.push(message.message);
     note(message.message);
-    if (page.view === "outgoing" && !(page.call && page.call.id)) show("idle");
+    if (page.placing) { page.placing = false; page.call = null; show("idle"); }
   }
 }
 function openSocket() {
