@@ -28,6 +28,7 @@ from typing import Any
 from core import ControlClient, MeshError, UsageError, resolve_data_dir
 from core.cli.names import Names, or_dash, short_key
 from core.cli.output import emit
+from core.text import safe_line
 
 __all__ = ["EXIT_CODES", "register", "summary_json"]
 
@@ -244,8 +245,7 @@ def _claimed(name: Any, key: Any) -> str | None:
     come only from our contacts: anyone can say they are "ana"); None without a name."""
     if not name:
         return None
-    text = "".join(ch if ch.isprintable() else "?" for ch in str(name)[:64])
-    return f'{short_key(str(key)) if key else "?"} (says "{text}")'
+    return f'{short_key(str(key)) if key else "?"} (says "{safe_line(str(name)[:64])}")'
 
 
 def _who(call: dict[str, Any], names: Names) -> str:
