@@ -7,9 +7,12 @@ table of ``mesh.toml``.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from apps.mail.service import create_service
+if TYPE_CHECKING:
+    from apps.mail.service import MailService
 
 __all__ = ["add_up_arguments", "create_service", "up_overrides"]
 
@@ -24,3 +27,11 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
 
 def up_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"smtp": getattr(args, "smtp", None), "imap": getattr(args, "imap", None)}
+
+
+def create_service(node: Any, config: Mapping[str, Any], data_dir: Path) -> MailService:
+    """The service; its module (and what it imports) loads only when a node runs it:
+    `mesh --help` and every other CLI verb discover the plug-in without it."""
+    from apps.mail.service import create_service as create
+
+    return create(node, config, data_dir)

@@ -7,9 +7,12 @@ Adds ``mesh up --ring contacts|everyone`` (the ``[video] ring`` setting of
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from apps.video.service import create_service
+if TYPE_CHECKING:
+    from apps.video.service import CallService
 
 __all__ = ["add_up_arguments", "create_service", "up_overrides"]
 
@@ -25,3 +28,11 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
 
 def up_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"ring": getattr(args, "ring", None)}
+
+
+def create_service(node: Any, config: Mapping[str, Any], data_dir: Path) -> CallService:
+    """The service; its module (and what it imports) loads only when a node runs it:
+    `mesh --help` and every other CLI verb discover the plug-in without it."""
+    from apps.video.service import create_service as create
+
+    return create(node, config, data_dir)

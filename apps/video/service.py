@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from apps.video import sdp
 from apps.video import signaling as sig
-from apps.video.call import Call, CallOptions
-from apps.video.page.server import PageServer, parse_page_setting
+from apps.video.page.lazy import LazyPage, parse_page_setting
 from apps.video.store import LOG_FILE_NAME, CallLog
 from core import (
     BaseService,
@@ -45,6 +44,7 @@ from core import (
 )
 
 if TYPE_CHECKING:
+    from apps.video.call import Call, CallOptions
     from core import Node
 
 __all__ = ["CallService", "VideoConfig", "create_service"]
@@ -128,7 +128,7 @@ class CallService(BaseService):
         self.refused_frames = 0
         self.sent_sdp: deque[str] = deque(maxlen=64)  # the last SDPs sent, for checks
         self.port = config.port
-        self.page: PageServer | None = None
+        self.page: LazyPage | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -141,7 +141,7 @@ class CallService(BaseService):
         self.port = self._server.port
         page_port = parse_page_setting(self.config.page)
         if page_port is not None:
-            page = PageServer(self, page_port)
+            page = LazyPage(self, page_port)
             try:
                 await page.start()
             except BaseException:
@@ -433,6 +433,8 @@ class CallService(BaseService):
             return
         finally:
             self._handshakes.release(peer)
+        from apps.video.call import Call  # aiortc: loaded with the first call
+
         call = Call(
             self.node,
             sig.Role.CALLEE,
@@ -491,6 +493,8 @@ class CallService(BaseService):
         key, alias = await self._resolve(contact)
         if key == self.node.key:
             raise UsageError("that is this node's own key")
+        from apps.video.call import Call  # aiortc: loaded with the first call
+
         call = Call(self.node, sig.Role.CALLER, key, address_for_key(key), on_state=self._on_state)
         if options.audio_only:
             call.media = ("audio",)
@@ -562,6 +566,8 @@ class CallService(BaseService):
         contact = params.get("contact")
         if not isinstance(contact, str) or not contact:
             raise UsageError("call.place needs a contact (alias, key or key@mesh)")
+        from apps.video.call import CallOptions
+
         call = await self.place(contact, CallOptions.from_params(params))
         return call.to_json()
 
@@ -573,6 +579,8 @@ class CallService(BaseService):
         return session
 
     async def _m_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        from apps.video.call import CallOptions
+
         return await self.answer_with(params, CallOptions.from_params(params))
 
     async def answer_with(self, params: dict[str, Any], options: CallOptions) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from aiohttp import WSMsgType, web
 
 from apps.video.call import CallOptions
 from apps.video.page.bridge import Bridge, Feed
+from apps.video.page.lazy import parse_page_setting
 from core import MeshError, UsageError
 
 if TYPE_CHECKING:
@@ -65,17 +67,6 @@ INDEX_CSP = (
 )
 
 
-def parse_page_setting(text: str) -> int | None:
-    """The port of ``[video] page`` (``127.0.0.1:PORT``), None for ``off``."""
-    value = str(text).strip()
-    if value in ("off", "", "no", "false"):
-        return None
-    host, sep, port = value.rpartition(":")
-    if not sep or host != "127.0.0.1" or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UsageError('[video] page must be "127.0.0.1:PORT" (0 picks a port) or "off"')
-    return int(port)
-
-
 def scrub(value: Any) -> Any:
     """``value`` without the peer's mesh address or any candidate: what the page sees."""
     if isinstance(value, dict):
@@ -99,11 +90,19 @@ class _Page:
 
 
 class PageServer:
-    def __init__(self, service: CallService, port: int) -> None:
+    def __init__(
+        self,
+        service: CallService,
+        port: int,
+        *,
+        token: str | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
         self.service = service
         self.wanted_port = port
         self.port = 0
-        self.token = secrets.token_urlsafe(32)
+        self.token = token or secrets.token_urlsafe(32)
+        self._sock = sock  # already bound and listening (LazyPage), else bind wanted_port
         self.pages: set[_Page] = set()
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -134,7 +133,11 @@ class PageServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, "127.0.0.1", self.wanted_port)
+            site: web.BaseSite
+            if self._sock is not None:
+                site = web.SockSite(runner, self._sock)
+            else:
+                site = web.TCPSite(runner, "127.0.0.1", self.wanted_port)
             await site.start()
         except BaseException:
             await runner.cleanup()
