@@ -217,7 +217,9 @@ class Figures:
     tcp: list[float]
 
 
-async def measure(b: Node, a_addr: str, ports: dict[str, int], stats: StatsFn, args: Any) -> Figures:
+async def measure(
+    b: Node, a_addr: str, ports: dict[str, int], stats: StatsFn, args: Any
+) -> Figures:
     await wait_path(b, a_addr)
     figures = Figures([], [], [])
     for _ in range(args.runs):
@@ -316,7 +318,8 @@ async def main(args: argparse.Namespace) -> None:
         f"{PAYLOAD} bytes, {args.rounds} echoes, {args.mb} MiB TCP; median of {args.runs} runs"
     )
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} CPUs\n")
-    row("", ["UDP pkts/s", "UDP loss", "CPU/1k tx", "CPU/1k rx", "CPU/1k both", "RTT ms", "TCP MB/s"])
+    heads = ["UDP pkts/s", "UDP loss", "CPU/1k tx", "CPU/1k rx", "CPU/1k both", "RTT ms"]
+    row("", [*heads, "TCP MB/s"])
     with tempfile.TemporaryDirectory() as tmp:
         one = await one_process(Path(tmp, "one"), args)
         report("one process (A and B)", one)
