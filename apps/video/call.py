@@ -294,7 +294,10 @@ class Call:
                     rate = 90_000 if item.kind == "video" else 48_000
                     jitters.append(1000 * item.jitter / rate)
                 elif kind == "remote-inbound-rtp" and item.roundTripTime is not None:
-                    rtts.append(1000 * item.roundTripTime)
+                    # RTCP's middle-32-bit clock can make a sub-ms RTT come out below 0
+                    # (-44.67 ms was seen): such a sample measures nothing.
+                    if item.roundTripTime >= 0:
+                        rtts.append(1000 * item.roundTripTime)
                 elif kind == "transport":
                     total_bytes = item.bytesReceived
             if rtts:
@@ -315,7 +318,8 @@ class Call:
             if self._last_stats is None or now - self._last_stats[0] >= 1.0:
                 self._last_stats = (now, total_bytes)
         if self.sink is not None:
-            out["fps"] = round(self.sink.video.fps(), 1) if "video" in self.media else None
+            fps = self.sink.video.fps() if "video" in self.media else None
+            out["fps"] = None if fps is None else round(fps, 1)
             if self.sink.video.width:
                 out["resolution"] = f"{self.sink.video.width}x{self.sink.video.height}"
         return out

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90_000
 AUDIO_RATE = 48_000
+FPS_WINDOW = 2.0  # seconds of frames an fps is measured over
 SOUND_PEAK = 64  # s16: above decoded silence and codec noise, far below a voice
 AUDIO_SAMPLES = 960  # 20 ms
 BLACK, WHITE, GREY = 16, 235, 128
@@ -412,10 +413,16 @@ class KindStats:
     sounding: int = 0
     quiet: int = 0
 
-    def fps(self) -> float:
-        if len(self.recent) < 2 or self.recent[-1] == self.recent[0]:
+    def fps(self, now: float | None = None) -> float | None:
+        """Frames a second over the last FPS_WINDOW seconds: None before any frame came
+        (nothing measured), 0.0 once they stopped (not the last rate, frozen)."""
+        if not self.recent:
+            return None
+        now = time.monotonic() if now is None else now
+        times = [t for t in self.recent if now - t <= FPS_WINDOW]
+        if len(times) < 2:
             return 0.0
-        return (len(self.recent) - 1) / (self.recent[-1] - self.recent[0])
+        return (len(times) - 1) / max(now - times[0], times[-1] - times[0])
 
 
 class MediaSink:

@@ -185,7 +185,7 @@ async def _direct(seconds: float) -> tuple[dict[str, Any], float]:
         "setup_s": round(setup, 3),
         "pattern_frames": {"received": len(set(stamps)), "sent": max(stamps) - min(stamps) + 1},
         "latency_ms_p50": ordered[len(ordered) // 2],
-        "stats": {"fps": round(sinks[0].video.fps(), 1)},
+        "stats": {"fps": round(sinks[0].video.fps() or 0.0, 1)},
     }
     for pc in pcs:
         await pc.close()
