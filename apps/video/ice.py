@@ -59,6 +59,7 @@ class IceCounters:
     dropped_candidates: list[str] = field(default_factory=list)
     ignored_packets: int = 0
     refused_sends: int = 0
+    heard: int = 0  # datagrams from the peer (media, RTCP, STUN): the call's pulse
 
 
 def _canonical(host: str) -> str | None:
@@ -81,6 +82,7 @@ class _MeshStunProtocol(aioice.ice.StunProtocol):
             self._mesh.counters.ignored_packets += 1
             log.debug("ignored a datagram from %s (not the call peer)", addr[0])
             return
+        self._mesh.counters.heard += 1
         super().datagram_received(data, (host, addr[1]))
 
     async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:

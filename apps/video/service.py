@@ -57,6 +57,7 @@ MAX_HANDSHAKES = 8  # incoming streams still before their first frame
 FIRST_FRAME_TIMEOUT = 10.0
 FINISHED_KEPT = 32
 REFUSALS_LOGGED = 5  # refused calls logged per peer per minute
+PULSE_TICK = 0.25  # how often an active call looks for its peer's packets
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class VideoConfig:
     idle_timeout: float = 20.0
     connect_timeout: float = 20.0
     dial_timeout: float = 15.0
+    # An active call ends when nothing (media, RTCP, ICE) came from the peer for this
+    # long: a peer gone for good (killed, its link cut) ends the call within ~3 s, a
+    # shorter link flap is ridden out (media resumes on the same call).
+    lost_after: float = 2.5
     name: str = ""
     page: str = "127.0.0.1:0"  # the call page (apps/video/page): 127.0.0.1:PORT or "off"
 
@@ -89,6 +94,7 @@ class VideoConfig:
             "idle_timeout",
             "connect_timeout",
             "dial_timeout",
+            "lost_after",
         ):
             if not float(getattr(config, name)) > 0:
                 raise UsageError(f"[video] {name} must be > 0 seconds")
@@ -331,6 +337,34 @@ class CallService(BaseService):
             call.fire(sig.Trigger.FAIL, result="failed", detail="media did not connect")
             return
         call.fire(sig.Trigger.MEDIA_UP)
+        await self._pulse(session)
+
+    async def _pulse(self, session: _Session) -> None:
+        """End the active call once the peer has been silent for ``lost_after``: a peer
+        alive sends media, and RTCP receiver reports at least every 1.5 s even when it
+        sends nothing. Silence is counted in ticks of at most twice PULSE_TICK, so a stalled
+        event loop (a loaded machine) does not pass for a lost peer."""
+        call = session.call
+        heard, silent = -1, 0.0
+        last = asyncio.get_running_loop().time()
+        while call.state is sig.CallState.ACTIVE:
+            await asyncio.sleep(PULSE_TICK)
+            now = asyncio.get_running_loop().time()
+            count = sum(conn.counters.heard for conn in call.ice)
+            if count != heard:
+                heard, silent = count, 0.0
+            else:
+                silent += min(now - last, 2 * PULSE_TICK)
+            last = now
+            if silent >= self.config.lost_after:
+                why = f"connection lost: nothing from the peer for {self.config.lost_after:g} s"
+                log.info("call %s: %s", call.id[:8], why)
+                writer = session.writer  # a word to the peer if it can still hear; no wait
+                if writer is not None and not writer.is_closing():
+                    with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                        writer.write(sig.encode_frame(sig.Hangup(call.id, "failed", why)))
+                call.fire(sig.Trigger.HANGUP, detail=why, result="answered")
+                return
 
     def _spawn(self, session: _Session, coro: Coroutine[Any, Any, None]) -> None:
         """A task of this call's, cancelled and awaited when it ends (``_drive``)."""

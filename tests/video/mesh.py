@@ -14,7 +14,7 @@ from typing import Any
 
 from apps.video.ice import MeshIceConnection
 from core import Node
-from core.testing import mem_mesh
+from core.testing import MemMesh, mem_mesh
 from tests.lab.fixtures import poll
 
 __all__ = ["CallMesh", "eventually", "exchange_and_connect"]
@@ -36,6 +36,7 @@ class CallMesh:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.relay: Node | None = None
+        self.mem: MemMesh | None = None  # to cut and restore links
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> CallMesh:
@@ -50,6 +51,7 @@ class CallMesh:
             mem_mesh(count + 1, self.root, topology="star")
         )
         self.relay = mesh[0]
+        self.mem = mesh
         return list(mesh[1:])
 
 

@@ -311,3 +311,49 @@ async def test_a_stranger_ringing_over_and_over_is_logged_five_times_a_minute(
         assert all(e["result"] == "not-a-contact" for e in pa.ended()) and len(pa.ended()) == 7
         assert len(await method(pb, "call.log")) == 5
         assert len(pb.ended()) == 5
+
+
+@pytest.mark.timeout(120)
+async def test_a_peer_cut_off_for_good_ends_the_call_on_both_sides_as_connection_lost(
+    tmp_path: Path,
+) -> None:
+    async with CallMesh(tmp_path) as mesh:
+        nodes = await mesh.open(2)
+        async with phones(nodes, tmp_path) as (pa, pb):
+            await trust_each_other(pa, pb)
+            await connect(pa, pb)
+            assert mesh.mem is not None and mesh.relay is not None
+            await mesh.mem.unlink(mesh.relay, pb.node)  # B is gone: no hangup, no FIN
+            # Well before the signaling stream's idle timeout (20 s): the media's pulse.
+            mine = await pa.wait_event("call.ended", timeout=15)
+            theirs = await pb.wait_event("call.ended", timeout=15)
+    for summary in (mine, theirs):
+        assert summary["result"] == "answered"
+        assert summary["detail"].startswith("connection lost"), summary["detail"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_short_link_flap_is_ridden_out_and_media_resumes_on_the_same_call(
+    tmp_path: Path,
+) -> None:
+    async with CallMesh(tmp_path) as mesh:
+        nodes = await mesh.open(2)
+        # A flap well inside lost_after, whatever the machine's load does to the restore.
+        async with phones(nodes, tmp_path, lost_after=8.0) as (pa, pb):
+            await trust_each_other(pa, pb)
+            call_id = await connect(pa, pb)
+            call_b = pb.service.current()
+            assert call_b is not None and call_b.sink is not None
+            sink = call_b.sink
+            assert mesh.mem is not None and mesh.relay is not None
+            await mesh.mem.unlink(mesh.relay, pb.node)
+            await asyncio.sleep(1.0)
+            await mesh.mem.link(mesh.relay, pb.node)
+            frames = sink.audio.frames
+            await eventually("B hears A again", lambda: sink.audio.frames > frames + 25, 20)
+            for phone in (pa, pb):
+                current = phone.service.current()
+                assert current is not None and current.id == call_id
+                assert current.state.value == "active"
+            assert "call.ended" not in pa.kinds() and "call.ended" not in pb.kinds()
+            await method(pa, "call.hangup")
