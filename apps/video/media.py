@@ -378,15 +378,90 @@ def _open_one(spec: str, *, audio: bool, video: bool) -> Source:
             "(/dev/videoN, alsa:hw:0, pulse:default, avfoundation:0:0, camera)"
         )
     try:
-        player = MediaPlayer(file, format=fmt, options=options, loop=fmt is None)
+        player = MediaPlayer(file, format=fmt, options=options)
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise UsageError(f"cannot open source {spec!r}: {exc}") from None
+    if fmt is None:  # a file: played over and over
+        replay = Replay(file, player)
+        return Source(
+            spec,
+            replay.track("audio") if audio and player.audio else None,
+            replay.track("video") if video and player.video else None,
+            player,
+        )
     return Source(
         spec,
         player.audio if audio else None,
         player.video if video else None,
         player,
     )
+
+
+class Replay:
+    """A media file played from the start again each time it ends, its tracks on one
+    continuous timeline. (MediaPlayer's own ``loop`` waits for ``StopIteration`` at the
+    end of the file, which PyAV >= 14 no longer raises: it raises ``av.error.EOFError``,
+    and the clip played once.)"""
+
+    def __init__(self, file: str, player: MediaPlayer) -> None:
+        self.file = file
+        self.player = player
+        self.generation = 0
+
+    def track(self, kind: str) -> MediaStreamTrack:
+        return _ReplayTrack(self, kind)
+
+    def restart(self, seen: int) -> None:
+        """Open the file again, once per end (both tracks see it end)."""
+        if seen != self.generation:
+            return
+        old, self.player = self.player, MediaPlayer(self.file)
+        self.generation += 1
+        for track in (old.audio, old.video):
+            if track is not None:
+                track.stop()
+
+
+class _ReplayTrack(MediaStreamTrack):
+    def __init__(self, replay: Replay, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._replay = replay
+        self._base = 0  # added to this pass's pts
+        self._pass = replay.generation  # the pass (player) this track reads
+        self._last: int | None = None
+        self._step = 1
+
+    async def recv(self) -> av.AudioFrame | av.VideoFrame:
+        restarts = 0
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self._pass != self._replay.generation:  # a new pass: on from our last pts
+                self._pass = self._replay.generation
+                self._base = 0 if self._last is None else self._last + self._step
+            try:
+                frame = await getattr(self._replay.player, self.kind).recv()
+            except MediaStreamError:
+                restarts += 1
+                if self.readyState != "live" or restarts > 2:
+                    raise  # stopped, or a file that gives no frame at all
+                self._replay.restart(self._pass)
+                continue
+            assert isinstance(frame, av.AudioFrame | av.VideoFrame)
+            pts = (frame.pts or 0) + self._base
+            if isinstance(frame, av.AudioFrame):
+                self._step = frame.samples
+            elif self._last is not None and pts > self._last:
+                self._step = pts - self._last
+            self._last = frame.pts = pts
+            return frame
+
+    def stop(self) -> None:
+        super().stop()
+        track = getattr(self._replay.player, self.kind)
+        if track is not None:
+            track.stop()
 
 
 def peak(frame: av.AudioFrame) -> int:

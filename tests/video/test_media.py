@@ -157,3 +157,43 @@ async def test_muting_any_audio_source_any_number_of_times_keeps_the_encoder_goi
         assert packets
     gate.stop()
     gate.source.stop()
+
+
+async def _clip(path: Path, frames: int) -> None:
+    """A short clip of the stamped test pattern (320x240 @ 30) and the tone."""
+    pattern, tone = TestPattern(320, 240, 30), Tone()
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        audio = out.add_stream("aac", rate=48_000)
+        for _ in range(frames):
+            out.mux(video.encode(await pattern.recv()))
+            for _ in range(2):  # 40 ms of sound a frame: a little more than the picture
+                out.mux(audio.encode(await tone.recv()))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    pattern.stop()
+    tone.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_file_source_plays_over_and_over_on_one_timeline(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mkv"
+    await _clip(clip, 10)  # a third of a second: three passes take a second
+    source = open_source(str(clip))
+    try:
+        assert source.video is not None and source.audio is not None
+        numbers, pts = [], []
+        while len(numbers) < 35:
+            frame = await asyncio.wait_for(source.video.recv(), 10)
+            stamp = read_stamp(frame)
+            assert stamp is not None
+            numbers.append(stamp[0])
+            pts.append(frame.pts)
+        assert numbers.count(0) >= 3, numbers  # the clip began again, more than once
+        assert pts == sorted(pts) and len(set(pts)) == len(pts), pts
+        sound = [await asyncio.wait_for(source.audio.recv(), 10) for _ in range(60)]
+        heard = [f.pts for f in sound]
+        assert heard == sorted(heard) and len(set(heard)) == len(heard)
+    finally:
+        source.close()
