@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from core.embedded import PacketNetwork
+from core.embedded.carriers.quic import QUICCarrier
 from core.embedded.network import subnet_bloom_transform
 from tests.conftest import require
 from tests.lab.lab import (
@@ -102,7 +103,7 @@ def _net() -> PacketNetwork:
     return PacketNetwork(os.urandom(32), bloom_transform=subnet_bloom_transform)
 
 
-@pytest.mark.parametrize("scheme", ["tcp", "tls", "quic"])
+@pytest.mark.parametrize("scheme", ["tcp", "tls", "quic", "ws"])
 async def test_embedded_dials_daemon_tree_and_lookups(tmp_path: Path, scheme: str) -> None:
     _need_daemon()
     port = free_port()
@@ -152,7 +153,7 @@ async def test_embedded_dials_daemon_tree_and_lookups(tmp_path: Path, scheme: st
             await net.close()
 
 
-@pytest.mark.parametrize("scheme", ["tcp", "tls", "quic"])
+@pytest.mark.parametrize("scheme", ["tcp", "tls", "quic", "ws"])
 async def test_daemon_dials_embedded(tmp_path: Path, scheme: str) -> None:
     _need_daemon()
     net = _net()
@@ -213,13 +214,14 @@ async def test_password_match_and_mismatch(
             await bad.close()
 
 
-async def test_two_daemons_reach_each_other_through_embedded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["tcp", "quic", "ws"])
+async def test_two_daemons_reach_each_other_through_embedded(tmp_path: Path, scheme: str) -> None:
     """daemon A -- embedded -- daemon C: A's remote getSelf of C is routed by us."""
     _need_daemon()
     net = _net()
     await net.start()
     try:
-        uri = await net.listen("tcp://127.0.0.1:0")
+        uri = await net.listen(f"{scheme}://127.0.0.1:0")
         async with (
             daemon_running(tmp_path / "a", peers=[uri]) as a,
             daemon_running(tmp_path / "c", peers=[uri]) as c,
@@ -324,24 +326,32 @@ async def test_embedded_nodes_route_through_a_daemon(tmp_path: Path) -> None:
             await y.close()
 
 
-async def test_static_peer_redials_after_daemon_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["tcp", "quic", "ws"])
+async def test_static_peer_redials_after_daemon_restart(tmp_path: Path, scheme: str) -> None:
     _need_daemon()
     port = free_port()
-    net = _net()
+    # a daemon that exits sends no QUIC CONNECTION_CLOSE: the link is found dead by its
+    # unanswered keepalive (20 + 15 s by default, shortened here)
+    net = PacketNetwork(
+        os.urandom(32),
+        bloom_transform=subnet_bloom_transform,
+        carriers={"quic": QUICCarrier(keepalive=1.0, answer_within=2.0)},
+    )
     events: list[str] = []
     net.subscribe_peer_events(lambda ev: events.append(ev.kind))
     await net.start()
     try:
-        listen = [f"tcp://127.0.0.1:{port}"]
+        listen = [f"{scheme}://127.0.0.1:{port}"]
         async with daemon_running(tmp_path / "d", listen=listen) as daemon:
-            await asyncio.to_thread(daemon.wait_listening, port)
-            await net.add_peer(f"tcp://127.0.0.1:{port}")
+            if scheme != "quic":
+                await asyncio.to_thread(daemon.wait_listening, port)
+            await net.add_peer(f"{scheme}://127.0.0.1:{port}")
             await _eventually(lambda: _daemon_peer_up(daemon, net.public_key), "first link")
             key = daemon.conf["PrivateKey"]
         [down] = await _eventually(
             lambda: [p for p in net.peers() if not p.up and p.last_error], "link down"
         )
-        assert down.key is None and down.uri == f"tcp://127.0.0.1:{port}"
+        assert down.key is None and down.uri == f"{scheme}://127.0.0.1:{port}"
         # same key, same port: the static peer comes back by itself (1 s, 2 s, ... back-off)
         async with daemon_running(tmp_path / "d2", listen=listen, private_key=key) as again:
             await _eventually(lambda: _daemon_peer_up(again, net.public_key), "redialled link")
@@ -371,7 +381,7 @@ async def _tree_formed(net: PacketNetwork, daemon: Daemon) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["tcp", "tls"])
+@pytest.mark.parametrize("scheme", ["tcp", "tls", "quic", "ws"])
 @pytest.mark.parametrize("dialler", ["embedded", "daemon"])
 async def test_ten_link_ups_form_a_tree_every_time(
     tmp_path: Path, scheme: str, dialler: str
@@ -382,7 +392,8 @@ async def test_ten_link_ups_form_a_tree_every_time(
     port = free_port()
     took: list[float] = []
     async with daemon_running(tmp_path / "d", listen=[f"{scheme}://127.0.0.1:{port}"]) as daemon:
-        await asyncio.to_thread(daemon.wait_listening, port)
+        if scheme != "quic":  # UDP: nothing to connect to
+            await asyncio.to_thread(daemon.wait_listening, port)
         for attempt in range(10):
             net = _net()
             await net.start()

@@ -42,6 +42,8 @@ BUILTIN: Mapping[str, str] = {
     "tcp": ".tcp",
     "tls": ".tls",
     "quic": ".quic",
+    "ws": ".ws",
+    "wss": ".ws",
 }
 
 
