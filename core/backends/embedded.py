@@ -291,4 +291,10 @@ class EmbeddedBackend:
             ],
             "multicast": list(self._config.multicast_interfaces),
             "tcp_connections": self.stack.connection_count,
+            # per carrier: what its listeners refused before a link existed
+            "carriers": (
+                self.ygg.network.carrier_stats()
+                if isinstance(self.ygg.network, PacketNetwork)
+                else {}
+            ),
         }

@@ -137,10 +137,10 @@ def _parse_duration(text: str, uri: str) -> float:
                 value = float(text[: -len(suffix)]) * units[suffix]
             except ValueError:
                 break
-            if value < 30:
-                raise ValueError(f"maxbackoff in {uri!r} must be at least 30s")
+            if value < 5:  # yggdrasil-go 0.5.13 lowered it from 30 s
+                raise ValueError(f"maxbackoff in {uri!r} must be at least 5s")
             return value
-    raise ValueError(f"maxbackoff in {uri!r} must be a duration like 30s or 5m")
+    raise ValueError(f"maxbackoff in {uri!r} must be a duration like 5s, 30s or 5m")
 
 
 def self_signed_certificate(private_seed: bytes) -> tuple[x509.Certificate, Ed25519PrivateKey]:
@@ -254,6 +254,7 @@ class LinkConnection(asyncio.Protocol):
         self.source: str | None = None  # the remote IP (inbound admission, per-source caps)
         self.admitted = False
         self.established = False
+        self.to_self = False
         self.paused = False
         self.error: str | None = None
         self.closed: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
@@ -341,6 +342,7 @@ class LinkConnection(asyncio.Protocol):
             self.fail(f"node key {meta.public_key.hex()} does not match the pinned ?key=")
             return
         if meta.public_key == self._local_key:
+            self.to_self = True  # a static peer stops redialling (yggdrasil-go 0.5.13)
             self.fail("remote node uses our own key (connected to ourselves?)")
             return
         self.meta = meta

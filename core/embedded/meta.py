@@ -115,19 +115,22 @@ def decode_body(body: bytes, password: bytes) -> Meta:
     tlvs = body[:-_SIG_SIZE]
     fields: dict[int, bytes] = {}
     pos = 0
+    # as yggdrasil-go 0.5.14 (stricter than 0.5.12, which every real peer satisfies): a
+    # truncated TLV, a known field of the wrong size or bytes left over are refused
     while len(tlvs) - pos >= 4:
         op, oplen = struct.unpack(">HH", tlvs[pos : pos + 4])
         pos += 4
         if len(tlvs) - pos < oplen:
-            break  # as yggdrasil-go: stop at a truncated TLV
+            raise HandshakeError("invalid handshake length: a truncated field")
         fields[op] = tlvs[pos : pos + oplen]
         pos += oplen
+    if pos != len(tlvs):
+        raise HandshakeError("invalid handshake length: bytes after the last field")
     major = _tlv_uint(fields, _T_MAJOR, 2)
     minor = _tlv_uint(fields, _T_MINOR, 2)
     key = fields.get(_T_KEY, b"")
-    if len(key) < _KEY_SIZE:
+    if len(key) != _KEY_SIZE:
         raise HandshakeError("handshake carries no 32-byte public key")
-    key = key[:_KEY_SIZE]
     priority = _tlv_uint(fields, _T_PRIORITY, 1)
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(sig, _password_hash(password, key))
@@ -143,9 +146,9 @@ def _tlv_uint(fields: dict[int, bytes], op: int, size: int) -> int:
     raw = fields.get(op)
     if raw is None:
         return 0
-    if len(raw) < size:
+    if len(raw) != size:
         raise HandshakeError(f"handshake field {op} is {len(raw)} bytes, expected {size}")
-    return int.from_bytes(raw[:size], "big")
+    return int.from_bytes(raw, "big")
 
 
 class MetaReader:

@@ -407,6 +407,9 @@ class PacketNetwork:
                 self._pending.discard(conn)
                 raise
             static.last_error = error or "connection closed by the remote side"
+            if conn.to_self:
+                log.warning("peer %s is this node itself: not redialled", base)
+                return
             failures = min(failures + 1, 32)
             delay = min(self.config.backoff_min * 2 ** (failures - 1), cap)
             log.debug("peer %s down (%s); redial in %.1fs", base, error, delay)

@@ -105,3 +105,36 @@ def test_mesh_up_with_an_unknown_scheme_is_a_usage_error_naming_the_schemes() ->
             assert "Traceback" not in out.stderr
             assert "unsupported link scheme 'gopher'" in out.stderr
             assert all(f"{s}://" in out.stderr for s in BUILTIN)
+
+
+async def test_a_static_peer_that_is_this_node_is_not_redialled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    net = PacketNetwork(os.urandom(32))
+    await net.start()
+    try:
+        uri = await net.listen("tcp://127.0.0.1:0")
+        await net.add_peer(uri)
+        await _until(lambda: "is this node itself: not redialled" in caplog.text)
+        [static] = [p for p in net.peers() if not p.inbound]
+        assert "our own key" in str(static.last_error) and not static.up
+        await net.remove_peer(uri)  # still listed, still removable
+    finally:
+        await net.close()
+
+
+def test_handshakes_are_length_checked_as_yggdrasil_0_5_14_does() -> None:
+    import struct
+
+    from core.embedded.meta import HEADER_SIZE, HandshakeError, decode_body, encode_meta
+
+    body = encode_meta(os.urandom(32))[HEADER_SIZE:]
+    tlvs, sig = body[:-64], body[-64:]
+    decode_body(body, b"")  # exact: accepted
+    for bad, why in [
+        (tlvs + b"\x00" + sig, "bytes after the last field"),
+        (tlvs + struct.pack(">HH", 9, 8) + b"abc" + sig, "truncated field"),
+        (struct.pack(">HH", 0, 3) + b"\x00" * 3 + tlvs[6:] + sig, "field 0 is 3 bytes"),
+    ]:
+        with pytest.raises(HandshakeError, match=why):
+            decode_body(bad, b"")

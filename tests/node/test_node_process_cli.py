@@ -231,3 +231,40 @@ def test_sigint_stops_the_node_cleanly(tmp_path: Path) -> None:
     assert node.stop() == 0
     assert not (tmp_path / "c" / "control.sock").exists()
     assert mesh(tmp_path / "c", "status").returncode == 0  # offline status still works
+
+
+def test_quic_and_ws_through_flags_mesh_toml_peers_add_and_status(tmp_path: Path) -> None:
+    """Whatever takes tcp:// and tls:// takes quic:// and ws://: --listen, mesh.toml's
+    peers, `mesh peers add`, and `mesh status`/`mesh peers` show them."""
+    c = Up(tmp_path / "c", "--no-services", "--listen", "quic://127.0.0.1:0",
+           "--listen", "ws://127.0.0.1:0/ygg")  # fmt: skip
+    try:
+        quic_uri, ws_uri = c.status["backend_status"]["listening"]
+        assert quic_uri.startswith("quic://127.0.0.1:") and ws_uri.endswith("/ygg")
+        d_data = tmp_path / "d"
+        d_data.mkdir(mode=0o700)
+        (d_data / "mesh.toml").write_text(f'[node]\npeers = ["{ws_uri}"]\n')
+        d = Up(d_data, "--no-services")
+        try:
+            out = mesh(d.data, "peers", "add", quic_uri)
+            assert out.returncode == 0, out.stderr
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                peers = json.loads(mesh(d.data, "peers", "--json").stdout)
+                if len([p for p in peers if p["up"]]) == 2:
+                    break
+                time.sleep(0.2)
+            assert sorted(p["uri"] for p in peers if p["up"]) == sorted([quic_uri, ws_uri])
+            assert {p["key"] for p in peers} == {c.status["key"]}
+            human = mesh(d.data, "peers").stdout
+            assert quic_uri in human and ws_uri in human
+            status = json.loads(mesh(c.data, "status", "--json").stdout)
+            schemes = sorted(p["uri"].split("://")[0] for p in status["peers"] if p["up"])
+            assert schemes == ["quic", "ws"]
+            assert set(status["backend_status"]["carriers"]) <= {"quic", "ws"}
+            bad = mesh(d.data, "peers", "add", "gopher://127.0.0.1:70")
+            assert bad.returncode == 2 and "quic://" in bad.stderr and "ws://" in bad.stderr
+        finally:
+            d.stop()
+    finally:
+        c.stop()
