@@ -42,7 +42,13 @@ if TYPE_CHECKING:
         peer_address,
         peer_key,
     )
-    from core.mailaddr import MAIL_DOMAIN, MailAddress, parse_mail_address
+    from core.mailaddr import (
+        MAIL_DOMAIN,
+        MAIL_DOMAINS,
+        YGGMAIL_DOMAIN,
+        MailAddress,
+        parse_mail_address,
+    )
     from core.node import Node, parse_target
     from core.outbox import (
         Delivered,
@@ -58,13 +64,14 @@ if TYPE_CHECKING:
     )
     from core.service import BaseService, ControlHandler, ControlMethods, Service
     from core.text import json_safe, safe_line, safe_text, unsafe_reason
-    from core.types import EventSink, MeshServer, NodeEvent, PeerInfo
+    from core.types import NO_KEY_DATAGRAMS, EventSink, MeshServer, NodeEvent, PeerInfo
 
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "Node": "core.node",
     "parse_target": "core.node",
     "EventSink": "core.types",
+    "NO_KEY_DATAGRAMS": "core.types",
     "MeshServer": "core.types",
     "NodeEvent": "core.types",
     "PeerInfo": "core.types",
@@ -81,6 +88,8 @@ _EXPORTS: dict[str, str] = {
     "is_mesh_address": "core.address",
     "subnet_for_key": "core.address",
     "MAIL_DOMAIN": "core.mailaddr",
+    "MAIL_DOMAINS": "core.mailaddr",
+    "YGGMAIL_DOMAIN": "core.mailaddr",
     "MailAddress": "core.mailaddr",
     "parse_mail_address": "core.mailaddr",
     "IdentityError": "core.errors",
@@ -128,6 +137,9 @@ __all__ = [
     "KEY_FILE_NAME",
     "KEY_SIZE",
     "MAIL_DOMAIN",
+    "MAIL_DOMAINS",
+    "NO_KEY_DATAGRAMS",
+    "YGGMAIL_DOMAIN",
     "AmbiguousContact",
     "AppDatabase",
     "BaseService",

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from core.address import address_for_key, is_mesh_address, subnet_for_key
 from core.backend import (
@@ -34,6 +34,10 @@ from core.events import EventBus
 from core.guard import GuardProtocol
 from core.identity import Identity
 from core.mailaddr import MailAddress, parse_mail_address
+from core.types import NO_KEY_DATAGRAMS, KeyDatagramPort
+
+if TYPE_CHECKING:
+    from core.keyquic import KeyQuicConfig, KeyQuicEndpoint, StreamFactory
 
 __all__ = ["Node", "parse_target"]
 
@@ -127,6 +131,7 @@ class Node:
         self.events = EventBus()
         self.contacts: Contacts  # opened by open(), closed by close()
         self._servers: set[MeshServer] = set()
+        self._key_quic: KeyQuicEndpoint | None = None
         self._closed = False
 
     @classmethod
@@ -182,6 +187,8 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        if self._key_quic is not None:
+            self._key_quic.close()
         servers = list(self._servers)
         for server in servers:
             server.close()
@@ -310,6 +317,55 @@ class Node:
         assert isinstance(guard, _DatagramGuard)
         return transport, guard.inner
 
+    # -- key-addressed datagrams and QUIC over them (Yggmail's transport) -------------
+    @property
+    def key_datagrams_supported(self) -> bool:
+        """Whether the backend carries raw session traffic (embedded: yes; daemon: no)."""
+        return callable(getattr(self.backend, "key_datagrams", None))
+
+    def key_datagrams(self) -> KeyDatagramPort:
+        """Datagrams by Ed25519 key that are not IPv6; :class:`MeshError` on a TUN backend."""
+        port_of = getattr(self.backend, "key_datagrams", None)
+        if not callable(port_of):
+            raise MeshError(NO_KEY_DATAGRAMS)
+        port = port_of()
+        assert isinstance(port, KeyDatagramPort)
+        return port
+
+    async def open_key_quic(
+        self, stream_factory: StreamFactory, config: KeyQuicConfig | None = None
+    ) -> KeyQuicEndpoint:
+        """The node's yggquic-compatible QUIC endpoint (one per node; closed with the node).
+
+        ``stream_factory(peer_key)`` makes the protocol for each stream a peer opens; the
+        transport's ``get_extra_info("peer_key")`` is that peer's authenticated key. The
+        endpoint's certificate is made from the node's key, so it needs the node's own
+        identity (not a daemon's key) and a backend with :meth:`key_datagrams`.
+        """
+        from core.keyquic import KeyQuicEndpoint
+
+        port = self.key_datagrams()
+        if self.identity is None:
+            raise MeshError("QUIC by key needs the node's own identity (not a daemon's key)")
+        if self._key_quic is not None:
+            raise MeshError("the node's QUIC endpoint is already open")
+        endpoint = KeyQuicEndpoint(
+            seed=self.identity.seed,
+            public_key=self.key,
+            send=port.send_datagram,
+            mtu=port.datagram_mtu,
+            stream_factory=stream_factory,
+            config=config,
+            on_close=lambda: self._key_quic_closed(port),
+        )
+        port.set_datagram_handler(endpoint.datagram_received)
+        self._key_quic = endpoint
+        return endpoint
+
+    def _key_quic_closed(self, port: KeyDatagramPort) -> None:
+        port.set_datagram_handler(None)
+        self._key_quic = None
+
     # -- peers and status -------------------------------------------------------------
     async def peers(self) -> list[PeerInfo]:
         return await self.backend.peers()
@@ -352,4 +408,7 @@ class Node:
             "data_dir": str(self.config.data_dir),
             "peers": [p.to_json() for p in await self.peers()],
             "backend_status": backend_status,
+            # Raw session traffic by key (Yggmail's transport): a reason when it is missing.
+            "key_datagrams": "available" if self.key_datagrams_supported else NO_KEY_DATAGRAMS,
+            "key_quic": None if self._key_quic is None else self._key_quic.status(),
         }

@@ -11,7 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["EventSink", "MeshServer", "NodeEvent", "PeerInfo"]
+__all__ = [
+    "NO_KEY_DATAGRAMS",
+    "EventSink",
+    "KeyDatagramPort",
+    "MeshServer",
+    "NodeEvent",
+    "PeerInfo",
+]
+
+NO_KEY_DATAGRAMS = (
+    "the yggdrasil daemon backend carries IPv6 only: datagrams addressed by key (raw "
+    "session traffic, the transport of Yggmail) never reach its TUN interface; run the "
+    'node with the embedded backend (backend = "embedded" in mesh.toml) for that'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +85,19 @@ class MeshServer(Protocol):
     async def wait_closed(self) -> None: ...
 
     def is_serving(self) -> bool: ...
+
+
+@runtime_checkable
+class KeyDatagramPort(Protocol):
+    """Datagrams to and from a node's Ed25519 key that are not IPv6 (raw session traffic).
+
+    What arrives is authenticated like every session packet: ``source_key`` is the key
+    of the session it came in. One handler at a time; ``None`` removes it.
+    """
+
+    @property
+    def datagram_mtu(self) -> int: ...
+
+    def send_datagram(self, key: bytes, data: bytes) -> None: ...
+
+    def set_datagram_handler(self, cb: Callable[[bytes, bytes], None] | None) -> None: ...

@@ -5,7 +5,11 @@ aiosmtpd owns the grammar and RFC limits; this handler owns the decisions:
 * ``MAIL FROM:<key@mesh>`` must be the connecting node: the backend authenticated the
   peer's mesh address, and it must equal ``address_for_key(key)`` (and, where the
   backend knows it, the full key must match too). Otherwise 550 and a warning in the log.
-* every ``RCPT TO`` must be this node (``<our key>@mesh``): never relay (550).
+  The same handler serves Yggmail's transport with ``domain="yggmail"``: there the
+  stream's ``peer_key`` (the QUIC peer, checked against its certificate) is the node.
+  Refusals stay 550 (a meshsuite sender bounces at once; Yggmail's sender retries
+  whatever the code).
+* every ``RCPT TO`` must be this node (``<our key>@<domain>``): never relay (550).
 * the header ``From:`` (and ``Sender:``) must be the envelope sender and no display name
   there may show another address, so a client shows the real author (refused, not
   rewritten: docs/mail.md).
@@ -24,10 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 from core import (
+    MAIL_DOMAIN,
+    MAIL_DOMAINS,
     MailAddress,
     NodeEvent,
     PeerRateLimiter,
     UsageError,
+    address_for_key,
     parse_mail_address,
     peer_address,
     peer_key,
@@ -49,7 +56,11 @@ def _peer(server: Any) -> tuple[ipaddress.IPv6Address | None, bytes | None]:
     transport = server.transport
     if transport is None:
         return None, None
-    return peer_address(transport), peer_key(transport)
+    key = peer_key(transport)
+    address = peer_address(transport)
+    if address is None and key is not None:  # a QUIC stream: the key is the peer
+        address = address_for_key(key)
+    return address, key
 
 
 class MeshInboundHandler:
@@ -63,8 +74,10 @@ class MeshInboundHandler:
         limiter: PeerRateLimiter,
         publish: EventPublisher | None = None,
         max_recipients: int = 100,
+        domain: str = MAIL_DOMAIN,
     ) -> None:
-        self.own = own
+        self.domain = domain
+        self.own = own.on(domain)
         self.sink = sink
         self.limiter = limiter
         self.publish = publish
@@ -85,9 +98,11 @@ class MeshInboundHandler:
             log.warning("mesh smtp: rate limit hit by [%s]", peer_addr)
             return f"450 4.7.1 too many messages from [{peer_addr}]; slow down and retry later"
         try:
-            sender = parse_mail_address(address)
+            sender = parse_mail_address(address, (self.domain,))
         except UsageError:
-            return "550 5.1.7 the sender must be a <key>@mesh address"
+            return f"550 5.1.7 the sender must be a <key>@{self.domain} address"
+        if self.domain != MAIL_DOMAIN and peer_key is None:
+            return "421 4.7.0 cannot tell who you are; closing"
         if sender.node_address != peer_addr or (peer_key is not None and peer_key != sender.key):
             log.warning(
                 "mesh smtp: refused MAIL FROM:<%s> from [%s]: that is not the sending node's key",
@@ -96,7 +111,7 @@ class MeshInboundHandler:
             )
             return (
                 f"550 5.7.1 sender <{address}> is not the node at [{peer_addr}]; "
-                "a node may only send as its own key@mesh"
+                f"a node may only send as its own key@{self.domain}"
             )
         envelope.mail_from = str(sender)
         envelope.mail_options.extend(mail_options)
@@ -106,7 +121,7 @@ class MeshInboundHandler:
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         try:
-            rcpt = parse_mail_address(address)
+            rcpt = parse_mail_address(address, (self.domain,))
         except UsageError:
             rcpt = None
         if rcpt != self.own:
@@ -124,9 +139,16 @@ class MeshInboundHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         peer_addr, peer_key = _peer(server)
         raw = bytes(envelope.original_content or b"")
-        sender = parse_mail_address(envelope.mail_from)
+        sender = parse_mail_address(envelope.mail_from, MAIL_DOMAINS)
         fields = header_fields(raw)
         problem = author_problem(fields, str(sender))  # From, Sender, display names
+        # Over Yggmail's transport a meshsuite node may write From: its key@mesh: the key
+        # is what the transport proved, whichever of its two addresses the header shows.
+        mesh_from = self.domain != MAIL_DOMAIN and author_problem(
+            fields, str(sender.on(MAIL_DOMAIN))
+        )
+        if problem is not None and mesh_from is None:
+            problem = None
         if problem is not None:
             log.warning("mesh smtp: refused a message from [%s]: %s", peer_addr, problem)
             return f"550 5.7.1 {problem}, the envelope sender"

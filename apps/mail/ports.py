@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["Connector", "MailSink"]
+__all__ = ["Connector", "KeyConnector", "MailSink"]
 
 
 class MailSink(Protocol):
@@ -36,3 +36,12 @@ class Connector(Protocol):
         self, address: ipaddress.IPv6Address | str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A stream to ``[address]:port`` on the mesh."""
+
+
+class KeyConnector(Protocol):
+    """Yggmail's transport: a stream to a node by key (QUIC in raw session traffic)."""
+
+    async def open_connection(
+        self, key: bytes
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new stream to the node whose Ed25519 key is ``key``."""

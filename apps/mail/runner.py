@@ -7,8 +7,11 @@ task in its TaskGroup), then sleeps until the next due time or until
 :meth:`QueueRunner.wake`. A recipient node that comes up (``peer.up`` / ``session.up``
 naming its key) is retried at once.
 
-Per delivery: mail to this node itself goes straight into its INBOX; other recipients
-get one SMTP transaction to ``[their address]:MESH_SMTP_PORT``. 250 → delivered;
+Per delivery: mail to this node itself (either of its addresses) goes straight into its
+INBOX; other ``@mesh`` recipients get one SMTP transaction to
+``[their address]:MESH_SMTP_PORT``; ``@yggmail`` recipients one over Yggmail's transport
+(a QUIC stream to their key, :class:`~apps.mail.ports.KeyConnector`), with envelope
+sender and HELO name as Yggmail requires (``<our key>@yggmail``, our key in hex). 250 → delivered;
 4xx, timeout or no connection → retry with exponential backoff (and jitter) until the
 message is ``expiry`` old (core's :class:`~core.RetryPolicy`); 5xx or expiry → an
 RFC 3464 bounce in the own INBOX.
@@ -27,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import (
+    MAIL_DOMAINS,
+    YGGMAIL_DOMAIN,
     EventBus,
     MailAddress,
     MeshError,
@@ -40,7 +45,7 @@ from core import (
 from .config import MailConfig
 from .dsn import MAILER_DAEMON, Bounce, build_dsn, status_from_reply
 from .message import dedup_key, header_fields, received_header, strip_bcc
-from .ports import Connector, MailSink
+from .ports import Connector, KeyConnector, MailSink
 from .queue import Delivery, OutboxQueue
 from .smtp_client import ClientSession, Envelope, run_session
 
@@ -94,8 +99,12 @@ class QueueRunner:
         rng: random.Random | None = None,
         publish: Callable[[NodeEvent], None] | None = None,
         events: EventBus | None = None,
+        yggmail: KeyConnector | None = None,
+        yggmail_unavailable: str = "this node has no Yggmail transport",
     ) -> None:
         self.publish = publish
+        self.yggmail = yggmail  # None: @yggmail recipients are retried, then bounce
+        self.yggmail_unavailable = yggmail_unavailable
         self.events = events  # peer.up / session.up: retry that recipient node at once
         self.queue = queue
         self.sink = sink
@@ -143,10 +152,11 @@ class QueueRunner:
 
     async def retry_now(self, key: bytes) -> None:
         """The node ``key`` is reachable: its deferred deliveries are due now."""
-        rcpt = str(MailAddress(key))
-        if await self.queue.retry_now(rcpt, now=self._clock()):
-            log.info("mail queue: %s is reachable; retrying its mail now", rcpt)
-            self._scheduler.wake()
+        for domain in MAIL_DOMAINS:
+            rcpt = str(MailAddress(key, domain))
+            if await self.queue.retry_now(rcpt, now=self._clock()):
+                log.info("mail queue: %s is reachable; retrying its mail now", rcpt)
+                self._scheduler.wake()
 
     async def _due(self, now: float, free: int, busy: set[Hashable]) -> list[list[Delivery]]:
         due = await self.queue.due(now, limit=free * MAX_BATCH, exclude=_ids(busy))
@@ -263,29 +273,43 @@ class QueueRunner:
         if not batch:
             return
         try:
-            rcpt = parse_mail_address(batch[0].recipient)
+            rcpt = parse_mail_address(batch[0].recipient, MAIL_DOMAINS)
         except UsageError as exc:
             for d in batch:
                 await self._bounce(d, raws[d.message], str(exc), "5.1.3")
             return
-        if rcpt == self.own:
+        if rcpt.key == self.own.key:
             for d in batch:
                 await self._deliver_locally(d, raws[d.message])
             return
         timeout = self.config.io_timeout
+        where = f"[{rcpt.node_address}]"
         try:
-            reader, writer = await asyncio.wait_for(
-                self.connector.open_connection(rcpt.node_address, self.config.mesh_port), timeout
-            )
+            if rcpt.yggmail:
+                where = f"{rcpt.key.hex()} over Yggmail's transport"
+                if self.yggmail is None:
+                    raise MeshError(self.yggmail_unavailable)
+                opening = self.yggmail.open_connection(rcpt.key)
+            else:
+                opening = self.connector.open_connection(rcpt.node_address, self.config.mesh_port)
+            reader, writer = await asyncio.wait_for(opening, timeout)
         except (OSError, TimeoutError, MeshError) as exc:
             reason = str(exc) or type(exc).__name__
             for d in batch:
-                await self._retry(d, f"cannot connect to [{rcpt.node_address}]: {reason}")
+                await self._retry(d, f"cannot connect to {where}: {reason}")
             return
-        session = ClientSession(
-            f"[IPv6:{self.own.node_address}]",
-            [Envelope(str(self.own), (str(rcpt),), raws[d.message]) for d in batch],
-        )
+        if rcpt.yggmail:  # Yggmail wants our key as HELO name and <key>@yggmail as sender
+            sender = self.own.on(YGGMAIL_DOMAIN)
+            session = ClientSession(
+                self.own.key.hex(),
+                [Envelope(str(sender), (str(rcpt),), raws[d.message]) for d in batch],
+                preamble="E",
+            )
+        else:
+            session = ClientSession(
+                f"[IPv6:{self.own.node_address}]",
+                [Envelope(str(self.own), (str(rcpt),), raws[d.message]) for d in batch],
+            )
         outcomes = await run_session(session, reader, writer, timeout=timeout)
         delivered = [d for d, o in zip(batch, outcomes, strict=True) if str(rcpt) in o.delivered]
         if delivered:
@@ -344,7 +368,7 @@ class QueueRunner:
             raw = await self.queue.raw(delivery.message) or b""
         now = self._clock()
         try:
-            remote = str(parse_mail_address(delivery.recipient).node_address)
+            remote = str(parse_mail_address(delivery.recipient, MAIL_DOMAINS).node_address)
         except UsageError:
             remote = None
         dsn = build_dsn(

@@ -4,9 +4,15 @@
 ``start()`` refuses to run without a mail password (run ``mesh mail passwd``): an MTA
 that let any password through is how mail gets stolen on a shared machine.
 
+With the embedded backend the service also takes and sends Yggmail's mail
+(``<key>@yggmail``): it opens the node's QUIC-by-key endpoint (core's yggquic
+counterpart) and runs one SMTP session per stream a Yggmail node opens. Under the daemon
+backend that transport does not exist; ``yggmail_unavailable`` says why and submission
+refuses ``@yggmail`` recipients with that reason.
+
 Owned here and released in reverse order by ``close()``: the queue runner task
-(cancelled and awaited), the three servers and their open connections, the queue
-database and the mail store.
+(cancelled and awaited), the QUIC endpoint, the three servers and their open
+connections, the queue database and the mail store.
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP
 
-from core import ConnectionLimiter, MeshError, MeshServer, PeerRateLimiter
+from core import (
+    MAIL_DOMAIN,
+    NO_KEY_DATAGRAMS,
+    YGGMAIL_DOMAIN,
+    ConnectionLimiter,
+    MeshError,
+    MeshServer,
+    PeerRateLimiter,
+)
 
 from .config import MailConfig
 from .imap import ImapServer
@@ -30,7 +44,7 @@ from .inbound import MeshInboundHandler
 from .passwords import PasswordVerifier
 from .queue import OUTBOX_FILE_NAME, OutboxQueue
 from .runner import QueueRunner
-from .smtp_server import MeshSMTP
+from .smtp_server import MeshSMTP, YggmailSMTP
 from .store import MailStore
 from .submission import SubmissionHandler
 
@@ -67,6 +81,11 @@ class MailNode(Protocol):
     @property
     def events(self) -> Any: ...
 
+    @property
+    def key_datagrams_supported(self) -> bool: ...
+
+    async def open_key_quic(self, stream_factory: Callable[[bytes], Any]) -> Any: ...
+
 
 class MailService:
     def __init__(self, node: MailNode, config: MailConfig, data_dir: Path) -> None:
@@ -85,6 +104,8 @@ class MailService:
         self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._runner_task: asyncio.Task[None] | None = None
         self._imap: ImapServer | None = None
+        self._quic: Any = None  # core's KeyQuicEndpoint, when the backend carries it
+        self.yggmail_unavailable: str | None = None
 
     async def start(self) -> None:
         # No password, no mail service (raises, saying to run `mesh mail passwd`).
@@ -110,6 +131,7 @@ class MailService:
         self.store = store = await MailStore.open(self.data_dir / MAIL_STORE_FILE_NAME)
         self.queue = queue = await OutboxQueue.open(self.data_dir / OUTBOX_FILE_NAME)
         publish = self.node.events.publish
+        await self._open_yggmail(self._inbound(store, YGGMAIL_DOMAIN))
         self.runner = runner = QueueRunner(
             queue=queue,
             sink=store,
@@ -119,16 +141,10 @@ class MailService:
             rng=random.Random(),
             publish=publish,
             events=self.node.events,
+            yggmail=self._quic,
+            yggmail_unavailable=self.yggmail_unavailable or "",
         )
-        inbound = MeshInboundHandler(
-            own=self.own,
-            sink=store,
-            limiter=PeerRateLimiter(
-                burst=self.config.rate_burst, per_minute=self.config.rate_per_minute
-            ),
-            publish=publish,
-            max_recipients=self.config.max_recipients,
-        )
+        inbound = self._inbound(store, MAIL_DOMAIN)
         hostname = f"[IPv6:{self.own.node_address}]"
         with _bind_errors(f"[{self.own.node_address}]:{self.config.mesh_port}", "mesh_port"):
             mesh_server = await self.node.create_server(
@@ -142,6 +158,7 @@ class MailService:
             on_queued=runner.wake,
             max_recipients=self.config.max_recipients,
             max_queue=self.config.max_queue,
+            yggmail_unavailable=self.yggmail_unavailable,
         )
         host, port = self.config.submission
         with _bind_errors(f"{host}:{port}", "smtp"):
@@ -156,14 +173,44 @@ class MailService:
         self.imap_port = self._imap.port
         self._runner_task = loop.create_task(runner.run(), name="mail-queue-runner")
 
-    def _smtp_factory(self, handler: Any, hostname: str, *, auth: bool) -> Callable[[], SMTP]:
+    def _inbound(self, store: MailStore, domain: str) -> MeshInboundHandler:
+        """The handler for mail from other nodes, on the mesh or over Yggmail's transport."""
+        return MeshInboundHandler(
+            own=self.own,
+            sink=store,
+            limiter=PeerRateLimiter(
+                burst=self.config.rate_burst, per_minute=self.config.rate_per_minute
+            ),
+            publish=self.node.events.publish,
+            max_recipients=self.config.max_recipients,
+            domain=domain,
+        )
+
+    async def _open_yggmail(self, handler: MeshInboundHandler) -> None:
+        """Yggmail's transport: QUIC streams by key, one SMTP session each (if possible)."""
+        if not self.node.key_datagrams_supported:
+            self.yggmail_unavailable = NO_KEY_DATAGRAMS
+            log.info("mail: no Yggmail transport: %s", NO_KEY_DATAGRAMS)
+            return
+        smtp = self._smtp_factory(handler, self.own.key.hex(), auth=False, yggmail=True)
+        try:
+            self._quic = await self.node.open_key_quic(lambda key: smtp())
+        except MeshError as exc:
+            self.yggmail_unavailable = str(exc)
+            log.warning("mail: no Yggmail transport: %s", exc)
+
+    def _smtp_factory(
+        self, handler: Any, hostname: str, *, auth: bool, yggmail: bool = False
+    ) -> Callable[[], SMTP]:
         loop = asyncio.get_running_loop()
         # Every local client comes from 127.0.0.1: per-peer caps are for the mesh side.
         per_peer = self.config.max_connections if auth else self.config.connections_per_peer
         limiter = ConnectionLimiter(per_peer=per_peer, total=self.config.max_connections)
 
+        kind = YggmailSMTP if yggmail else MeshSMTP
+
         def factory() -> SMTP:
-            smtp = MeshSMTP(
+            smtp = kind(
                 handler,
                 limiter=limiter,
                 hostname=hostname,
@@ -188,6 +235,9 @@ class MailService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner_task
             self._runner_task = None
+        if self._quic is not None:
+            self._quic.close()
+            self._quic = None
         if self._imap is not None:
             await self._imap.close()
             self._imap = None
@@ -223,6 +273,8 @@ class MailService:
 
         return {
             "mail_address": str(self.own),
+            "yggmail_address": str(self.own.on(YGGMAIL_DOMAIN)),
+            "yggmail": "on" if self._quic is not None else self.yggmail_unavailable,
             "mesh_smtp": hostport(self.own.node_address, self.config.mesh_port),
             "submission": hostport(self.config.submission[0], self.submission_port),
             "imap": hostport(self.config.imap[0], self.imap_port),

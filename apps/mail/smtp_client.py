@@ -187,10 +187,17 @@ class ClientSession:
     b'EHLO me.mesh\\r\\n'
     """
 
-    def __init__(self, helo_name: str, messages: list[Envelope]) -> None:
+    def __init__(self, helo_name: str, messages: list[Envelope], *, preamble: str = "") -> None:
         if not messages or any(not m.recipients for m in messages):
             raise LocalProtocolError("a session needs messages, each with a recipient")
+        if not f"EHLO {helo_name}".startswith(preamble):
+            raise LocalProtocolError("the preamble must begin the EHLO command")
         self.helo_name = helo_name
+        # Bytes written before the greeting that begin our first command: a QUIC stream
+        # is seen by its peer only once data flows (Yggmail's transport), so the client
+        # speaks first with the start of ``EHLO`` and sends the rest after the greeting.
+        self.preamble = preamble.encode()
+        self._unsent_preamble = self.preamble
         self.messages = list(messages)
         self.outcomes = [Outcome() for _ in messages]
         self.state = State.GREETING
@@ -259,6 +266,10 @@ class ClientSession:
     def data_to_send(self) -> bytes:
         out = bytes(self._outgoing)
         self._outgoing.clear()
+        if self._unsent_preamble and out:
+            if out.startswith(self._unsent_preamble):  # the EHLO line: its start is out
+                out = out[len(self._unsent_preamble) :]
+            self._unsent_preamble = b""
         return out
 
     # -- transitions ----------------------------------------------------------------------
@@ -462,6 +473,8 @@ async def run_session(
     minutes; the mesh is slower than a LAN but a silent peer must not hold a slot).
     """
     try:
+        if txn.preamble:
+            writer.write(txn.preamble)
         while True:
             out = txn.data_to_send()
             if out:

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Session
 
-from core import ConnectionLimiter, peer_address
+from core import ConnectionLimiter, peer_address, peer_key
 
-__all__ = ["MeshSMTP", "ehlo_with_pipelining"]
+__all__ = ["MeshSMTP", "YggmailSMTP", "ehlo_with_pipelining"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class MeshSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._limiter is not None and self._limited_peer is None:
             address = peer_address(transport)  # the authenticated one, scope id stripped
-            name = str(address) if address is not None else "?"
+            key = peer_key(transport)  # a QUIC stream has a key and no address
+            name = str(address) if address is not None else key.hex() if key else "?"
             if not self._limiter.acquire(name):
                 log.warning("smtp: refused a connection from [%s]: too many open", name)
                 assert isinstance(transport, asyncio.WriteTransport)
@@ -84,3 +85,23 @@ class MeshSMTP(SMTP):
             return False
         result: bool | None = super().eof_received()
         return result
+
+
+class YggmailSMTP(MeshSMTP):
+    """:class:`MeshSMTP` for one QUIC stream from a Yggmail node.
+
+    A QUIC stream exists for its peer only once data flows, so Yggmail's client writes
+    one space before it has read the greeting: its first command arrives as
+    ``" EHLO <hex>"``. Spaces before the first command are dropped here (Yggmail's own
+    server refuses that line and its client falls back to HELO; we answer EHLO).
+    """
+
+    _started = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self._started:
+            data = data.lstrip(b" ")
+            if not data:
+                return
+            self._started = True
+        super().data_received(data)

@@ -3,10 +3,13 @@
 * AUTH PLAIN / LOGIN against the scrypt record (no record, no server: see
   :mod:`apps.mail.passwords`). Plain-text AUTH is allowed without TLS because the
   server listens on loopback only; nothing crosses a network.
-* ``MAIL FROM`` and the header ``From:`` (and ``Sender:``) must be this node's own address,
-  and no display name there may show another address (refused, see docs/mail.md).
-* any number of ``<key>@mesh`` recipients, this node included (mail to oneself goes to
-  the own INBOX like any other); other domains are refused at RCPT with a clear reply.
+* ``MAIL FROM`` and the header ``From:`` (and ``Sender:``) must be one of this node's own
+  addresses (``key@mesh`` or ``key@yggmail``), and no display name there may show another
+  address (refused, see docs/mail.md).
+* any number of ``<key>@mesh`` and ``<key>@yggmail`` recipients, this node included
+  (mail to oneself goes to the own INBOX like any other); other domains are refused at
+  RCPT with a clear reply, and so is ``@yggmail`` when the node has no Yggmail transport
+  (the daemon backend: ``yggmail_unavailable`` says why).
 * the message and one delivery per recipient are committed to the queue in one
   transaction before 250; the queue runner is woken to deliver and to file the Sent copy.
 """
@@ -20,7 +23,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
-from core import MailAddress, UsageError, parse_mail_address
+from core import MAIL_DOMAINS, MailAddress, UsageError, parse_mail_address
 
 from .message import author_problem, ensure_submission_headers, header_fields
 from .passwords import LoginBusy, PasswordVerifier
@@ -46,7 +49,9 @@ class SubmissionHandler:
         on_queued: Callable[[], None],
         max_recipients: int = 100,
         max_queue: int = 10_000,
+        yggmail_unavailable: str | None = None,
     ) -> None:
+        self.yggmail_unavailable = yggmail_unavailable  # None: @yggmail can be reached
         self.own = own
         self.verifier = verifier
         self.queue = queue
@@ -132,11 +137,14 @@ class SubmissionHandler:
         if (refusal := self._auth_needed(session)) is not None:
             return refusal
         try:
-            sender = parse_mail_address(address)
+            sender = parse_mail_address(address, MAIL_DOMAINS)
         except UsageError:
             sender = None
-        if sender != self.own:
-            return f"553 5.7.1 the sender must be this node's address <{self.own}>"
+        if sender is None or sender.key != self.own.key:
+            return (
+                f"553 5.7.1 the sender must be this node's address <{self.own}> "
+                f"(or <{self.own.key.hex()}@yggmail>)"
+            )
         envelope.mail_from = str(sender)
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 sender ok"
@@ -147,10 +155,17 @@ class SubmissionHandler:
         if (refusal := self._auth_needed(session)) is not None:
             return refusal
         try:
-            rcpt = parse_mail_address(address)
+            rcpt = parse_mail_address(address, MAIL_DOMAINS)
         except UsageError as exc:
             log.info("submission: refused recipient <%s>: %s", address, exc)
-            return "550 5.1.2 only <key>@mesh addresses are reachable (64 hex characters @mesh)"
+            return (
+                "550 5.1.2 only <key>@mesh and <key>@yggmail addresses are reachable "
+                "(64 hex characters @mesh or @yggmail)"
+            )
+        if rcpt.yggmail and rcpt.key != self.own.key and self.yggmail_unavailable:
+            log.info("submission: refused Yggmail recipient <%s>: no transport", address)
+            why = self.yggmail_unavailable
+            return f"550 5.3.3 <{rcpt}> cannot be reached from this node: {why}"
         if str(rcpt) in envelope.rcpt_tos:
             return "250 2.1.5 recipient ok (duplicate ignored)"
         if len(envelope.rcpt_tos) >= self.max_recipients:
@@ -163,6 +178,8 @@ class SubmissionHandler:
         raw = bytes(envelope.original_content or b"")
         fields = header_fields(raw)
         problem = author_problem(fields, str(self.own))
+        if problem is not None and author_problem(fields, str(self.own.on("yggmail"))) is None:
+            problem = None  # From: our key@yggmail
         if problem is not None:  # refused, not rewritten (docs/mail.md)
             log.info("submission: refused a message: %s", problem)
             return f"550 5.7.1 {problem} (this node's address)"

@@ -33,6 +33,7 @@ from core.embedded.node import EmbeddedConfig, EmbeddedYggdrasil
 from core.errors import MeshError, UsageError
 from core.identity import Identity
 from core.netstack.stack import NetStack
+from core.types import KeyDatagramPort
 
 __all__ = ["EmbeddedBackend", "PacketHook"]
 
@@ -230,6 +231,10 @@ class EmbeddedBackend:
 
     async def key_for_address(self, address: ipaddress.IPv6Address) -> bytes | None:
         return self.ygg.key_for_address(address)
+
+    def key_datagrams(self) -> KeyDatagramPort:
+        """Raw session traffic by key (the embedded node runs ironwood's sessions itself)."""
+        return self.ygg
 
     # -- peers and status -----------------------------------------------------------------
     async def peers(self) -> list[PeerInfo]:

@@ -48,6 +48,7 @@ __all__ = [
     "build_packet_too_big",
     "icmpv6_checksum",
     "is_mesh_packed",
+    "looks_like_ipv6",
     "parse_echo",
 ]
 
@@ -377,6 +378,25 @@ class IPv6Layer:
     def _drop(self, source_key: bytes, why: str) -> None:
         self.dropped += 1
         log.debug("dropped IPv6 packet from %s: %s", source_key.hex()[:16], why)
+
+
+def looks_like_ipv6(source_key: bytes, payload: bytes) -> bool:
+    """Whether a traffic payload is IPv6 rather than another program's datagram.
+
+    Version 6, a payload length that matches, and both addresses in ``200::/7``. A QUIC
+    packet (the other user of this session type) passes by chance with a probability
+    below 1e-10: its first byte would have to start with ``0x6``, two connection-ID bytes
+    equal the length and two random bytes fall into the mesh prefix. ``source_key`` is
+    for the reader; whether the source address belongs to it is :meth:`IPv6Layer.read`'s
+    check.
+    """
+    return (
+        len(payload) >= IPV6_HEADER_LEN
+        and payload[0] >> 4 == 6
+        and int.from_bytes(payload[4:6], "big") == len(payload) - IPV6_HEADER_LEN
+        and payload[8] in (_ADDRESS_PREFIX, _SUBNET_PREFIX)
+        and payload[24] in (_ADDRESS_PREFIX, _SUBNET_PREFIX)
+    )
 
 
 def is_mesh_packed(address: bytes) -> bool:

@@ -142,6 +142,8 @@ class EmbeddedYggdrasil:
             nodeinfo=encode_nodeinfo(info),
         )
         self._ipv6_handler: Callable[[bytes], None] | None = None
+        self._datagram_handler: Callable[[bytes, bytes], None] | None = None
+        self.datagrams_dropped = 0  # non-IPv6 traffic with no datagram handler
         self._pings: dict[tuple[bytes, int, int], asyncio.Future[float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -330,6 +332,40 @@ class EmbeddedYggdrasil:
                     await asyncio.sleep(interval)
         return results
 
+    # -- key-addressed datagrams (session traffic that is not IPv6) ----------------------
+
+    @property
+    def datagram_mtu(self) -> int:
+        """Largest datagram :meth:`send_datagram` takes (the session MTU minus the type byte)."""
+        return self.max_mtu
+
+    def set_datagram_handler(self, cb: Callable[[bytes, bytes], None] | None) -> None:
+        """``cb(source_key, data)`` for session traffic from ``source_key`` that is not IPv6.
+
+        yggdrasil-go's ``Core`` is itself a ``net.PacketConn`` over the same session type
+        byte (``1``) the IPv6 layer uses; programs that embed it (yggquic, and so Yggmail)
+        send their own datagrams that way, addressed by key. A payload is IPv6 when it
+        parses as an IPv6 header whose payload length fits and whose source belongs to
+        the sending key (:func:`looks_like_ipv6`); everything else is a datagram. The
+        source key is the session's: authenticated like every other packet.
+        """
+        self._datagram_handler = cb
+
+    def send_datagram(self, key: bytes, data: bytes) -> None:
+        """Send ``data`` to the node with Ed25519 key ``key`` as raw session traffic.
+
+        Raises :class:`ValueError` for a bad key or a datagram above :attr:`datagram_mtu`.
+        """
+        if len(key) != 32:
+            raise ValueError(f"a datagram goes to a 32-byte Ed25519 key, got {len(key)} bytes")
+        if len(data) > self.datagram_mtu:
+            raise ValueError(
+                f"{len(data)}-byte datagram exceeds the session MTU of {self.datagram_mtu}"
+            )
+        if self._closed:
+            raise ConnectionError("the embedded node is closed")
+        self._send_session(key, bytes([v6.TYPE_SESSION_TRAFFIC]) + data)
+
     # -- proto requests ---------------------------------------------------------------
 
     async def request_remote(self, kind: str, key: bytes, timeout: float = 6.0) -> bytes:
@@ -385,7 +421,13 @@ class EmbeddedYggdrasil:
             return
         kind = payload[0]
         if kind == v6.TYPE_SESSION_TRAFFIC:
-            packet = self.ipv6.read(source, payload[1:])
+            body = payload[1:]
+            if not v6.looks_like_ipv6(source, body):
+                if self._datagram_handler is not None:
+                    self._datagram_handler(source, body)
+                    return
+                self.datagrams_dropped += 1
+            packet = self.ipv6.read(source, body)
             if packet is not None:
                 self._on_ipv6(packet)
         elif kind == v6.TYPE_SESSION_PROTO:

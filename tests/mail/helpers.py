@@ -11,6 +11,7 @@ Yggdrasil sessions, the user-space IPv6/TCP stack and the node's trust boundary
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import smtplib
 import time
 from dataclasses import dataclass, field
@@ -248,3 +249,22 @@ async def smtp_send(
         from_addr or sender.address,
         to,
     )
+
+
+def imap_fetch_all(port: int, user: str, password: str, mailbox: str = "INBOX") -> list[bytes]:
+    """Every message in ``mailbox`` over IMAP (imaplib, blocking), oldest first."""
+    imap = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    try:
+        imap.login(user, password)
+        typ, _ = imap.select(mailbox, readonly=True)
+        assert typ == "OK"
+        typ, data = imap.uid("SEARCH", "ALL")
+        uids = data[0].split() if data and data[0] else []
+        out = []
+        for uid in uids:
+            typ, parts = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+            assert typ == "OK"
+            out.append(next(p[1] for p in parts if isinstance(p, tuple)))
+        return out
+    finally:
+        imap.logout()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import imaplib
 import signal
 import smtplib
 import socket
@@ -31,7 +30,7 @@ from apps.mail.service import MAIL_STORE_FILE_NAME
 from apps.mail.smtp_client import ClientTransaction, run_transaction
 from tests.lab.fixtures import open_node, two_host_lab
 from tests.lab.lab import Host, Lab
-from tests.mail.helpers import PASSWORD, MailNode, wait_for
+from tests.mail.helpers import PASSWORD, MailNode, imap_fetch_all, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -73,21 +72,7 @@ def _submit(port: int, user: str, msg: EmailMessage, to: list[str]) -> None:
 
 
 def _imap_fetch_all(port: int, user: str, mailbox: str = "INBOX") -> list[bytes]:
-    imap = imaplib.IMAP4("127.0.0.1", port, timeout=30)
-    try:
-        imap.login(user, PASSWORD)
-        typ, _ = imap.select(mailbox, readonly=True)
-        assert typ == "OK"
-        typ, data = imap.uid("SEARCH", "ALL")
-        uids = data[0].split() if data and data[0] else []
-        out = []
-        for uid in uids:
-            typ, parts = imap.uid("FETCH", uid, "(BODY.PEEK[])")
-            assert typ == "OK"
-            out.append(next(p[1] for p in parts if isinstance(p, tuple)))
-        return out
-    finally:
-        imap.logout()
+    return imap_fetch_all(port, user, PASSWORD, mailbox)
 
 
 def _message(frm: str, to: list[str], subject: str) -> EmailMessage:

@@ -114,7 +114,9 @@ def _rules_dialogue(port: int, a: str, b: str) -> None:
         smtp.rset()
         assert smtp.mail(a)[0] == 250
         code, text = smtp.rcpt("friend@example.com")
-        assert code == 550 and text.startswith(b"5.1.2 only <key>@mesh addresses are reachable")
+        assert code == 550 and text.startswith(
+            b"5.1.2 only <key>@mesh and <key>@yggmail addresses are reachable"
+        )
         assert smtp.rcpt("nothex@mesh")[0] == 550
         assert smtp.rcpt(b)[0] == 250
         code, text = smtp.data(f"From: {b}\r\nSubject: forged\r\n\r\nx\r\n".encode())
