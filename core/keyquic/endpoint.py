@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import Callable
@@ -172,36 +173,21 @@ class KeyQuicEndpoint:
         clock: Callable[[], float] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        from aioquic.quic.configuration import QuicConfiguration
-
         self.config = config or KeyQuicConfig()
         self.public_key = public_key
         self.stats = KeyQuicStats()
+        self._seed = seed
         self._send = send
         self._on_close = on_close
         self._stream_factory = stream_factory
         self._loop = asyncio.get_running_loop()
         self._clock = clock or self._loop.time
-        cert, private = node_certificate(seed)
-        datagram = min(self.config.max_datagram_size, mtu)
-        if datagram < MIN_INITIAL:
+        self._datagram = min(self.config.max_datagram_size, mtu)
+        if self._datagram < MIN_INITIAL:
             raise ValueError(f"the datagram port carries {mtu} bytes; QUIC needs {MIN_INITIAL}")
-
-        def configuration(is_client: bool) -> QuicConfiguration:
-            return QuicConfiguration(
-                is_client=is_client,
-                alpn_protocols=None,
-                certificate=cert,
-                private_key=private,
-                idle_timeout=self.config.idle_timeout,
-                max_datagram_size=datagram,
-                connection_id_length=CID_LENGTH,
-                server_name=public_key.hex() if is_client else None,
-                verify_mode=ssl.CERT_NONE,  # self-signed: the key check is ours
-            )
-
-        self._client_config = configuration(True)
-        self._server_config = configuration(False)
+        # Made at first use (a datagram, a dial): a node that never meets a Yggmail peer
+        # does not load aioquic nor sign a certificate.
+        self._configs: tuple[QuicConfiguration, QuicConfiguration] | None = None
         self._limiter = PeerRateLimiter(
             burst=self.config.new_connections_burst,
             per_minute=self.config.new_connections_per_minute,
@@ -211,6 +197,29 @@ class KeyQuicEndpoint:
         self._dials: dict[bytes, asyncio.Future[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._closed = False
+
+    def _configurations(self) -> tuple[QuicConfiguration, QuicConfiguration]:
+        """(client, server) configurations with our node certificate."""
+        if self._configs is None:
+            from aioquic.quic.configuration import QuicConfiguration
+
+            cert, private = node_certificate(self._seed)
+
+            def configuration(is_client: bool) -> QuicConfiguration:
+                return QuicConfiguration(
+                    is_client=is_client,
+                    alpn_protocols=None,
+                    certificate=cert,
+                    private_key=private,
+                    idle_timeout=self.config.idle_timeout,
+                    max_datagram_size=self._datagram,
+                    connection_id_length=CID_LENGTH,
+                    server_name=self.public_key.hex() if is_client else None,
+                    verify_mode=ssl.CERT_NONE,  # self-signed: the key check is ours
+                )
+
+            self._configs = (configuration(True), configuration(False))
+        return self._configs
 
     # -- the datagram side ------------------------------------------------------------------
     def datagram_received(self, key: bytes, data: bytes) -> None:
@@ -243,7 +252,7 @@ class KeyQuicEndpoint:
             return
         if (
             header.packet_type != QuicPacketType.INITIAL
-            or header.version not in self._server_config.supported_versions
+            or header.version not in self._configurations()[1].supported_versions
             or len(data) < MIN_INITIAL
         ):
             self.stats.garbage += 1
@@ -258,7 +267,7 @@ class KeyQuicEndpoint:
             self.stats.refused_rate += 1
             log.info("quic: refused a connection from %s: too many, too fast", key.hex()[:16])
             return
-        quic = _server_connection(self._server_config, header.destination_cid)
+        quic = _server_connection(self._configurations()[1], header.destination_cid)
         conn = self._add(key, quic, inbound=True)
         self._register(conn, header.destination_cid)  # the client's choice, until it switches
         self._register(conn, quic.host_cid)
@@ -318,7 +327,7 @@ class KeyQuicEndpoint:
             self._dials.pop(key, None)
             result.set_exception(ConnectionError("too many QUIC connections open"))
             return
-        quic = QuicConnection(configuration=self._client_config)
+        quic = QuicConnection(configuration=self._configurations()[0])
         conn = self._add(key, quic, inbound=False)
         conn.ready = self._loop.create_future()
 
@@ -551,18 +560,27 @@ class KeyQuicEndpoint:
 
 
 def _server_connection(config: QuicConfiguration, original_cid: bytes) -> QuicConnection:
-    """A server-side connection that asks the client for its certificate.
+    """A server-side connection that asks the client for its certificate."""
+    return _client_cert_server()(
+        configuration=config, original_destination_connection_id=original_cid
+    )
 
-    aioquic's TLS server sends a CertificateRequest only when ``_request_client_certificate``
-    is set on its context, which exists once the first Initial is being handled; the
-    subclass sets it there. A client that still sends no certificate fails the key
-    check after the handshake, so the requirement holds even if aioquic changes.
+
+@functools.cache
+def _client_cert_server() -> type[QuicConnection]:
+    """aioquic's server connection, made to send a CertificateRequest.
+
+    aioquic's TLS server asks for a client certificate only when
+    ``_request_client_certificate`` is set on its context, which exists once the first
+    Initial is being handled; the subclass sets it there. A client that still sends no
+    certificate fails the key check after the handshake, so the requirement holds even
+    if aioquic changes.
     """
     from aioquic.quic.connection import QuicConnection
 
-    class _ClientCertServer(QuicConnection):
+    class ClientCertServer(QuicConnection):
         def _initialize(self, peer_cid: bytes) -> None:
             super()._initialize(peer_cid)
             self.tls._request_client_certificate = True
 
-    return _ClientCertServer(configuration=config, original_destination_connection_id=original_cid)
+    return ClientCertServer
