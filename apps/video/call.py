@@ -372,6 +372,8 @@ class Call:
             }
         self.summary = summary
         await self.close()
+        if sink is not None and sink.recorder is not None:
+            summary["recording"] = sink.recorder.report()
         return summary
 
     async def close(self) -> None:

@@ -41,7 +41,9 @@ EXIT_CODES = {
     "failed": 1,
     "missed": 5,
 }
+RECORDING_FAILED = 7  # the call went on, but its recording could not be written whole
 SUBCOMMANDS = ("answer", "reject", "hangup", "log", "page")
+RECORD_SUFFIXES = (".mkv", ".mp4", ".webm")  # apps/video/record.py FORMATS (not imported: av)
 STATS_EVERY = 5.0
 JSON_FIELDS = (
     "result",
@@ -116,6 +118,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UsageError("--auto and --count go with mesh call answer")
     if word in SUBCOMMANDS and word != "answer" and args.record_to:
         raise UsageError(f"--record-to does not go with mesh call {word}")
+    if args.record_to:  # what can be told here is told before anything rings
+        _check_record_to(Path(args.record_to))
     if word in SUBCOMMANDS and args.duration is not None:
         raise UsageError("--duration goes with mesh call CONTACT")
     if args.duration is not None and args.duration <= 0:
@@ -274,6 +278,12 @@ def _print_summary(summary: dict[str, Any], as_json: bool, names: Names | None =
         return
     line = _summary_line(summary, names or Names())
     print(line + "\n" + _stats_line(summary.get("stats") or {}), flush=True)
+    recording = summary.get("recording")
+    if recording:
+        if recording.get("error"):
+            print(f"recording FAILED ({recording.get('path')}): {recording['error']}", flush=True)
+        else:
+            print(f"  recorded to {recording.get('path')} ({recording.get('bytes')} bytes)")
 
 
 async def _place(path: Path, args: argparse.Namespace) -> int:
@@ -290,7 +300,20 @@ async def _place(path: Path, args: argparse.Namespace) -> int:
             summary = await follower.run(stream)
         names = Names() if args.json else await Names.fetch(client)
     _print_summary(summary, args.json, names)
-    return EXIT_CODES.get(str(summary.get("result")), 1)
+    return _exit_code(summary)
+
+
+def _exit_code(summary: dict[str, Any]) -> int:
+    code = EXIT_CODES.get(str(summary.get("result")), 1)
+    recording = summary.get("recording") or {}
+    return RECORDING_FAILED if code == 0 and recording.get("error") else code
+
+
+def _check_record_to(path: Path) -> None:
+    if path.suffix.lower() not in RECORD_SUFFIXES:
+        raise UsageError(f"--record-to must end in {', '.join(RECORD_SUFFIXES)}: {path.name}")
+    if not path.resolve().parent.is_dir():
+        raise UsageError(f"--record-to {path}: no such directory {path.resolve().parent}")
 
 
 async def _ask(question: str) -> bool:
@@ -302,7 +325,7 @@ async def _ask(question: str) -> bool:
 
 async def _answer(path: Path, args: argparse.Namespace) -> int:
     handled: set[str] = set()
-    done = 0
+    done = code = 0
     async with await ControlClient.connect(path) as client:
         names = Names() if args.json else await Names.fetch(client)
         stream = client.subscribe(["call."])
@@ -329,13 +352,17 @@ async def _answer(path: Path, args: argparse.Namespace) -> int:
                     await client.call("call.answer", id=call_id, **_media_params(args))
                 else:
                     await client.call("call.reject", id=call_id)
-            except UsageError as exc:  # the caller gave up meanwhile
-                print(f"mesh: {exc}", file=sys.stderr)
+            except UsageError as exc:
+                status = await client.call("call.status", id=call_id)
+                if status.get("state") == "ringing":  # our own options: say so, leave it
+                    raise  # ringing (the page or another mesh call answer may take it)
+                print(f"mesh: {exc}", file=sys.stderr)  # the caller gave up meanwhile
             summary = await _Follower(client, call_id, args).run(stream)
             _print_summary(summary, args.json, names)
+            code = max(code, _exit_code(summary) if summary.get("recording") else 0)
             done += 1
             ringing = {}
-    return 0
+    return code
 
 
 async def _simple(path: Path, args: argparse.Namespace) -> int:

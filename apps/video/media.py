@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import av
-from aiortc.contrib.media import MediaPlayer, MediaRecorder, MediaRelay
+from aiortc.contrib.media import MediaPlayer, MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from apps.video.record import Recorder
 from core import UsageError
 
 __all__ = [
@@ -503,13 +504,14 @@ class KindStats:
 class MediaSink:
     """Consumes the remote tracks: counts frames (first-frame time, fps, resolution),
     reads test-pattern stamps (frame numbers, end-to-end latency) and, with
-    ``record_to``, records them with aiortc's ``MediaRecorder``."""
+    ``record_to``, records them (:class:`apps.video.record.Recorder`)."""
 
     MAX_LATENCIES = 10_000
 
     def __init__(self, record_to: Path | None = None) -> None:
         self._relay = MediaRelay()
-        self._recorder = MediaRecorder(str(record_to)) if record_to else None
+        # Created (0600) now: a place that cannot be written is refused before answering.
+        self.recorder = Recorder(record_to) if record_to else None
         self._tasks: set[asyncio.Task[None]] = set()
         self.audio = KindStats()
         self.video = KindStats()
@@ -530,15 +532,15 @@ class MediaSink:
         ``tracks[kind]`` through :meth:`subscribe`."""
         self.tracks[track.kind] = track
         consumer = self._relay.subscribe(track, buffered=False)
-        if self._recorder is not None:
-            self._recorder.addTrack(self._relay.subscribe(track, buffered=False))
+        if self.recorder is not None:
+            self.recorder.add(self._relay.subscribe(track, buffered=False))
         task = asyncio.get_running_loop().create_task(self._consume(track.kind, consumer))
         self._tasks.add(task)
 
     async def start(self) -> None:
-        if self._recorder is not None and not self._recorder_started:
+        if self.recorder is not None and not self._recorder_started:
             self._recorder_started = True
-            await self._recorder.start()
+            self.recorder.start()
 
     async def _consume(self, kind: str, track: MediaStreamTrack) -> None:
         stats = self.video if kind == "video" else self.audio
@@ -571,9 +573,5 @@ class MediaSink:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._recorder is not None:
-            recorder, self._recorder = self._recorder, None
-            try:
-                await recorder.stop()
-            except (av.FFmpegError, ValueError, OSError) as exc:
-                log.warning("recording did not close cleanly: %s", exc)
+        if self.recorder is not None:
+            await self.recorder.close()

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import av
 import pytest
 
 from apps.video import sdp
@@ -290,3 +291,40 @@ async def test_a_strangers_ring_during_a_page_call_is_a_notice_and_the_page_keep
         )
         assert [f"{start} (says “bob”)", pair.c.key.hex()] in rows, rows
         assert ["bob", pair.b.key.hex()] in rows, rows
+
+
+@pytest.mark.timeout(120)
+async def test_a_page_call_recorded_by_the_callee_to_mp4_is_a_valid_private_file(
+    tmp_path: Path,
+) -> None:
+    """The browser's camera reaches the callee with jitter; the MP4 it records must
+    still be readable (it was 48 bytes), and only its owner's."""
+    async with page_pair(tmp_path) as pair:
+        tab_a = await pair.browser.open(pair.url(pair.call_a, pair.b.key.hex()))
+        await press_call(tab_a)
+        for _ in range(200):
+            ringing = pair.call_b.current()
+            if ringing is not None and ringing.state.value == "ringing":
+                break
+            await asyncio.sleep(0.05)
+        recording = tmp_path / "from-the-page.mp4"
+        await pair.call_b.control_methods()["call.answer"]({"record_to": str(recording)})
+        current = pair.call_b.current()
+        assert current is not None and current.sink is not None
+        sink = current.sink
+        for _ in range(300):  # the browser's camera, 3 s of it
+            if sink.video.frames > 60:
+                break
+            await asyncio.sleep(0.05)
+        await pair.call_b.control_methods()["call.hangup"]({})
+        status = pair.call_b.control_methods()["call.status"]
+        for _ in range(200):  # the summary once the call is finished (recording closed)
+            summary = await status({"id": current.id})
+            if "recording" in summary:
+                break
+            await asyncio.sleep(0.05)
+    assert summary["recording"]["error"] is None, summary["recording"]
+    assert recording.stat().st_mode & 0o777 == 0o600
+    with av.open(str(recording)) as container:
+        video = sum(1 for _ in container.decode(video=0))
+    assert video > 30, video
