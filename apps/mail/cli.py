@@ -19,6 +19,8 @@ from typing import Any
 
 from core import (
     KEY_FILE_NAME,
+    MAIL_DOMAINS,
+    YGGMAIL_DOMAIN,
     ControlClient,
     MailAddress,
     MeshError,
@@ -59,7 +61,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "send",
         help="send a mail (body on stdin) through the running node's submission port",
     )
-    s.add_argument("--to", action="append", required=True, metavar="KEY@mesh", help="recipient")
+    s.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        metavar="KEY@mesh",
+        help="recipient (KEY@mesh or KEY@yggmail)",
+    )
     s.add_argument("--subject", default="", help="subject line")
     s.add_argument(
         "--password-stdin",
@@ -112,15 +120,19 @@ def cmd_address(args: argparse.Namespace) -> int:
         own = parse_mail_address(mail["mail_address"])
         submission, imap = mail["submission"], mail["imap"]
         mesh_port = int(mail["mesh_smtp"].rsplit(":", 1)[1])
+        yggmail = str(mail.get("yggmail", "on"))
     else:
         own = _own_address(data_dir)
         config = _mail_config(data_dir)
         submission = "{}:{}".format(*config.submission)
         imap = "{}:{}".format(*config.imap)
         mesh_port = config.mesh_port
+        yggmail = "on when the node runs the embedded backend"
     emit(
         {
             "mail_address": str(own),
+            "yggmail_address": str(own.on(YGGMAIL_DOMAIN)),
+            "yggmail": yggmail,
             "node_address": str(own.node_address),
             "smtp_submission": submission,
             "imap": imap,
@@ -182,7 +194,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     else:
         own = _own_address(data_dir)
         host, port = _mail_config(data_dir).submission
-    recipients = [str(parse_mail_address(to)) for to in args.to]
+    recipients = [str(parse_mail_address(to, MAIL_DOMAINS)) for to in args.to]
     password = _send_password(args)
     body = sys.stdin.read()
     msg = EmailMessage()

@@ -347,6 +347,8 @@ class ClientSession:
 
     def _send_mail(self, message: Envelope) -> None:
         param = f" SIZE={len(message.content)}" if "SIZE" in self.extensions else ""
+        if "8BITMIME" in self.extensions and not message.content.isascii():
+            param += " BODY=8BITMIME"  # RFC 6152: say so when the body has 8-bit octets
         self._send(f"MAIL FROM:<{message.mail_from}>{param}")
         if self._pipelining:  # MAIL, every RCPT and DATA in one flight
             for rcpt in message.recipients:

@@ -50,6 +50,7 @@ def test_address_and_passwd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     info = json.loads(capsys.readouterr().out)
     assert info["mail_address"] == str(MailAddress(identity.public_key))
     assert info["username"] == info["mail_address"]
+    assert info["yggmail_address"] == f"{identity.public_key.hex()}@yggmail"  # same key
     assert info["smtp_submission"] == "127.0.0.1:1025" and info["imap"] == "127.0.0.1:1143"
     assert info["mesh_smtp_port"] == 2525 and info["password_set"] is False
     assert _run(tmp_path, "mail", "passwd", "--stdin", stdin="a good password\n") == 0
