@@ -43,7 +43,7 @@ async def test_a_hostile_yggmail_peer_is_refused_and_nothing_is_stored(
         ours = f"{a.node.key.hex()}@yggmail"
         reader, writer = await endpoint.open_connection(a.node.key)
         writer.write(b" ")  # what Yggmail's client sends to make the stream exist
-        code, greeting = await _reply(reader)
+        code, _ = await _reply(reader)
         assert code == 220
 
         async def command(line: str) -> tuple[int, str]:
