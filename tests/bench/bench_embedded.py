@@ -1,6 +1,6 @@
 """Embedded node vs the real daemon vs raw veth, side by side in one lab run.
 
-    sudo .venv/bin/python -m tests.bench.bench_embedded [--mb 16] [--pings 40]
+    sudo .venv/bin/python -m tests.bench.bench_embedded [--mb 16] [--pings 40] [--carriers-only]
 
 Lab: hosts ``a`` and ``b`` (network namespaces) run yggdrasil 0.5.12 daemons peered
 over a veth; an embedded node runs in this process (root namespace) and peers with
@@ -16,6 +16,9 @@ Figures: ICMPv6 echo RTT (median, p90), UDP packets/s at the receiver and CPU se
 per 1,000 packets (for the embedded node: its event-loop thread; for the daemon: the
 receiving daemon process), TCP bulk throughput (MB/s, median of 3), 32-byte TCP round
 trip (median), idle RSS of an embedded `mesh up` process. Ratios against daemon↔daemon.
+Carriers: embedded→daemon TCP throughput, 32-byte round trip and the event-loop thread's
+CPU seconds per MB over tcp://, tls://, quic:// and ws:// links, side by side (a fresh
+embedded node per carrier, peered only with daemon a over that scheme).
 The machine is shared and noisy: read the ratios, not the absolutes.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import resource
@@ -42,6 +46,7 @@ from core.node import Node
 from tests.lab.lab import Daemon, Host, Lab, RootLink
 
 CHUNK = 256 * 1024
+CARRIER_PORTS = {"tcp": 7002, "tls": 7003, "quic": 7004, "ws": 7005}  # daemon a, root veth
 
 
 def _cpu_of(pid: int) -> float:
@@ -77,8 +82,9 @@ def _drain_one(listener: socket.socket, result: list[float]) -> None:
 def _kernel_echo_one(listener: socket.socket) -> None:
     conn, _ = listener.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while data := conn.recv(4096):
-        conn.sendall(data)
+    with contextlib.suppress(ConnectionResetError):  # the measuring side may reset
+        while data := conn.recv(4096):
+            conn.sendall(data)
     conn.close()
 
 
@@ -306,7 +312,8 @@ def build_lab(lab: Lab) -> tuple[Host, Host, str, Daemon, Daemon, RootLink]:
     a, b = lab.host("a"), lab.host("b")
     la, _ = lab.link(a, b)
     root = a.link_root(0xEF)
-    da = a.start_daemon(listen=[a.listen_uri(b, 7001), f"tcp://[{root.host_addr}]:7002"])
+    carriers = [f"{s}://[{root.host_addr}]:{port}" for s, port in CARRIER_PORTS.items()]
+    da = a.start_daemon(listen=[a.listen_uri(b, 7001), *carriers])
     db = b.start_daemon(peers=[a.peer_uri(b, 7001)])
     lab.wait_peered(da, db)
     lab.wait_reachable(b, da.address)
@@ -329,7 +336,9 @@ async def main(args: argparse.Namespace) -> None:
         try:
             await wait_path(e1, str(da.address))
             await wait_path(e2, str(e1.address))
-            await report(args, a, b, da, la, e1, e2)
+            if not args.carriers_only:
+                await report(args, a, b, da, la, e1, e2)
+            await carriers_report(args, a, da, root, Path(tmp))
         finally:
             await e2.close()
             await e1.close()
@@ -408,12 +417,46 @@ async def report(
     print(f"idle embedded `mesh up` RSS: {rss:.1f} MB (target < 80 MB); bench peak {peak:.0f} MB")
 
 
+async def carriers_report(
+    args: argparse.Namespace, a: Host, da: Daemon, root: RootLink, tmp: Path
+) -> None:
+    ya = str(da.address)
+    print(f"\nCarriers: embedded → daemon a, TCP bulk ({args.mb} MB, median of 3), 32-byte "
+          f"round trip (median of {args.rounds}), event-loop CPU per MB sent")  # fmt: skip
+    row("", ["MB/s", "RTT ms", "loop CPU s/MB", "MB/s vs tcp"])
+    base = 0.0
+    for scheme, port in CARRIER_PORTS.items():
+        node = await Node.open(
+            NodeConfig(data_dir=tmp / f"carrier-{scheme}", backend="embedded",
+                       peers=(f"{scheme}://[{root.host_addr}]:{port}",)),
+            Identity.generate(),
+        )  # fmt: skip
+        try:
+            await wait_path(node, ya)
+            rates, cpus = [], []
+            for _ in range(3):
+                cpu = time.thread_time()  # this thread runs the whole embedded node
+                rates.append(await embedded_throughput(node, ya, _kernel_sink(a, ya)[0], args.mb))
+                cpus.append((time.thread_time() - cpu) / args.mb)
+            echo_l, echo_p = _kernel_sink(a, ya)
+            threading.Thread(target=_kernel_echo_one, args=(echo_l,), daemon=True).start()
+            rtt = await embedded_rtt(node, ya, echo_p, args.rounds)
+        finally:
+            await node.close()
+        rate = statistics.median(rates)
+        base = base or rate
+        cpu_mb = statistics.median(cpus)
+        row(f"{scheme}:// embedded → daemon",
+            [f"{rate:.1f}", f"{rtt:.3f}", f"{cpu_mb:.3f}", f"{rate / base:.2f}x"])  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=int, default=16)
     parser.add_argument("--pings", type=int, default=40)
     parser.add_argument("--packets", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--carriers-only", action="store_true", help="only the carriers table")
     if os.geteuid() != 0:
         sys.exit("bench_embedded needs root (network namespaces)")
     asyncio.run(main(parser.parse_args()))
