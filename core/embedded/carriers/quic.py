@@ -58,7 +58,9 @@ KEEPALIVE_PERIOD = 20.0  # quic.Config.KeepAlivePeriod
 # wait out the whole idle timeout. Dead links are found in 20 + 15 s instead of 60 s.
 PING_ANSWER_WITHIN = 15.0
 CID_LENGTH = 8
-STREAM_WINDOW = 4 * 1024 * 1024  # per-stream and per-connection receive window
+# per-stream and per-connection receive window: QUIC's connection-level flow control
+# bounds what one connection may make us buffer (out-of-order data on any stream)
+STREAM_WINDOW = 1024 * 1024
 _VERSIONS = [QuicProtocolVersion.VERSION_1]
 
 
@@ -404,8 +406,12 @@ class QuicListener(asyncio.DatagramProtocol):
         link = self.links.get(header.destination_cid)
         if link is None:
             if header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
-                return  # never answer one (reflection loops)
+                self.stats.garbage += 1  # never answered (reflection loops)
+                return
             if header.version is not None and header.version not in _VERSIONS:
+                self.stats.garbage += 1  # not a version we speak
+                if len(data) < SMALLEST_MAX_DATAGRAM_SIZE:  # no amplification (RFC 9000 6.1)
+                    return
                 self._send(
                     encode_quic_version_negotiation(
                         source_cid=header.destination_cid,

@@ -52,7 +52,10 @@ _wire_log = logging.getLogger(f"{__name__}.wire")
 _wire_log.setLevel(logging.WARNING)
 
 SUBPROTOCOL = Subprotocol("ygg-ws")
-MAX_MESSAGE = 1024 * 1024  # bound of one received message (websockets' default)
+# bound of one received message: yggdrasil-go writes at most one frame (≤ 131070 bytes
+# and its length) per message, through a 4 KiB bufio.Writer; max_links times this bounds
+# what a listener's partial messages may hold
+MAX_MESSAGE = 256 * 1024
 SEND_CHUNK = 32 * 1024  # our messages: coder/websocket's default read limit is 32 KiB
 HEALTH_PATHS = ("/health", "/healthz")
 
