@@ -2,97 +2,63 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from core.embedded import NetworkConfig, PacketNetwork
+from tests.embedded.carrier_util import hostport, nets, until, up
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _hostport(uri: str) -> tuple[str, int]:
-    host, port = uri.split("://", 1)[1].rsplit(":", 1)
-    return host.strip("[]"), int(port)
-
-
-async def _until(check: Callable[[], object], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-@contextlib.asynccontextmanager
-async def _nets(count: int, **config: float) -> AsyncIterator[list[PacketNetwork]]:
-    nets = [
-        PacketNetwork(os.urandom(32), config=NetworkConfig(**config))  # type: ignore[arg-type]
-        for _ in range(count)
-    ]
-    for net in nets:
-        await net.start()
-    try:
-        yield nets
-    finally:
-        for net in nets:
-            await net.close()
-
-
-def _up(net: PacketNetwork) -> list[bytes]:
-    return [p.key for p in net.peers() if p.up and p.key is not None]
-
-
 async def test_two_embedded_nodes_link_over_quic_and_carry_packets() -> None:
-    async with _nets(2) as (a, b):
+    async with nets(2) as (a, b):
         got: list[tuple[bytes, bytes]] = []
         b.set_handler(lambda src, data: got.append((src, data)))
         uri = await b.listen("quic://[::1]:0")
         assert uri.startswith("quic://[::1]:") and not uri.endswith(":0")
         await a.add_peer(f"{uri}?key={b.public_key.hex()}")
-        await _until(lambda: _up(a) == [b.public_key] and _up(b) == [a.public_key])
+        await until(lambda: up(a) == [b.public_key] and up(b) == [a.public_key])
         [info] = a.peers()
         assert info.uri == uri and not info.inbound
         for _ in range(50):  # the first packets wait for the path lookup
             a.send(b.public_key, b"\xffprobe")
             with contextlib.suppress(AssertionError):
-                await _until(lambda: got, timeout=0.2)
+                await until(lambda: got, timeout=0.2)
                 break
         got.clear()
         big = os.urandom(a.mtu - 1)  # many QUIC packets for one link frame
         for i in range(20):
             a.send(b.public_key, bytes([i]) + big)
-        await _until(lambda: len(got) == 20)
+        await until(lambda: len(got) == 20)
         assert [d[0] for _s, d in got] == list(range(20))
         assert all(src == a.public_key and d[1:] == big for src, d in got)
 
 
-async def test_a_quic_link_with_the_wrong_pinned_key_or_password_never_comes_up(
+async def test_a_quic_link_with_the_wrong_pinned_key_or_password_never_comesup(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="core.embedded")
-    async with _nets(3) as (server, wrong_key, wrong_password):
+    async with nets(3) as (server, wrong_key, wrong_password):
         uri = await server.listen("quic://127.0.0.1:0?password=pw")
         await wrong_key.add_peer(f"{uri}?password=pw&key={os.urandom(32).hex()}")
         await wrong_password.add_peer(f"{uri}?password=nope")
-        await _until(lambda: "does not match the pinned ?key=" in caplog.text)
-        await _until(lambda: "password does not match" in caplog.text)
+        await until(lambda: "does not match the pinned ?key=" in caplog.text)
+        await until(lambda: "password does not match" in caplog.text)
         # the listener may see the wrong-key link up until the dialler drops it
-        await _until(lambda: _up(server) == [])
-        assert _up(wrong_key) == [] and _up(wrong_password) == []
+        await until(lambda: up(server) == [])
+        assert up(wrong_key) == [] and up(wrong_password) == []
 
 
 async def test_garbage_datagrams_are_dropped_and_counted_and_the_listener_still_serves() -> None:
-    async with _nets(2) as (server, client):
+    async with nets(2) as (server, client):
         uri = await server.listen("quic://127.0.0.1:0")
         rng = random.Random(22)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -100,14 +66,14 @@ async def test_garbage_datagrams_are_dropped_and_counted_and_the_listener_still_
             for size in [0, 1, 5, 20, 1199, 1200, 1500] + [
                 rng.randrange(1, 1400) for _ in range(93)
             ]:
-                sock.sendto(rng.randbytes(size), _hostport(uri))
+                sock.sendto(rng.randbytes(size), hostport(uri))
             stats = server.carrier_stats
-            await _until(lambda: stats().get("quic", {}).get("garbage", 0) == 100)
+            await until(lambda: stats().get("quic", {}).get("garbage", 0) == 100)
         finally:
             sock.close()
         assert server.inbound_open == 0 and server.pending_count == 0
         await client.add_peer(uri)
-        await _until(lambda: _up(server) == [client.public_key])
+        await until(lambda: up(server) == [client.public_key])
 
 
 def _initial() -> bytes:
@@ -120,19 +86,19 @@ def _initial() -> bytes:
 
 
 async def test_an_initial_flood_is_refused_beyond_the_caps_counted_and_freed() -> None:
-    async with _nets(2, handshake_timeout=1.0, max_links_per_source=8) as (server, client):
+    async with nets(2, handshake_timeout=1.0, max_links_per_source=8) as (server, client):
         uri = await server.listen("quic://127.0.0.1:0")
         initials = [_initial() for _ in range(60)]
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             for data in initials:
-                sock.sendto(data, _hostport(uri))
+                sock.sendto(data, hostport(uri))
             stats = server.carrier_stats
-            await _until(lambda: stats().get("quic", {}).get("refused", 0) == 52)
+            await until(lambda: stats().get("quic", {}).get("refused", 0) == 52)
             assert server.inbound_open == 8  # the per-source cap holds
             # nobody finishes: every handshake is freed at the deadline
-            await _until(lambda: server.inbound_open == 0 and server.pending_count == 0)
+            await until(lambda: server.inbound_open == 0 and server.pending_count == 0)
         finally:
             sock.close()
         await client.add_peer(uri)  # and the listener serves again
-        await _until(lambda: _up(server) == [client.public_key])
+        await until(lambda: up(server) == [client.public_key])

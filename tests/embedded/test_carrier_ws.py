@@ -7,50 +7,18 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from core.embedded import NetworkConfig, PacketNetwork
+from core.embedded import PacketNetwork
 from core.embedded.carriers.ws import MAX_MESSAGE
 from core.embedded.links import make_tls_contexts
 from core.embedded.meta import encode_meta
+from tests.embedded.carrier_util import hostport, nets, until, up
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _hostport(uri: str) -> tuple[str, int]:
-    host, port = uri.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
-    return host.strip("[]"), int(port)
-
-
-async def _until(check: Callable[[], object], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-@contextlib.asynccontextmanager
-async def _nets(count: int, **config: float) -> AsyncIterator[list[PacketNetwork]]:
-    nets = [
-        PacketNetwork(os.urandom(32), config=NetworkConfig(**config))  # type: ignore[arg-type]
-        for _ in range(count)
-    ]
-    for net in nets:
-        await net.start()
-    try:
-        yield nets
-    finally:
-        for net in nets:
-            await net.close()
-
-
-def _up(net: PacketNetwork) -> list[bytes]:
-    return [p.key for p in net.peers() if p.up and p.key is not None]
 
 
 def _stat(net: PacketNetwork, name: str) -> int:
@@ -58,7 +26,7 @@ def _stat(net: PacketNetwork, name: str) -> int:
 
 
 async def _http(uri: str, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(*_hostport(uri))
+    reader, writer = await asyncio.open_connection(*hostport(uri))
     try:
         writer.write(request)
         async with asyncio.timeout(10):
@@ -68,31 +36,31 @@ async def _http(uri: str, request: bytes) -> bytes:
 
 
 async def test_two_embedded_nodes_link_over_ws_with_a_path_and_carry_packets() -> None:
-    async with _nets(2) as (a, b):
+    async with nets(2) as (a, b):
         got: list[bytes] = []
         b.set_handler(lambda _src, data: got.append(data))
         uri = await b.listen("ws://[::1]:0/ygg")
         assert uri.startswith("ws://[::1]:") and uri.endswith("/ygg")
         await a.add_peer(f"{uri}?key={b.public_key.hex()}")
-        await _until(lambda: _up(a) == [b.public_key] and _up(b) == [a.public_key])
+        await until(lambda: up(a) == [b.public_key] and up(b) == [a.public_key])
         assert a.peers()[0].uri == uri
         for _ in range(50):  # the first packets wait for the path lookup
             a.send(b.public_key, b"\xffprobe")
             with contextlib.suppress(AssertionError):
-                await _until(lambda: got, timeout=0.2)
+                await until(lambda: got, timeout=0.2)
                 break
         got.clear()
         big = os.urandom(a.mtu - 1)  # several 32 KiB WebSocket messages per link frame
         for i in range(20):
             a.send(b.public_key, bytes([i]) + big)
-        await _until(lambda: len(got) == 20)
+        await until(lambda: len(got) == 20)
         assert [d[0] for d in got] == list(range(20)) and all(d[1:] == big for d in got)
 
 
 async def test_wss_dials_a_ws_listener_behind_a_tls_terminating_proxy() -> None:
     """The deployment upstream documents: TLS ends at a reverse proxy, ws:// behind it."""
-    async with _nets(2) as (a, b):
-        backend = _hostport(await b.listen("ws://127.0.0.1:0"))
+    async with nets(2) as (a, b):
+        backend = hostport(await b.listen("ws://127.0.0.1:0"))
         proxy_ctx = make_tls_contexts(os.urandom(32))[0]
 
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -110,7 +78,7 @@ async def test_wss_dials_a_ws_listener_behind_a_tls_terminating_proxy() -> None:
         try:
             port = server.sockets[0].getsockname()[1]
             await a.add_peer(f"wss://127.0.0.1:{port}/?key={b.public_key.hex()}")
-            await _until(lambda: _up(a) == [b.public_key] and _up(b) == [a.public_key])
+            await until(lambda: up(a) == [b.public_key] and up(b) == [a.public_key])
             assert a.peers()[0].uri == f"wss://127.0.0.1:{port}"
         finally:
             await a.close()  # the links end before the proxy does
@@ -118,17 +86,17 @@ async def test_wss_dials_a_ws_listener_behind_a_tls_terminating_proxy() -> None:
 
 
 async def test_the_listener_answers_health_checks_without_a_link() -> None:
-    async with _nets(1) as (net,):
+    async with nets(1) as (net,):
         uri = await net.listen("ws://127.0.0.1:0")
         for path in ("/health", "/healthz"):
             reply = await _http(uri, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\nOK")
-        await _until(lambda: net.pending_count == 0 and net.inbound_open == 0)
+        await until(lambda: net.pending_count == 0 and net.inbound_open == 0)
         assert net.peers() == []
 
 
 async def test_an_upgrade_without_the_ygg_ws_subprotocol_is_refused_and_counted() -> None:
-    async with _nets(1) as (net,):
+    async with nets(1) as (net,):
         uri = await net.listen("ws://127.0.0.1:0")
         for subprotocols in (None, ["chat"]):
             with pytest.raises(InvalidStatus) as info:
@@ -137,11 +105,11 @@ async def test_an_upgrade_without_the_ygg_ws_subprotocol_is_refused_and_counted(
             assert info.value.response.status_code == 400
             assert b"ygg-ws" in info.value.response.body
         assert _stat(net, "refused") == 2
-        await _until(lambda: net.inbound_open == 0)
+        await until(lambda: net.inbound_open == 0)
 
 
 async def test_a_foreign_browser_origin_is_refused_unless_the_uri_allows_it() -> None:
-    async with _nets(1) as (net,):
+    async with nets(1) as (net,):
         strict = await net.listen("ws://127.0.0.1:0")
         allowing = await net.listen("ws://127.0.0.1:0?origin=*.example.org")
         hello = encode_meta(os.urandom(32))
@@ -159,7 +127,7 @@ async def test_a_foreign_browser_origin_is_refused_unless_the_uri_allows_it() ->
 
 
 async def test_an_oversize_message_closes_the_connection_and_is_counted() -> None:
-    async with _nets(1) as (net,):
+    async with nets(1) as (net,):
         uri = await net.listen("ws://127.0.0.1:0")
         async with connect(uri, subprotocols=["ygg-ws"], max_size=None) as ws:  # type: ignore[list-item]
             await ws.send(b"\x00" * (MAX_MESSAGE + 1))
@@ -169,11 +137,11 @@ async def test_an_oversize_message_closes_the_connection_and_is_counted() -> Non
                         await ws.recv()
             assert info.value.rcvd is not None and info.value.rcvd.code == 1009
         assert _stat(net, "oversize") == 1
-        await _until(lambda: net.inbound_open == 0)
+        await until(lambda: net.inbound_open == 0)
 
 
 async def test_text_messages_and_non_http_bytes_are_garbage() -> None:
-    async with _nets(1) as (net,):
+    async with nets(1) as (net,):
         uri = await net.listen("ws://127.0.0.1:0")
         async with connect(uri, subprotocols=["ygg-ws"]) as ws:  # type: ignore[list-item]
             await ws.send("text is not the link")
@@ -183,27 +151,27 @@ async def test_text_messages_and_non_http_bytes_are_garbage() -> None:
                         await ws.recv()
         reply = await _http(uri, os.urandom(200).replace(b"\n", b"") + b"\r\n\r\n")
         assert not reply.startswith(b"HTTP/1.1 101")
-        await _until(lambda: _stat(net, "garbage") == 2)
-        await _until(lambda: net.inbound_open == 0)
+        await until(lambda: _stat(net, "garbage") == 2)
+        await until(lambda: net.inbound_open == 0)
 
 
 async def test_stalled_upgrades_are_freed_at_the_handshake_deadline_and_capped_per_source() -> None:
-    async with _nets(2, handshake_timeout=1.0, max_links_per_source=4) as (net, good):
+    async with nets(2, handshake_timeout=1.0, max_links_per_source=4) as (net, good):
         uri = await net.listen("ws://127.0.0.1:0")
-        held = [socket.create_connection(_hostport(uri)) for _ in range(10)]
+        held = [socket.create_connection(hostport(uri)) for _ in range(10)]
         try:
-            await _until(lambda: _stat(net, "refused") == 6)
+            await until(lambda: _stat(net, "refused") == 6)
             assert net.inbound_open == 4
-            await _until(lambda: net.inbound_open == 0 and net.pending_count == 0)
+            await until(lambda: net.inbound_open == 0 and net.pending_count == 0)
         finally:
             for s in held:
                 s.close()
         await good.add_peer(uri)  # freed: a real peer gets in
-        await _until(lambda: _up(net) == [good.public_key])
+        await until(lambda: up(net) == [good.public_key])
 
 
 async def test_wss_cannot_listen_and_says_why() -> None:
-    async with _nets(1) as (net,):
+    async with nets(1) as (net,):
         with pytest.raises(ValueError, match="reverse proxy"):
             await net.listen("wss://127.0.0.1:0")
 

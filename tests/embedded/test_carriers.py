@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 
 import pytest
 
 from core.embedded import PacketNetwork
 from core.embedded.carriers import BUILTIN, CarrierRegistry, UnknownScheme
 from core.embedded.carriers.memory import MemoryCarrier, MemoryHub
+from tests.embedded.carrier_util import until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_a_link_dials_and_listens_over_a_carrier_found_by_its_scheme() -> None:
@@ -35,8 +26,8 @@ async def test_a_link_dials_and_listens_over_a_carrier_found_by_its_scheme() -> 
     try:
         assert await b.listen("mem://bee:0") == "mem://bee:0"
         await a.add_peer(f"mem://bee:0?key={b.public_key.hex()}")
-        await _until(lambda: [p.key for p in a.peers() if p.up] == [b.public_key])
-        await _until(lambda: [p.key for p in b.peers() if p.up] == [a.public_key])
+        await until(lambda: [p.key for p in a.peers() if p.up] == [b.public_key])
+        await until(lambda: [p.key for p in b.peers() if p.up] == [a.public_key])
         assert [p.uri for p in a.peers()] == ["mem://bee:0"]
         assert b.peers()[0].inbound
     finally:
@@ -50,7 +41,7 @@ async def test_a_refused_dial_is_retried_like_any_unreachable_peer() -> None:
     await a.start()
     try:
         await a.add_peer("mem://nobody:0")
-        await _until(lambda: a.peers()[0].last_error is not None)
+        await until(lambda: a.peers()[0].last_error is not None)
         assert "nothing listens on mem://nobody" in str(a.peers()[0].last_error)
         assert a.pending_count == 0
     finally:
@@ -115,7 +106,7 @@ async def test_a_static_peer_that_is_this_node_is_not_redialled(
     try:
         uri = await net.listen("tcp://127.0.0.1:0")
         await net.add_peer(uri)
-        await _until(lambda: "is this node itself: not redialled" in caplog.text)
+        await until(lambda: "is this node itself: not redialled" in caplog.text)
         [static] = [p for p in net.peers() if not p.inbound]
         assert "our own key" in str(static.last_error) and not static.up
         await net.remove_peer(uri)  # still listed, still removable
