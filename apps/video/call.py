@@ -47,6 +47,9 @@ def new_call_id() -> str:
     return secrets.token_hex(16)
 
 
+_RECEIVING = ("sendrecv", "recvonly")
+
+
 @dataclass(frozen=True)
 class CallOptions:
     source: str = "testsrc"
@@ -324,6 +327,15 @@ class Call:
                 out["resolution"] = f"{self.sink.video.width}x{self.sink.video.height}"
         return out
 
+    def receiving(self) -> list[str]:
+        """The kinds the peer sends us, as negotiated (an audio-only answer sends no
+        video to the caller): what a UI shows a picture for."""
+        if self.pc is None:
+            return []
+        return sorted(
+            {t.kind for t in self.pc.getTransceivers() if t.currentDirection in _RECEIVING}
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -333,6 +345,7 @@ class Call:
             "name": self.remote_name,
             "alias": self.alias,
             "media": list(self.media),
+            "receiving": self.receiving(),
             "state": self.state.value,
             "result": self.result,
             "detail": self.detail,

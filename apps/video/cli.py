@@ -5,6 +5,7 @@ the media runs in the node process).
                       [--record-to FILE] [--json]
     mesh call answer [--auto] [--source ...] [--record-to FILE] [--count N] [--json]
     mesh call reject | hangup | log [--json]
+    mesh call mute | unmute | camera on|off [--json]   the call in progress
     mesh call page [CONTACT]          the call page's URL (with CONTACT: preset on them)
     mesh call CONTACT --page          open that URL in the default browser
 
@@ -42,7 +43,7 @@ EXIT_CODES = {
     "missed": 5,
 }
 RECORDING_FAILED = 7  # the call went on, but its recording could not be written whole
-SUBCOMMANDS = ("answer", "reject", "hangup", "log", "page")
+SUBCOMMANDS = ("answer", "reject", "hangup", "log", "page", "mute", "unmute", "camera")
 RECORD_SUFFIXES = (".mkv", ".mp4", ".webm")  # apps/video/record.py FORMATS (not imported: av)
 STATS_EVERY = 5.0
 JSON_FIELDS = (
@@ -62,7 +63,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "call",
         help="audio/video calls over the mesh: call, answer, reject, hangup, log, page",
         description=(
-            "mesh call CONTACT places a call; mesh call answer|reject|hangup|log act on "
+            "mesh call CONTACT places a call; mesh call answer|reject|hangup|log|mute|unmute|"
+            "camera on|off act on "
             "the running node's calls; mesh call page [CONTACT] prints the browser call "
             "page's URL (--page opens it). CONTACT is an alias, a 64-hex key or key@mesh."
         ),
@@ -71,12 +73,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "6 not a contact at the callee, 1 failed, 2 usage. See docs/calls.md."
         ),
     )
-    p.add_argument("contact", metavar="CONTACT|answer|reject|hangup|log|page")
+    p.add_argument("contact", metavar="CONTACT|answer|reject|hangup|log|page|mute|unmute|camera")
     p.add_argument(
         "target",
         nargs="?",
         metavar="CONTACT",
-        help="page: whom the page is preset on (a click calls)",
+        help="page: whom the page is preset on (a click calls); camera: on or off",
     )
     p.add_argument(
         "--page",
@@ -110,8 +112,10 @@ def summary_json(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _check_flags(args: argparse.Namespace) -> None:
     word = args.contact
-    if args.target is not None and word != "page":
+    if args.target is not None and word not in ("page", "camera"):
         raise UsageError(f"mesh call {word} takes no second argument")
+    if word == "camera" and args.target not in ("on", "off"):
+        raise UsageError("mesh call camera takes on or off")
     if args.page and word in SUBCOMMANDS:
         raise UsageError("--page goes with mesh call CONTACT")
     if word != "answer" and (args.auto or args.count is not None):
@@ -148,6 +152,9 @@ def cmd_call(args: argparse.Namespace) -> int:
         "hangup": _simple,
         "log": _log,
         "page": _page,
+        "mute": _toggle,
+        "unmute": _toggle,
+        "camera": _toggle,
     }.get(args.contact, _open_page if args.page else _place)
     code: int = asyncio.run(handler(path, args))
     return code
@@ -375,6 +382,23 @@ async def _simple(path: Path, args: argparse.Namespace) -> int:
         with_whom = f" with {_who(result, names)}" if result.get("peer") else ""
         call_id = str(result.get("id") or "")[:8] or "-"
         print(f"{args.contact}: call {call_id}{with_whom} {or_dash(result.get('state'))}")
+    return 0
+
+
+async def _toggle(path: Path, args: argparse.Namespace) -> int:
+    """Mute/unmute the microphone or turn the camera off/on in the call in progress
+    (the page's buttons, from a terminal)."""
+    if args.contact == "camera":
+        params, said = {"video_off": args.target == "off"}, f"camera {args.target}"
+    else:
+        params, said = {"audio_muted": args.contact == "mute"}, f"{args.contact}d"
+    async with await ControlClient.connect(path) as client:
+        result = await client.call("call.update", **params)
+        names = Names() if args.json else await Names.fetch(client)
+    if args.json:
+        emit(result, as_json=True)
+    else:
+        print(f"{said}: call {str(result.get('id'))[:8]} with {_who(result, names)}")
     return 0
 
 

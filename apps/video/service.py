@@ -58,6 +58,10 @@ FIRST_FRAME_TIMEOUT = 10.0
 FINISHED_KEPT = 32
 REFUSALS_LOGGED = 5  # refused calls logged per peer per minute
 PULSE_TICK = 0.25  # how often an active call looks for its peer's packets
+UPDATES_SHOWN = 5  # a peer's update frames published a second (the rest coalesced)
+RINGS_UNANSWERED = 3  # after 3 unanswered rings from a peer within RINGS_WINDOW,
+RINGS_WINDOW = 120.0  # its calls get busy until the oldest is that old
+RINGS_PEERS = 1024  # peers remembered for that
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,9 @@ class _Session:
     offer: sdp.IncomingSdp | None = None
     answering: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # The peer's update frames: shown at most UPDATES_SHOWN a second, the last always.
+    updates_shown: deque[float] = field(default_factory=lambda: deque(maxlen=UPDATES_SHOWN))
+    update_due: asyncio.TimerHandle | None = None
 
 
 class CallService(BaseService):
@@ -129,6 +136,8 @@ class CallService(BaseService):
         self._tasks: set[asyncio.Task[Any]] = set()
         # Refused calls are logged and announced at most 5 a minute per peer.
         self._refusals = PeerRateLimiter(burst=REFUSALS_LOGGED, per_minute=REFUSALS_LOGGED)
+        # A peer re-ringing in a loop cannot keep this node ringing (or busy) for ever.
+        self._unanswered: OrderedDict[bytes, deque[float]] = OrderedDict()
         # Streams still before their first frame: 2 per peer, MAX_HANDSHAKES in all.
         self._handshakes = ConnectionLimiter(per_peer=2, total=MAX_HANDSHAKES)
         self.refused_frames = 0
@@ -209,6 +218,9 @@ class CallService(BaseService):
 
     def _on_state(self, call: Call, old: sig.CallState, new: sig.CallState) -> None:
         log.info("call %s %s: %s -> %s", call.id[:8], call.role.value, old.value, new.value)
+        session = self._sessions.get(call.id)
+        if session is None or session.call is not call:
+            return  # refused before it rang (a stranger, busy, a bad offer): no UI to move
         self._publish("call.state", {**call.to_json(), "previous": old.value})
 
     def current(self) -> Call | None:
@@ -380,7 +392,7 @@ class CallService(BaseService):
             return
         if isinstance(frame, sig.Update):
             call.remote_update.update(frame.fields())
-            self._publish("call.state", {**call.to_json(), "previous": call.state.value})
+            self._show_update(session)
             return
         if isinstance(frame, sig.Hangup):
             if call.answered_at is not None:
@@ -395,6 +407,29 @@ class CallService(BaseService):
             await self._caller_frame(session, frame)
         else:
             raise sig.RemoteProtocolError(f"a caller may not send {frame.TYPE}")
+
+    def _show_update(self, session: _Session) -> None:
+        """Publish the peer's changed state: at once while within UPDATES_SHOWN a second,
+        else once, a second later, with whatever it is then (a flood of update frames
+        is a handful of events, and the last state is never lost)."""
+        if session.update_due is not None:
+            return  # already due: it will carry this change too
+        now = asyncio.get_running_loop().time()
+        shown = session.updates_shown
+        wait = 0.0 if len(shown) < UPDATES_SHOWN else shown[0] + 1.0 - now
+        call = session.call
+
+        def publish() -> None:
+            session.update_due = None
+            if call.state is sig.CallState.ENDED:
+                return
+            shown.append(asyncio.get_running_loop().time())
+            self._publish("call.state", {**call.to_json(), "previous": call.state.value})
+
+        if wait <= 0:
+            publish()
+        else:
+            session.update_due = asyncio.get_running_loop().call_later(wait, publish)
 
     async def _caller_frame(self, session: _Session, frame: sig.Frame) -> None:
         call = session.call
@@ -487,6 +522,9 @@ class CallService(BaseService):
         # together cannot both ring.
         if reason is None and (self.current() is not None or call.id in self._sessions):
             reason = "busy"
+        if reason is None and self._rang_out(call.peer_key):
+            reason = "busy"  # ringing again and again: not for ever
+            log.info("call from %s refused: %d unanswered rings already", peer, RINGS_UNANSWERED)
         if reason is not None:
             await self._refuse(session, reason)
             return
@@ -494,6 +532,19 @@ class CallService(BaseService):
         await self._send(session, sig.Ringing(call.id))
         self._publish("call.incoming", call.to_json())
         await self._drive(session, conn)
+
+    def _rang_out(self, key: bytes) -> bool:
+        """True while ``key`` has rung RINGS_UNANSWERED times unanswered in RINGS_WINDOW."""
+        ends = self._unanswered.get(key)
+        now = asyncio.get_running_loop().time()
+        return ends is not None and len(ends) == RINGS_UNANSWERED and now - ends[0] < RINGS_WINDOW
+
+    def _note_unanswered(self, key: bytes) -> None:
+        ends = self._unanswered.pop(key, None) or deque(maxlen=RINGS_UNANSWERED)
+        ends.append(asyncio.get_running_loop().time())
+        self._unanswered[key] = ends
+        while len(self._unanswered) > RINGS_PEERS:
+            self._unanswered.popitem(last=False)
 
     async def _take_offer(self, session: _Session, frame: sig.CallFrame) -> bool:
         """Validate and keep the caller's offer; False (the call failed) if refused."""
@@ -506,7 +557,10 @@ class CallService(BaseService):
             self.refused_frames += 1
             await self._send(session, sig.Hangup(call.id, "failed", f"bad offer: {exc}"))
             call.fire(sig.Trigger.FAIL, result="failed", detail=f"bad offer SDP: {exc}")
-            await self._finish(session)
+            if self._refusals.allow(call.peer_key):
+                await self._finish(session)  # logged, at most REFUSALS_LOGGED a minute
+            else:
+                await call.close()
             return False
         return True
 
@@ -570,7 +624,9 @@ class CallService(BaseService):
         if call.summary is not None:
             return
         summary = await call.finish()
-        self._sessions.pop(call.id, None)
+        rang = self._sessions.pop(call.id, None) is session and call.role is sig.Role.CALLEE
+        if rang and call.answered_at is None:
+            self._note_unanswered(call.peer_key)
         self._finished[call.id] = summary
         while len(self._finished) > FINISHED_KEPT:
             self._finished.popitem(last=False)
@@ -672,6 +728,9 @@ class CallService(BaseService):
         )
         if changed:
             await self._send(session, sig.Update(session.call.id, **changed))
+            # Every page and UI on this node shows the same state (a second tab, the CLI).
+            call = session.call
+            self._publish("call.state", {**call.to_json(), "previous": call.state.value})
         return {"changed": changed, **session.call.to_json()}
 
     async def _m_status(self, params: dict[str, Any]) -> dict[str, Any]:

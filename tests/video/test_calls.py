@@ -311,6 +311,7 @@ async def test_a_stranger_ringing_over_and_over_is_logged_five_times_a_minute(
         assert all(e["result"] == "not-a-contact" for e in pa.ended()) and len(pa.ended()) == 7
         assert len(await method(pb, "call.log")) == 5
         assert len(pb.ended()) == 5
+        assert "call.state" not in pb.kinds()  # refused before ringing: no UI moves
 
 
 @pytest.mark.timeout(120)

@@ -127,3 +127,34 @@ def test_mesh_call_by_contact_alias_and_an_unknown_name_is_a_usage_error(
     assert _finish(answer)[0] == 0
     unknown = run_mesh(a.data, "call", "nobody-here")
     assert unknown.returncode == 2 and "not a contact" in unknown.stderr
+
+
+def test_mesh_call_mute_unmute_and_camera_act_on_the_call_in_progress(
+    nodes: tuple[NodeUp, NodeUp],
+) -> None:
+    a, b = nodes
+    done = run_mesh(a.data, "call", "mute")  # no call: said, not ignored
+    assert done.returncode == 2 and "no call in progress" in done.stderr
+    done = run_mesh(a.data, "call", "camera", "sideways")
+    assert done.returncode == 2 and "camera takes on or off" in done.stderr
+    answer = spawn_mesh(b.data, "call", "answer", "--auto", "--count", "1", "--json")
+    time.sleep(0.5)
+    caller = spawn_mesh(a.data, "call", b.status["key"], "--duration", "8", "--json")
+    try:
+        muted: dict[str, object] = {}
+        for _ in range(100):  # until the call is up (a mute before it is refused)
+            done = run_mesh(a.data, "call", "mute", "--json")
+            if done.returncode == 0:
+                muted = json.loads(done.stdout)
+                break
+            time.sleep(0.2)
+        assert muted["local"] == {"audio_muted": True, "video_off": False}, muted
+        said = run_mesh(a.data, "call", "camera", "off")
+        assert said.returncode == 0 and said.stdout.startswith("camera off: call "), said
+        unmuted = json.loads(run_mesh(a.data, "call", "unmute", "--json").stdout)
+        assert unmuted["local"] == {"audio_muted": False, "video_off": True}
+        on = json.loads(run_mesh(a.data, "call", "camera", "on", "--json").stdout)
+        assert on["local"]["video_off"] is False and on["changed"] == {"video_off": False}
+    finally:
+        _finish(caller)
+        _finish(answer)

@@ -12,9 +12,10 @@ import pytest
 from aioice import Candidate
 
 from apps.video import signaling as sig
+from apps.video.call import CallOptions
 from apps.video.ice import MeshIceConnection
 from tests.video.helpers import connect, method, trusted_pair
-from tests.video.mesh import CallMesh, exchange_and_connect
+from tests.video.mesh import CallMesh, eventually, exchange_and_connect
 from tests.video.sdp_samples import offer
 
 pytestmark = pytest.mark.timeout(90)
@@ -92,3 +93,62 @@ async def test_fuzzed_signaling_and_mangled_sdp_are_refused_and_calls_still_work
         await connect(pa, pb, audio_only=True)
         await method(pa, "call.hangup")
         assert (await pa.wait_event("call.ended"))["result"] == "answered"
+
+
+@pytest.mark.timeout(120)
+async def test_bad_offers_from_a_contact_are_logged_five_times_a_minute_and_move_no_ui(
+    tmp_path: Path,
+) -> None:
+    async with trusted_pair(tmp_path) as (pa, pb):
+        a, b = pa.node, pb.node
+        for i in range(8):
+            bad = {"v": 1, "call": f"{i:032x}", "type": "call", "sdp": "v=0\r\nbogus"}
+            bad["media"] = ["audio"]
+            reply = await _raw_stream(a, b, json.dumps(bad).encode() + b"\n")
+            assert b'"reason":"failed"' in reply
+        assert pb.service.refused_frames == 8
+        assert len(await method(pb, "call.log")) == 5
+        assert "call.state" not in pb.kinds() and "call.incoming" not in pb.kinds()
+
+
+@pytest.mark.timeout(150)
+async def test_a_contact_ringing_again_and_again_unanswered_gets_busy_after_three(
+    tmp_path: Path,
+) -> None:
+    async with trusted_pair(tmp_path) as (pa, pb):
+        for _ in range(3):  # ring, give up, ring again...
+            await pa.service.place(pb.node.key.hex(), CallOptions(audio_only=True))
+            await pb.wait_event("call.incoming")
+            pb.events.clear()
+            await method(pa, "call.hangup")
+            await eventually("missed", lambda: pb.service.current() is None, timeout=10)
+        await pa.service.place(pb.node.key.hex(), CallOptions(audio_only=True))
+        await eventually("refused", lambda: pa.service.current() is None, timeout=10)
+        assert pa.ended()[-1]["result"] == "busy"
+        assert "call.incoming" not in pb.kinds()
+        # An answered call is not one of those: B calling A is untouched.
+        await connect(pb, pa, audio_only=True)
+        await method(pb, "call.hangup")
+
+
+@pytest.mark.timeout(120)
+async def test_a_flood_of_update_frames_is_a_handful_of_events_and_the_last_state_shows(
+    tmp_path: Path,
+) -> None:
+    async with trusted_pair(tmp_path) as (pa, pb):
+        await connect(pa, pb, audio_only=True)
+        pb.events.clear()
+        for i in range(500):
+            await method(pa, "call.update", audio_muted=i % 2 == 0)
+        await method(pa, "call.update", audio_muted=True)  # the last word
+        call_b = pb.service.current()
+        assert call_b is not None
+
+        def last_shown() -> Any:
+            shown = [e.data["remote"] for e in pb.events if e.kind == "call.state"]
+            return shown and shown[-1].get("audio_muted") is True
+
+        await eventually("the last state published", last_shown)
+        assert call_b.remote_update["audio_muted"] is True
+        assert len([e for e in pb.events if e.kind == "call.state"]) <= 20
+        await method(pa, "call.hangup")

@@ -71,9 +71,17 @@ async def test_a_page_calls_b_page_both_decode_video_and_audio_and_b_hangs_up(
         # The engine's call is an ordinary one: status shows it active on both nodes.
         status = await pair.call_a.control_methods()["call.status"]({})
         assert status["state"] == "active" and status["peer"] == pair.b.key.hex()
+        assert await tab_a.evaluate("document.getElementById('remote').hidden") is False
         # m (mute) on A's page reaches B as the remote side's update.
         await tab_a.key("m")
         await tab_b.wait("document.getElementById('call-name').textContent.includes('muted')")
+        # Mute and camera from elsewhere (`mesh call unmute`, `camera off`, another tab)
+        # show on the page's buttons: one state for every tab.
+        update = pair.call_a.control_methods()["call.update"]
+        await update({"audio_muted": False, "video_off": True})
+        await tab_a.wait("document.getElementById('mute').textContent === 'Mute'")
+        await tab_a.wait("document.getElementById('camera').textContent === 'Camera on'")
+        assert await tab_a.evaluate("meshCall.local.getVideoTracks()[0].enabled") is False
         await tab_b.evaluate("document.getElementById('hangup').click()")
         await tab_a.wait("meshCall.view === 'ended'")
         reason = await tab_a.evaluate("document.getElementById('end-reason').textContent")
@@ -235,6 +243,10 @@ async def test_accept_audio_only_on_the_page_makes_an_audio_call(tmp_path: Path)
         await tab_b.wait(f"({INBOUND}).then(s => s.audio > 20)", 30)
         current = pair.call_b.current()
         assert current is not None and "video" not in current.gates
+        # B sends no picture: A's page shows none (not a frame left from an earlier
+        # call); B still sees A's camera.
+        await tab_a.wait("document.getElementById('remote').hidden === true")
+        assert await tab_b.evaluate("document.getElementById('remote').hidden") is False
         await tab_a.key("h")
         await tab_b.wait("meshCall.view === 'ended'")
 

@@ -182,6 +182,9 @@ function showInCall(call) {
   }
   show("incall");
   const video = $("remote");
+  // No picture when the other side sends none (an audio-only answer), rather than
+  // the last frame of an earlier call.
+  video.hidden = !(call.receiving || ["video"]).includes("video");
   if (video.srcObject !== page.remote) video.srcObject = page.remote;
   video.play().catch(() => {});
 }
@@ -200,6 +203,10 @@ function onCallState(data) {
   if (state === "active" || state === "connecting") showInCall(data);
   else if (data.direction === "incoming") showIncoming(data);
   else showOutgoing(data, state === "ringing" ? "ringing…" : "calling…");
+  if (data.local && (state === "active" || state === "connecting")) {  // any tab, the CLI
+    setToggle("audio", !!data.local.audio_muted);
+    setToggle("video", !!data.local.video_off);
+  }
   if (state === "active" && data.remote) {
     const r = data.remote;
     const bits = [];
@@ -224,12 +231,16 @@ const TOGGLES = {
   audio: { flag: "muted", button: "mute", field: "audio_muted", labels: ["Mute", "Unmute"] },
   video: { flag: "videoOff", button: "camera", field: "video_off", labels: ["Camera off", "Camera on"] },
 };
-function toggle(kind) {
-  const t = TOGGLES[kind], off = !page[t.flag];
+function setToggle(kind, off) {
+  const t = TOGGLES[kind];
   page[t.flag] = off;
   for (const track of page.local ? page.local.getTracks() : []) if (track.kind === kind) track.enabled = !off;
   $(t.button).classList.toggle("on", off);
   $(t.button).textContent = t.labels[off ? 1 : 0];
+}
+function toggle(kind) {
+  const t = TOGGLES[kind], off = !page[t.flag];
+  setToggle(kind, off);
   send({ op: "update", [t.field]: off });
 }
 const toggleMute = () => toggle("audio");
