@@ -55,6 +55,10 @@ PRAGMAS = (
     "PRAGMA busy_timeout=5000",
 )
 
+# How long close() waits for each stage (writers to finish, a connection to close) before
+# it abandons what is stuck.
+CLOSE_GRACE = 5.0
+
 Migrations = Mapping[int, Sequence[str]]
 RowsFn = Callable[[sqlite3.Connection, list[T]], Sequence[R | BaseException]]
 
@@ -135,6 +139,7 @@ class AppDatabase:
         self._executor = executor
         self._writer = writer  # touched only on the executor's one thread
         self._group_commits: list[GroupCommit[Any, Any]] = []
+        self._closing = False
         self._closed = False
 
     @classmethod
@@ -152,7 +157,11 @@ class AppDatabase:
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         except OSError as exc:
             raise MeshError(f"cannot open {what} at {path}: {exc.strerror}") from None
-        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn = aiosqlite.connect(path, isolation_level=None)
+        # Its worker thread must never keep the interpreter from exiting (a database a
+        # crashed caller never closed): SQLite's journal makes an abandoned write safe.
+        conn._thread.daemon = True
+        await conn
         try:
             for pragma in PRAGMAS:
                 await conn.execute(pragma)
@@ -231,16 +240,49 @@ class AppDatabase:
         return gc
 
     async def close(self) -> None:
-        """Drain the group commits, then close both connections; again does nothing."""
-        if self._closed:
+        """Drain the group commits, then close both connections; again does nothing.
+
+        Bounded: what cannot finish within :data:`CLOSE_GRACE` (a writer that never
+        returns the lock, a statement stuck in SQLite) is abandoned with an error logged
+        and the connections are closed anyway. Nothing is lost by that: every write is
+        acknowledged only after its ``COMMIT``, and an uncommitted transaction is rolled
+        back by SQLite at the next open.
+        """
+        if self._closing:
             return
-        for gc in self._group_commits:
-            await gc.close()
-        async with self.lock:
-            self._closed = True
-            loop = asyncio.get_running_loop()
+        self._closing = True  # a second close returns at once
+        locked = False
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                for gc in self._group_commits:
+                    await gc.close()
+                await self.lock.acquire()
+                locked = True
+        except TimeoutError:
+            log.error("%s: writers still busy %.0f s into close; closing anyway", self.what,
+                      CLOSE_GRACE)  # fmt: skip
+        self._closed = True  # no new transaction from here
+        try:
+            await self._close_connections()
+        finally:
+            if locked:
+                self.lock.release()
+
+    async def _close_connections(self) -> None:
+        loop = asyncio.get_running_loop()
+        writer_closed = False
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await asyncio.shield(loop.run_in_executor(self._executor, self._writer.close))
+                writer_closed = True
+        except TimeoutError:
+            log.error("%s: the writer thread is stuck; abandoned", self.what)
+        finally:
+            # Never blocks the loop: the thread (idle once the writer closed) exits alone.
+            self._executor.shutdown(wait=False, cancel_futures=not writer_closed)
             try:
-                await loop.run_in_executor(self._executor, self._writer.close)
-            finally:
-                self._executor.shutdown(wait=True)
-                await self.conn.close()
+                async with asyncio.timeout(CLOSE_GRACE):
+                    await self.conn.close()
+            except TimeoutError:
+                log.error("%s: the reader thread is stuck; abandoned", self.what)
+                self.conn.stop()  # its thread ends after whatever it is running

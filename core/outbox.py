@@ -40,6 +40,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from core.db import AppDatabase
 from core.errors import MeshError, UsageError
 from core.events import EventBus
+from core.tasks import cancel_and_wait, within
 
 __all__ = [
     "WAKE_EVENTS",
@@ -256,7 +257,7 @@ class Scheduler(Generic[B]):
                         log.exception("%s: a scheduler pass failed; retrying shortly", self.name)
                         wait = ERROR_PAUSE
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
+                        await within(self._wake.wait(), wait)
             finally:
                 self._tg = None  # offer() starts nothing once the group is closing
 
@@ -557,9 +558,7 @@ class Outbox:
     async def close(self) -> None:
         """Stop delivering (what is in flight is retried after the next start)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, what=f"outbox {self.name}")
             self._task = None
 
     async def _due(
@@ -604,9 +603,7 @@ class Outbox:
         self._rewake.discard(destination)
         try:
             results = list(
-                await asyncio.wait_for(
-                    self._deliver(destination, list(entries)), self.attempt_timeout
-                )
+                await within(self._deliver(destination, list(entries)), self.attempt_timeout)
             )
             if len(results) != len(entries):
                 log.error(

@@ -173,3 +173,42 @@ async def test_a_cancelled_transaction_holds_the_lock_until_the_thread_finished(
         assert _committed(path) == ["slow"]  # the thread finished what it had begun
     finally:
         await db.close()
+
+
+async def test_close_is_bounded_when_a_writer_never_lets_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A writer holding the lock forever (a bug elsewhere) must not hang close(): after
+    # the grace the connections close anyway and nothing new is written.
+    monkeypatch.setattr("core.db.CLOSE_GRACE", 0.1)
+    db = await AppDatabase.open(tmp_path / "app.db", V1, what="app.db")
+    await db.transaction(lambda c: c.execute("INSERT INTO items (name) VALUES ('kept')"))
+    release = asyncio.Event()
+
+    async def hog() -> None:
+        async with db.lock:
+            await release.wait()
+
+    task = asyncio.get_running_loop().create_task(hog())
+    await asyncio.sleep(0)
+    try:
+        async with asyncio.timeout(30):  # a hang detector, far above the grace
+            await db.close()
+        assert "writers still busy" in caplog.text
+        assert not db.conn._running  # the reader thread was told to stop
+        with pytest.raises(MeshError, match="closed"):
+            await db.transaction_locked(lambda c: c.execute("SELECT 1"))
+        await db.close()  # again: nothing
+    finally:
+        release.set()
+        await task
+    assert _committed(tmp_path / "app.db") == ["kept"]
+
+
+async def test_the_database_threads_never_keep_the_interpreter_alive(tmp_path: Path) -> None:
+    db = await AppDatabase.open(tmp_path / "app.db", V1, what="app.db")
+    try:
+        assert db.conn._thread.daemon  # an unclosed database cannot block the exit
+    finally:
+        await db.close()
+    assert not db.conn._thread.is_alive() or db.conn._thread.daemon

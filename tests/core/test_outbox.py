@@ -371,8 +371,9 @@ async def test_put_with_commits_the_app_row_and_the_entry_together_or_neither(
 
 
 async def test_a_new_entry_goes_out_at_once_but_never_before_older_ones(tmp_path: Path) -> None:
-    # B's first entry is in backoff: B's next entries must wait behind it; A's goes at once.
-    policy = RetryPolicy(initial=0.3, max_delay=0.3, jitter=0.0, expiry=3600)
+    # B's first entry is in a long backoff: B's next entry waits behind it while A's goes
+    # at once (it could not be delivered at all if it waited for B's backoff).
+    policy = RetryPolicy(initial=3600, max_delay=3600, jitter=0.0, expiry=36000)
     db, outbox = await _open(tmp_path / "t.db", policy=policy)
     got: list[str] = []
     refuse = {"b0"}
@@ -391,13 +392,13 @@ async def test_a_new_entry_goes_out_at_once_but_never_before_older_ones(tmp_path
     try:
         outbox.start(None, deliver=deliver, expired=_no_expiry)
         await outbox.put(B, b"x", ref="b0")
-        await eventually("b0 refused once", lambda: not refuse)
+        await eventually("b0 refused once", lambda: not refuse, timeout=60)
         await outbox.put(B, b"x", ref="b1")
-        start = time.monotonic()
         await outbox.put(A, b"x", ref="a0")
-        await eventually("a0 delivered", lambda: "a0" in got)
-        assert time.monotonic() - start < 0.2 and "b1" not in got
-        await eventually("B delivered in order", lambda: "b1" in got)
+        await eventually("a0 delivered", lambda: "a0" in got, timeout=60)
+        assert "b1" not in got  # behind b0, whose retry is an hour away
+        await outbox.wake(B)  # B is reachable again: b0, then b1
+        await eventually("B delivered in order", lambda: "b1" in got, timeout=60)
         assert [r for r in got if r.startswith("b")] == ["b0", "b1"]
     finally:
         await outbox.close()

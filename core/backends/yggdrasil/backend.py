@@ -42,6 +42,7 @@ from core.backend import (
 from core.config import DEFAULT_ADMIN_ENDPOINT, NodeConfig
 from core.errors import MeshError, UsageError
 from core.identity import KEY_FILE_NAME, Identity
+from core.tasks import cancel_and_wait
 
 from . import ping as icmp
 from .admin import AdminClient, DaemonUnreachableError, SelfInfo
@@ -185,17 +186,6 @@ class _Server:
 
     def is_serving(self) -> bool:
         return self._server is not None and self._server.is_serving()
-
-
-async def _cancel_and_wait(task: asyncio.Task[None], grace: float = 1.0) -> None:
-    """Cancel ``task`` and wait until it ended, cancelling again while it runs on: a
-    cancellation can be swallowed by code it lands in (``asyncio.wait_for`` in 3.11
-    returns the result when the awaited operation completes at the same moment)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=grace)
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("poller ended with %r", task.exception())
 
 
 class YggdrasilBackend:
@@ -347,7 +337,7 @@ class YggdrasilBackend:
 
     async def close(self) -> None:
         if self._poller is not None:
-            await _cancel_and_wait(self._poller)
+            await cancel_and_wait(self._poller, what="the yggdrasil peers poller")
             self._poller = None
         for server in list(self._servers):
             server.close()
