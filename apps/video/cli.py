@@ -6,7 +6,8 @@ the media runs in the node process).
     mesh call answer [--auto] [--source ...] [--record-to FILE] [--count N] [--json]
     mesh call reject | hangup | log [--json]
     mesh call mute | unmute | camera on|off [--json]   the call in progress
-    mesh call page [CONTACT]          the call page's URL (with CONTACT: preset on them)
+    mesh call page [CONTACT] [--new-token]   the call page's URL (with CONTACT: preset
+                                      on them); its port and token stay across restarts
     mesh call CONTACT --page          open that URL in the default browser
 
 Exit codes of ``mesh call CONTACT``: 0 answered (and ended normally), 3 rejected,
@@ -81,6 +82,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="page: whom the page is preset on (a click calls); camera: on or off",
     )
     p.add_argument(
+        "--new-token",
+        action="store_true",
+        help="page: replace the page's token (kept per data dir; old links stop working)",
+    )
+    p.add_argument(
         "--page",
         action="store_true",
         help="call from the browser call page: open it (camera and microphone of the browser)",
@@ -116,6 +122,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"mesh call {word} takes no second argument")
     if word == "camera" and args.target not in ("on", "off"):
         raise UsageError("mesh call camera takes on or off")
+    if args.new_token and word != "page":
+        raise UsageError("--new-token goes with mesh call page")
     if args.page and word in SUBCOMMANDS:
         raise UsageError("--page goes with mesh call CONTACT")
     if word != "answer" and (args.auto or args.count is not None):
@@ -402,16 +410,20 @@ async def _toggle(path: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _page_url(path: Path, contact: str | None) -> str:
+async def _page_url(path: Path, contact: str | None, new_token: bool = False) -> str:
     async with await ControlClient.connect(path) as client:
-        params = {"contact": contact} if contact else {}
+        params: dict[str, Any] = {"contact": contact} if contact else {}
+        if new_token:
+            params["new_token"] = True
         found = await client.call("call.page", **params)
     return str(found["url"])
 
 
 async def _page(path: Path, args: argparse.Namespace) -> int:
     """Print the call page's URL with its token (keep it to yourself: it is the key)."""
-    url = await _page_url(path, args.target)
+    url = await _page_url(path, args.target, args.new_token)
+    if args.new_token and not args.json:
+        print("a new token: open pages and old links no longer work", file=sys.stderr)
     if args.json:
         emit({"url": url}, as_json=True)
     else:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from apps.video import sdp
 from apps.video import signaling as sig
-from apps.video.page.lazy import LazyPage, parse_page_setting
+from apps.video.page.lazy import PAGE_FILE, LazyPage, parse_page_setting
 from apps.video.store import LOG_FILE_NAME, CallLog
 from core import (
     BaseService,
@@ -156,7 +156,7 @@ class CallService(BaseService):
         self.port = self._server.port
         page_port = parse_page_setting(self.config.page)
         if page_port is not None:
-            page = LazyPage(self, page_port)
+            page = LazyPage(self, page_port, self.data_dir / PAGE_FILE)
             try:
                 await page.start()
             except BaseException:
@@ -757,6 +757,8 @@ class CallService(BaseService):
         with ``contact``, a URL preset on it (the person presses Call: a URL never dials)."""
         if self.page is None:
             raise UsageError('the call page is off ([video] page = "off")')
+        if params.get("new_token"):
+            await self.page.new_token()
         contact = params.get("contact")
         key = None
         if contact:

@@ -90,6 +90,8 @@ def test_mesh_call_with_a_bad_flag_mix_is_a_usage_error(nodes: tuple[NodeUp, Nod
     done = run_mesh(a.data, "call", "hangup", "--duration", "3")
     assert done.returncode == 2 and "--duration goes with mesh call CONTACT" in done.stderr
     assert "no call in progress" in run_mesh(a.data, "call", "hangup").stderr
+    done = run_mesh(a.data, "call", "log", "--new-token")
+    assert done.returncode == 2 and "--new-token goes with mesh call page" in done.stderr
     assert os.path.exists(a.data / "calls.db")
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import secrets
 import socket
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core import UsageError
 
@@ -22,11 +25,52 @@ if TYPE_CHECKING:
     from apps.video.page.server import PageServer, _Page
     from apps.video.service import CallService
 
-__all__ = ["LazyPage", "parse_page_setting"]
+__all__ = ["PAGE_FILE", "LazyPage", "parse_page_setting"]
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 64
+# The page's port and token, kept per data dir (0600) so that a bookmarked page and a
+# reload work after the node restarts; ``mesh call page --new-token`` replaces the token.
+PAGE_FILE = "call-page.json"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` whole (a temporary file renamed), mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(json.dumps(data))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _listen(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def parse_page_setting(text: str) -> int | None:
@@ -44,11 +88,15 @@ class LazyPage:
     """The call page as the service sees it: bound at :meth:`start`, served from the
     first connection on, closed by :meth:`close`."""
 
-    def __init__(self, service: CallService, port: int) -> None:
+    def __init__(self, service: CallService, port: int, state: Path | None = None) -> None:
         self.service = service
         self.wanted_port = port
         self.port = 0
-        self.token = secrets.token_urlsafe(32)
+        self.state = state  # PAGE_FILE: the port and token kept across restarts
+        kept = _load(state) if state is not None else {}
+        token = kept.get("token")
+        self.token = token if isinstance(token, str) and len(token) >= 32 else new_token()
+        self._kept_port = kept.get("port") if isinstance(kept.get("port"), int) else None
         self.server: PageServer | None = None
         self._sock: socket.socket | None = None
         self._starting: asyncio.Task[None] | None = None
@@ -73,19 +121,30 @@ class LazyPage:
         return self.server.pages if self.server is not None else set()
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", self.wanted_port))
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = None
+        if self.wanted_port == 0 and self._kept_port:  # the page's address of last time
+            try:
+                sock = _listen(self._kept_port)
+            except OSError as exc:
+                log.warning("call page: port %d is taken (%s): a new one", self._kept_port, exc)
+        sock = sock or _listen(self.wanted_port)
         self._sock = sock
         self.port = int(sock.getsockname()[1])
+        self._keep()
         asyncio.get_running_loop().add_reader(sock.fileno(), self._first_connection)
         log.info("call page on %s", self.url)
+
+    def _keep(self) -> None:
+        if self.state is not None:
+            _save(self.state, {"port": self.port, "token": self.token})
+
+    async def new_token(self) -> str:
+        """Replace the token (kept): every open page and old link stops working."""
+        self.token = new_token()
+        self._keep()
+        if self.server is not None:
+            await self.server.set_token(self.token)
+        return self.token
 
     def _first_connection(self) -> None:
         assert self._sock is not None

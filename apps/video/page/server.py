@@ -148,6 +148,13 @@ class PageServer:
         self._own(self._stats_loop())
         log.info("call page on %s", self.url)
 
+    async def set_token(self, token: str) -> None:
+        """A new token: the pages open on the old one are closed (their cookie is void)."""
+        self.token = token
+        for page in list(self.pages):
+            with contextlib.suppress(Exception):
+                await page.ws.close(code=4001, message=b"the page's token was replaced")
+
     async def close(self) -> None:
         for feed in self._sending.values():
             feed.stop()

@@ -19,6 +19,7 @@ import pytest
 from apps.video import sdp
 from apps.video.call import CallOptions
 from apps.video.page.bridge import is_loopback
+from apps.video.page.lazy import PAGE_FILE
 from apps.video.service import CallService, VideoConfig
 from core.testing import mem_mesh
 from tests.video.page.cdp import Tab
@@ -340,3 +341,38 @@ async def test_a_page_call_recorded_by_the_callee_to_mp4_is_a_valid_private_file
     with av.open(str(recording)) as container:
         video = sum(1 for _ in container.decode(video=0))
     assert video > 30, video
+
+
+@pytest.mark.timeout(120)
+async def test_the_page_keeps_its_address_and_token_across_a_restart_and_reloads_itself(
+    tmp_path: Path,
+) -> None:
+    async with page_pair(tmp_path) as pair:
+        page = pair.call_a.page
+        assert page is not None
+        url, token, port = page.url_with_token(), page.token, page.port
+        kept = pair.call_a.data_dir / PAGE_FILE
+        assert kept.stat().st_mode & 0o777 == 0o600 and token in kept.read_text()
+        tab = await pair.browser.open(url)
+        await tab.wait("window.meshCall && meshCall.mediaReady")
+        await tab.evaluate("window.before = 1")
+        # `mesh up` stops and starts again: the same address and token.
+        await pair.call_a.close()
+        await tab.wait("document.getElementById('link').textContent === 'node gone'")
+        again = CallService(pair.a, pair.call_a.config, pair.call_a.data_dir)
+        await again.start()
+        try:
+            assert again.page is not None and again.page.url_with_token() == url
+            # The open page comes back by itself (a reload, its cookie still good).
+            await tab.wait("!window.before && window.meshCall && meshCall.mediaReady", 30)
+            # A new token: the open page and old links are refused, the new link works.
+            reply = await again.control_methods()["call.page"]({"new_token": True})
+            assert again.page.token != token and again.page.port == port
+            assert again.page.token in kept.read_text()
+            await tab.wait("document.getElementById('note').textContent.includes('replaced')")
+            async with aiohttp.ClientSession() as http, http.get(url) as old:
+                assert old.status == 403
+            fresh = await pair.browser.open(reply["url"])
+            await fresh.wait("window.meshCall && meshCall.mediaReady")
+        finally:
+            await again.close()

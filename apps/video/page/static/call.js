@@ -419,16 +419,29 @@ function onMessage(message) {
     if (page.placing) { page.placing = false; page.call = null; show("idle"); }
   }
 }
+// The node keeps the page's address and token across restarts: once it answers again
+// the page reloads itself (a 403 means the token was replaced: a new link is needed).
+const REPLACED = "This page's token was replaced (mesh call page --new-token): open the new link.";
+function comeBack() {
+  const again = () => fetch("/static/call.css", { cache: "no-store" }).then((r) => {
+    if (r.ok) location.reload();
+    else if (r.status === 403) note(REPLACED);
+    else setTimeout(again, 1000);
+  }, () => setTimeout(again, 1000));
+  setTimeout(again, 1000);
+}
 function openSocket() {
   return new Promise((opened) => {
     const ws = new WebSocket(`ws://${location.host}/ws`);
     page.ws = ws;
     ws.onopen = () => opened();
     ws.onmessage = (e) => onMessage(JSON.parse(e.data));
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       $("link").textContent = "node gone";
       $("link").classList.remove("ok");
-      note("The node closed the page's connection: is mesh up still running? Reload to retry.");
+      if (e.code === 4001) { note(REPLACED); return; }
+      note("The node closed the page's connection: waiting for it to come back (mesh up)…");
+      comeBack();
     };
   });
 }
