@@ -27,10 +27,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from core import ControlClient, MeshError, UsageError, resolve_data_dir
+from core import ControlClient, MeshError, UsageError, resolve_data_dir, safe_line
 from core.cli.names import Names, or_dash, short_key
 from core.cli.output import emit
-from core.text import safe_line
 
 __all__ = ["EXIT_CODES", "register", "summary_json"]
 
