@@ -172,7 +172,10 @@ class NodeProcess:
 def _uri(params: dict[str, Any]) -> str:
     uri = params.get("uri")
     if not isinstance(uri, str) or "://" not in uri:
-        raise UsageError("a peer URI looks like tls://host:port or tcp://[addr]:port")
+        raise UsageError(
+            "a peer URI looks like tls://host:port, tcp://[addr]:port, quic://host:port "
+            "or ws://host:port/path"
+        )
     return uri
 
 
