@@ -13,7 +13,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from core.embedded import PacketNetwork
-from core.embedded.carriers.ws import MAX_MESSAGE
+from core.embedded.carriers.http_proxy import Proxy, proxy_from_environment
+from core.embedded.carriers.ws import MAX_MESSAGE, WSCarrier
 from core.embedded.links import make_tls_contexts
 from core.embedded.meta import encode_meta
 from tests.embedded.carrier_util import hostport, nets, until, up
@@ -183,3 +184,114 @@ def test_wss_dial_uses_sni_for_names_only() -> None:
     assert parse_peer_uri("wss://[2001:db8::1]:443").sni is None
     assert parse_peer_uri("ws://h:80/a/b?key=" + "00" * 32).path == "/a/b"
     assert ssl.HAS_SNI
+
+
+class _ConnectProxy:
+    """A minimal HTTP CONNECT proxy (what a corporate proxy does for wss)."""
+
+    def __init__(self, answer: bytes = b"HTTP/1.1 200 Connection established\r\n\r\n") -> None:
+        self.answer = answer
+        self.requests: list[bytes] = []
+
+    async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await r.readuntil(b"\r\n\r\n")
+        self.requests.append(head)
+        w.write(self.answer)
+        if not self.answer.startswith(b"HTTP/1.1 200"):
+            w.close()
+            return
+        host, port = head.split(b" ")[1].decode().rsplit(":", 1)
+        br, bw = await asyncio.open_connection(host.strip("[]"), int(port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(r, bw), pipe(br, w))
+
+
+async def _tls_terminator(backend: tuple[str, int]) -> asyncio.Server:
+    async def proxy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        br, bw = await asyncio.open_connection(*backend)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(r, bw), pipe(br, w))
+
+    ctx = make_tls_contexts(os.urandom(32))[0]
+    return await asyncio.start_server(proxy, "127.0.0.1", 0, ssl=ctx)
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_a_dial_goes_through_an_http_connect_proxy(scheme: str) -> None:
+    connect_proxy = _ConnectProxy()
+    proxy_server = await asyncio.start_server(connect_proxy.handle, "127.0.0.1", 0)
+    proxy = Proxy("127.0.0.1", proxy_server.sockets[0].getsockname()[1], "Basic dTpw")
+    dialler = PacketNetwork(
+        os.urandom(32), carriers={scheme: WSCarrier(scheme, proxy_for=lambda _s, _h: proxy)}
+    )
+    async with nets(1) as (server,):
+        await dialler.start()
+        terminator = None
+        try:
+            listen = await server.listen("ws://127.0.0.1:0/ygg")
+            target = hostport(listen)
+            if scheme == "wss":  # TLS ends at a reverse proxy in front of the ws listener
+                terminator = await _tls_terminator(target)
+                target = ("127.0.0.1", terminator.sockets[0].getsockname()[1])
+            await dialler.add_peer(f"{scheme}://127.0.0.1:{target[1]}/ygg")
+            await until(lambda: up(dialler) == [server.public_key])
+            [request] = connect_proxy.requests
+            assert request.startswith(f"CONNECT 127.0.0.1:{target[1]} HTTP/1.1\r\n".encode())
+            assert b"Proxy-Authorization: Basic dTpw\r\n" in request
+        finally:
+            await dialler.close()
+            if terminator is not None:
+                terminator.close()
+            proxy_server.close()
+
+
+async def test_a_proxy_that_refuses_connect_is_a_dial_error_saying_so() -> None:
+    refusing = _ConnectProxy(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+    proxy_server = await asyncio.start_server(refusing.handle, "127.0.0.1", 0)
+    proxy = Proxy("127.0.0.1", proxy_server.sockets[0].getsockname()[1])
+    dialler = PacketNetwork(
+        os.urandom(32), carriers={"ws": WSCarrier("ws", proxy_for=lambda _s, _h: proxy)}
+    )
+    await dialler.start()
+    try:
+        await dialler.add_peer("ws://127.0.0.1:9/")
+        await until(lambda: dialler.peers()[0].last_error is not None)
+        assert "proxy refused CONNECT" in str(dialler.peers()[0].last_error)
+        assert "407" in str(dialler.peers()[0].last_error)
+    finally:
+        await dialler.close()
+        proxy_server.close()
+
+
+def test_the_proxy_comes_from_the_environment_as_upstream_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_from_environment("wss", "peer.example.net") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://alice:s%40cret@proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.corp,.lan:8080")
+    found = proxy_from_environment("wss", "peer.example.net")
+    assert found == Proxy("proxy.corp", 3128, "Basic YWxpY2U6c0BjcmV0")
+    assert proxy_from_environment("ws", "peer.example.net") is None  # HTTP_PROXY unset
+    assert proxy_from_environment("wss", "a.internal.corp") is None
+    assert proxy_from_environment("wss", "box.lan") is None
+    assert proxy_from_environment("wss", "127.0.0.1") is None  # loopback never
+    assert proxy_from_environment("wss", "::1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://proxy.corp:1080")
+    with pytest.raises(ValueError, match="only http:// proxies"):
+        proxy_from_environment("wss", "peer.example.net")

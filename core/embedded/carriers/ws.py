@@ -28,6 +28,7 @@ import fnmatch
 import http
 import logging
 import socket
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
@@ -41,6 +42,7 @@ from websockets.uri import parse_uri
 
 from ..links import LinkConnection, PeerURI
 from . import CarrierEnv, CarrierStats, Listener, NewLink
+from .http_proxy import Proxy, open_tunnel, proxy_from_environment
 from .tcp import ServerListener
 
 __all__ = ["MAX_MESSAGE", "SEND_CHUNK", "SUBPROTOCOL", "WSCarrier", "WSLink", "carrier"]
@@ -339,11 +341,19 @@ def _server_wire(new_link: NewLink, stats: CarrierStats, origins: tuple[str, ...
 
 
 class WSCarrier:
+    """``proxy_for(scheme, host)``: the HTTP proxy to tunnel a dial through (default: the
+    environment's, as upstream; see :mod:`.http_proxy`)."""
+
     can_listen: bool
 
-    def __init__(self, scheme: str) -> None:
+    def __init__(
+        self,
+        scheme: str,
+        proxy_for: Callable[[str, str], Proxy | None] = proxy_from_environment,
+    ) -> None:
         self.scheme = scheme
         self.can_listen = scheme == "ws"
+        self._proxy_for = proxy_for
 
     async def dial(self, uri: PeerURI, conn: LinkConnection, env: CarrierEnv) -> None:
         loop = asyncio.get_running_loop()
@@ -355,14 +365,21 @@ class WSCarrier:
             logger=_wire_log,
         )
         link = WSLink(ws, env.stats_for(self.scheme))
-        await loop.create_connection(
-            lambda: _Wire(link),
-            uri.host,
-            uri.port,
-            ssl=env.tls_contexts()[1] if secure else None,
-            server_hostname=(uri.sni or "") if secure else None,
-            ssl_handshake_timeout=env.config.handshake_timeout if secure else None,
-        )
+        try:
+            proxy = self._proxy_for(self.scheme, uri.host)
+        except ValueError as exc:  # a proxy variable we cannot use: the peer's error
+            raise ConnectionError(str(exc)) from None
+        if proxy is None:
+            await loop.create_connection(
+                lambda: _Wire(link),
+                uri.host,
+                uri.port,
+                ssl=env.tls_contexts()[1] if secure else None,
+                server_hostname=(uri.sni or "") if secure else None,
+                ssl_handshake_timeout=env.config.handshake_timeout if secure else None,
+            )
+        else:
+            await self._through(proxy, uri, link, env)
         # the link is attached first: frames that ride with the 101 reach it, and its
         # meta waits in the early buffer until the upgrade is done
         link.attach(conn)
@@ -372,6 +389,34 @@ class WSCarrier:
             await asyncio.shield(link.opened)
         except BaseException:
             link.abort()
+            raise
+
+    async def _through(self, proxy: Proxy, uri: PeerURI, link: WSLink, env: CarrierEnv) -> None:
+        """The dial's TCP through an HTTP CONNECT tunnel (then TLS inside it for wss)."""
+        raw, rest = await open_tunnel(proxy, uri.host, uri.port)
+        wire = _Wire(link)
+        try:
+            if self.scheme == "wss":
+                if rest:
+                    raise ConnectionError("the proxy sent bytes before the TLS handshake")
+                tls = await asyncio.get_running_loop().start_tls(
+                    raw,
+                    wire,
+                    env.tls_contexts()[1],
+                    server_hostname=uri.sni or "",
+                    ssl_handshake_timeout=env.config.handshake_timeout,
+                )
+                if tls is None:
+                    raise ConnectionError("the TLS connection through the proxy closed")
+                wire.connection_made(tls)
+            else:
+                raw.set_protocol(wire)
+                wire.connection_made(raw)
+                if rest:
+                    wire.data_received(rest)
+                raw.resume_reading()
+        except BaseException:
+            raw.abort()
             raise
 
     async def listen(self, uri: PeerURI, new_link: NewLink, env: CarrierEnv) -> Listener:
