@@ -102,3 +102,41 @@ async def test_an_initial_flood_is_refused_beyond_the_caps_counted_and_freed() -
             sock.close()
         await client.add_peer(uri)  # and the listener serves again
         await until(lambda: up(server) == [client.public_key])
+
+
+async def test_a_peer_that_stops_or_resets_the_link_stream_ends_the_link_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A QUIC client that is not yggdrasil-go (aioquic's own) links, then stops reading
+    our stream (STOP_SENDING) or resets its own: the link ends, nothing raises."""
+    from aioquic.asyncio.client import connect
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.quic.events import QuicEvent, StreamDataReceived
+
+    from core.embedded.meta import encode_meta
+
+    class Deaf(QuicConnectionProtocol):
+        def quic_event_received(self, event: QuicEvent) -> None:
+            if not isinstance(event, StreamDataReceived):  # what the node sends: dropped
+                super().quic_event_received(event)
+
+    caplog.set_level(logging.ERROR)
+    async with nets(1) as (server,):
+        uri = await server.listen("quic://127.0.0.1:0")
+        for how in ("stop", "reset"):
+            config = QuicConfiguration(is_client=True, verify_mode=ssl.CERT_NONE)
+            async with connect(
+                *hostport(uri), configuration=config, create_protocol=Deaf
+            ) as client:
+                quic = client._quic
+                sid = quic.get_next_available_stream_id()
+                quic.send_stream_data(sid, encode_meta(os.urandom(32)))
+                client.transmit()
+                await until(lambda: len(up(server)) == 1)
+                if how == "stop":
+                    quic.stop_stream(sid, 7)
+                else:
+                    quic.reset_stream(sid, 7)
+                client.transmit()
+                await until(lambda: up(server) == [] and server.pending_count == 0)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -180,8 +180,7 @@ class QuicLink(asyncio.Transport):
         if self.stream_id is None:
             self._early += data
         else:
-            self.quic.send_stream_data(self.stream_id, bytes(data))
-            self._schedule_transmit()
+            self._stream_send(bytes(data))
         if not self._write_paused and self.get_write_buffer_size() > self._high:
             self._write_paused = True
             if self._protocol is not None:
@@ -233,8 +232,16 @@ class QuicLink(asyncio.Transport):
         self.stream_id = stream_id
         if self._early:
             early, self._early = bytes(self._early), bytearray()
-            self.quic.send_stream_data(stream_id, early)
-            self._schedule_transmit()
+            self._stream_send(early)
+
+    def _stream_send(self, data: bytes) -> None:
+        assert self.stream_id is not None
+        try:
+            self.quic.send_stream_data(self.stream_id, data)
+        except (ValueError, RuntimeError) as exc:  # the stream was stopped or finished
+            self._shut("link stream unusable", f"the link stream cannot be written: {exc}")
+            return
+        self._schedule_transmit()
 
     def _process_events(self) -> None:
         issued: list[bytes] = []
@@ -254,6 +261,11 @@ class QuicLink(asyncio.Transport):
                 issued.append(event.connection_id)
             elif isinstance(event, events.ConnectionIdRetired):
                 retired.append(event.connection_id)
+            elif (
+                isinstance(event, events.StopSendingReceived) and event.stream_id == self.stream_id
+            ):
+                error = f"the peer stopped reading the link stream (error {event.error_code})"
+                self._shut("link stream stopped", error)
             elif isinstance(event, events.StreamReset) and event.stream_id == self.stream_id:
                 error = f"the peer reset the link stream (error {event.error_code})"
                 self._shut("link stream reset", error)

@@ -283,6 +283,8 @@ class WSLink(asyncio.Transport):
         self._send(bytes(data))
 
     def _send(self, data: bytes) -> None:
+        if self._ws.state is not State.OPEN:
+            return  # closing: what the link still writes has nowhere to go
         for start in range(0, len(data), SEND_CHUNK):
             self._ws.send_binary(data[start : start + SEND_CHUNK])
         self._flush()
