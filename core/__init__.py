@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from core.events import EventBus, Subscription
     from core.groupcommit import GroupCommit
     from core.identity import KEY_FILE_NAME, Identity, load_identity
+    from core.keyquic import KeyQuicConfig
     from core.limits import (
         ConnectionLimiter,
         PeerRateLimiter,
@@ -87,6 +88,7 @@ _EXPORTS: dict[str, str] = {
     "address_for_key": "core.address",
     "is_mesh_address": "core.address",
     "subnet_for_key": "core.address",
+    "KeyQuicConfig": "core.keyquic",
     "MAIL_DOMAIN": "core.mailaddr",
     "MAIL_DOMAINS": "core.mailaddr",
     "YGGMAIL_DOMAIN": "core.mailaddr",
@@ -158,6 +160,7 @@ __all__ = [
     "GroupCommit",
     "Identity",
     "IdentityError",
+    "KeyQuicConfig",
     "MailAddress",
     "MeshError",
     "MeshServer",

@@ -10,9 +10,9 @@ aiosmtpd owns the grammar and RFC limits; this handler owns the decisions:
   Refusals stay 550 (a meshsuite sender bounces at once; Yggmail's sender retries
   whatever the code).
 * every ``RCPT TO`` must be this node (``<our key>@<domain>``): never relay (550).
-* the header ``From:`` (and ``Sender:``) must be the envelope sender and no display name
-  there may show another address, so a client shows the real author (refused, not
-  rewritten: docs/mail.md).
+* the header ``From:`` (and ``Sender:``) must be the envelope sender (its key in either
+  domain, ``@mesh`` or ``@yggmail``) and no display name there may show another
+  address, so a client shows the real author (refused, not rewritten: docs/mail.md).
 * per-peer token buckets bound how fast one node may send (450 when empty).
 * the message is committed to the store (with a ``Received:`` field naming both mesh
   addresses) BEFORE 250 is sent. A replay of a message already stored (same Message-ID
@@ -30,6 +30,7 @@ from typing import Any
 from core import (
     MAIL_DOMAIN,
     MAIL_DOMAINS,
+    YGGMAIL_DOMAIN,
     MailAddress,
     NodeEvent,
     PeerRateLimiter,
@@ -142,12 +143,10 @@ class MeshInboundHandler:
         sender = parse_mail_address(envelope.mail_from, MAIL_DOMAINS)
         fields = header_fields(raw)
         problem = author_problem(fields, str(sender))  # From, Sender, display names
-        # Over Yggmail's transport a meshsuite node may write From: its key@mesh: the key
-        # is what the transport proved, whichever of its two addresses the header shows.
-        mesh_from = self.domain != MAIL_DOMAIN and author_problem(
-            fields, str(sender.on(MAIL_DOMAIN))
-        )
-        if problem is not None and mesh_from is None:
+        # The key is what the transport proved, whichever of its two addresses the header
+        # shows: From: key@yggmail over the mesh, or key@mesh over Yggmail's transport.
+        other = YGGMAIL_DOMAIN if sender.domain == MAIL_DOMAIN else MAIL_DOMAIN
+        if problem is not None and author_problem(fields, str(sender.on(other))) is None:
             problem = None
         if problem is not None:
             log.warning("mesh smtp: refused a message from [%s]: %s", peer_addr, problem)

@@ -33,6 +33,7 @@ from core import (
     NO_KEY_DATAGRAMS,
     YGGMAIL_DOMAIN,
     ConnectionLimiter,
+    KeyQuicConfig,
     MeshError,
     MeshServer,
     PeerRateLimiter,
@@ -84,7 +85,9 @@ class MailNode(Protocol):
     @property
     def key_datagrams_supported(self) -> bool: ...
 
-    async def open_key_quic(self, stream_factory: Callable[[bytes], Any]) -> Any: ...
+    async def open_key_quic(
+        self, stream_factory: Callable[[bytes], Any], config: Any = None
+    ) -> Any: ...
 
 
 class MailService:
@@ -194,7 +197,10 @@ class MailService:
             return
         smtp = self._smtp_factory(handler, self.own.key.hex(), auth=False, yggmail=True)
         try:
-            self._quic = await self.node.open_key_quic(lambda key: smtp())
+            # QUIC hands out credit as data arrives (no backpressure into aioquic): a
+            # stream whose SMTP reader lags holds what came, up to one whole message.
+            held = KeyQuicConfig(max_held=self.config.max_size + 1024 * 1024)
+            self._quic = await self.node.open_key_quic(lambda key: smtp(), held)
         except MeshError as exc:
             self.yggmail_unavailable = str(exc)
             log.warning("mail: no Yggmail transport: %s", exc)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import email
+import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -22,7 +24,7 @@ from core.config import NodeConfig
 from core.identity import Identity
 from core.node import Node
 from tests.lab.lab import free_port
-from tests.mail.helpers import PASSWORD, MailNode, wait_for
+from tests.mail.helpers import PASSWORD, MailNode, reachable, wait_for
 from tests.mail.test_mail_e2e_lab import _imap_fetch_all
 from tests.mail.yggmail_process import Yggmail, yggmail_binary
 
@@ -193,3 +195,122 @@ async def test_without_the_transport_yggmail_recipients_are_refused_with_the_rea
     finally:
         await service.close()
         await node.close()
+
+
+def _big(frm: str, to: list[str], size: int) -> EmailMessage:
+    msg = _message(frm, to, "a big one ✓")
+    blob = (bytes(range(256)) * (size // 256 + 1))[:size]
+    msg.add_attachment(blob, maintype="application", subtype="octet-stream", filename="big.bin")
+    return msg
+
+
+def _attachment(raw: bytes) -> bytes:
+    got = email.message_from_bytes(raw, policy=default)
+    part = next(got.iter_attachments())
+    content = part.get_content()
+    assert isinstance(content, bytes)
+    return content
+
+
+async def test_a_20_mb_attachment_to_yggmail_and_mesh_recipients_in_one_message(
+    tmp_path: Path, pair: Pair
+) -> None:
+    ours, theirs = pair.ours, pair.theirs
+    # a second meshsuite node, peered to ours, for the @mesh recipient
+    config = NodeConfig(data_dir=tmp_path / "b", backend="embedded", peers=(pair.listen,))
+    b = await MailNode.adopt(await Node.open(config, Identity.generate()), tmp_path / "b")
+    try:
+        await reachable(ours.node, b.node)
+        size = 20 * 1024 * 1024
+        to = [theirs.address, b.address, pair.our_yggmail]  # Yggmail, mesh, and ourselves
+        msg = _big(pair.our_yggmail, to, size)
+        started = time.monotonic()
+        await asyncio.to_thread(_submit, ours, msg, to, pair.our_yggmail)
+        raws = await _yggmail_inbox(theirs, 1, timeout=240)
+        print(f"20 MiB to Yggmail: {time.monotonic() - started:.1f} s")
+        assert _attachment(raws[0]) == (bytes(range(256)) * (size // 256 + 1))[:size]
+        await wait_for("the mail at B", lambda: b.store.count("INBOX"), timeout=240)
+        assert ours.service.queue is not None
+        await wait_for("an empty queue", lambda: _drained(ours), timeout=240)
+        mine = await _our_inbox(ours, 1)
+        assert email.message_from_bytes(mine[0], policy=default)["Subject"] == "a big one ✓"
+        # and back: 20 MB from the Yggmail user to us
+        back = _big(theirs.address, [pair.our_yggmail], size)
+        started = time.monotonic()
+        await asyncio.to_thread(theirs.submit, back, [pair.our_yggmail])
+        mine = await _our_inbox(ours, 2, timeout=240)
+        print(f"20 MiB from Yggmail: {time.monotonic() - started:.1f} s")
+        assert _attachment(mine[-1]) == (bytes(range(256)) * (size // 256 + 1))[:size]
+    finally:
+        await b.close()
+
+
+async def _drained(node: MailNode) -> bool:
+    assert node.service.queue is not None
+    return not await node.service.queue.pending()
+
+
+async def test_yggmail_down_while_we_send_then_back(tmp_path: Path, pair: Pair) -> None:
+    ours, theirs = pair.ours, pair.theirs
+    await theirs.stop()
+    msg = _message(pair.our_yggmail, [theirs.address], "while you were away")
+    await asyncio.to_thread(_submit, ours, msg, [theirs.address], pair.our_yggmail)
+
+    async def deferred() -> bool:
+        assert ours.service.queue is not None
+        rows = await ours.service.queue.pending()
+        return bool(rows) and rows[0].attempts >= 1
+
+    await wait_for("the delivery deferred", deferred, timeout=60)
+    assert ours.service.queue is not None
+    row = (await ours.service.queue.pending())[0]
+    assert "Yggmail's transport" in (row.last_error or "")
+    await theirs.start()  # same database: same key; it dials us again
+    raws = await _yggmail_inbox(theirs, 1, timeout=60)  # retried when its session came up
+    assert email.message_from_bytes(raws[0], policy=default)["Subject"] == "while you were away"
+
+
+async def test_a_yggmail_recipient_never_reached_gets_a_dsn(tmp_path: Path) -> None:
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    data_dir = tmp_path / "ours"
+    data_dir.mkdir()
+    config = NodeConfig(data_dir=data_dir, backend="embedded", listen=(listen,))
+    node = await Node.open(config, Identity.generate())
+    ours = await MailNode.adopt(node, data_dir, retry_initial=0.5, retry_max=1, expire_after=4)
+    try:
+        ours_yggmail = f"{node.key.hex()}@yggmail"
+        nobody = f"{'5a' * 32}@yggmail"
+        msg = _message(ours_yggmail, [nobody], "to nobody")
+        await asyncio.to_thread(_submit, ours, msg, [nobody], ours_yggmail)
+        raws = await _our_inbox(ours, 1, timeout=60)
+        dsn = email.message_from_bytes(raws[0], policy=default)
+        assert dsn.get_content_type() == "multipart/report"
+        assert nobody in raws[0].decode("utf-8", "replace")
+        assert await _drained(ours)
+    finally:
+        await ours.close()
+
+
+async def test_our_node_down_while_yggmail_sends_then_back(tmp_path: Path) -> None:
+    """Yggmail retries every 60 s: the mail arrives within about a minute of our return."""
+    yggmail_binary()
+    port = free_port()
+    listen = f"tcp://127.0.0.1:{port}"
+    identity = Identity.generate()
+    ours = await _our_node(tmp_path / "ours", listen, identity)
+    theirs = Yggmail(tmp_path / "yggmail", [listen])
+    try:
+        await theirs.start()
+        await _linked(ours.node, theirs.key)
+        our_yggmail = f"{identity.public_key.hex()}@yggmail"
+        await ours.close()  # down
+        msg = _message(theirs.address, [our_yggmail], "sent while you were down")
+        await asyncio.to_thread(theirs.submit, msg, [our_yggmail])
+        await theirs.wait_log(re.compile("Will retry sending"), timeout=60)
+        ours = await _our_node(tmp_path / "ours", listen, identity)  # back, same key and port
+        raws = await _our_inbox(ours, 1, timeout=150)
+        got = email.message_from_bytes(raws[0], policy=default)
+        assert got["Subject"] == "sent while you were down" and got["From"] == theirs.address
+    finally:
+        await theirs.stop()
+        await ours.close()

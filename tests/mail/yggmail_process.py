@@ -72,6 +72,7 @@ class Yggmail:
     async def start(self, timeout: float = 20.0) -> Yggmail:
         """Start (again, on the same database and ports) and wait for its mail address."""
         binary = yggmail_binary()
+        self.log.clear()  # waits below look at this run's lines only
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             "-database", str(self.directory / "yggmail.db"),
