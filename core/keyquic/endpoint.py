@@ -71,6 +71,7 @@ class KeyQuicConfig:
     max_streams: int = 32  # open streams per connection, both directions
     new_connections_burst: int = 8  # inbound handshakes one key may start at once...
     new_connections_per_minute: float = 30.0  # ...and how fast the bucket refills
+    reuse_within: float = 15.0  # dial anew rather than use a connection silent this long
     max_held: int = 4 * 1024 * 1024  # per stream, while its reader is paused
 
     def __post_init__(self) -> None:
@@ -116,6 +117,7 @@ class _Connection:
     timer: asyncio.TimerHandle | None = None
     deadline: asyncio.TimerHandle | None = None
     ready: asyncio.Future[None] | None = None
+    last_heard: float = 0.0  # loop time of the last datagram from the peer
 
 
 class _Owner:
@@ -247,6 +249,7 @@ class KeyQuicEndpoint:
             if conn.key != key:
                 self.stats.garbage += 1
                 return
+            conn.last_heard = self._clock()
             conn.quic.receive_datagram(data, _addr(key), self._clock())
             self._flush(conn)
             return
@@ -269,6 +272,7 @@ class KeyQuicEndpoint:
             return
         quic = _server_connection(self._configurations()[1], header.destination_cid)
         conn = self._add(key, quic, inbound=True)
+        conn.last_heard = self._clock()
         self._register(conn, header.destination_cid)  # the client's choice, until it switches
         self._register(conn, quic.host_cid)
         self.stats.connections_in += 1
@@ -312,7 +316,11 @@ class KeyQuicEndpoint:
     async def _connection(self, key: bytes) -> _Connection:
         conn = self._by_key.get(key)
         if conn is not None and not conn.closed:
-            return conn
+            if self._clock() - conn.last_heard <= self.config.reuse_within:
+                return conn
+            # Silent for a while: the peer may have restarted and lost it, and with no
+            # keepalive only the idle timeout would tell. A new connection costs one
+            # handshake; the peer replaces its old one with it (as yggquic does).
         pending = self._dials.get(key)
         if pending is None:
             pending = self._loop.create_future()
@@ -458,12 +466,12 @@ class KeyQuicEndpoint:
         if conn.deadline is not None:
             conn.deadline.cancel()
             conn.deadline = None
+        # The newest verified connection to a key is the one to use (yggquic's map);
+        # a new inbound one also closes the older inbound one, as yggquic's accept does.
         old = self._by_key.get(conn.key)
-        if old is None or old.closed or conn.inbound:
-            self._by_key[conn.key] = conn
-            if old is not None and old is not conn and old.inbound and conn.inbound:
-                # yggquic: a new inbound connection from a key replaces the old one.
-                self._close_connection(old, "replaced by a newer connection")
+        self._by_key[conn.key] = conn
+        if old is not None and old is not conn and old.inbound and conn.inbound:
+            self._close_connection(old, "replaced by a newer connection")
         if conn.ready is not None and not conn.ready.done():
             conn.ready.set_result(None)
 

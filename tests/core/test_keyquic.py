@@ -220,3 +220,14 @@ def test_the_certificate_is_yggquics() -> None:
     assert set(usage) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     with pytest.raises(x509.ExtensionNotFound):
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+async def test_a_connection_silent_too_long_is_not_reused(net: Net) -> None:
+    """A peer that restarted lost the connection; a fresh one replaces it on both sides."""
+    a = net.endpoint(config=KeyQuicConfig(reuse_within=0.0))
+    b = net.endpoint()
+    assert await _exchange(a, b.public_key, b"one") == b"ONE"
+    assert await _exchange(a, b.public_key, b"two") == b"TWO"
+    assert a.stats.connections_out == 2 and b.stats.connections_in == 2
+    await _until("b to close the replaced connection", lambda: len(b.connections()) == 1)
+    assert await _exchange(b, a.public_key, b"back") == b"BACK"  # on the newest one
