@@ -315,12 +315,12 @@ class KeyQuicEndpoint:
 
     async def _connection(self, key: bytes) -> _Connection:
         conn = self._by_key.get(key)
-        if conn is not None and not conn.closed:
-            if self._clock() - conn.last_heard <= self.config.reuse_within:
-                return conn
-            # Silent for a while: the peer may have restarted and lost it, and with no
-            # keepalive only the idle timeout would tell. A new connection costs one
-            # handshake; the peer replaces its old one with it (as yggquic does).
+        # A connection silent for a while is not reused: the peer may have restarted and
+        # lost it, and with no keepalive only the idle timeout would tell. A new one costs
+        # a handshake; the peer replaces its old one with it (as yggquic does).
+        fresh = conn is not None and self._clock() - conn.last_heard <= self.config.reuse_within
+        if conn is not None and not conn.closed and fresh:
+            return conn
         pending = self._dials.get(key)
         if pending is None:
             pending = self._loop.create_future()
