@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from apps.video import sdp
 from apps.video import signaling as sig
 from apps.video.page.lazy import PAGE_FILE, LazyPage, parse_page_setting
+from apps.video.ring import Ringer
 from apps.video.store import LOG_FILE_NAME, CallLog
 from core import (
     BaseService,
@@ -144,6 +145,7 @@ class CallService(BaseService):
         self.sent_sdp: deque[str] = deque(maxlen=64)  # the last SDPs sent, for checks
         self.port = config.port
         self.page: LazyPage | None = None
+        self.ringer = Ringer(self)  # an incoming call rings where the person is
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,6 +168,7 @@ class CallService(BaseService):
             self.page = page
 
     async def close(self) -> None:
+        await self.ringer.close()
         if self.page is not None:
             page, self.page = self.page, None
             await page.close()
@@ -222,6 +225,8 @@ class CallService(BaseService):
         if session is None or session.call is not call:
             return  # refused before it rang (a stranger, busy, a bad offer): no UI to move
         self._publish("call.state", {**call.to_json(), "previous": old.value})
+        if old is sig.CallState.RINGING and call.role is sig.Role.CALLEE:
+            self.ringer.stopped(call.id)
 
     def current(self) -> Call | None:
         for session in self._sessions.values():
@@ -531,6 +536,7 @@ class CallService(BaseService):
         self._sessions[call.id] = session
         await self._send(session, sig.Ringing(call.id))
         self._publish("call.incoming", call.to_json())
+        self.ringer.incoming(call)
         await self._drive(session, conn)
 
     def _rang_out(self, key: bytes) -> bool:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import statistics
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.output import emit
 from core.cli.status_cmds import join_hint
@@ -21,6 +21,10 @@ from core.mailaddr import parse_mail_address
 from core.process import NodeProcess, run_until_signal
 from core.resources import AcceptErrorThrottle, raise_nofile_limit
 from core.service import ServicePlugin, discover_services
+from core.text import safe_line
+
+if TYPE_CHECKING:
+    from core.node import Node
 
 
 def register(sub: argparse._SubParsersAction[Any], plugins: list[ServicePlugin]) -> None:
@@ -165,6 +169,7 @@ async def _announce_and_run(process: NodeProcess) -> None:
         if hint is not None:  # said once, at start; `mesh status` says it while it lasts
             lines += [f"  {line}" for line in hint]
         print("\n".join(lines), file=sys.stderr, flush=True)
+        await _ring_here(node)
 
     loop = asyncio.get_running_loop()
     throttle = AcceptErrorThrottle()
@@ -185,6 +190,16 @@ async def _announce_and_run(process: NodeProcess) -> None:
         raise
     finally:
         throttle.uninstall(loop)
+
+
+async def _ring_here(node: Node) -> None:
+    """``attention`` events (an incoming call, from an app) as a line and a terminal
+    bell: the person running ``mesh up`` in the foreground hears it."""
+    async with node.events.subscribe(("attention",)) as events:
+        async for event in events:
+            title = safe_line(str(event.data.get("title") or "attention"))
+            text = safe_line(str(event.data.get("text") or ""))
+            print(f"\a{title}: {text}" if text else f"\a{title}", file=sys.stderr, flush=True)
 
 
 def _run(coro: Any) -> int:

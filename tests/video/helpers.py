@@ -38,7 +38,7 @@ class Phone:
             async with self.node.events.subscribe() as sub:
                 ready.set()
                 async for event in sub:
-                    if event.kind.startswith("call."):
+                    if event.kind.startswith(("call.", "attention")):
                         self.events.append(event)
 
         self._watch = asyncio.ensure_future(run())
