@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         Scheduler,
         watch_reachable,
     )
+    from core.replies import REPLY_BUDGET, fit_reply
     from core.service import BaseService, ControlHandler, ControlMethods, Service
     from core.text import json_safe, safe_line, safe_text, unsafe_reason
     from core.types import NO_KEY_DATAGRAMS, EventSink, MeshServer, NodeEvent, PeerInfo
@@ -129,6 +130,8 @@ _EXPORTS: dict[str, str] = {
     "TooManyConnections": "core.limits",
     "peer_address": "core.limits",
     "peer_key": "core.limits",
+    "REPLY_BUDGET": "core.replies",
+    "fit_reply": "core.replies",
     "json_safe": "core.text",
     "safe_line": "core.text",
     "safe_text": "core.text",
@@ -141,6 +144,7 @@ __all__ = [
     "MAIL_DOMAIN",
     "MAIL_DOMAINS",
     "NO_KEY_DATAGRAMS",
+    "REPLY_BUDGET",
     "YGGMAIL_DOMAIN",
     "AmbiguousContact",
     "AppDatabase",
@@ -184,6 +188,7 @@ __all__ = [
     "UnknownContact",
     "UsageError",
     "address_for_key",
+    "fit_reply",
     "is_mesh_address",
     "json_safe",
     "load_config",

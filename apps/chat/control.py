@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from apps.chat.envelope import MAX_BODY
-from core import MeshError, NodeEvent, UnknownContact, UsageError, unsafe_reason
+from core import MeshError, NodeEvent, UnknownContact, UsageError, fit_reply, unsafe_reason
 
 if TYPE_CHECKING:
     from apps.chat.service import ChatService
@@ -31,6 +31,13 @@ def _limit(params: dict[str, Any], default: int) -> int:
     value = params.get("limit", default)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT:
         raise UsageError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return value
+
+
+def _before(params: dict[str, Any], name: str) -> int | None:
+    value = params.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise UsageError(f"{name} must be a whole number")
     return value
 
 
@@ -104,10 +111,10 @@ class ChatControl:
         prefix = name.strip().lower().removesuffix("@mesh")
         if len(prefix) < 8 or prefix.strip("0123456789abcdef"):
             return None
-        hits = [c["key"] for c in await self.s.db.conversations() if c["key"].startswith(prefix)]
+        hits = await self.s.db.keys_starting(prefix)
         if len(hits) > 1:
             raise UsageError(
-                f"{name!r} is the start of {len(hits)} conversations' keys: give more of it"
+                f"{name!r} is the start of more than one conversation's key: give more of it"
             )
         return bytes.fromhex(hits[0]) if hits else None
 
@@ -169,20 +176,29 @@ class ChatControl:
         return await self.s.send(key, body, reply_to)
 
     async def history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The newest ``limit`` messages before ``before_seq`` (oldest first), cut to
+        the reply budget in bytes (the oldest go first); ``more`` says older remain."""
         key = await self._contact(params)
         limit = _limit(params, 200)
+        before = _before(params, "before_seq")
         search = params.get("search")
         if search:
-            found = await self.s.db.search(str(search), conversation=key, limit=limit)
-            return {"messages": list(reversed(found)), "more": False}
-        before = params.get("before_seq")
-        if before is not None and (not isinstance(before, int) or isinstance(before, bool)):
-            raise UsageError("before_seq must be a whole number")
+            found = await self.s.db.search(
+                str(search), conversation=key, limit=limit, before_seq=before
+            )
+            page, cut = fit_reply(found)
+            return {"messages": list(reversed(page)), "more": cut or len(found) == limit}
         messages, more = await self.s.db.history(key, limit=limit, before_seq=before)
-        return {"messages": messages, "more": more}
+        newest_first, cut = fit_reply(messages[::-1])
+        return {"messages": newest_first[::-1], "more": more or cut}
 
     async def conversations(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        convs = await self.s.db.conversations()
+        """Conversations by last activity, at most ``limit`` (default 200) and the reply
+        budget in bytes; each ``last`` message's body is cut to a preview
+        (``last.truncated``)."""
+        convs = await self.s.db.conversations(
+            limit=_limit(params, 200), requests_only=bool(params.get("requests_only"))
+        )
         contacts: dict[str, Any] = {}
         if self.s.contacts is not None:
             with contextlib.suppress(Exception):
@@ -190,14 +206,18 @@ class ChatControl:
         out = [await self._conversation_json(c, contacts.get(c["key"])) for c in convs]
         known = {c["key"] for c in out}
         for hexkey, contact in contacts.items():  # contacts with no message yet
+            if params.get("requests_only"):
+                break
             if hexkey not in known and trust_of(contact) == "trusted":
                 empty = {"key": hexkey, "unread": 0, "request": False, "accepted": True,
                          "last": None, "muted": False, "read_receipts": True}  # fmt: skip
                 out.append(await self._conversation_json(empty, contact))
-        return [c for c in out if c["trust"] != "blocked"]
+        shown = [c for c in out if c["trust"] != "blocked"]
+        return fit_reply(shown)[0]
 
     async def requests(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return [c for c in await self.conversations(params) if c["request"]]
+        found = await self.conversations({**params, "requests_only": True})
+        return [c for c in found if c["request"]]
 
     async def accept(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
@@ -225,9 +245,17 @@ class ChatControl:
         return {"marked": marked}
 
     async def search(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Hits newest first, at most ``limit`` and the reply budget in bytes; the next
+        page is ``before_seq`` = the last hit's ``seq``."""
         text = _want(params, "text")
         conv = await self._contact(params) if params.get("contact") else None
-        return await self.s.db.search(text, conversation=conv, limit=_limit(params, 50))
+        found = await self.s.db.search(
+            text,
+            conversation=conv,
+            limit=_limit(params, 50),
+            before_seq=_before(params, "before_seq"),
+        )
+        return fit_reply(found)[0]
 
     async def typing(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)
@@ -237,17 +265,50 @@ class ChatControl:
     async def retry(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self.s.retry(_hex_id(_want(params, "id"), "id"))
 
-    async def security(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return await self.s.db.security()
+    async def security(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A page of security records, newest first: ``limit`` (default 100),
+        ``before_id`` (the last page's ``next``), ``unacknowledged`` (only those)."""
+        before = params.get("before_id")
+        if before is not None:
+            try:
+                before = int(str(before))
+            except ValueError:
+                raise UsageError("before_id must be a security record id") from None
+        records, more = await self.s.db.security(
+            limit=_limit(params, 100),
+            before_id=before,
+            unacknowledged=bool(params.get("unacknowledged", False)),
+        )
+        records, cut = fit_reply(records)
+        total, unacked = await self.s.db.security_counts()
+        return {
+            "records": records,
+            "more": more or cut,
+            "next": records[-1]["id"] if records and (more or cut) else None,
+            "total": total,
+            "unacknowledged": unacked,
+        }
 
     async def security_ack(self, params: dict[str, Any]) -> dict[str, Any]:
-        try:
-            rid = int(str(_want(params, "id")))
-        except ValueError:
-            raise UsageError("id must be a security record id") from None
-        if not await self.s.db.ack_security(rid):
-            raise MeshError(f"no security record {rid}")
-        return {}
+        """Acknowledge one record (``id``), a contact's (``contact``) or all (``all``)."""
+        if params.get("all"):
+            key = await self._contact(params) if params.get("contact") else None
+            changed = await self.s.db.ack_security(key=key)
+        else:
+            try:
+                rid = int(str(_want(params, "id")))
+            except ValueError:
+                raise UsageError("id must be a security record id") from None
+            changed = await self.s.db.ack_security(rid)
+            if not changed:
+                raise MeshError(f"no security record {rid}")
+        if changed:
+            self.s.node.events.publish(
+                NodeEvent(
+                    "chat.security.acked", {"id": params.get("id"), "all": bool(params.get("all"))}
+                )
+            )
+        return {"acknowledged": changed}
 
     async def mute(self, params: dict[str, Any]) -> dict[str, Any]:
         key = await self._contact(params)

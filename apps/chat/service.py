@@ -110,7 +110,11 @@ class ChatService(BaseService):
         self._rate = PeerRateLimiter(
             burst=config.rate_burst, per_minute=config.rate_per_minute, max_peers=4096
         )
+        # Security records: at most 5 at once and 5 a minute per source *address* (a
+        # stranger claiming a fresh key in each frame is still one address), and 30 a
+        # minute for the whole node; the store bounds what is kept (store.py).
         self._records = PeerRateLimiter(burst=5, per_minute=5, max_peers=4096)
+        self._all_records = PeerRateLimiter(burst=30, per_minute=30, max_peers=1)
         self._conns = ConnectionLimiter(per_peer=config.conns_per_peer, total=config.conns_total)
         self._online: dict[bytes, float] = {}
         self._receipts: dict[bytes, list[bytes]] = {}
@@ -382,7 +386,7 @@ class ChatService(BaseService):
         if not verdict.ok:
             self._count(verdict.refusal, f"from {source}: {verdict.detail}")
             if verdict.refusal in (Refusal.KEY_CHANGED, Refusal.FORGED_SENDER):
-                await self._security(env.sender, verdict.refusal.label, verdict.detail)
+                await self._security(source, env.sender, verdict.refusal.label, verdict.detail)
             return _done(conn.send_ack(env.id, verdict.refusal, verdict.detail))
         self._set_online(env.sender, True)
         contact = await self.contacts.get(env.sender) if self.contacts is not None else None
@@ -419,13 +423,15 @@ class ChatService(BaseService):
                     with contextlib.suppress(Exception):
                         await self.contacts.seen(env.sender)
                 self._publish("chat.request", {"key": env.sender.hex()})
-            self._queue_receipt(env.sender, env.id)
+            if not item.request or stored.accepted:  # no receipt to a stranger
+                self._queue_receipt(env.sender, env.id)
         return conn.send_ack(env.id, Refusal.OK)
 
-    async def _security(self, key: bytes, kind: str, detail: str) -> None:
-        if not self._records.allow(key):
+    async def _security(self, source: Any, key: bytes, kind: str, detail: str) -> None:
+        if not self._records.allow(str(source)) or not self._all_records.allow("all"):
+            self.refused["security-records-dropped"] += 1
             return
-        record = await self.db.add_security(key, kind, detail)
+        record = await self.db.add_security(key, kind, detail, str(source))
         self._publish("chat.security", record)
 
     # -- receipts ---------------------------------------------------------------------
@@ -534,9 +540,14 @@ class ChatService(BaseService):
         return await self.db.message(id_) or msg
 
     async def mark_read(self, key: bytes) -> int:
+        """Mark a conversation read; a read receipt goes only to a contact (trusted) or
+        an accepted conversation, never to a stranger whose request is being read."""
         ids = await self.db.mark_read(key)
         conv = await self.db.conversation(key)
-        if ids and (conv is None or conv["read_receipts"]):
+        trusted = self.contacts is not None and trust_of(await self.contacts.get(key)) == "trusted"
+        accepted = conv is not None and conv["accepted"]
+        wanted = conv is None or conv["read_receipts"]
+        if ids and wanted and (trusted or accepted):
             await self._put_ids(Kind.READ, key, ids)
         return len(ids)
 

@@ -69,7 +69,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             INSERT INTO messages_fts (messages_fts, rowid, body)
             VALUES ('delete', old.seq, old.body); END""",
     ),
+    # Security records are bounded per source address (the stream's authenticated
+    # address, not the key a frame claims) and in total: see add_security.
+    2: (
+        "ALTER TABLE security ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX security_by_source ON security (source, id)",
+    ),
 }
+SECURITY_PER_SOURCE = 20  # records kept per source address (its oldest pruned)
+SECURITY_TOTAL = 500  # records kept in all (acknowledged first, then the oldest, pruned)
 
 _COLUMNS = (
     "seq, id, conversation, direction, sender, recipient, body, ts, received, state, "
@@ -95,6 +103,17 @@ def message_json(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+PREVIEW_CHARS = 280  # a conversation's last message in a list reply
+
+
+def _preview_json(row: Sequence[Any]) -> dict[str, Any]:
+    message = message_json(row)
+    body = message["body"]
+    message["truncated"] = len(body) > PREVIEW_CHARS
+    message["body"] = body[:PREVIEW_CHARS]
+    return message
+
+
 @dataclass(frozen=True)
 class Incoming:
     """An accepted envelope to commit: ``request`` marks a new sender as a request."""
@@ -114,6 +133,7 @@ class Stored:
     message: dict[str, Any] | None = None  # a new text message
     states: tuple[dict[str, Any], ...] = ()  # outgoing messages a receipt moved
     request: bool = False  # the conversation became a message request
+    accepted: bool = False  # the person accepted the conversation (receipts may go)
 
 
 def _fts_query(text: str) -> str:
@@ -207,13 +227,28 @@ class ChatStore:
 
         await self.db.transaction(write)
 
-    async def add_security(self, key: bytes, kind: str, detail: str) -> dict[str, Any]:
+    async def add_security(
+        self, key: bytes, kind: str, detail: str, source: str = ""
+    ) -> dict[str, Any]:
+        """Record a security event; the table stays bounded in the same transaction: at
+        most :data:`SECURITY_PER_SOURCE` records per source address and
+        :data:`SECURITY_TOTAL` in all (acknowledged ones go first, then the oldest)."""
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "INSERT INTO security (key, kind, detail, ts) VALUES (?, ?, ?, ?)",
-                (key, kind, detail, now),
+                "INSERT INTO security (key, kind, detail, ts, source) VALUES (?, ?, ?, ?, ?)",
+                (key, kind, detail, now, source),
+            )
+            conn.execute(
+                "DELETE FROM security WHERE id IN (SELECT id FROM security WHERE source = ? "
+                "ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (source, SECURITY_PER_SOURCE),
+            )
+            conn.execute(
+                "DELETE FROM security WHERE id IN (SELECT id FROM security "
+                "ORDER BY acknowledged ASC, id DESC LIMIT -1 OFFSET ?)",
+                (SECURITY_TOTAL,),
             )
             return int(cur.lastrowid or 0)
 
@@ -224,15 +259,26 @@ class ChatStore:
             "kind": kind,
             "detail": detail,
             "ts": now,
+            "source": source,
             "acknowledged": False,
         }
 
-    async def ack_security(self, rid: int) -> bool:
-        def write(conn: sqlite3.Connection) -> int:
-            cur = conn.execute("UPDATE security SET acknowledged = 1 WHERE id = ?", (rid,))
-            return cur.rowcount
+    async def ack_security(self, rid: int | None = None, *, key: bytes | None = None) -> int:
+        """Acknowledge one record (``rid``), a key's records, or all of them; how many
+        changed."""
 
-        return bool(await self.db.transaction(write))
+        def write(conn: sqlite3.Connection) -> int:
+            args: tuple[Any, ...]
+            if rid is not None:
+                sql, args = "UPDATE security SET acknowledged = 1 WHERE id = ?", (rid,)
+            elif key is not None:
+                sql = "UPDATE security SET acknowledged = 1 WHERE key = ? AND acknowledged = 0"
+                args = (key,)
+            else:
+                sql, args = "UPDATE security SET acknowledged = 1 WHERE acknowledged = 0", ()
+            return int(conn.execute(sql, args).rowcount)
+
+        return int(await self.db.transaction(write))
 
     async def prune_seen(self, now: float) -> int:
         def write(conn: sqlite3.Connection) -> int:
@@ -261,13 +307,21 @@ class ChatStore:
         return [message_json(r) for r in reversed(rows[:limit])], more
 
     async def search(
-        self, text: str, *, conversation: bytes | None = None, limit: int = 50
+        self,
+        text: str,
+        *,
+        conversation: bytes | None = None,
+        limit: int = 50,
+        before_seq: int | None = None,
     ) -> list[dict[str, Any]]:
         query = _fts_query(text)
         if not query:
             return []
         where = "messages_fts MATCH ?"
         args: list[Any] = [query]
+        if before_seq is not None:
+            where += " AND messages_fts.rowid < ?"
+            args.append(before_seq)
         if conversation is not None:
             where += " AND m.conversation = ?"
             args.append(conversation)
@@ -279,14 +333,19 @@ class ChatStore:
         )
         return [message_json(r) for r in rows]
 
-    async def conversations(self) -> list[dict[str, Any]]:
+    async def conversations(
+        self, *, limit: int = 100_000, requests_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """By last activity, newest first; each ``last`` body cut to a preview."""
+        where = "WHERE c.request = 1 AND c.accepted = 0 " if requests_only else ""
         rows = await self._all(
             "SELECT c.key, c.request, c.accepted, c.muted, c.read_receipts, "
             "(SELECT COUNT(*) FROM messages u WHERE u.conversation = c.key "
             " AND u.direction = 'in' AND u.state = 'received'), "
             f"{', '.join(f'm.{c.strip()}' for c in _COLUMNS.split(','))} "
             "FROM conversations c LEFT JOIN messages m ON m.seq = c.last_seq "
-            "ORDER BY c.last_activity DESC"
+            f"{where}ORDER BY c.last_activity DESC LIMIT ?",
+            (limit,),
         )
         out = []
         for r in rows:
@@ -298,10 +357,18 @@ class ChatStore:
                     "muted": bool(r[3]),
                     "read_receipts": bool(r[4]),
                     "unread": int(r[5]),
-                    "last": message_json(r[6:]) if r[6] is not None else None,
+                    "last": _preview_json(r[6:]) if r[6] is not None else None,
                 }
             )
         return out
+
+    async def keys_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` conversation keys (hex) that start with ``prefix`` (hex)."""
+        rows = await self._all(
+            "SELECT lower(hex(key)) FROM conversations WHERE lower(hex(key)) LIKE ? LIMIT ?",
+            (prefix.lower() + "%", limit),
+        )
+        return [str(r[0]) for r in rows]
 
     async def conversation(self, key: bytes) -> dict[str, Any] | None:
         rows = await self._all(
@@ -325,11 +392,18 @@ class ChatStore:
     async def seen(self, id_: bytes) -> bool:
         return bool(await self._all("SELECT 1 FROM seen WHERE id = ?", (id_,)))
 
-    async def security(self) -> list[dict[str, Any]]:
+    async def security(
+        self, *, limit: int, before_id: int | None = None, unacknowledged: bool = False
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of security records, newest first (keyset on id), and whether older
+        ones remain."""
+        where = "id < ?" + (" AND acknowledged = 0" if unacknowledged else "")
         rows = await self._all(
-            "SELECT id, key, kind, detail, ts, acknowledged FROM security ORDER BY id"
+            "SELECT id, key, kind, detail, ts, acknowledged, source FROM security "
+            f"WHERE {where} ORDER BY id DESC LIMIT ?",
+            (before_id if before_id is not None else 2**62, limit + 1),
         )
-        return [
+        page = [
             {
                 "id": str(r[0]),
                 "key": bytes(r[1]).hex(),
@@ -337,9 +411,16 @@ class ChatStore:
                 "detail": r[3],
                 "ts": r[4],
                 "acknowledged": bool(r[5]),
+                "source": r[6],
             }
-            for r in rows
+            for r in rows[:limit]
         ]
+        return page, len(rows) > limit
+
+    async def security_counts(self) -> tuple[int, int]:
+        """(records, unacknowledged records)."""
+        rows = await self._all("SELECT COUNT(*), COUNT(*) - SUM(acknowledged) FROM security")
+        return int(rows[0][0] or 0), int(rows[0][1] or 0)
 
     async def outgoing(self, state: str) -> list[dict[str, Any]]:
         rows = await self._all(
@@ -396,15 +477,19 @@ def _move(
     state: str,
     error: str | None,
     only_from: Sequence[str],
+    *,
+    peer: bytes | None = None,
 ) -> list[dict[str, Any]]:
+    """Move outgoing messages (of the conversation with ``peer`` only, when given)."""
     marks = ", ".join("?" * len(only_from))
     changed = []
     now = time.time()
+    scope = " AND conversation = ?" if peer is not None else ""
     for id_ in ids:
         cur = conn.execute(
             f"UPDATE messages SET state = ?, error = ?, updated = ? WHERE id = ? "
-            f"AND direction = 'out' AND state IN ({marks}) RETURNING conversation",
-            (state, error, now, id_, *only_from),
+            f"AND direction = 'out' AND state IN ({marks}){scope} RETURNING conversation",
+            (state, error, now, id_, *only_from, *([peer] if peer is not None else [])),
         )
         row = cur.fetchone()
         if row is not None:
@@ -432,10 +517,13 @@ def _commit_one(conn: sqlite3.Connection, item: Incoming) -> Stored:
             "INSERT INTO pins (sender, signer, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (env.sender, env.signer, item.received),
         )
+    # A receipt from X moves only messages that were sent to X (a stranger naming the id
+    # of a message sent to someone else moves nothing).
     if env.kind is Kind.RECEIPT:
-        return Stored(states=tuple(_move(conn, env.ids, "delivered", None, _DELIVERED_FROM)))
+        moved = _move(conn, env.ids, "delivered", None, _DELIVERED_FROM, peer=env.sender)
+        return Stored(states=tuple(moved))
     if env.kind is Kind.READ:
-        return Stored(states=tuple(_move(conn, env.ids, "read", None, _READ_FROM)))
+        return Stored(states=tuple(_move(conn, env.ids, "read", None, _READ_FROM, peer=env.sender)))
     seq = _insert_message(conn, env, "in", env.sender, item.received, "received", item.received)
     existing = conn.execute("SELECT 1 FROM conversations WHERE key = ?", (env.sender,)).fetchone()
     _touch(conn, env.sender, seq, item.received)
@@ -443,7 +531,10 @@ def _commit_one(conn: sqlite3.Connection, item: Incoming) -> Stored:
     if request:
         conn.execute("UPDATE conversations SET request = 1 WHERE key = ?", (env.sender,))
     row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,)).fetchone()
-    return Stored(message=message_json(row), request=request)
+    accepted = conn.execute(
+        "SELECT accepted FROM conversations WHERE key = ?", (env.sender,)
+    ).fetchone()
+    return Stored(message=message_json(row), request=request, accepted=bool(accepted[0]))
 
 
 def _commit_outgoing(conn: sqlite3.Connection, env: Envelope, now: float) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from core.control.protocol import LineDecoder, ProtocolError, encode, parse_request
+from core.control.protocol import MAX_LINE, LineDecoder, ProtocolError, encode, parse_request
 from core.errors import MeshError, UsageError
 from core.events import EventBus
 
@@ -161,7 +161,20 @@ class ControlServer:
         reply = await self._call(rid, method, params)
         if writer.transport.is_closing():
             return
-        writer.write(encode(reply))
+        line = encode(reply)
+        if len(line) > MAX_LINE:  # a client could not read it: say so, keep the connection
+            log.warning("control method %s: reply of %d bytes not sent", method, len(line))
+            line = encode(
+                {
+                    "id": rid,
+                    "error": _err(
+                        "too_large",
+                        f"the reply to {method} is {len(line)} bytes, over the {MAX_LINE}-byte "
+                        "line limit: ask for less (limit, paging)",
+                    ),
+                }
+            )
+        writer.write(line)
         with contextlib.suppress(ConnectionError):
             await writer.drain()
 

@@ -95,10 +95,12 @@ async def _watch(node: Node, sink: dict[str, Any], kind: str, value: Any) -> Non
             sink[event.data["id"]] = value(event.data)
 
 
-async def _peer_process(root: Path, uri: str) -> None:
+async def _peer_process(root: Path, uri: str, friend: str) -> None:
     """The peer node of the two-process run: prints its key, then "id perf_counter" for
-    each message it commits; ends when its stdin closes."""
+    each message it commits; ends when its stdin closes. It has accepted ``friend`` (A):
+    receipts go to contacts only."""
     node, chat = await _node(root, "b", peers=(uri,))
+    await chat.control_methods()["chat.accept"]({"contact": friend})
     loop = asyncio.get_running_loop()
 
     async def report() -> None:
@@ -129,14 +131,15 @@ async def _network(root: Path, latency_n: int, burst: int, *, two_processes: boo
         if two_processes:
             peer = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "--peer-of", await _listening(a_node),
-                "--dir", str(root / "2p"), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                "--friend", a_node.key.hex(), "--dir", str(root / "2p"),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
             assert peer.stdout is not None
             _, key_hex, address = (await peer.stdout.readline()).decode().split()
             tasks.append(asyncio.ensure_future(_read_arrivals(peer.stdout, arrived)))
         else:
             b_node, b = await _node(root / "1p", "b", peers=(await _listening(a_node),))
+            await b.control_methods()["chat.accept"]({"contact": a_node.key.hex()})
             key_hex, address = b_node.key.hex(), str(b_node.address)
             tasks.append(
                 asyncio.ensure_future(
@@ -307,9 +310,10 @@ def main() -> None:
     parser.add_argument("--dir", default=None)
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--peer-of", help=argparse.SUPPRESS)  # the two-process run's peer
+    parser.add_argument("--friend", help=argparse.SUPPRESS)  # ... and the key it accepts
     args = parser.parse_args()
     if args.peer_of:
-        asyncio.run(_peer_process(Path(args.dir), args.peer_of))
+        asyncio.run(_peer_process(Path(args.dir), args.peer_of, args.friend))
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)

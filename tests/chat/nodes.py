@@ -101,6 +101,14 @@ class ChatNet:
         self.members.append(member)
         return member
 
+    async def befriend(self, *members: ChatNode) -> None:
+        """Each accepts the others (trusted contacts): receipts flow between them (none
+        goes to a stranger until accepted)."""
+        for one in members:
+            for other in members:
+                if one is not other:
+                    await one.call("chat.accept", contact=other.key.hex())
+
     async def stop(self, member: ChatNode) -> None:
         """Take the node offline (service closed, node closed)."""
         await member.halt()

@@ -43,13 +43,20 @@ async def test_message_arrives_signed_and_is_sent_then_delivered_then_read(
             sent["id"], "hello ✓", "in", "received",
         )  # fmt: skip
         assert got["from"] == a.key.hex() and got["to"] == b.key.hex()
-        await settle("delivered at A", lambda: _is(a, b, sent["id"], "delivered"))
-        assert a.seen("chat.state", lambda d: d["id"] == sent["id"] and d["state"] == "sent")
+        await settle("sent at A", lambda: _is(a, b, sent["id"], "sent"))
         assert b.seen("chat.message", lambda d: d["id"] == sent["id"])
         assert b.seen("chat.request", lambda d: d["key"] == a.key.hex())
         assert [r["key"] for r in await b.call("chat.requests")] == [a.key.hex()]
+        # a stranger's message: no receipt, delivered or read, until B accepts
         assert (await b.call("chat.read", contact=a.key.hex())) == {"marked": 1}
-        await settle("read at A", lambda: _is(a, b, sent["id"], "read"))
+        assert b.chat.outbox is not None and await b.chat.outbox.pending(a.key) == []
+        assert await state_of(a, b, sent["id"]) == "sent"
+        await b.call("chat.accept", contact=a.key.hex())
+        second = await a.call("chat.send", contact=b.key.hex(), body="and now?")
+        await settle("delivered at A", lambda: _is(a, b, second["id"], "delivered"))
+        assert a.seen("chat.state", lambda d: d["id"] == second["id"] and d["state"] == "sent")
+        assert (await b.call("chat.read", contact=a.key.hex())) == {"marked": 1}
+        await settle("read at A", lambda: _is(a, b, second["id"], "read"))
         assert (await b.call("chat.read", contact=a.key.hex())) == {"marked": 0}
 
 
@@ -60,6 +67,7 @@ async def _is(member: ChatNode, peer: ChatNode, mid: str, state: str) -> bool:
 async def test_typing_is_an_event_never_stored(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
         a, b = await net.start(), await net.start()
+        await net.befriend(a, b)
         await a.call("chat.typing", contact=b.key.hex(), active=True)
         await settle(
             "typing at B",
@@ -73,6 +81,7 @@ async def test_typing_is_an_event_never_stored(tmp_path: Path) -> None:
 async def test_order_kept_and_each_message_once_in_a_burst(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
         a, b = await net.start(), await net.start()
+        await net.befriend(a, b)
         ids = [
             (await a.call("chat.send", contact=b.key.hex(), body=f"m{i}"))["id"] for i in range(60)
         ]
@@ -95,6 +104,7 @@ async def test_order_kept_and_each_message_once_in_a_burst(tmp_path: Path) -> No
 async def test_offline_peer_gets_everything_at_once_when_it_comes_back(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
         a, b = await net.start(retry_initial=60.0), await net.start()
+        await net.befriend(a, b)
         await net.stop(b)
         ids = [
             (await a.call("chat.send", contact=b.key.hex(), body=f"while away {i}"))["id"]
@@ -132,6 +142,7 @@ async def test_undelivered_message_fails_at_expiry_with_an_event(tmp_path: Path)
 async def test_blocked_sender_is_dropped_silently(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
         a, b = await net.start(), await net.start()
+        await net.befriend(a, b)
         await b.node.contacts.block(a.key)
         sent = await a.call("chat.send", contact=b.key.hex(), body="let me in")
         await settle("sent at A", lambda: _is(a, b, sent["id"], "sent"))
@@ -143,6 +154,7 @@ async def test_blocked_sender_is_dropped_silently(tmp_path: Path) -> None:
 async def test_search_finds_words_in_bodies(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
         a, b = await net.start(), await net.start()
+        await net.befriend(a, b)
         for body in ("the quick fox", "lazy dog", "quick thinking"):
             await a.call("chat.send", contact=b.key.hex(), body=body)
         found = await a.call("chat.search", text="quick")
@@ -189,6 +201,7 @@ async def test_app_key_is_pinned_on_first_use_and_a_new_one_is_refused_loudly(
 ) -> None:
     async with ChatNet(tmp_path) as net:
         a, b = await net.start(), await net.start()
+        await net.befriend(a, b)
         _use_app_key(a)
         key_file = a.node.config.data_dir / "chat" / "app-key"
         assert a.chat.signing == "app key" and key_file.stat().st_mode & 0o777 == 0o600
@@ -206,7 +219,7 @@ async def test_app_key_is_pinned_on_first_use_and_a_new_one_is_refused_loudly(
         await settle("failed at A", lambda: _is(a, b, bad["id"], "failed"))
         failed = next(m for m in await history(a, b) if m["id"] == bad["id"])
         assert "key-changed" in failed["error"]
-        records = await b.call("chat.security")
+        records = (await b.call("chat.security"))["records"]
         assert [(r["kind"], r["key"]) for r in records] == [("key-changed", a.key.hex())]
         assert [m["body"] for m in await history(b, a)] == ["signed by my app key"]
 
@@ -214,6 +227,7 @@ async def test_app_key_is_pinned_on_first_use_and_a_new_one_is_refused_loudly(
 async def test_a_stream_the_peer_closed_while_idle_is_replaced_at_once(tmp_path: Path) -> None:
     async with ChatNet(tmp_path) as net:
         a, b = await net.start(retry_initial=60.0), await net.start(idle_timeout=0.5)
+        await net.befriend(a, b)
         first = await a.call("chat.send", contact=b.key.hex(), body="one")
         await settle("first delivered", lambda: _is(a, b, first["id"], "delivered"))
         await asyncio.sleep(1.5)  # B has closed the idle stream A keeps cached
@@ -228,6 +242,7 @@ async def test_failed_message_is_retried_and_read_receipts_can_be_turned_off(
     async with ChatNet(tmp_path) as net:
         a = await net.start(expiry_days=1 / 86400, retry_initial=0.2, retry_max=0.3)
         b = await net.start()
+        await net.befriend(a, b)
         await net.stop(b)
         sent = await a.call("chat.send", contact=b.key.hex(), body="are you there?")
         await settle("failed at A", lambda: _is(a, b, sent["id"], "failed"), timeout=30)

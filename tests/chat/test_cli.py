@@ -63,7 +63,7 @@ def test_send_wait_history_requests_accept_search_read(
         "id": mid, "direction": "in", "from": ka, "to": kb, "state": "received",
     }  # fmt: skip
     assert isinstance(first["ts"], float)
-    assert history(a.data, kb)[0]["state"] == "delivered"
+    assert history(a.data, kb)[0]["state"] == "sent"  # stored at B; B sends no receipt yet
 
     requests = json.loads(mesh(b.data, "chat", "requests", "--json").stdout)
     assert [r["key"] for r in requests] == [ka]
@@ -72,10 +72,15 @@ def test_send_wait_history_requests_accept_search_read(
     assert mesh(b.data, "chat", "history", ka, "--search", "hello", "--json").returncode == 0
     read = mesh(b.data, "chat", "read", ka)
     assert read.returncode == 0 and "marked 2 read" in read.stdout
-    _until("read at A", lambda: all(m["state"] == "read" for m in history(a.data, kb)))
+    assert all(m["state"] == "sent" for m in history(a.data, kb))  # no receipt to a stranger
     accepted = mesh(b.data, "chat", "accept", ka)
     assert accepted.returncode == 0, accepted.stderr
     assert json.loads(mesh(b.data, "chat", "requests", "--json").stdout) == []
+    again = mesh(a.data, "chat", "send", kb, "now a contact", "--wait", "--timeout", "60")
+    assert again.returncode == 0, again.stderr
+    _until("delivered at A", lambda: history(a.data, kb)[-1]["state"] == "delivered")
+    assert mesh(b.data, "chat", "read", ka).returncode == 0
+    _until("read at A", lambda: history(a.data, kb)[-1]["state"] == "read")
 
 
 def test_send_wait_times_out_with_exit_1_and_the_reason(tmp_path: Path) -> None:
@@ -131,7 +136,7 @@ def test_usage_errors_exit_2_without_a_node(tmp_path: Path) -> None:
         (("history",), "usage: mesh chat history CONTACT"),
         (("send", "k"), "usage: mesh chat send CONTACT TEXT|-"),
         (("send", "k", "t", "--wait", "--timeout", "0"), "--timeout must be > 0"),
-        (("history", "k", "--limit", "0"), "--limit must be from 1 to 1000"),
+        (("history", "k", "--limit", "0"), "--limit must be from 1 to 100000"),
         (("frob", "x"), "unknown chat command 'frob'"),
     ):
         done = mesh(tmp_path, "chat", *argv, timeout=20)

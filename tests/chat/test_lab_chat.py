@@ -84,6 +84,8 @@ def test_chat_between_two_daemon_hosts(lab: Lab, tmp_path: Path) -> None:
         sa = _status(da, _chat_up)
         sb = _status(db, lambda s: _chat_up(s) and any(p["up"] for p in s.get("peers", [])))
         ka, kb = str(sa["key"]), str(sb["key"])
+        for data, key in ((da, kb), (db, ka)):  # contacts: receipts go to contacts only
+            assert mesh_cli(data, "contacts", "add", key).returncode == 0
         done = mesh_cli(da, "chat", "send", f"{kb}@mesh", "over the daemons", "--wait",
                         "--timeout", "90", timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
@@ -143,6 +145,10 @@ async def _embedded_chats_with(
             await _reach(node, str(status["address"]), listen)
             methods = chat.control_methods()
             peer = str(status["key"])
+            added = await asyncio.to_thread(
+                mesh_cli, daemon_dir, "contacts", "add", node.key.hex()
+            )  # the daemon host sends receipts to contacts only
+            assert added.returncode == 0, added.stderr
             sent = await methods["chat.send"]({"contact": peer, "body": "hi daemon"})
 
             async def delivered() -> bool:

@@ -100,7 +100,7 @@ async def test_each_forgery_is_refused_with_its_reason_and_nothing_is_stored(
             assert reason
         assert await stored_at(b) == 0
         assert b.chat.refused[Refusal.FORGED_SENDER.label] == 1
-        forged = await b.call("chat.security")
+        forged = (await b.call("chat.security"))["records"]
         assert [r["kind"] for r in forged] == ["forged-sender"]
         # B still serves: a good message from C is accepted and stored
         assert (await c.send(c.envelope(body=b"hello")))[0] is Refusal.OK
@@ -127,13 +127,13 @@ async def test_rekeyed_sender_is_refused_and_recorded_as_a_security_event(
         got, reason = await c.send(c.envelope(signer=second, body=b"new key, who dis"))
         assert got is Refusal.KEY_CHANGED and first.public_key.hex() in reason
         assert await stored_at(b) == 2
-        records = await b.call("chat.security")
+        records = (await b.call("chat.security"))["records"]
         assert [(r["kind"], r["key"]) for r in records] == [
             ("key-changed", c.identity.public_key.hex())
         ]
         await settle("security event", lambda: b.seen("chat.security"))
         await b.call("chat.security.ack", id=records[0]["id"])
-        assert (await b.call("chat.security"))[0]["acknowledged"] is True
+        assert (await b.call("chat.security"))["records"][0]["acknowledged"] is True
 
 
 async def test_oversize_and_garbage_streams_are_refused_and_b_stays_up(

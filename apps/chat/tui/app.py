@@ -60,6 +60,7 @@ SCROLL_PAGE = 100  # messages per keyset page while scrolling (the first page is
 JUMP_PAGE = 500  # messages per request when walking back to a search hit
 MAX_JUMP_PAGES = 400
 NARROW = 70  # columns below which the conversation list shrinks to a share
+SECURITY_PAGE = 200  # unacknowledged security records held by the UI
 
 
 def _key_from(text: str) -> str | None:
@@ -135,6 +136,7 @@ class ChatApp(App[int]):
         self.names: dict[str, str] = {}
         self.current: str | None = None
         self.security: dict[str, SecurityRecord] = {}
+        self.security_unacked = 0
         self.typing_until: dict[str, float] = {}
         self.reply_to: ChatMessage | None = None
         self.hits: list[ChatMessage] = []
@@ -185,8 +187,7 @@ class ChatApp(App[int]):
             with contextlib.suppress(MeshError):
                 self.methods = set(await self.client.call("methods"))
             self._listen(await self.client.subscribe())  # before the state it updates
-            records = await self.client.call("chat.security")
-            self.security = {r.id: r for r in map(SecurityRecord.from_json, records)}
+            await self._load_security()
             await self.refresh_conversations()
             target = None
             if self.initial_contact:
@@ -217,6 +218,18 @@ class ChatApp(App[int]):
             self.post_message(ConnectionLost(str(exc)))
             return
         self.post_message(ConnectionLost("the node closed the connection"))
+
+    async def _load_security(self) -> None:
+        """The unacknowledged security records (one bounded page: the node keeps at
+        most a few hundred, and only this many are shown)."""
+        reply = await self.client.call("chat.security", unacknowledged=True, limit=SECURITY_PAGE)
+        records = reply["records"] if isinstance(reply, dict) else reply
+        self.security = {r.id: r for r in map(SecurityRecord.from_json, records)}
+        self.security_unacked = (
+            int(reply.get("unacknowledged", len(records)))
+            if isinstance(reply, dict)
+            else len(records)
+        )
 
     # -- names and conversations
     def name_of(self, key: str) -> str:
@@ -358,9 +371,17 @@ class ChatApp(App[int]):
             else:
                 self.typing_until.pop(key, None)
             self._header()
+        elif kind == "chat.security.acked":
+            with contextlib.suppress(MeshError):
+                await self._load_security()
+            self._update_bars()
+            self._schedule_refresh()
         elif kind == "chat.security":
             record = SecurityRecord.from_json(data)
             self.security[record.id] = record
+            self.security_unacked += 0 if record.acknowledged else 1
+            while len(self.security) > SECURITY_PAGE:
+                self.security.pop(next(iter(self.security)))
             if not record.acknowledged:
                 self.bell()
                 self.notify(
@@ -666,6 +687,47 @@ class ChatApp(App[int]):
                 self.set_status("nothing failed in this conversation")
         elif name == "call":
             await self._call(args)
+        elif name == "security":
+            await self._security_command(args)
+
+    async def _security_command(self, args: tuple[str, ...]) -> None:
+        """/security: how many records wait; /security ack all|ID|CONTACT acknowledges."""
+        if not args:
+            with contextlib.suppress(MeshError):
+                await self._load_security()
+            pending = sorted(self.security.values(), key=lambda r: -r.ts)
+            if not pending:
+                self.set_status("no unacknowledged security records")
+                return
+            latest = pending[0]
+            self.set_status(
+                f"{self.security_unacked} unacknowledged security record(s); latest "
+                f"#{latest.id} {latest.kind} for {self.name_of(latest.key)} — "
+                "/security ack all (or an id, or a contact)"
+            )
+            return
+        if args[0] != "ack" or len(args) > 2:
+            self.set_status("usage: /security [ack all|ID|CONTACT]", error=True)
+            return
+        target = args[1] if len(args) > 1 else "all"
+        params: dict[str, Any]
+        if target == "all":
+            params = {"all": True}
+        elif target.isdigit():
+            params = {"id": target}
+        else:
+            key = await self.resolve(target)
+            if key is None:
+                return
+            params = {"all": True, "contact": key}
+        result = await self._call_ok("chat.security.ack", "acknowledged", **params)
+        if result is not None:
+            n = result.get("acknowledged", 0) if isinstance(result, dict) else 0
+            self.set_status(f"acknowledged {n} security record(s)")
+            with contextlib.suppress(MeshError):
+                await self._load_security()
+            self._update_bars()
+            await self.refresh_conversations()
 
     async def _copy(self, args: tuple[str, ...]) -> None:
         if not args or args[0] == "me":

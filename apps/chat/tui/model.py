@@ -403,6 +403,13 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("receipts", "/receipts on|off", "send read receipts to this contact", 1, 1),
         CommandSpec("retry", "/retry", "retry the failed messages of this conversation", 0, 0),
         CommandSpec("call", "/call [CONTACT]", "place a call (once calls are available)", 0, 1),
+        CommandSpec(
+            "security",
+            "/security [ack all|ID|CONTACT]",
+            "security records: count them, or acknowledge them",
+            0,
+            2,
+        ),
         CommandSpec("help", "/help", "every key and command", 0, 0),
         CommandSpec("quit", "/quit", "leave the chat (the node keeps running)", 0, 0),
     ]

@@ -136,7 +136,10 @@ class ScriptedChat:
         if method == "methods":
             return self.methods
         if method == "chat.security":
-            return self.security
+            wanted = [r for r in self.security if not r.get("acknowledged")]
+            shown = wanted if params.get("unacknowledged") else self.security
+            return {"records": shown, "more": False, "next": None, "total": len(self.security),
+                    "unacknowledged": len(wanted)}  # fmt: skip
         if method == "chat.conversations":
             convs = [self._conv(k) for k in self.messages]
             return sorted(convs, key=lambda c: -(c["last"]["ts"] if c["last"] else 0))

@@ -48,6 +48,7 @@ async def typed(pilot: Any, text: str) -> None:
 
 async def test_send_a_message_and_it_reaches_the_other_node(tmp_path: Path) -> None:
     async with chat_nodes(tmp_path, 2) as (a, b), attached(a, contact=b.key) as (app, pilot):
+        await b.call("chat.accept", contact=a.key)  # receipts go to contacts only
         await typed(pilot, "hello over the mesh")
         await pilot.press("enter")
 
@@ -204,7 +205,7 @@ async def test_key_change_banner_appears_and_stays_until_acknowledged(tmp_path: 
             assert banner.display
             await pilot.click("#banner-ack")
             await eventually("the banner gone", lambda: not banner.display)
-            records = await a.call("chat.security")
+            records = (await a.call("chat.security"))["records"]
             assert records and all(r["acknowledged"] for r in records)
 
 
