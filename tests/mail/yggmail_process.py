@@ -1,7 +1,8 @@
 """The real Yggmail (``../shared/tools/yggmail/yggmail``) as a test peer.
 
-:func:`yggmail_binary` finds it (``$MESHSUITE_YGGMAIL`` or beside the repository, as the
-team's tools README says) and calls :func:`tests.conftest.require`: missing under CI is
+:func:`yggmail_binary` finds it (``$MESHSUITE_YGGMAIL``, else beside the repository as
+the team's tools README says, else ``yggmail`` on the PATH) and calls
+:func:`tests.conftest.require`: missing under CI is
 a failure. :class:`Yggmail` runs one node on a fresh database, peered to the URIs given
 (Yggmail only dials), with its local SMTP/IMAP on free loopback ports and a password
 set with ``-passwordhash`` (a bcrypt hash from libcrypt); its log is kept (bounded) so
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import smtplib
 import warnings
 from collections import deque
@@ -32,9 +34,12 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 def yggmail_binary() -> str:
-    path = Path(
-        os.environ.get("MESHSUITE_YGGMAIL") or _REPO.parent / "shared/tools/yggmail/yggmail"
+    beside = _REPO.parent / "shared/tools/yggmail/yggmail"
+    on_path = shutil.which("yggmail")
+    chosen = os.environ.get("MESHSUITE_YGGMAIL") or (
+        beside if beside.is_file() or on_path is None else on_path
     )
+    path = Path(chosen)
     require(
         path.is_file() and os.access(path, os.X_OK),
         f"the real Yggmail binary at {path} (set MESHSUITE_YGGMAIL to another path)",
