@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         Scheduler,
         watch_reachable,
     )
+    from core.relay.service import RelayVerdict
     from core.replies import REPLY_BUDGET, fit_reply
     from core.service import BaseService, ControlHandler, ControlMethods, Service
     from core.text import json_safe, safe_line, safe_text, unsafe_reason
@@ -125,6 +126,7 @@ _EXPORTS: dict[str, str] = {
     "RetryPolicy": "core.outbox",
     "Scheduler": "core.outbox",
     "watch_reachable": "core.outbox",
+    "RelayVerdict": "core.relay.service",
     "ConnectionLimiter": "core.limits",
     "PeerRateLimiter": "core.limits",
     "TooManyConnections": "core.limits",
@@ -178,6 +180,7 @@ __all__ = [
     "OutboxFull",
     "PeerInfo",
     "PeerRateLimiter",
+    "RelayVerdict",
     "Retry",
     "RetryPolicy",
     "Scheduler",

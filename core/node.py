@@ -39,6 +39,9 @@ from core.types import NO_KEY_DATAGRAMS, KeyDatagramPort
 if TYPE_CHECKING:
     from core.keyquic import KeyQuicConfig, KeyQuicEndpoint, StreamFactory
 
+if TYPE_CHECKING:
+    from core.relay.service import RelayService
+
 __all__ = ["Node", "parse_target"]
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,9 @@ class Node:
         self.backend_reason = backend_reason
         self.events = EventBus()
         self.contacts: Contacts  # opened by open(), closed by close()
+        # the node process's relay service (core.relay), set before the apps start;
+        # None where none runs (an app then delivers directly only)
+        self.relay: RelayService | None = None
         self._servers: set[MeshServer] = set()
         self._key_quic: KeyQuicEndpoint | None = None
         self._closed = False

@@ -168,6 +168,8 @@ class OutboxEntry:
 
 DeliverFn = Callable[[bytes, list[OutboxEntry]], Awaitable[Sequence[DeliveryResult]]]
 ExpiredFn = Callable[[OutboxEntry], Awaitable[None]]
+# (destination, entries) -> one result per entry, or None: no other way to it now
+HandoffFn = Callable[[bytes, list[OutboxEntry]], Awaitable[Sequence[DeliveryResult] | None]]
 
 
 class HasEvents(Protocol):
@@ -365,6 +367,8 @@ class Outbox:
         self._rewake: set[bytes] = set()  # woken while in flight: no backoff after it
         self._deliver: DeliverFn | None = None
         self._expired: ExpiredFn | None = None
+        self._handoff: HandoffFn | None = None
+        self._handoff_after = 0.0
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -533,15 +537,31 @@ class Outbox:
         self._scheduler.wake()
 
     # -- delivery ---------------------------------------------------------------------------
-    def start(self, node: HasEvents | None, *, deliver: DeliverFn, expired: ExpiredFn) -> None:
+    def start(
+        self,
+        node: HasEvents | None,
+        *,
+        deliver: DeliverFn,
+        expired: ExpiredFn,
+        handoff: HandoffFn | None = None,
+        handoff_after: float = 60.0,
+    ) -> None:
         """Start delivering (tasks owned here, ended by :meth:`close`).
 
         ``node``: whose ``peer.up`` / ``session.up`` events wake a destination (None: no
         events, e.g. in unit tests; :meth:`wake` still works).
+
+        ``handoff``: another way to the destination (a relay, :mod:`core.relay`). Entries
+        whose direct delivery has failed for ``handoff_after`` seconds since they were
+        queued are given to it after each failed attempt (and an attempt is due at that
+        moment, whatever the backoff); what it takes counts as delivered.
         """
         if self._task is not None:
             raise RuntimeError(f"outbox {self.name}: already started")
+        if handoff_after < 0:
+            raise UsageError("handoff_after must not be negative")
         self._deliver, self._expired = deliver, expired
+        self._handoff, self._handoff_after = handoff, handoff_after
         self._task = asyncio.get_running_loop().create_task(
             self._main(node), name=f"outbox-{self.name}"
         )
@@ -618,7 +638,44 @@ class Outbox:
         except Exception as exc:
             log.warning("outbox %s: deliver to %s failed: %r", self.name, destination.hex(), exc)
             results = [Retry(f"{type(exc).__name__}: {exc}")] * len(entries)
+        if self._handoff is not None:
+            results = await self._hand_off(destination, entries, results)
         await self._record(destination, entries, results)
+
+    async def _hand_off(
+        self, destination: bytes, entries: list[OutboxEntry], results: list[DeliveryResult]
+    ) -> list[DeliveryResult]:
+        """The failed entries old enough for a hand-off, given to ``handoff`` (in order:
+        the oldest ones, up to the first that is not yet old enough)."""
+        assert self._handoff is not None
+        due = self._clock() - self._handoff_after
+        failed: list[int] = []
+        for i, (entry, result) in enumerate(zip(entries, results, strict=True)):
+            if isinstance(result, Retry) and entry.created <= due:
+                failed.append(i)
+        if not failed:
+            return results
+        try:
+            async with asyncio.timeout(self.attempt_timeout):
+                handed = await self._handoff(destination, [entries[i] for i in failed])
+        except Exception as exc:
+            log.warning("outbox %s: hand-off to %s failed: %r", self.name, destination.hex(), exc)
+            return results
+        if handed is None:
+            return results
+        handed = list(handed)
+        if len(handed) != len(failed):
+            log.error(
+                "outbox %s: handoff gave %d results for %d", self.name, len(handed), len(failed)
+            )
+            return results
+        merged = list(results)
+        for i, result in zip(failed, handed, strict=True):
+            before = results[i]
+            if isinstance(result, Retry) and isinstance(before, Retry):
+                result = Retry(f"{before.reason}; {result.reason}")
+            merged[i] = result
+        return merged
 
     async def _record(
         self, destination: bytes, entries: list[OutboxEntry], results: list[DeliveryResult]
@@ -636,6 +693,10 @@ class Outbox:
                         replace(entry, attempts=entry.attempts + 1, last_error=result.reason)
                     )
                 else:
+                    if self._handoff is not None:
+                        handoff_at = entry.created + self._handoff_after
+                        if handoff_at > now:  # an attempt, then a hand-off, at that time
+                            when = min(when, handoff_at)
                     retries.append((now if woken else when, result.reason, entry.id))
             else:
                 if isinstance(result, Failed):

@@ -16,6 +16,8 @@ from core.errors import MeshError, NeedsSetup, UsageError
 from core.forwarding import ForwardingConfig, ForwardingService
 from core.identity import Identity
 from core.node import Node
+from core.relay.config import RelayConfig
+from core.relay.service import RelayService
 from core.service import Service, ServicePlugin
 
 __all__ = ["NodeProcess"]
@@ -67,10 +69,29 @@ class NodeProcess:
         await forwarding.start()
         self.services["forwarding"] = forwarding
         forwarding.register_control(self.control)
+        await self._start_relay(node, self.control)
         for plugin in self.plugins:
             await self._start_service(plugin, node, self.control)
         await self.control.start()
         node.events.publish(NodeEvent("node.up", {"address": str(node.address)}))
+
+    async def _start_relay(self, node: Node, control: ControlServer) -> None:
+        """The relay service (core.relay): before the apps, which hand off and fetch
+        through it (``node.relay``). If it cannot start, the apps deliver directly only."""
+        relay: RelayService | None = None
+        try:
+            config = RelayConfig.from_mapping(self.config.service("relay"))
+            relay = RelayService(node, config, node.config.data_dir)
+            await relay.start()
+        except (MeshError, OSError) as exc:
+            log.error("relay service not started: %s", exc)
+            self.failed["relay"] = {"not running": str(exc)}
+            await _close_quietly("relay", relay)
+            return
+        self.services["relay"] = relay
+        node.relay = relay
+        for name, handler in relay.control_methods().items():
+            control.register(name, handler)
 
     async def _start_service(
         self, plugin: ServicePlugin, node: Node, control: ControlServer

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from core.cli import contacts_cmds, forward_cmds, identity_cmds, node_cmds, status_cmds
+from core.cli import (
+    contacts_cmds,
+    forward_cmds,
+    identity_cmds,
+    node_cmds,
+    relay_cmds,
+    status_cmds,
+)
 from core.errors import MeshError, UsageError
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_cmds.register(sub, node_cmds.discover())
     forward_cmds.register(sub)
     contacts_cmds.register(sub)
+    relay_cmds.register(sub)
     for ep in sorted(entry_points(group="meshsuite.commands"), key=lambda e: e.name):
         try:
             ep.load()(sub)
