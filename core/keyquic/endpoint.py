@@ -118,6 +118,7 @@ class _Connection:
     deadline: asyncio.TimerHandle | None = None
     ready: asyncio.Future[None] | None = None
     last_heard: float = 0.0  # loop time of the last datagram from the peer
+    next_remote: int = -1  # the lowest id a new peer-opened stream may have (-1: unset)
 
 
 class _Owner:
@@ -130,7 +131,10 @@ class _Owner:
     def stream_send(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if self._conn.closed:
             raise ConnectionResetError("the QUIC connection is closed")
-        self._conn.quic.send_stream_data(stream_id, data, end_stream)
+        try:
+            self._conn.quic.send_stream_data(stream_id, data, end_stream)
+        except (RuntimeError, ValueError) as exc:  # reset, or after FIN: aioquic's words
+            raise ConnectionResetError(f"the QUIC stream is closed: {exc}") from None
         self._endpoint._flush(self._conn)
 
     def stream_reset(self, stream_id: int, error_code: int) -> None:
@@ -437,10 +441,11 @@ class KeyQuicEndpoint:
                     del self._cids[event.connection_id]
             elif isinstance(event, events.StreamDataReceived):
                 self._stream_data(conn, event.stream_id, event.data, event.end_stream)
-            elif isinstance(event, events.StreamReset):
+            elif isinstance(event, events.StreamReset | events.StopSendingReceived):
+                # A reset, or the peer will read no more (STOP_SENDING): the stream is over.
                 transport = conn.streams.pop(event.stream_id, None)
                 if transport is not None:
-                    transport.reset_received(ConnectionResetError("the peer reset the stream"))
+                    transport.reset_received(ConnectionResetError("the peer ended the stream"))
             elif isinstance(event, events.ConnectionTerminated):
                 reason = event.reason_phrase or f"error {event.error_code:#x}"
                 self._forget(conn, ConnectionResetError(f"QUIC connection closed: {reason}"))
@@ -481,6 +486,9 @@ class KeyQuicEndpoint:
             locally_opened = (stream_id & 1) == (0 if not conn.inbound else 1)
             if not conn.verified or locally_opened or stream_id & 2:
                 return  # before verification, a stream we closed, or unidirectional
+            if stream_id < conn.next_remote:
+                return  # the rest of a stream that is over here (closed or refused)
+            conn.next_remote = stream_id + 4  # peer-opened stream ids only grow
             if len(conn.streams) >= self.config.max_streams:
                 self.stats.streams_refused += 1
                 owner = _Owner(self, conn)

@@ -8,6 +8,7 @@ check in both directions, garbage and connection floods refused and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -231,3 +232,30 @@ async def test_a_connection_silent_too_long_is_not_reused(net: Net) -> None:
     assert a.stats.connections_out == 2 and b.stats.connections_in == 2
     await _until("b to close the replaced connection", lambda: len(b.connections()) == 1)
     assert await _exchange(b, a.public_key, b"back") == b"BACK"  # on the newest one
+
+
+class _Refuser(asyncio.Protocol):
+    """Closes every stream at once, as an SMTP server over its connection cap does."""
+
+    def __init__(self, made: list[int]) -> None:
+        self.made = made
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made.append(1)
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(b"421 busy\r\n")
+        transport.close()
+
+
+async def test_data_after_a_stream_was_closed_here_opens_nothing(net: Net) -> None:
+    a, b = net.endpoint(), net.endpoint()
+    made: list[int] = []
+    b._stream_factory = lambda key: _Refuser(made)
+    reader, writer = await a.open_connection(b.public_key)
+    for _ in range(5):  # in flight together: b closes the stream on the first
+        writer.write(b"x" * 1000)
+    async with asyncio.timeout(10):
+        assert await reader.readline() == b"421 busy\r\n"
+    await asyncio.sleep(0.1)
+    assert made == [1]  # the rest of that stream opened no new session
+    writer.close()
