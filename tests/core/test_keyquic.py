@@ -8,7 +8,6 @@ check in both directions, garbage and connection floods refused and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable
