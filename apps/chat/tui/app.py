@@ -499,6 +499,7 @@ class ChatApp(App[int]):
                 command = parse_command(text.strip())
             except ValueError as exc:
                 self.set_status(str(exc), error=True)
+                event.composer.restore(text)
                 return
             event.composer.sent(text)
             await self.run_command(command)
@@ -507,10 +508,13 @@ class ChatApp(App[int]):
             text = text[1:]
         if self.current is None:
             self.set_status("open a conversation first (/add KEY@mesh)", error=True)
+            event.composer.restore(event.text)
             return
         refusal = body_refusal(text, int(self.info.get("max_body_bytes", 16384)))
         if refusal is not None:
             self.set_status(f"not sent: {refusal}", error=True)
+            if text.strip():
+                event.composer.restore(event.text)
             return
         params: dict[str, Any] = {"contact": self.current, "body": text}
         if self.reply_to is not None:
@@ -519,6 +523,7 @@ class ChatApp(App[int]):
             sent = ChatMessage.from_json(await self.client.call("chat.send", **params))
         except MeshError as exc:
             self.set_status(f"not sent: {exc}", error=True)
+            event.composer.restore(event.text)
             return
         event.composer.sent(event.text)
         self.reply_to = None

@@ -54,6 +54,7 @@ class ScriptedChat:
     """Answers chat.*, contacts.*, methods like a node would; events are pushed."""
 
     max_body_bytes = 4000
+    send_delay = 0.0  # s chat.send takes (a node under load)
 
     def __init__(self) -> None:
         self.messages: dict[str, list[dict[str, Any]]] = {}
@@ -163,6 +164,7 @@ class ScriptedChat:
             hits = [m for k in keys for m in self.messages.get(k, []) if text in m["body"].lower()]
             return hits[-int(params.get("limit", 50)) :]
         if method == "chat.send":
+            await asyncio.sleep(self.send_delay)
             key = self._key(params)
             self._seq += 1
             msg = message(self._seq, key, str(params["body"]), out=True, state="pending")

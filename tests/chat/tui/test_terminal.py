@@ -114,10 +114,28 @@ async def test_mesh_chat_in_tmux_sends_and_receives(tmp_path: Path) -> None:
 
                 end = time.monotonic() + 30
                 while not await arrived():
-                    assert time.monotonic() < end, "the typed message never reached b"
+                    screen = _tmux("capture-pane", "-p", "-t", session)
+                    assert time.monotonic() < end, f"the typed message never reached b:\n{screen}"
                     await asyncio.sleep(0.2)
                 await b_client.call("chat.send", contact=a_key, body="answer from the other node")
                 await _screen_shows(session, "answer from the other node")
+
+                # Issue 20 finding 7: typing ahead sends each line once, as typed.
+                _tmux("send-keys", "-t", session, "m1", "Enter", "m2", "Enter", "m3", "Enter")
+                # finding 8: ctrl+j inserts a newline in a real terminal (tmux)
+                _tmux("send-keys", "-t", session, "top", "C-j", "bottom", "Enter")
+                # alt+n is a command (next unread), never the letter n in the message
+                _tmux("send-keys", "-t", session, "M-n", "after", "Enter")
+
+                async def bodies() -> list[str]:
+                    msgs = (await b_client.call("chat.history", contact=a_key))["messages"]
+                    return [m["body"] for m in msgs if m["direction"] == "in"]
+
+                end = time.monotonic() + 30
+                while len(await bodies()) < 6:
+                    assert time.monotonic() < end, f"not all arrived: {await bodies()}"
+                    await asyncio.sleep(0.2)
+                assert (await bodies())[1:] == ["m1", "m2", "m3", "top\nbottom", "after"]
             finally:
                 with contextlib.suppress(Exception):
                     _tmux("kill-session", "-t", session)

@@ -15,7 +15,10 @@ __all__ = ["KEYS", "HelpScreen"]
 
 KEYS: list[tuple[str, str]] = [
     ("enter", "send the message (or run a / command)"),
-    ("ctrl+j, alt+enter", "new line in the message"),
+    (
+        "ctrl+j",
+        "new line in the message (also shift+enter or alt+enter where the terminal reports them)",
+    ),
     ("up / down", "input history (on the first / last line)"),
     ("ctrl+a / ctrl+e", "start / end of line"),
     ("ctrl+k / ctrl+u", "delete to end / start of line"),

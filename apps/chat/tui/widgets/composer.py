@@ -12,6 +12,9 @@ from ..model import InputHistory
 
 __all__ = ["Composer"]
 
+NEWLINE_KEYS = ("ctrl+j", "newline", "shift+enter", "alt+enter")
+OWN_ALT_KEYS = ("alt+b", "alt+f")  # readline word moves, bound below
+
 
 class Composer(TextArea):
     BINDINGS = [
@@ -43,7 +46,24 @@ class Composer(TextArea):
         if event.key == "enter":
             event.stop()
             event.prevent_default()
-            self.post_message(self.Submitted(self, self.text))
+            # The text leaves the input at once: what is typed while it is being sent
+            # is the next message, never appended to this one (typing ahead).
+            text = self.text
+            self.load_text("")
+            self.post_message(self.Submitted(self, text))
+            return
+        if event.key in NEWLINE_KEYS:
+            # A real terminal (tmux) reports ctrl+j as the character "\n", which the
+            # text area would not insert and the binding never saw.
+            event.stop()
+            event.prevent_default()
+            self.action_newline()
+            return
+        if event.key.startswith("alt+") and event.key not in OWN_ALT_KEYS:
+            # alt+LETTER is a command (alt+n: next unread), not the letter: let it
+            # reach the app's bindings instead of typing the letter (prevent_default:
+            # the text area's own key handler, which would insert it, does not run).
+            event.prevent_default()
             return
         await super()._on_key(event)
 
@@ -79,9 +99,16 @@ class Composer(TextArea):
         self.move_cursor(self.document.end)
 
     def sent(self, text: str) -> None:
-        """The text was accepted: remember it and clear the input."""
+        """The text was accepted: remember it (the input was cleared on Enter)."""
         self.sent_history.add(text)
-        self.load_text("")
+
+    def restore(self, text: str) -> None:
+        """The text was not sent: back into the input if nothing was typed since,
+        else into the history (up brings it back); never lost, never merged."""
+        if not self.text:
+            self._set(text)
+        else:
+            self.sent_history.add(text)
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         if event.text_area is self and self.text:

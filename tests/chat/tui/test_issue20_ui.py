@@ -1,5 +1,5 @@
-"""Issue 20 finding 2 in the UI: /security counts the records, /security ack all (or an
-id, or a contact) acknowledges them; the UI asks the node for one bounded page only."""
+"""Issue 20 in the UI: /security counts and acknowledges records (finding 2, one bounded
+page asked of the node); typing ahead sends each line once (finding 7)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,21 @@ async def test_security_command_counts_and_acknowledges() -> None:
         await pilot.press("enter")
         await pilot.pause()
         assert ("chat.security.ack", {"id": "2"}) in chat.calls
+
+
+async def test_typing_ahead_sends_each_line_once_as_typed() -> None:
+    """Issue 20 finding 7: while a send is in flight, what is typed is the next message."""
+    chat = scene()
+    chat.send_delay = 0.3
+    app = ChatApp(chat, contact="alice", tz=UTC)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await app.ready.wait()
+        app.query_one(Composer).focus()
+        await pilot.press("m", "1", "enter", "m", "2", "enter", "m", "3", "enter")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if len([c for c in chat.calls if c[0] == "chat.send"]) == 3:
+                break
+        sent = [p["body"] for m, p in chat.calls if m == "chat.send"]
+        assert sent == ["m1", "m2", "m3"]  # was m1, m1m2, m1m2m3
+        assert app.query_one(Composer).text == ""
