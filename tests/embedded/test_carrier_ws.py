@@ -17,7 +17,7 @@ from core.embedded.carriers.http_proxy import Proxy, proxy_from_environment
 from core.embedded.carriers.ws import MAX_MESSAGE, WSCarrier
 from core.embedded.links import make_tls_contexts
 from core.embedded.meta import encode_meta
-from tests.embedded.carrier_util import hostport, nets, until, up
+from tests.embedded.carrier_util import Relay, hostport, nets, until, up
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,30 +60,14 @@ async def test_two_embedded_nodes_link_over_ws_with_a_path_and_carry_packets() -
 
 async def test_wss_dials_a_ws_listener_behind_a_tls_terminating_proxy() -> None:
     """The deployment upstream documents: TLS ends at a reverse proxy, ws:// behind it."""
-    async with nets(2) as (a, b):
+    async with contextlib.AsyncExitStack() as stack, nets(2) as (a, b):
         backend = hostport(await b.listen("ws://127.0.0.1:0"))
-        proxy_ctx = make_tls_contexts(os.urandom(32))[0]
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            w.close()
-
-        async def proxy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            br, bw = await asyncio.open_connection(*backend)
-            await asyncio.gather(pipe(r, bw), pipe(br, w))
-
-        server = await asyncio.start_server(proxy, "127.0.0.1", 0, ssl=proxy_ctx)
-        try:
-            port = server.sockets[0].getsockname()[1]
-            await a.add_peer(f"wss://127.0.0.1:{port}/?key={b.public_key.hex()}")
-            await until(lambda: up(a) == [b.public_key] and up(b) == [a.public_key])
-            assert a.peers()[0].uri == f"wss://127.0.0.1:{port}"
-        finally:
-            await a.close()  # the links end before the proxy does
-            server.close()
+        tls = make_tls_contexts(os.urandom(32))[0]
+        terminator = await stack.enter_async_context(Relay(backend, ssl=tls))
+        stack.push_async_callback(a.close)  # the links end before the proxy does
+        await a.add_peer(f"wss://127.0.0.1:{terminator.port}/?key={b.public_key.hex()}")
+        await until(lambda: up(a) == [b.public_key] and up(b) == [a.public_key])
+        assert a.peers()[0].uri == f"wss://127.0.0.1:{terminator.port}"
 
 
 async def test_the_listener_answers_health_checks_without_a_link() -> None:
@@ -186,95 +170,43 @@ def test_wss_dial_uses_sni_for_names_only() -> None:
     assert ssl.HAS_SNI
 
 
-class _ConnectProxy:
-    """A minimal HTTP CONNECT proxy (what a corporate proxy does for wss)."""
-
-    def __init__(self, answer: bytes = b"HTTP/1.1 200 Connection established\r\n\r\n") -> None:
-        self.answer = answer
-        self.requests: list[bytes] = []
-
-    async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        head = await r.readuntil(b"\r\n\r\n")
-        self.requests.append(head)
-        w.write(self.answer)
-        if not self.answer.startswith(b"HTTP/1.1 200"):
-            w.close()
-            return
-        host, port = head.split(b" ")[1].decode().rsplit(":", 1)
-        br, bw = await asyncio.open_connection(host.strip("[]"), int(port))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(r, bw), pipe(br, w))
-
-
-async def _tls_terminator(backend: tuple[str, int]) -> asyncio.Server:
-    async def proxy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        br, bw = await asyncio.open_connection(*backend)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(r, bw), pipe(br, w))
-
-    ctx = make_tls_contexts(os.urandom(32))[0]
-    return await asyncio.start_server(proxy, "127.0.0.1", 0, ssl=ctx)
-
-
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 async def test_a_dial_goes_through_an_http_connect_proxy(scheme: str) -> None:
-    connect_proxy = _ConnectProxy()
-    proxy_server = await asyncio.start_server(connect_proxy.handle, "127.0.0.1", 0)
-    proxy = Proxy("127.0.0.1", proxy_server.sockets[0].getsockname()[1], "Basic dTpw")
-    dialler = PacketNetwork(
-        os.urandom(32), carriers={scheme: WSCarrier(scheme, proxy_for=lambda _s, _h: proxy)}
-    )
-    async with nets(1) as (server,):
+    async with contextlib.AsyncExitStack() as stack, nets(1) as (server,):
+        connect_proxy = await stack.enter_async_context(Relay())
+        proxy = Proxy("127.0.0.1", connect_proxy.port, "Basic dTpw")
+        dialler = PacketNetwork(
+            os.urandom(32), carriers={scheme: WSCarrier(scheme, proxy_for=lambda _s, _h: proxy)}
+        )
         await dialler.start()
-        terminator = None
-        try:
-            listen = await server.listen("ws://127.0.0.1:0/ygg")
-            target = hostport(listen)
-            if scheme == "wss":  # TLS ends at a reverse proxy in front of the ws listener
-                terminator = await _tls_terminator(target)
-                target = ("127.0.0.1", terminator.sockets[0].getsockname()[1])
-            await dialler.add_peer(f"{scheme}://127.0.0.1:{target[1]}/ygg")
-            await until(lambda: up(dialler) == [server.public_key])
-            [request] = connect_proxy.requests
-            assert request.startswith(f"CONNECT 127.0.0.1:{target[1]} HTTP/1.1\r\n".encode())
-            assert b"Proxy-Authorization: Basic dTpw\r\n" in request
-        finally:
-            await dialler.close()
-            if terminator is not None:
-                terminator.close()
-            proxy_server.close()
+        stack.push_async_callback(dialler.close)  # the links end before the relays do
+        target = hostport(await server.listen("ws://127.0.0.1:0/ygg"))
+        if scheme == "wss":  # TLS ends at a reverse proxy in front of the ws listener
+            tls = make_tls_contexts(os.urandom(32))[0]
+            terminator = await stack.enter_async_context(Relay(target, ssl=tls))
+            target = ("127.0.0.1", terminator.port)
+        await dialler.add_peer(f"{scheme}://127.0.0.1:{target[1]}/ygg")
+        await until(lambda: up(dialler) == [server.public_key])
+        [request] = connect_proxy.requests
+        assert request.startswith(f"CONNECT 127.0.0.1:{target[1]} HTTP/1.1\r\n".encode())
+        assert b"Proxy-Authorization: Basic dTpw\r\n" in request
 
 
 async def test_a_proxy_that_refuses_connect_is_a_dial_error_saying_so() -> None:
-    refusing = _ConnectProxy(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
-    proxy_server = await asyncio.start_server(refusing.handle, "127.0.0.1", 0)
-    proxy = Proxy("127.0.0.1", proxy_server.sockets[0].getsockname()[1])
-    dialler = PacketNetwork(
-        os.urandom(32), carriers={"ws": WSCarrier("ws", proxy_for=lambda _s, _h: proxy)}
-    )
-    await dialler.start()
-    try:
-        await dialler.add_peer("ws://127.0.0.1:9/")
-        await until(lambda: dialler.peers()[0].last_error is not None)
-        assert "proxy refused CONNECT" in str(dialler.peers()[0].last_error)
-        assert "407" in str(dialler.peers()[0].last_error)
-    finally:
-        await dialler.close()
-        proxy_server.close()
+    answer = b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"
+    async with Relay(answer=answer) as refusing:
+        proxy = Proxy("127.0.0.1", refusing.port)
+        dialler = PacketNetwork(
+            os.urandom(32), carriers={"ws": WSCarrier("ws", proxy_for=lambda _s, _h: proxy)}
+        )
+        await dialler.start()
+        try:
+            await dialler.add_peer("ws://127.0.0.1:9/")
+            await until(lambda: dialler.peers()[0].last_error is not None)
+            assert "proxy refused CONNECT" in str(dialler.peers()[0].last_error)
+            assert "407" in str(dialler.peers()[0].last_error)
+        finally:
+            await dialler.close()
 
 
 def test_the_proxy_comes_from_the_environment_as_upstream_reads_it(

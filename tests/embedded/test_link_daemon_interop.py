@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from core.embedded.carriers.quic import QUICCarrier
 from core.embedded.links import make_tls_contexts
 from core.embedded.network import subnet_bloom_transform
 from tests.conftest import require
+from tests.embedded.carrier_util import Relay
 from tests.lab.lab import (
     YGG_04,
     YGG_05,
@@ -422,29 +422,10 @@ async def test_ten_link_ups_form_a_tree_every_time(
     print(f"{dialler} dials over {scheme}: tree in median {took[5]:.2f} s, max {took[-1]:.2f} s")
 
 
-@contextlib.asynccontextmanager
-async def _tls_terminator(backend_port: int) -> AsyncIterator[int]:
+def _tls_terminator(backend_port: int) -> Relay:
     """A TLS-terminating reverse proxy on 127.0.0.1 in front of a ws:// listener (the
-    deployment yggdrasil-go documents for wss://); yields its port."""
-
-    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        dst.close()
-
-    async def proxy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        br, bw = await asyncio.open_connection("127.0.0.1", backend_port)
-        await asyncio.gather(pipe(r, bw), pipe(br, w))
-
-    server = await asyncio.start_server(
-        proxy, "127.0.0.1", 0, ssl=make_tls_contexts(os.urandom(32))[0]
-    )
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
+    deployment yggdrasil-go documents for wss://)."""
+    return Relay(("127.0.0.1", backend_port), ssl=make_tls_contexts(os.urandom(32))[0])
 
 
 @pytest.mark.parametrize("dialler", ["embedded", "daemon"])
@@ -459,8 +440,9 @@ async def test_wss_through_a_tls_terminating_proxy_both_ways(tmp_path: Path, dia
             port = free_port()
             async with (
                 daemon_running(tmp_path / "d", listen=[f"ws://127.0.0.1:{port}"]) as daemon,
-                _tls_terminator(port) as tls_port,
+                _tls_terminator(port) as terminator,
             ):
+                tls_port = terminator.port
                 await asyncio.to_thread(daemon.wait_listening, port)
                 await net.add_peer(f"wss://127.0.0.1:{tls_port}/")
                 await _eventually(lambda: _daemon_peer_up(daemon, net.public_key), "link up")
@@ -471,8 +453,8 @@ async def test_wss_through_a_tls_terminating_proxy_both_ways(tmp_path: Path, dia
                 )
         else:
             bound = await net.listen("ws://127.0.0.1:0")
-            async with _tls_terminator(int(bound.rsplit(":", 1)[1])) as tls_port:
-                peers = [f"wss://127.0.0.1:{tls_port}"]
+            async with _tls_terminator(int(bound.rsplit(":", 1)[1])) as terminator:
+                peers = [f"wss://127.0.0.1:{terminator.port}"]
                 async with daemon_running(tmp_path / "d", peers=peers) as daemon:
                     await _eventually(lambda: _daemon_peer_up(daemon, net.public_key), "link up")
                     [info] = [p for p in net.peers() if p.up]
