@@ -346,7 +346,10 @@ class ChatApp(App[int]):
     # -- events from the node
     async def on_node_event(self, event: NodeEvent) -> None:
         kind, data = event.kind, event.data or {}
-        log = self.query_one(MessageLog)
+        try:
+            log = self.query_one(MessageLog)
+        except NoMatches:  # shutting down (the screen is gone): nothing to show it on
+            return
         if kind == "chat.message":
             message = ChatMessage.from_json(data)
             if message.conversation == self.current:
@@ -563,24 +566,28 @@ class ChatApp(App[int]):
 
     @on(CallBar.Decided)
     async def _call_decided(self, event: CallBar.Decided) -> None:
-        if event.accept:
-            await self._call_ok("call.answer", "call accepted", id=event.call_id)
-            await self._open_call_page()
-        else:
+        if not event.accept:
             await self._call_ok("call.reject", "call rejected", id=event.call_id)
+        elif not await self._open_call_page("the call rings there: accept it on the page"):
+            # No page on this node: answered here, audio only, through the node.
+            params = {"id": event.call_id, "audio_only": True}
+            await self._call_ok("call.answer", "call accepted (audio only)", **params)
 
-    async def _open_call_page(self) -> None:
-        """The node's call page (with its access token) in the browser, if it has one."""
-        method = "call.page" if "call.page" in self.methods else "call.info"
+    async def _open_call_page(self, said: str, contact: str | None = None) -> bool:
+        """The node's call page (with its access token; preset on ``contact``) in the
+        browser; False when the node has none."""
+        if "call.page" not in self.methods:
+            return False
         try:
-            info = await self.client.call(method)
-        except MeshError as exc:
-            self.set_status(f"no call page: {exc}", error=True)
-            return
-        url = (info.get("url") or info.get("page")) if isinstance(info, dict) else None
-        if url:
-            self.open_url(str(url))
-            self.set_status("call page opened in the browser")
+            info = await self.client.call("call.page", **({"contact": contact} if contact else {}))
+        except MeshError:  # the page is off ([video] page = "off"): done without it
+            return False
+        url = info.get("url") if isinstance(info, dict) else None
+        if not url:
+            return False
+        self.open_url(str(url))
+        self.set_status(f"call page opened in the browser: {said}")
+        return True
 
     @on(RequestBar.Decided)
     async def _decided(self, event: RequestBar.Decided) -> None:
@@ -752,9 +759,11 @@ class ChatApp(App[int]):
         target = await self._target(args)
         if target is None:
             return
-        done = f"calling {self.name_of(target)}…"
-        if await self._call_ok("call.place", done, contact=target) is not None:
-            await self._open_call_page()
+        # The page preset on them: the call goes with the browser's camera and microphone
+        # when the person presses Call there (a page dials only on its person's click).
+        if await self._open_call_page(f"press Call to call {self.name_of(target)}", target):
+            return
+        await self._call_ok("call.place", f"calling {self.name_of(target)}…", contact=target)
 
     # -- search
     def action_search(self) -> None:

@@ -261,3 +261,64 @@ async def test_call_command_places_a_call_and_the_callee_gets_accept_reject(
                 return status.get("state") in ("idle", "ended")
 
             await eventually("the call over at a", ended, timeout=30)
+
+
+async def test_call_command_opens_the_page_preset_and_accept_opens_it_on_the_ringing_call(
+    tmp_path: Path,
+) -> None:
+    """With the call page on: /call opens it preset on the contact (the call goes when
+    the person presses Call there, with the browser's camera); the incoming-call banner's
+    Accept opens it too, where the call rings; without a page Accept answers audio only."""
+    async with chat_nodes(tmp_path, 2, services={"video": {}}) as (a, b):
+        await b.call("contacts.add", key=a.key, alias="alice")
+        await a.call("chat.send", contact=b.key, body="calling you")
+        async with attached(b) as (callee, cpilot), attached(a, contact=b.key) as (app, pilot):
+            opened: list[str] = []
+            app.open_url = lambda url, **kw: opened.append(url)  # type: ignore[method-assign]
+            callee.open_url = lambda url, **kw: opened.append(url)  # type: ignore[method-assign]
+            await typed(pilot, "/call")
+            await pilot.press("enter")
+            await eventually("the page opened at a", lambda: bool(opened))
+            assert opened[0].startswith("http://127.0.0.1:") and f"&call={b.key}" in opened[0]
+            assert (await a.call("call.status"))["state"] == "idle"  # nothing dialled
+            # The call placed (as the page's Call button does) rings at b: Accept opens
+            # b's page, where it rings until answered there.
+            await a.call("call.place", contact=b.key)
+            bar = callee.query_one("#call-bar")
+            await eventually("the incoming call bar at b", lambda: bar.display, timeout=30)
+            await cpilot.pause()  # laid out before it is clicked
+            await cpilot.click("#call-accept")
+            await eventually("b's page opened", lambda: len(opened) == 2)
+            assert "token=" in opened[1] and "&call=" not in opened[1]
+            assert (await b.call("call.status"))["state"] == "ringing"
+            await a.call("call.hangup")
+            await eventually("the bar gone", lambda: not bar.display, timeout=30)
+
+
+async def test_accept_on_the_banner_without_a_page_answers_audio_only(tmp_path: Path) -> None:
+    async with chat_nodes(tmp_path, 2, services={"video": {"page": "off"}}) as (a, b):
+        await b.call("contacts.add", key=a.key, alias="alice")
+        async with attached(b) as (callee, cpilot):
+            await a.call("call.place", contact=b.key)
+            bar = callee.query_one("#call-bar")
+            await eventually("the incoming call bar at b", lambda: bar.display, timeout=30)
+            await cpilot.pause()  # laid out before it is clicked
+            await cpilot.click("#call-accept")
+
+            async def answered() -> bool:
+                status = await b.call("call.status")
+                return status.get("state") in ("connecting", "active")
+
+            await eventually("answered at b", answered, timeout=30)
+
+            async def audio_only() -> bool:  # b sends a no picture: a receives only sound
+                status = await a.call("call.status")
+                return status.get("state") == "active" and status["receiving"] == ["audio"]
+
+            await eventually("an audio-only answer", audio_only, timeout=30)
+            await a.call("call.hangup")
+
+            async def over() -> bool:
+                return (await b.call("call.status")).get("state") in ("idle", "ended")
+
+            await eventually("the call over at b", over, timeout=30)
