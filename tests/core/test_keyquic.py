@@ -11,6 +11,7 @@ import asyncio
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -258,3 +259,20 @@ async def test_data_after_a_stream_was_closed_here_opens_nothing(net: Net) -> No
     await asyncio.sleep(0.1)
     assert made == [1]  # the rest of that stream opened no new session
     writer.close()
+
+
+async def test_the_daemon_backend_says_it_carries_no_raw_session_traffic(tmp_path: Path) -> None:
+    from core.backends.yggdrasil.backend import YggdrasilBackend
+    from core.config import NodeConfig
+    from core.errors import MeshError
+    from core.node import Node
+    from core.types import NO_KEY_DATAGRAMS
+
+    config = NodeConfig(data_dir=tmp_path, backend="yggdrasil")
+    node = Node(config, YggdrasilBackend(config, None), identity=None, backend_reason="test")
+    assert not node.key_datagrams_supported
+    with pytest.raises(MeshError, match="IPv6 only"):
+        node.key_datagrams()
+    with pytest.raises(MeshError, match="IPv6 only"):
+        await node.open_key_quic(lambda key: asyncio.Protocol())
+    assert "embedded" in NO_KEY_DATAGRAMS  # the reason says what to do
