@@ -12,6 +12,7 @@ the peer's authenticated mesh address and ``get_extra_info("peer_key")`` its key
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
@@ -69,6 +70,13 @@ def parse_target(text: str) -> ipaddress.IPv6Address:
     return addr
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_mesh_text(host: str) -> bool:
+    """:func:`is_mesh_address` of a sender's text address, once per address, not per
+    datagram."""
+    return is_mesh_address(host)
+
+
 class _DatagramGuard(asyncio.DatagramProtocol):
     """Drops datagrams from outside 200::/7 before the app sees them."""
 
@@ -81,7 +89,7 @@ class _DatagramGuard(asyncio.DatagramProtocol):
         self.inner.connection_made(cast(asyncio.DatagramTransport, transport))
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if not is_mesh_address(str(addr[0])):
+        if not _is_mesh_text(str(addr[0])):
             self.refused += 1
             log.debug("dropped a datagram from non-mesh %s", addr)
             return

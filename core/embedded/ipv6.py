@@ -43,6 +43,7 @@ __all__ = [
     "IPv6Header",
     "IPv6Layer",
     "KeyStore",
+    "addresses",
     "build_echo",
     "build_icmpv6",
     "build_packet_too_big",
@@ -106,6 +107,16 @@ class IPv6Header:
             + self.src
             + self.dst
         )
+
+
+def addresses(packet: bytes) -> tuple[bytes, bytes]:
+    """``(source, destination)`` of an IPv6 packet, after the version and length checks
+    of :meth:`IPv6Header.parse` (the per-packet path reads only these two fields)."""
+    if len(packet) < IPV6_HEADER_LEN:
+        raise ValueError(f"IPv6 packet of {len(packet)} bytes is shorter than its header")
+    if packet[0] >> 4 != 6:
+        raise ValueError(f"not IPv6 (version {packet[0] >> 4})")
+    return packet[8:24], packet[24:40]
 
 
 def icmpv6_checksum(src: bytes, dst: bytes, message: bytes) -> int:
@@ -270,20 +281,22 @@ class KeyStore:
     def send_to(self, dest: bytes, packet: bytes) -> None:
         """``sendToAddress``/``sendToSubnet`` for a 16-byte destination address."""
         if dest[0] == _ADDRESS_PREFIX:
-            info = self._live(self._by_address.get(dest))
             index = dest
-            partial = _partial_key(dest)
+            info = self._live(self._by_address.get(index))
         elif dest[0] == _SUBNET_PREFIX:
             index = dest[:8]
             info = self._live(self._by_subnet.get(index))
-            raw = bytes([_ADDRESS_PREFIX]) + dest[1:8] + bytes(8)
-            partial = _partial_key(raw)
         else:
             raise ValueError(f"{ipaddress.IPv6Address(dest)} is not a mesh destination")
         if info is not None:
             info.deadline = self._clock() + self.timeout
             self._send(info.key, packet)
             return
+        # A miss: the partial key to look up (a known key never needs it).
+        if dest[0] == _ADDRESS_PREFIX:
+            partial = _partial_key(dest)
+        else:
+            partial = _partial_key(bytes([_ADDRESS_PREFIX]) + dest[1:8] + bytes(8))
         entry = self._pending.pop(index, None)
         queue = entry[0] if entry else deque(maxlen=self.pending_per_destination)
         queue.append(packet)
@@ -340,22 +353,27 @@ class IPv6Layer:
     def _send_traffic(self, key: bytes, packet: bytes) -> None:
         self._send_session(key, bytes([TYPE_SESSION_TRAFFIC]) + packet)
 
-    def write(self, packet: bytes) -> None:
-        """``writePC``. Raises :class:`ValueError` saying what is wrong with ``packet``."""
-        header = IPv6Header.parse(packet)
-        if not self.is_local(header.src):
+    def check_outgoing(self, packet: bytes) -> bytes:
+        """``writePC``'s checks; the destination address. Raises :class:`ValueError`
+        saying what is wrong with ``packet``. Slices only: no header object per packet."""
+        src, dst = addresses(packet)
+        if src != self.address and src[:8] != self.subnet:
             raise ValueError(
-                f"source {ipaddress.IPv6Address(header.src)} is not this node's address "
+                f"source {ipaddress.IPv6Address(src)} is not this node's address "
                 f"{ipaddress.IPv6Address(self.address)} or in its subnet"
             )
-        if header.dst[0] not in (_ADDRESS_PREFIX, _SUBNET_PREFIX):
-            raise ValueError(f"destination {ipaddress.IPv6Address(header.dst)} is not in 200::/7")
-        self.keys.send_to(header.dst, packet)
+        if dst[0] not in (_ADDRESS_PREFIX, _SUBNET_PREFIX):
+            raise ValueError(f"destination {ipaddress.IPv6Address(dst)} is not in 200::/7")
+        return dst
+
+    def write(self, packet: bytes) -> None:
+        """``writePC``. Raises :class:`ValueError` saying what is wrong with ``packet``."""
+        self.keys.send_to(self.check_outgoing(packet), packet)
 
     def read(self, source_key: bytes, packet: bytes) -> bytes | None:
         """``readPC`` for one traffic payload: the packet if it passes, else ``None``."""
         try:
-            header = IPv6Header.parse(packet)
+            src, dst = addresses(packet)
         except ValueError as exc:
             self._drop(source_key, str(exc))
             return None
@@ -363,14 +381,14 @@ class IPv6Layer:
             self._send_traffic(source_key, build_packet_too_big(packet, self.mtu))
             self._drop(source_key, f"{len(packet)} bytes is above our MTU {self.mtu}")
             return None
-        if not self.is_local(header.dst):
+        if dst != self.address and dst[:8] != self.subnet:
             self._drop(source_key, "destination is not our address or subnet")
             return None
         info = self.keys.update(source_key)
-        if header.src != info.address and header.src[:8] != info.subnet:
+        if src != info.address and src[:8] != info.subnet:
             self._drop(
                 source_key,
-                f"source {ipaddress.IPv6Address(header.src)} does not belong to the sending key",
+                f"source {ipaddress.IPv6Address(src)} does not belong to the sending key",
             )
             return None
         return packet

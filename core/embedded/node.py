@@ -144,6 +144,7 @@ class EmbeddedYggdrasil:
         self._ipv6_handler: Callable[[bytes], None] | None = None
         self._datagram_handler: Callable[[bytes, bytes], None] | None = None
         self.datagrams_dropped = 0  # non-IPv6 traffic with no datagram handler
+        self._address_packed = self.address.packed
         self._pings: dict[tuple[bytes, int, int], asyncio.Future[float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -270,11 +271,11 @@ class EmbeddedYggdrasil:
 
     def _route_out(self, packet: bytes) -> None:
         """To the mesh, or, for our own address/subnet, back up our own stack (loopback)."""
-        header = v6.IPv6Header.parse(packet)
-        if self.ipv6.is_local(header.dst) and self.ipv6.is_local(header.src):
+        dst = self.ipv6.check_outgoing(packet)
+        if self.ipv6.is_local(dst):
             asyncio.get_running_loop().call_soon(self._on_ipv6, packet)
             return
-        self.ipv6.write(packet)
+        self.ipv6.keys.send_to(dst, packet)
 
     def key_for_address(self, address: ipaddress.IPv6Address | str | bytes) -> bytes | None:
         """The full key behind a mesh address, if a session or lookup proved it."""
@@ -315,7 +316,7 @@ class EmbeddedYggdrasil:
             sent = loop.time()
             try:
                 packet = v6.build_echo(
-                    self.address.packed, dst.packed, v6.ICMPV6_ECHO_REQUEST, ident, seq,
+                    self._address_packed, dst.packed, v6.ICMPV6_ECHO_REQUEST, ident, seq,
                     os.urandom(ECHO_DATA_SIZE),
                 )  # fmt: skip
                 self._route_out(packet)
@@ -434,8 +435,9 @@ class EmbeddedYggdrasil:
             self.proto.handle(source, payload[1:])
 
     def _on_ipv6(self, packet: bytes) -> None:
-        echo = v6.parse_echo(packet)
-        if echo is not None and echo.dst == self.address.packed and not self._closed:
+        # Only ICMPv6 (next header 58, no extension headers) can be an echo for us.
+        echo = v6.parse_echo(packet) if packet[6] == v6.ICMPV6 else None
+        if echo is not None and echo.dst == self._address_packed and not self._closed:
             if echo.mtype == v6.ICMPV6_ECHO_REQUEST:
                 reply = v6.build_echo(
                     echo.dst, echo.src, v6.ICMPV6_ECHO_REPLY, echo.ident, echo.seq, echo.data

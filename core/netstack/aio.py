@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -59,19 +60,40 @@ _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 _DP = TypeVar("_DP", bound=asyncio.DatagramProtocol)
 
 
-def _addr4(addr: bytes, port: int) -> _Addr4:
-    return (str(ipaddress.IPv6Address(addr)), port, 0, 0)
+# A datagram endpoint talks to few addresses, once per packet each way: the text form
+# and the packed form of an address are computed once, not per packet (bounded caches).
+ADDRESS_CACHE = 1024
 
 
-def _host_bytes(host: AddressArg) -> bytes:
-    if isinstance(host, bytes):
-        return host
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
+def _text(addr: bytes) -> str:
+    return str(ipaddress.IPv6Address(addr))
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
+def _packed_cached(host: str | ipaddress.IPv6Address) -> bytes:
+    return _packed(host)
+
+
+def _packed(host: object) -> bytes:
     try:
         return ipaddress.IPv6Address(host).packed
     except ValueError:
         raise ValueError(
             f"{host!r} is not an IPv6 address literal; the netstack does no name resolution"
         ) from None
+
+
+def _addr4(addr: bytes, port: int) -> _Addr4:
+    return (_text(addr), port, 0, 0)
+
+
+def _host_bytes(host: AddressArg) -> bytes:
+    if isinstance(host, bytes):
+        return host
+    if isinstance(host, str | ipaddress.IPv6Address):
+        return _packed_cached(host)
+    return _packed(host)
 
 
 class TcpTransport(asyncio.Transport):

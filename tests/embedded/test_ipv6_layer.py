@@ -90,6 +90,24 @@ def test_write_checks_source_and_buffers_until_key() -> None:
     assert rec.sent[-1][1][-1:] == b"4"
 
 
+def test_a_known_destination_is_sent_without_computing_a_partial_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rec = Recorder()
+    layer = rec.layer()
+    layer.keys.update(PEER.public_key)
+    computed: list[bytes] = []
+    real = v6._partial_key
+    monkeypatch.setattr(v6, "_partial_key", lambda raw: computed.append(raw) or real(raw))
+    subnet_dst = (subnet_for_key(PEER.public_key).network_address + 1).packed
+    for dst in (PEER_ADDR, subnet_dst):
+        layer.write(packet(ME_ADDR, dst))
+    assert len(rec.sent) == 2 and computed == []  # only a key-store miss needs it
+    other = address_for_key(Identity.from_seed(bytes([2]) * 32).public_key).packed
+    layer.write(packet(ME_ADDR, other))
+    assert computed == [other] and rec.lookups == [partial_key_for_address(other)]
+
+
 def test_read_checks() -> None:
     rec = Recorder()
     layer = rec.layer(mtu=1280)
