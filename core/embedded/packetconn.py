@@ -125,9 +125,16 @@ class EncryptedPacketConn:
             raise OversizedMessageError(
                 f"{len(payload)}-byte message exceeds the session MTU of {self.mtu} bytes"
             )
-        self.sessions_manager.write_to(bytes(dest_key), bytes(payload))
+        dest_key, payload = bytes(dest_key), bytes(payload)
+        manager = self.sessions_manager
+        # The fast path: an established session, nothing queued before this packet.
+        data = None if self._flushing or manager.pending else manager.seal(dest_key, payload)
+        if data is not None:
+            self._transmit(dest_key, data)
+            return len(payload)
+        manager.write_to(dest_key, payload)
         self._flush()
-        self.sessions_manager.take_opened()  # only a received packet opens a session
+        manager.take_opened()  # only a received packet opens a session
         return len(payload)
 
     async def read_from(self) -> tuple[bytes, bytes]:
@@ -143,7 +150,13 @@ class EncryptedPacketConn:
     def _on_network_packet(self, source: bytes, payload: bytes) -> None:
         if self._closed:
             return
-        self.sessions_manager.handle_data(source, payload)
+        manager = self.sessions_manager
+        message = manager.receive(source, payload)
+        if message is not None:
+            if self._flushing or manager.pending:
+                manager.handle_opened(source, message)  # behind what is queued, in order
+            else:
+                self._deliver(source, message)  # the fast path: traffic in a session
         self._flush()
         # A session opened, or was re-opened because the remote node restarted: it is
         # reachable (again). After the flush, so what the packet answered is on its way.
@@ -161,27 +174,27 @@ class EncryptedPacketConn:
         try:
             while (event := self.sessions_manager.next_event()) is not None:
                 if isinstance(event, Transmit):
-                    self._transmit(event)
+                    self._transmit(event.dest, event.data)
                 elif isinstance(event, Deliver):
-                    self._deliver(event)
+                    self._deliver(event.source, event.data)
         finally:
             self._flushing = False
 
-    def _transmit(self, event: Transmit) -> None:
+    def _transmit(self, dest: bytes, data: bytes) -> None:
         try:
-            self.network.send(event.dest, event.data)
+            self.network.send(dest, data)
         except (ValueError, RuntimeError) as exc:
-            log.debug("network refused a session packet for %s: %s", event.dest.hex()[:16], exc)
+            log.debug("network refused a session packet for %s: %s", dest.hex()[:16], exc)
 
-    def _deliver(self, event: Deliver) -> None:
+    def _deliver(self, source: bytes, data: bytes) -> None:
         if self._handler is not None:
             try:
-                self._handler(event.source, event.data)
+                self._handler(source, data)
             except Exception:
                 log.exception("session payload handler raised; payload dropped")
             return
         try:
-            self._queue.put_nowait((event.source, event.data))
+            self._queue.put_nowait((source, data))
         except asyncio.QueueFull:
             self.dropped_reads += 1
 

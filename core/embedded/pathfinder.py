@@ -31,7 +31,7 @@ from .wire import (
     Traffic,
 )
 
-__all__ = ["Pathfinder"]
+__all__ = ["PathInfo", "Pathfinder"]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,12 @@ NextHop = Callable[[tuple[int, ...], int], tuple[TreeLink | None, int]]
 
 
 @dataclass(slots=True)
-class _PathInfo:
+class PathInfo:
     path: tuple[int, ...]
     seq: int
     req_time: float
     expires: float
-    traffic: Traffic | None = None
+    traffic: bytes | None = None  # the payload of our last packet on this path
     broken: bool = False
 
 
@@ -80,7 +80,7 @@ class Pathfinder:
         self._wallclock = wallclock
         self._notify_cb = path_notify
         self._info = self._signed(PathNotifyInfo(0, ()))
-        self.paths: dict[bytes, _PathInfo] = {}
+        self.paths: dict[bytes, PathInfo] = {}
         self.rumors: dict[bytes, _Rumor] = {}
         self.lookup_logger: Callable[[PathLookup], None] | None = None
 
@@ -164,9 +164,9 @@ class Pathfinder:
             rumor = self.rumors.get(xform)
             if rumor is None or not self._check(notify):
                 return
-            info = _PathInfo((), 0, now, now + self._timeout)
+            info = PathInfo((), 0, now, now + self._timeout)
             if rumor.traffic is not None and rumor.traffic.dest == source:
-                info.traffic = rumor.traffic
+                info.traffic = rumor.traffic.payload
                 rumor.traffic = None
         info.path = notify.info.path
         info.seq = notify.info.seq
@@ -176,7 +176,8 @@ class Pathfinder:
         self.paths[source] = info
         self._notify_cb(source)
         if cached is not None:  # Go defers this until after the notify callback
-            self.handle_own_traffic(cached, now)
+            me = self._tree.key
+            self.handle_own_traffic(Traffic((), (), me, source, MAX_UINT64, cached), now)
 
     @staticmethod
     def _check(notify: PathNotify) -> bool:
@@ -209,7 +210,7 @@ class Pathfinder:
         if info is not None:
             from_path = self._tree.root_and_path(self._tree.key)[1]
             tr = replace(tr, path=info.path, from_path=from_path)
-            info.traffic = tr
+            info.traffic = tr.payload
             self._forward(tr)
             return
         self.rumor_send_lookup(tr.dest, now)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 from .bloom import Bloom, BloomExchange
 from .config import NetworkConfig
-from .pathfinder import Pathfinder
+from .pathfinder import Pathfinder, PathInfo
 from .tree import Tree, TreeLink, check_announce, check_res
 from .wire import (
     MAX_UINT64,
@@ -34,11 +34,15 @@ from .wire import (
     SigReq,
     SigRes,
     Traffic,
+    chop_path,
+    chop_uvarint,
 )
 
 __all__ = ["Router", "RoutingEntry"]
 
 log = logging.getLogger(__name__)
+
+MAX_ROUTES = 4096  # cached routes of own traffic (one per destination in use)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,20 @@ class RoutingEntry:
     key: bytes
     parent: bytes
     sequence: int
+
+
+@dataclass(slots=True)
+class _Route:
+    """How our own traffic to one destination leaves, while nothing it was derived from
+    changed: the path it was built from (the pathfinder's entry and its path), the tree
+    version (our coordinates, peers, link costs), the next hop and the traffic body up
+    to the payload (path, our coordinates, keys, the watermark after our hop)."""
+
+    version: int
+    info: PathInfo
+    path: tuple[int, ...]
+    hop: TreeLink
+    head: bytes
 
 
 class Router:
@@ -79,6 +97,7 @@ class Router:
         )
         self.deliver: Callable[[bytes, bytes], None] = deliver or (lambda src, data: None)
         self.mtu = config.peer_max_message_size - Traffic.overhead()
+        self._routes: dict[bytes, _Route] = {}
         self._handlers: dict[int, Callable[[TreeLink, bytes], None]] = {
             PacketType.DUMMY: lambda link, body: None,
             PacketType.KEEPALIVE: lambda link, body: None,
@@ -155,7 +174,29 @@ class Router:
         self.pathfinder.handle_broken(PathBroken.parse(body), self._clock())
 
     def _on_traffic(self, link: TreeLink, body: bytes) -> None:
-        self.handle_traffic(Traffic.parse(body))
+        if not self._deliver_for_us(body):
+            self.handle_traffic(Traffic.parse(body))
+
+    def _deliver_for_us(self, body: bytes) -> bool:
+        """The receive fast path: traffic for us, at our own coordinates, is delivered
+        straight from the frame body (no :class:`Traffic` object). False for anything
+        else (forwarding, a broken path): the general path handles it.
+
+        At distance 0 from the packet's coordinates no peer is closer, so
+        :meth:`next_hop` would find no hop and :meth:`handle_traffic` deliver it."""
+        path, offset = chop_path(body, 0)  # the destination's coordinates
+        _, offset = chop_path(body, offset)  # the source's
+        end = offset + 64
+        if len(body) < end:
+            return False  # Traffic.parse says what is wrong
+        dest = body[offset + 32 : end]
+        if dest != self.key or self.tree.dist(path, self.key) != 0:
+            return False
+        _, payload_at = chop_uvarint(body, end)  # the watermark
+        source = bytes(body[offset : end - 32])
+        self.pathfinder.reset_timeout(source, self._clock())
+        self.deliver(source, bytes(body[payload_at:]))
+        return True
 
     # -- traffic --------------------------------------------------------------
 
@@ -165,8 +206,39 @@ class Router:
             raise ValueError(f"destination key must be 32 bytes, got {len(dest)}")
         if len(payload) > self.mtu:
             raise ValueError(f"payload of {len(payload)} bytes exceeds the MTU ({self.mtu})")
+        route = self._route(dest)
+        if route is not None:  # the fast path: a known path, nothing changed since
+            route.info.traffic = payload  # the pathfinder's traffic cache, as below
+            route.hop.send_queued(PacketType.TRAFFIC, route.head + payload, self.key, dest)
+            return
         tr = Traffic((), (), self.key, bytes(dest), MAX_UINT64, bytes(payload))
         self.pathfinder.handle_own_traffic(tr, self._clock())
+
+    def _route(self, dest: bytes) -> _Route | None:
+        """The cached route to ``dest`` if still valid, else a new one; ``None`` when
+        there is no path yet or no next hop (the general path looks up or reports)."""
+        info = self.pathfinder.paths.get(dest)
+        if info is None:
+            return None
+        route = self._routes.get(dest)
+        version = self.tree.version
+        if (
+            route is not None
+            and route.version == version
+            and route.info is info  # identity: the pathfinder's own entry...
+            and route.path is info.path  # ...still holding the path the head was made for
+        ):
+            return route
+        hop, watermark = self.next_hop(info.path, MAX_UINT64)
+        if hop is None:
+            self._routes.pop(dest, None)
+            return None
+        from_path = self.tree.root_and_path(self.key)[1]
+        head = bytes(Traffic(info.path, from_path, self.key, bytes(dest), watermark, b""))
+        if len(self._routes) >= MAX_ROUTES and dest not in self._routes:
+            self._routes.clear()
+        route = self._routes[dest] = _Route(version, info, info.path, hop, head)
+        return route
 
     def send_lookup(self, target: bytes) -> None:
         if len(target) != 32:

@@ -288,6 +288,19 @@ class _Session:
     last_sent: tuple[float, bytes] | None = None  # (clock, payload) for resend_window
     next_send_window: ReplayWindow = field(default_factory=lambda: ReplayWindow(0))
     next_recv_window: ReplayWindow = field(default_factory=lambda: ReplayWindow(0))
+    # The traffic header up to the nonce, for the key sequence numbers it was made for.
+    header_for: tuple[int, int] = (-1, -1)
+    header: bytes = b""
+
+    def traffic_header(self) -> bytes:
+        """type | uvarint local keySeq | uvarint remote keySeq (cached while they hold)."""
+        seqs = (self.local_key_seq, self.remote_key_seq)
+        if seqs != self.header_for:
+            self.header = (
+                bytes([SessionType.TRAFFIC]) + encode_uvarint(seqs[0]) + encode_uvarint(seqs[1])
+            )
+            self.header_for = seqs
+        return self.header
 
     def fix_shared(self, recv_nonce: int, send_nonce: int) -> None:
         """``_fixShared``. Raises ValueError if a remote key has low order."""
@@ -389,21 +402,53 @@ class SessionManager:
 
         Malformed or unauthenticated packets are dropped (logged at debug level).
         """
+        message = self.receive(source, data)
+        if message is not None:
+            self.handle_opened(source, message)
+
+    def receive(self, source: bytes, data: bytes) -> bytes | None:
+        """:meth:`handle_data`, but the payload of traffic that opens in an established
+        session is returned instead of queued as a :class:`Deliver` (the fast path of
+        :class:`~core.embedded.packetconn.EncryptedPacketConn`); everything else (inits,
+        acks, drops, the init a stale packet asks for) is as :meth:`handle_data`."""
         if len(source) != crypto.ED_PUB_SIZE or not data:
-            return
+            return None
         kind = data[0]
         try:
-            if kind in (SessionType.INIT, SessionType.ACK):
+            if kind == SessionType.TRAFFIC:
+                info = self._live_session(source)
+                if info is not None:
+                    return self._open(info, data)
+                self._handle_traffic(source, data)
+            elif kind in (SessionType.INIT, SessionType.ACK):
                 init = SessionInit.decrypt(self._box_priv, source, data)
                 if kind == SessionType.INIT:
                     self._handle_init(source, init)
                 else:
                     self._handle_ack(source, init)
-            elif kind == SessionType.TRAFFIC:
-                self._handle_traffic(source, data)
         except ValueError as exc:
             self.counters["bad_packet"] += 1
             log.debug("dropped session packet type %d from %s: %s", kind, source.hex()[:16], exc)
+        return None
+
+    def seal(self, dest: bytes, message: bytes) -> bytes | None:
+        """The traffic packet carrying ``message`` in the established session with
+        ``dest`` (the fast path of :meth:`write_to`: nothing queued), or ``None`` when
+        there is no live session: then call :meth:`write_to`."""
+        info = self._sessions.get(dest)
+        if info is None or info.deadline <= self._clock():
+            return None
+        return self._seal(info, message)
+
+    def handle_opened(self, source: bytes, message: bytes) -> None:
+        """Queue a payload :meth:`receive` returned as a :class:`Deliver` event (behind
+        the events already queued)."""
+        self._emit(Deliver(source, message))
+
+    @property
+    def pending(self) -> int:
+        """Output events not taken yet."""
+        return len(self._events)
 
     def expire(self) -> None:
         """Forget sessions and buffers whose timers ran out (upstream's AfterFuncs)."""
@@ -553,10 +598,6 @@ class SessionManager:
         info.deadline = self._clock() + self.config.session_timeout
 
     def _handle_traffic(self, ed: bytes, data: bytes) -> None:
-        info = self._live_session(ed)
-        if info is not None:
-            self._do_recv(info, data)
-            return
         # Unknown sender: most likely we restarted and it still has our old session.
         # Upstream answers with an init of keys it forgets at once, so the sender adopts
         # keys nobody holds and heals only when a later init has a newer timestamp
@@ -626,27 +667,28 @@ class SessionManager:
         self._init_buffer(dest, message)
 
     def _do_send(self, info: _Session, message: bytes) -> None:
+        self._emit(Transmit(info.ed, self._seal(info, message)))
+
+    def _seal(self, info: _Session, message: bytes) -> bytes:
+        """``sessionInfo.doSend``: the next nonce, the header, the box."""
         info.send_nonce = (info.send_nonce + 1) & _U64
         if info.send_nonce == 0:  # nonce wrapped: rotate our keys
             info.advance_local_keys()
             info.fix_shared(0, 0)
             info.send_nonce = 0
-        header = (
-            bytes([SessionType.TRAFFIC])
-            + encode_uvarint(info.local_key_seq)
-            + encode_uvarint(info.remote_key_seq)
-            + encode_uvarint(info.send_nonce)
-        )
         sealed = crypto.box_seal(info.nxt.public + message, info.send_nonce, info.send_shared)
-        self._emit(Transmit(info.ed, header + sealed))
+        now = self._clock()
         if self.config.resend_window > 0 and len(message) <= self.config.resend_max_bytes:
-            info.last_sent = (self._clock(), message)
+            info.last_sent = (now, message)
         else:
             info.last_sent = None
         info.tx += len(message)
-        info.deadline = self._clock() + self.config.session_timeout
+        info.deadline = now + self.config.session_timeout
+        return info.traffic_header() + encode_uvarint(info.send_nonce) + sealed
 
-    def _do_recv(self, info: _Session, data: bytes) -> None:
+    def _open(self, info: _Session, data: bytes) -> bytes | None:
+        """``sessionInfo.doRecv``: the payload of one traffic packet, or ``None`` (dropped
+        and counted; an init may be queued to resynchronise keys)."""
         if len(data) < SESSION_TRAFFIC_OVERHEAD_MIN:
             raise ValueError(f"traffic packet of {len(data)} bytes is too short")
         remote_key_seq, offset = decode_uvarint(data, 1)
@@ -666,23 +708,23 @@ class SessionManager:
             # We can't make sense of it: send an init and hope for an ack.
             self.counters["unknown_key_seq"] += 1
             self._resend_init(info)
-            return
+            return None
         if not window.acceptable(nonce):
             self.counters["replayed"] += 1
-            return
+            return None
         opened = crypto.box_open(data[offset:], nonce, shared)
         if opened is None or len(opened) < crypto.BOX_PUB_SIZE:
             self.counters["undecryptable"] += 1
             self._resend_init(info)  # keys out of sync (e.g. the peer restarted)
-            return
+            return None
         inner_key, message = opened[: crypto.BOX_PUB_SIZE], opened[crypto.BOX_PUB_SIZE :]
-        self._emit(Deliver(info.ed, message))
         info.reset = False
         window.commit(nonce)
         if ratchet:
             self._maybe_ratchet(info, inner_key, window, inherit=shared is info.next_send_shared)
         info.rx += len(message)
         info.deadline = self._clock() + self.config.session_timeout
+        return message
 
     def _maybe_ratchet(
         self, info: _Session, inner_key: bytes, window: ReplayWindow, *, inherit: bool

@@ -100,6 +100,9 @@ class Tree:
         self.infos: dict[bytes, RouterInfo] = {}
         self._deadlines: dict[bytes, float] = {}  # key -> refresh (self) / expiry (others)
         self._cache: dict[bytes, tuple[int, ...]] = {}
+        # Bumped whenever anything next hops depend on may have changed (coordinates,
+        # peers, link costs): the router's cached routes are valid for one version.
+        self.version = 0
         self.lags: dict[TreeLink, int] = {}  # nanoseconds
         self.requests: dict[bytes, SigReq] = {}
         self.responses: dict[bytes, SigRes] = {}
@@ -127,6 +130,7 @@ class Tree:
                 link.send_direct(PacketType.ANNOUNCE, bytes(self.infos[k].announce(k)))
         self.peers[link.key][link] = None
         self.lags[link] = UNKNOWN_LATENCY_NS
+        self.version += 1
         if link.key not in self.requests:
             self.requests[link.key] = self._new_req()
         self._responded.discard(link)
@@ -138,6 +142,7 @@ class Tree:
         links = self.peers.get(link.key, {})
         links.pop(link, None)
         self.lags.pop(link, None)
+        self.version += 1
         self._responded.discard(link)
         if links:
             return False
@@ -170,12 +175,14 @@ class Tree:
             for sent in self.sent.values():
                 sent.discard(key)
             self._cache.clear()
+            self.version += 1
             self.on_change()
 
     def maintenance(self, now: float) -> None:
         """``_doMaintenance`` without the bloom step (the router runs that next)."""
         self._do_root2 = self._do_root2 or self._do_root1
         self._cache.clear()
+        self.version += 1
         self._fix(now)
         self._send_announces()
 
@@ -295,6 +302,7 @@ class Tree:
                 self.lags[link] = rtt_ns * 2  # new links start with a penalty
             else:
                 self.lags[link] = lag * 7 // 8 + min(rtt_ns, lag * 2) // 8
+            self.version += 1
 
     def handle_announce(self, link: TreeLink, ann: Announce, now: float) -> None:
         sent = self.sent.setdefault(link.key, set())
@@ -322,6 +330,7 @@ class Tree:
         for sent in self.sent.values():
             sent.discard(ann.key)
         self._cache.clear()
+        self.version += 1
         if ann.key == self.key:
             self._deadlines[ann.key] = now + self._config.router_refresh
         else:
