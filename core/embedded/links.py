@@ -48,6 +48,9 @@ SCHEMES = tuple(BUILTIN)
 # Held before our side of the handshake is sent: a remote meta (a few hundred bytes) and
 # whatever frames a fast peer sends right after it.
 EARLY_LIMIT = 64 * 1024
+# Stream reads land in one buffer per link, reused for every read (asyncio's default is
+# a fresh 256 KiB bytes object per read, an mmap and munmap each time).
+RECV_BUFFER = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,14 +205,17 @@ class LinkOwner(Protocol):
 
     def link_up(self, conn: LinkConnection, meta: Meta) -> bool: ...
 
-    def link_data(self, conn: LinkConnection, data: bytes) -> None: ...
+    def link_data(self, conn: LinkConnection, data: bytes | memoryview) -> None:
+        """Stream bytes of an established link; ``data`` is valid only during the call
+        (a view of the link's receive buffer): keep a copy, not the view."""
+        ...
 
     def link_down(self, conn: LinkConnection, error: str | None) -> None: ...
 
     def link_writable(self, conn: LinkConnection) -> None: ...
 
 
-class LinkConnection(asyncio.Protocol):
+class LinkConnection(asyncio.BufferedProtocol, asyncio.Protocol):
     """One carrier connection: handshake first, then frames handed to the owner.
 
     The handshake deadline (``handshake_timeout``, yggdrasil-go's 6 s ``SetDeadline``)
@@ -219,6 +225,9 @@ class LinkConnection(asyncio.Protocol):
     socket is ours from the first byte: a peer that never finishes TLS is aborted at
     the deadline and :attr:`closed` resolves on every path (asyncio itself never calls
     ``connection_lost`` for a protocol whose TLS handshake did not finish).
+
+    Socket carriers (tcp, tls) read into one reused buffer (``BufferedProtocol``);
+    carriers that hand over bytes themselves (mem, quic) call :meth:`data_received`.
     """
 
     def __init__(
@@ -248,6 +257,7 @@ class LinkConnection(asyncio.Protocol):
         # decrypted bytes to data_received before start_tls returns): held, bounded, then
         # read in order once our own meta is sent.
         self._early = bytearray()
+        self._recv = memoryview(bytearray(RECV_BUFFER))
         self.transport: asyncio.Transport | None = None
         self.meta: Meta | None = None
         self.remote = ""
@@ -316,7 +326,17 @@ class LinkConnection(asyncio.Protocol):
             early, self._early = bytes(self._early), bytearray()
             self.data_received(early)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._recv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._recv[:nbytes]
+        # An established link's bytes are consumed during the call (the frame decoder
+        # copies what it keeps): no copy here. The handshake gets its own bytes.
+        self.data_received(view if self.established else bytes(view))
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the carrier (the memory and quic carriers call this directly)."""
         if self.transport is None:
             # The TLS layer delivers what followed its handshake before start_tls has
             # returned: the link is not ours to use yet (no transport, our meta unsent).
@@ -331,7 +351,7 @@ class LinkConnection(asyncio.Protocol):
             self._owner.link_data(self, data)
             return
         try:
-            meta = self._reader.feed(data)
+            meta = self._reader.feed(bytes(data))
         except HandshakeError as exc:
             self.fail(f"handshake refused: {exc}")
             return

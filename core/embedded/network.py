@@ -37,6 +37,9 @@ __all__ = ["PacketNetwork", "PeerEvent", "PeerInfo", "TreeInfo", "subnet_bloom_t
 log = logging.getLogger(__name__)
 
 _TICK = 0.25
+# Own packets waiting for the end-of-iteration flush beyond which they are written at
+# once: bounds the burst one write carries and the memory it holds.
+COALESCE_BYTES = 16 * 1024
 _REFUSAL_LOG_INTERVAL = 10.0  # at most one "refused N inbound connections" line per this
 
 
@@ -176,7 +179,10 @@ class PacketNetwork:
         self._ticker: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
-        self._flush_scheduled = False
+        # Output is coalesced: packets sent during one event-loop iteration leave in one
+        # write per link at its end (or at once when COALESCE_BYTES are waiting).
+        self._flush_handle: asyncio.Handle | None = None
+        self._unflushed = 0
 
     @property
     def router(self) -> Router:
@@ -204,6 +210,9 @@ class PacketNetwork:
             tasks.append(self._ticker)
         for task in tasks:
             task.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         for listener in self._listeners:
             listener.close()
         conns = list(self._links) + list(self._pending)
@@ -237,7 +246,11 @@ class PacketNetwork:
         """Queue ``payload`` for ``dest_key`` (never blocks; looks the path up if needed)."""
         self._check_open()
         self._router.send(dest_key, payload)
-        self._flush()
+        self._unflushed += len(payload)
+        if self._unflushed >= COALESCE_BYTES:
+            self._flush()
+        else:
+            self._schedule_flush()
 
     def send_lookup(self, target_key: bytes) -> None:
         self._check_open()
@@ -434,7 +447,7 @@ class PacketNetwork:
         self._emit(PeerEvent("up", meta.public_key, self._uri_of(conn), conn.inbound))
         return True
 
-    def link_data(self, conn: LinkConnection, data: bytes) -> None:
+    def link_data(self, conn: LinkConnection, data: bytes | memoryview) -> None:
         link = self._links.get(conn)
         if link is None:
             return
@@ -444,7 +457,7 @@ class PacketNetwork:
                 self._router.handle_frame(link.session, frame)
         except ValueError as exc:
             conn.fail(f"protocol error from {link.session.key.hex()[:16]}: {exc}")
-        self._flush()
+        self._schedule_flush()  # answers and forwarded packets leave with the iteration's
 
     def link_down(self, conn: LinkConnection, error: str | None) -> None:
         link = self._links.pop(conn, None)
@@ -488,9 +501,18 @@ class PacketNetwork:
         self._router.maintenance()
         self._flush()
 
+    def _schedule_flush(self) -> None:
+        """One :meth:`_flush` at the end of this event-loop iteration (at most one)."""
+        if self._flush_handle is None and not self._closed:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
-        """Write pending frames; queued packets only while a link's buffer has room."""
-        self._flush_scheduled = False
+        """Write pending frames, one write per link; queued packets only while a link's
+        buffer has room."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._unflushed = 0
         high = self.config.write_high_water
         now = time.monotonic()
         backlog = False
@@ -500,9 +522,8 @@ class PacketNetwork:
             conn.write(data)
             if len(link.session.queue) and not conn.paused:
                 backlog = True  # the socket took it all: keep going on the next loop turn
-        if backlog and not self._flush_scheduled and not self._closed:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if backlog:
+            self._schedule_flush()
 
     # -- introspection ------------------------------------------------------------------
 

@@ -153,7 +153,7 @@ class PeerSession:
 
     # -- receive --------------------------------------------------------------
 
-    def receive_data(self, data: bytes, now: float) -> list[bytes]:
+    def receive_data(self, data: bytes | memoryview, now: float) -> list[bytes]:
         self._now = now
         self.rx_bytes += len(data)
         frames = self._decoder.feed(data)

@@ -431,7 +431,7 @@ class FrameDecoder:
         self._max = max_size
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         self._buf += data
         frames: list[bytes] = []
         buf = self._buf
