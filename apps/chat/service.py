@@ -33,7 +33,7 @@ from apps.chat.connection import (
     ProtocolFault,
 )
 from apps.chat.control import ChatControl, trust_of
-from apps.chat.envelope import MAX_IDS, Envelope, Kind, ids_body
+from apps.chat.envelope import MAX_IDS, Envelope, EnvelopeError, Kind, ids_body
 from apps.chat.links import LinkError, Links
 from apps.chat.store import DB_FILE, ChatStore, Incoming
 from core import (
@@ -47,9 +47,11 @@ from core import (
     Outbox,
     OutboxEntry,
     PeerRateLimiter,
+    RelayVerdict,
     Retry,
     RetryPolicy,
     UsageError,
+    address_for_key,
     peer_address,
 )
 
@@ -164,7 +166,18 @@ class ChatService(BaseService):
             await self._requeue()
             self._server = await self.node.start_server(self._incoming, self.config.port)
             self.port = int(getattr(self._server, "port", self.config.port))
-            self.outbox.start(self.node, deliver=self._deliver, expired=self._expired)
+            relay = getattr(self.node, "relay", None)
+            if relay is None:
+                self.outbox.start(self.node, deliver=self._deliver, expired=self._expired)
+            else:
+                self.outbox.start(
+                    self.node,
+                    deliver=self._deliver,
+                    expired=self._expired,
+                    handoff=relay.handoff("chat", self._relayed),
+                    handoff_after=relay.config.handoff_after,
+                )
+                relay.register_inbound("chat", self._from_relay)
             self._own(self._watch())
             self._own(self._prune())
         except BaseException:
@@ -175,6 +188,9 @@ class ChatService(BaseService):
         if self._server is not None:
             self._server.close()
         self._closing = True
+        relay = getattr(self.node, "relay", None)
+        if relay is not None:
+            relay.unregister_inbound("chat")
         # Incoming streams first (they read the store), then our own tasks.
         pending = [*self._handlers, *self._tasks]
         for task in pending:
@@ -363,6 +379,15 @@ class ChatService(BaseService):
         if not self._rate.allow(source):
             self._count(Refusal.RATE_LIMITED, f"from {source}")
             return _done(conn.send_ack(env.id, Refusal.RATE_LIMITED, "slow down"))
+        judged = await self._judge(source, env)
+        if isinstance(judged, Incoming):
+            return self._own(self._commit(judged, conn))
+        return _done(conn.send_ack(env.id, *judged))
+
+    async def _judge(self, source: Any, env: Envelope) -> Incoming | tuple[Refusal, str]:
+        """Every check of a received envelope (direct, or fetched from a relay with
+        ``source`` the address of the key that signed inside the seal): what to commit,
+        or the refusal to answer (OK for what is dropped silently: blocked, typing)."""
         store = self.db
         pinned = await store.pinned(env.sender) if env.signer != env.sender else None
         now = self.clock()
@@ -387,34 +412,37 @@ class ChatService(BaseService):
             self._count(verdict.refusal, f"from {source}: {verdict.detail}")
             if verdict.refusal in (Refusal.KEY_CHANGED, Refusal.FORGED_SENDER):
                 await self._security(source, env.sender, verdict.refusal.label, verdict.detail)
-            return _done(conn.send_ack(env.id, verdict.refusal, verdict.detail))
+            return verdict.refusal, verdict.detail
         self._set_online(env.sender, True)
         contact = await self.contacts.get(env.sender) if self.contacts is not None else None
         trust = trust_of(contact)
         if trust == "blocked":  # dropped; the sender is told nothing
-            return _done(conn.send_ack(env.id, Refusal.OK))
+            return Refusal.OK, ""
         if env.kind is Kind.TYPING:
             self._publish("chat.typing", {"conversation": env.sender.hex(), "active": env.active})
-            return _done(conn.send_ack(env.id, Refusal.OK))
-        item = Incoming(
+            return Refusal.OK, ""
+        return Incoming(
             env,
             received=now,
             keep_until=now + self.config.expiry + 2 * self.config.skew,
             pin=verdict.pin,
             request=trust != "trusted",
         )
-        return self._own(self._commit(item, conn))
 
     async def _commit(self, item: Incoming, conn: ChatConnection) -> bytes:
+        return conn.send_ack(item.envelope.id, *await self._store(item))
+
+    async def _store(self, item: Incoming) -> tuple[Refusal, str]:
+        """Commit an accepted envelope; publish and queue its receipt after the commit."""
         env = item.envelope
         try:
             stored = await self.db.commit_incoming(item)
         except Exception as exc:
             log.warning("chat: could not store %s: %s", env.id.hex(), exc)
-            return conn.send_ack(env.id, Refusal.BUSY, "the receiver could not store it")
+            return Refusal.BUSY, "the receiver could not store it"
         if stored.duplicate:
             self._count(Refusal.REPLAY, f"message {env.id.hex()} (already stored)")
-            return conn.send_ack(env.id, Refusal.REPLAY, "already received")
+            return Refusal.REPLAY, "already received"
         self._publish_all("chat.state", stored.states)
         if stored.message is not None:
             self._publish("chat.message", stored.message)
@@ -425,7 +453,37 @@ class ChatService(BaseService):
                 self._publish("chat.request", {"key": env.sender.hex()})
             if not item.request or stored.accepted:  # no receipt to a stranger
                 self._queue_receipt(env.sender, env.id)
-        return conn.send_ack(env.id, Refusal.OK)
+        return Refusal.OK, ""
+
+    # -- relays (core.relay: the node's relay service) -----------------------------------
+    async def _from_relay(self, sender: bytes, body: bytes) -> RelayVerdict:
+        """An envelope fetched from a relay, sealed and signed by ``sender``: checked as
+        strictly as a direct one (the source is the signer's address), stored once."""
+        try:
+            env = Envelope.parse(body)
+        except EnvelopeError as exc:
+            self._count(Refusal.MALFORMED, f"through a relay from {sender.hex()}: {exc}")
+            return RelayVerdict.REFUSED
+        judged = await self._judge(address_for_key(sender), env)
+        code, detail = judged if not isinstance(judged, Incoming) else await self._store(judged)
+        if code in (Refusal.OK, Refusal.REPLAY):
+            return RelayVerdict.ACCEPTED
+        if code.temporary:
+            return RelayVerdict.RETRY
+        log.info("chat: refused a relayed envelope from %s: %s", sender.hex()[:16], detail)
+        return RelayVerdict.REFUSED
+
+    def _relayed(self, entry: OutboxEntry) -> Callable[[sqlite3.Connection], Any] | None:
+        """A relay took ``entry``: a text is ``relayed`` until its receipt comes back."""
+        if entry.payload[1] != Kind.TEXT:
+            return None
+        move = ChatStore.state_row([bytes.fromhex(entry.ref)], "relayed", only_from=("pending",))
+
+        def write(conn: sqlite3.Connection) -> Callable[[], None] | None:
+            changes = move(conn)
+            return (lambda: self._publish_all("chat.state", changes)) if changes else None
+
+        return write
 
     async def _security(self, source: Any, key: bytes, kind: str, detail: str) -> None:
         if not self._records.allow(str(source)) or not self._all_records.allow("all"):

@@ -22,10 +22,11 @@ from core import AppDatabase, GroupCommit
 __all__ = ["DB_FILE", "MIGRATIONS", "ChatStore", "Incoming", "Stored"]
 
 DB_FILE = "chat.db"
-OUT_STATES = ("pending", "sent", "delivered", "read", "failed")
-# What a receipt may move an outgoing message from (states only move forward).
-_DELIVERED_FROM = ("pending", "sent")
-_READ_FROM = ("pending", "sent", "delivered")
+OUT_STATES = ("pending", "relayed", "sent", "delivered", "read", "failed")
+# What a receipt may move an outgoing message from (states only move forward; "relayed":
+# a relay holds it for the peer, sealed).
+_DELIVERED_FROM = ("pending", "relayed", "sent")
+_READ_FROM = ("pending", "relayed", "sent", "delivered")
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (

@@ -38,6 +38,7 @@ __all__ = [
 # Delivery marks, one glyph per state (the contract's states).
 MARKS: dict[str, str] = {
     "pending": "◷",
+    "relayed": "↪",
     "sent": "✓",
     "delivered": "✓✓",
     "read": "✓✓ read",
