@@ -103,8 +103,8 @@ def _cli_call(
     return json.loads(done.stdout), (cpu[0], cpu[1])
 
 
-def bench_embedded(seconds: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="ca-bench-") as tmp:
+def bench_embedded(seconds: float, idle_tab: bool = False) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ca-bench-") as tmp, contextlib.ExitStack() as stack:
         a = NodeUp(Path(tmp) / "a", "--listen", "tcp://127.0.0.1:0")
         try:
             b = NodeUp(Path(tmp) / "b", "--peer", a.status["backend_status"]["listening"][0])
@@ -112,6 +112,9 @@ def bench_embedded(seconds: float) -> dict[str, Any]:
                 for _ in range(30):
                     if run_mesh(a.data, "ping", "-c1", "-W1", b.status["key"]).returncode == 0:
                         break
+                if idle_tab:  # A's call page open in a browser tab nobody looks at
+                    url = run_mesh(a.data, "call", "page").stdout.strip()
+                    stack.enter_context(_IdleTab(Path(tmp), url))
                 summary, cpu = _cli_call(
                     a.data, b.data, b.status["key"], seconds, (a.proc.pid, b.proc.pid)
                 )
@@ -119,7 +122,41 @@ def bench_embedded(seconds: float) -> dict[str, Any]:
                 b.stop()
         finally:
             a.stop()
-    return _row("embedded", summary, cpu)
+    return _row("embedded, an idle page tab on A" if idle_tab else "embedded", summary, cpu)
+
+
+class _IdleTab:
+    """Chromium (in a thread of its own) with one tab on a call page, left alone."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        import threading
+
+        self.root, self.url = root / "idle-browser", url
+        self._opened = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        from tests.video.page.cdp import Chromium
+
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with Chromium(self.root) as browser:
+            tab = await browser.open(self.url)
+            await tab.wait("window.meshCall && meshCall.mediaReady", 30)
+            self._opened.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> _IdleTab:
+        self._thread.start()
+        if not self._opened.wait(60):
+            raise RuntimeError("the idle call page did not open")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
 
 
 class _CallLab(Lab):
@@ -368,6 +405,7 @@ def bench_direct(seconds: float) -> dict[str, Any]:
 
 PATHS: dict[str, Callable[[float], dict[str, Any]]] = {
     "embedded": bench_embedded,
+    "idle-tab": lambda seconds: bench_embedded(seconds, idle_tab=True),
     "daemon": bench_daemon,
     "direct": bench_direct,
     "browser": bench_browser,
@@ -378,7 +416,7 @@ PATHS: dict[str, Callable[[float], dict[str, Any]]] = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--paths", default="embedded,daemon,direct,browser,resume")
+    parser.add_argument("--paths", default="embedded,idle-tab,daemon,direct,browser,resume")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     rows = []

@@ -31,6 +31,7 @@ import json
 import logging
 import secrets
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,8 @@ class _Page:
         self.ws = ws
         self.bridge = Bridge()
         self.placed = False
+        self.watching: str | None = None  # a call placed elsewhere its person chose to watch
+        self.relay_said: tuple[str, bool] | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -107,6 +110,7 @@ class PageServer:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._shown: str | None = None  # the call whose remote tracks the pages get
+        self._page_calls: deque[str] = deque(maxlen=16)  # placed or answered on a page
         # What a page's call sends of the browser: feeds that outlive the page, so a
         # reloaded (or another) page takes over the same call.
         self._sending: dict[str, Feed] = {}
@@ -289,11 +293,14 @@ class PageServer:
             if not isinstance(contact, str) or not contact:
                 raise UsageError("place needs a contact")
             call = await service.place(contact, self._options(page, message))
+            self._page_call(call.id)
             page.placed = True
             await page.send({"type": "placed", "call": scrub(call.to_json())})
         elif op == "answer":
             params = {"id": message.get("id")} if message.get("id") else {}
-            await service.answer_with(params, self._options(page, message))
+            answered = await service.answer_with(params, self._options(page, message))
+            self._page_call(str(answered.get("id")))
+            self._show_current()
         elif op in ("reject", "hangup"):
             params = {"id": message["id"]} if message.get("id") else {}
             await methods[f"call.{op}"](params)
@@ -301,6 +308,9 @@ class PageServer:
             await self._update(page, message)
         elif op == "refresh":
             await page.send(await self._hello())
+        elif op == "watch":  # a call placed elsewhere (the CLI): its person wants it here
+            page.watching = str(message.get("id") or "")
+            self._show_current()
         else:
             raise UsageError(f"unknown page operation {op!r}")
 
@@ -396,10 +406,25 @@ class PageServer:
             if page.bridge.pc is None:
                 continue
             current = page.bridge.remote["video"].source or page.bridge.remote["audio"].source
+            # A call placed or answered on a page plays on every page; one placed
+            # elsewhere (`mesh call`) only where its person asked: relaying video to a
+            # tab nobody watches costs the call CPU, frames and latency.
+            wanted = call.id in self._page_calls or page.watching == call.id
+            said = (call.id, wanted)
+            if page.relay_said != said:
+                page.relay_said = said
+                self._own(page.send({"type": "relay", "id": call.id, "on": wanted}))
+            if not wanted:
+                if current is not None:
+                    page.bridge.show({"audio": None, "video": None})
+                continue
             if self._shown == call.id and current is not None:
                 continue
             page.bridge.show({kind: sink.subscribe(kind) for kind in ("audio", "video")})
         self._shown = call.id
+
+    def _page_call(self, call_id: str) -> None:
+        self._page_calls.append(call_id)
 
     async def _watch_events(self) -> None:
         async with self.service.node.events.subscribe(("call.",)) as sub:

@@ -108,9 +108,10 @@ class Tab:
         box = await self.wait(
             f"""(() => {{ const e = document.querySelector({where});
               if (!e) return null; e.scrollIntoView({{block: "center"}});
-              const r = e.getBoundingClientRect();
-              return r.width > 0 && r.height > 0 && !e.disabled
-                && [r.x + r.width / 2, r.y + r.height / 2]; }})()""",
+              const r = e.getBoundingClientRect(), x = r.x + r.width / 2, y = r.y + r.height / 2;
+              const hit = document.elementFromPoint(x, y);
+              return r.width > 0 && r.height > 0 && !e.disabled && hit && e.contains(hit)
+                && [x, y]; }})()""",
             timeout,
         )
         x, y = box

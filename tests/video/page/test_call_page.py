@@ -289,7 +289,7 @@ async def test_a_strangers_ring_during_a_page_call_is_a_notice_and_the_page_keep
         assert await tab_a.evaluate("document.getElementById('call-name').textContent") == "bob"
         await decoding(tab_a, "A's page after the stranger's ring")
         # Hang up is the page's own call's.
-        await tab_a.click("#hangup")
+        await tab_a.evaluate("document.getElementById('hangup').click()")
         await tab_b.wait("meshCall.view === 'ended'")
         await tab_a.wait("meshCall.view === 'ended'")
         assert pair.call_a.current() is None and pair.call_b.current() is None
@@ -376,3 +376,32 @@ async def test_the_page_keeps_its_address_and_token_across_a_restart_and_reloads
             await fresh.wait("window.meshCall && meshCall.mediaReady")
         finally:
             await again.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_call_placed_elsewhere_is_relayed_to_an_open_page_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    """An idle tab costs a `mesh call` nothing: its media reach the page only after the
+    page's person presses Watch here."""
+    async with page_pair(tmp_path) as pair:
+        tab = await pair.browser.open(pair.url(pair.call_a))
+        await tab.wait("window.meshCall && meshCall.mediaReady")
+        call = await pair.call_a.place(pair.b.key.hex(), CallOptions())  # as `mesh call`
+        for _ in range(200):
+            ringing = pair.call_b.current()
+            if ringing is not None and ringing.state.value == "ringing":
+                break
+            await asyncio.sleep(0.05)
+        await pair.call_b.control_methods()["call.answer"]({})
+        await tab.wait("meshCall.view === 'incall' && meshCall.relay === false", 30)
+        assert not await tab.evaluate("document.getElementById('watch').hidden")
+        page = pair.call_a.page
+        assert page is not None
+        (server_page,) = page.pages
+        assert server_page.bridge.remote["video"].source is None
+        await tab.click("#watch")
+        await tab.wait("meshCall.relay === true")
+        await tab.wait(f"({INBOUND}).then(s => s.video > 10)", 30)
+        await pair.call_a.control_methods()["call.hangup"]({"id": call.id})
+        await tab.wait("meshCall.view === 'ended'")

@@ -259,6 +259,7 @@ $("reject").addEventListener("click", byPerson(() => page.call && page.call.id &
 $("accept-video").addEventListener("click", byPerson(() => answer(false)));
 $("accept-audio").addEventListener("click", byPerson(() => answer(true)));
 $("mute").addEventListener("click", toggleMute);
+$("watch").addEventListener("click", byPerson(() => send({ op: "watch", id: $("watch").dataset.id })));
 $("camera").addEventListener("click", toggleVideo);
 $("source").addEventListener("change", (e) => {
   let source = e.target.value;
@@ -411,6 +412,11 @@ function onMessage(message) {
       page.call = message.call;
       if (page.view === "outgoing") showOutgoing(message.call, "calling…");
     }
+  } else if (message.type === "relay") {
+    // A call placed elsewhere (mesh call) plays here only when its person asks.
+    page.relay = message.on;
+    $("watch").hidden = message.on;
+    $("watch").dataset.id = message.id;
   } else if (message.type === "stats") {
     stats(message.stats || {});
   } else if (message.type === "error") {
