@@ -34,6 +34,7 @@ from core import (
     MailAddress,
     NodeEvent,
     PeerRateLimiter,
+    RelayVerdict,
     UsageError,
     address_for_key,
     parse_mail_address,
@@ -140,7 +141,31 @@ class MeshInboundHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         peer_addr, peer_key = _peer(server)
         raw = bytes(envelope.original_content or b"")
-        sender = parse_mail_address(envelope.mail_from, MAIL_DOMAINS)
+        return await self.accept(peer_addr, peer_key, envelope.mail_from, raw)
+
+    async def from_relay(self, sender_key: bytes, body: bytes) -> RelayVerdict:
+        """A mail fetched from a relay (core.relay), sealed and signed by ``sender_key``:
+        ``<mail from>\r\n<message>``. The envelope sender must be that key (as MAIL FROM
+        must be the connecting node), then the same checks and store as over SMTP."""
+        head, sep, raw = body.partition(b"\r\n")
+        try:
+            sender = parse_mail_address(head.decode("ascii"), (MAIL_DOMAIN,))
+        except (UnicodeDecodeError, UsageError):
+            sender = None
+        if not sep or sender is None or sender.key != sender_key:
+            log.warning("mesh smtp: refused a relayed mail: its sender is not the sealing key")
+            return RelayVerdict.REFUSED
+        reply = await self.accept(address_for_key(sender_key), sender_key, str(sender), raw)
+        if reply.startswith("2"):
+            return RelayVerdict.ACCEPTED
+        return RelayVerdict.RETRY if reply.startswith("4") else RelayVerdict.REFUSED
+
+    async def accept(
+        self, peer_addr: Any, peer_key: bytes | None, mail_from: str, raw: bytes
+    ) -> str:
+        """Check and store one message from ``mail_from`` (already matched to the node
+        that sent it); the SMTP reply."""
+        sender = parse_mail_address(mail_from, MAIL_DOMAINS)
         fields = header_fields(raw)
         problem = author_problem(fields, str(sender))  # From, Sender, display names
         # The key is what the transport proved, whichever of its two addresses the header

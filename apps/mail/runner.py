@@ -101,7 +101,12 @@ class QueueRunner:
         events: EventBus | None = None,
         yggmail: KeyConnector | None = None,
         yggmail_unavailable: str = "this node has no Yggmail transport",
+        relay: Any = None,
     ) -> None:
+        # the node's relay service (core.relay): a @mesh delivery still failing
+        # handoff_after seconds after it was queued goes, sealed, to a relay the
+        # recipient announced, and counts as delivered (as a hand-off to a smarthost)
+        self.relay = relay
         self.publish = publish
         self.yggmail = yggmail  # None: @yggmail recipients are retried, then bounce
         self.yggmail_unavailable = yggmail_unavailable
@@ -295,8 +300,7 @@ class QueueRunner:
             reader, writer = await asyncio.wait_for(opening, timeout)
         except (OSError, TimeoutError, MeshError) as exc:
             reason = str(exc) or type(exc).__name__
-            for d in batch:
-                await self._retry(d, f"cannot connect to {where}: {reason}")
+            await self._retry_or_relay(rcpt, batch, raws, f"cannot connect to {where}: {reason}")
             return
         if rcpt.yggmail:  # Yggmail wants our key as HELO name and <key>@yggmail as sender
             sender = self.own.on(YGGMAIL_DOMAIN)
@@ -320,7 +324,40 @@ class QueueRunner:
                 reason = outcome.permanent[str(rcpt)]
                 await self._bounce(d, raws[d.message], reason, status_from_reply(reason))
             elif str(rcpt) not in outcome.delivered:
-                await self._retry(d, outcome.temporary.get(str(rcpt), outcome.error or "?"))
+                why = outcome.temporary.get(str(rcpt), outcome.error or "?")
+                await self._retry_or_relay(rcpt, [d], raws, why)
+
+    async def _retry_or_relay(
+        self, rcpt: MailAddress, batch: list[Delivery], raws: dict[int, bytes], reason: str
+    ) -> None:
+        """Deliveries that failed for now: those queued ``handoff_after`` ago or more go to
+        a relay of the recipient's if it announced one; the rest (and any a relay did not
+        take) are retried."""
+        taken: set[int] = set()
+        if self.relay is not None and not rcpt.yggmail:
+            due = self._clock() - self.relay.config.handoff_after
+            ready = [d for d in batch if d.created <= due]
+            if ready:
+                items = [
+                    (f"{d.token}.{d.id}", str(self.own).encode() + b"\r\n" + raws[d.message])
+                    for d in ready
+                ]
+                try:
+                    refusals = await self.relay.submit("mail", rcpt.key, items)
+                except Exception as exc:
+                    log.warning("mail queue: hand-off to a relay failed: %s", exc)
+                    refusals = None
+                for d, refusal in zip(ready, refusals or [], strict=False):
+                    if refusal is None:
+                        taken.add(d.id)
+                    else:
+                        reason = f"{reason}; relays: {refusal}"
+                if taken:
+                    await self.queue.mark_delivered_many(sorted(taken), now=self._clock())
+                    log.info("mail queue: %d message(s) for %s to a relay", len(taken), rcpt)
+        for d in batch:
+            if d.id not in taken:
+                await self._retry(d, reason)
 
     async def _deliver_locally(self, delivery: Delivery, raw: bytes) -> None:
         fields = header_fields(raw)
@@ -343,6 +380,10 @@ class QueueRunner:
         now = self._clock()
         retry = self.config.retry
         next_attempt = retry.next_attempt(delivery.created, delivery.attempts + 1, now, self._rng)
+        if next_attempt is not None and self.relay is not None:
+            handoff_at = delivery.created + self.relay.config.handoff_after
+            if handoff_at > now:  # an attempt, then a hand-off, at that time
+                next_attempt = min(next_attempt, handoff_at)
         if next_attempt is None:
             await self._bounce(
                 delivery,

@@ -146,8 +146,12 @@ class MailService:
             events=self.node.events,
             yggmail=self._quic,
             yggmail_unavailable=self.yggmail_unavailable or "",
+            relay=getattr(self.node, "relay", None),
         )
         inbound = self._inbound(store, MAIL_DOMAIN)
+        relay = getattr(self.node, "relay", None)
+        if relay is not None:  # mail fetched from our relays (core.relay)
+            relay.register_inbound("mail", inbound.from_relay)
         hostname = f"[IPv6:{self.own.node_address}]"
         with _bind_errors(f"[{self.own.node_address}]:{self.config.mesh_port}", "mesh_port"):
             mesh_server = await self.node.create_server(

@@ -230,39 +230,49 @@ class RelayService:
         async def handoff(
             destination: bytes, entries: list[OutboxEntry]
         ) -> list[DeliveryResult] | None:
-            relays = (await self.db.contact_relays(destination)).get(destination, [])
-            if not relays:
+            taken = await self.submit(app, destination, [(e.ref, e.payload) for e in entries])
+            if taken is None:
                 return None
-            async with asyncio.timeout(HANDOFF_TIMEOUT):
-                codes = await self._submit_anywhere(app, destination, relays, entries)
             results: list[DeliveryResult] = []
-            for entry, got in zip(entries, codes, strict=True):
-                if got.code is Code.OK:
+            for entry, refusal in zip(entries, taken, strict=True):
+                if refusal is None:
                     results.append(Delivered(on_relayed(entry) if on_relayed else None))
                 else:
-                    results.append(Retry(f"relays: {got.reason}"))
-            relayed = sum(1 for r in codes if r.code is Code.OK)
-            if relayed:
-                log.info(
-                    "relay: handed %d %s item(s) for %s to a relay",
-                    relayed,
-                    app,
-                    destination.hex()[:16],
-                )
+                    results.append(Retry(f"relays: {refusal}"))
             return results
 
         return handoff
 
+    async def has_relays(self, destination: bytes) -> bool:
+        """Whether ``destination`` announced a relay (a hand-off can be tried)."""
+        return bool((await self.db.contact_relays(destination)).get(destination))
+
+    async def submit(
+        self, app: str, destination: bytes, items: list[tuple[str, bytes]]
+    ) -> list[str | None] | None:
+        """Seal each ``(ref, body)`` to ``destination`` and submit it to one of the relays
+        it announced, in order. None when it announced none; else per item None (a relay
+        committed it) or why no relay took it. For apps with their own queue (mail)."""
+        relays = (await self.db.contact_relays(destination)).get(destination, [])
+        if not relays:
+            return None
+        async with asyncio.timeout(HANDOFF_TIMEOUT):
+            codes = await self._submit_anywhere(app, destination, relays, items)
+        relayed = sum(1 for r in codes if r.code is Code.OK)
+        if relayed:
+            log.info("relay: %d %s item(s) for %s to a relay", relayed, app, destination.hex()[:16])
+        return [None if r.code is Code.OK else r.reason for r in codes]
+
     async def _submit_anywhere(
-        self, app: str, recipient: bytes, relays: list[bytes], entries: list[OutboxEntry]
+        self, app: str, recipient: bytes, relays: list[bytes], items: list[tuple[str, bytes]]
     ) -> list[_Submitted]:
         identity = self._identity()
         sealed = [
-            (item_id(identity.public_key, recipient, app, e.ref),
-             seal(identity, recipient, app, e.ref, e.payload))
-            for e in entries
+            (item_id(identity.public_key, recipient, app, ref),
+             seal(identity, recipient, app, ref, body))
+            for ref, body in items
         ]  # fmt: skip
-        results: list[_Submitted] = [_Submitted(Code.BUSY, "no relay tried")] * len(entries)
+        results: list[_Submitted] = [_Submitted(Code.BUSY, "no relay tried")] * len(items)
         for relay in relays:
             todo = [i for i, r in enumerate(results) if r.code is not Code.OK]
             if not todo:
