@@ -9,11 +9,8 @@ import argparse
 import asyncio
 import getpass
 import os
-import smtplib
 import sys
 import time
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +183,10 @@ def _send_password(args: argparse.Namespace) -> str:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    import smtplib  # with email.*, for this verb only: the others start without them
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
     data_dir = resolve_data_dir(args.data_dir)
     mail = _running_mail(data_dir)
     if mail:  # the port the node really listens on (`mesh up --smtp`, port 0...)

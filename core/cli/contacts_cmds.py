@@ -25,7 +25,6 @@ import sys
 import unicodedata
 from typing import Any
 
-from core.contacts import parse_key, validate_alias
 from core.control.client import ControlClient
 from core.datadir import resolve_data_dir
 
@@ -101,6 +100,8 @@ def _rows(contacts: list[dict[str, Any]]) -> list[str]:
 
 
 async def _add(client: ControlClient, args: argparse.Namespace) -> int:
+    from core.contacts import parse_key, validate_alias  # not the store: no database
+
     key = parse_key(args.key)  # refused here, before the node is asked
     if args.alias is not None:
         validate_alias(args.alias)
@@ -144,6 +145,8 @@ async def _list(client: ControlClient, args: argparse.Namespace) -> int:
 
 
 async def _rename(client: ControlClient, args: argparse.Namespace) -> int:
+    from core.contacts import validate_alias
+
     validate_alias(args.alias)
     before = await client.call("contacts.resolve", contact=args.contact)
     contact = await client.call("contacts.rename", contact=before["key"], alias=args.alias)

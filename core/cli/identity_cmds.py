@@ -11,13 +11,6 @@ from core.address import address_for_key, subnet_for_key
 from core.cli.output import emit
 from core.datadir import resolve_data_dir
 from core.errors import UsageError
-from core.identity import (
-    KEY_FILE_NAME,
-    load_identity,
-    load_or_create_identity,
-    parse_yggdrasil_key,
-    write_key_file,
-)
 from core.mailaddr import parse_mail_address
 
 
@@ -64,6 +57,8 @@ def _parse_public_key(text: str) -> bytes:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from core.identity import load_or_create_identity  # (cryptography: these verbs only)
+
     data_dir = resolve_data_dir(args.data_dir)
     identity, created = load_or_create_identity(data_dir)
     info: dict[str, object] = {**identity.describe(), "data_dir": str(data_dir)}
@@ -86,6 +81,8 @@ def cmd_key_address(args: argparse.Namespace) -> int:
 
 
 def cmd_key_import(args: argparse.Namespace) -> int:
+    from core.identity import KEY_FILE_NAME, parse_yggdrasil_key, write_key_file
+
     data_dir = resolve_data_dir(args.data_dir)
     if args.file == "-":
         identity = parse_yggdrasil_key(sys.stdin.buffer.read(), "<stdin>", Path.cwd())
@@ -102,6 +99,8 @@ def cmd_key_import(args: argparse.Namespace) -> int:
 
 
 def cmd_key_export(args: argparse.Namespace) -> int:
+    from core.identity import KEY_FILE_NAME, load_identity
+
     identity = load_identity(resolve_data_dir(args.data_dir) / KEY_FILE_NAME)
     if args.format == "pem":
         sys.stdout.write(identity.to_pem().decode())

@@ -11,20 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 from core.cli.output import emit
 from core.cli.status_cmds import join_hint
-from core.config import NodeConfig, load_config
 from core.control.client import ControlClient
-from core.datadir import DataDirLock, resolve_data_dir
+from core.datadir import resolve_data_dir
 from core.errors import MeshError, UsageError
-from core.forwarding import ForwardingConfig, parse_expose, parse_hostport
-from core.identity import load_or_create_identity
-from core.mailaddr import parse_mail_address
-from core.process import NodeProcess, run_until_signal
-from core.resources import AcceptErrorThrottle, raise_nofile_limit
 from core.service import ServicePlugin, discover_services
 from core.text import safe_line
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `mesh up` imports the node process; the other verbs never do
+    from core.config import NodeConfig
+    from core.forwarding import ForwardingConfig
     from core.node import Node
+    from core.process import NodeProcess
 
 
 def register(sub: argparse._SubParsersAction[Any], plugins: list[ServicePlugin]) -> None:
@@ -85,6 +82,8 @@ def register(sub: argparse._SubParsersAction[Any], plugins: list[ServicePlugin])
 
 
 def _config_from_args(args: argparse.Namespace) -> NodeConfig:
+    from core.config import load_config
+
     config = load_config(resolve_data_dir(args.data_dir))
     return config.with_overrides(
         backend=args.backend,
@@ -101,6 +100,9 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
 
 
 def _forwarding_from_args(args: argparse.Namespace, config: NodeConfig) -> ForwardingConfig:
+    from core.forwarding import ForwardingConfig, parse_expose, parse_hostport
+    from core.mailaddr import parse_mail_address
+
     fwd = config.service("forwarding")
     socks = args.socks or fwd.get("socks")
     expose = args.expose or list(fwd.get("expose", []))
@@ -126,6 +128,8 @@ def _hex_key(text: str) -> bytes:
 
 
 def cmd_up(args: argparse.Namespace, plugins: list[ServicePlugin]) -> int:
+    from core.datadir import DataDirLock
+
     config = _config_from_args(args)
     # one node per data dir: refused (exit 2, one line) before anything in it is touched
     with DataDirLock.acquire(config.data_dir):
@@ -133,6 +137,10 @@ def cmd_up(args: argparse.Namespace, plugins: list[ServicePlugin]) -> int:
 
 
 def _up_locked(args: argparse.Namespace, plugins: list[ServicePlugin], config: NodeConfig) -> int:
+    from core.identity import load_or_create_identity
+    from core.process import NodeProcess
+    from core.resources import raise_nofile_limit
+
     raise_nofile_limit()
     identity, created = load_or_create_identity(config.data_dir)
     if created:
@@ -152,6 +160,9 @@ def _up_locked(args: argparse.Namespace, plugins: list[ServicePlugin], config: N
 
 
 async def _announce_and_run(process: NodeProcess) -> None:
+    from core.process import run_until_signal
+    from core.resources import AcceptErrorThrottle
+
     async def announce() -> None:
         await process.ready.wait()
         node = process.node

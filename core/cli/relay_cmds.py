@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 from core.cli.names import or_dash, short_key
-from core.contacts import parse_key
 from core.control.client import ControlClient
 from core.datadir import resolve_data_dir
 
@@ -57,6 +56,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _run(args: argparse.Namespace, action: Any) -> int:
     name = getattr(args, "name", None)
     if isinstance(name, str) and (len(name.strip()) == 64 or "@" in name):
+        from core.contacts import parse_key
+
         parse_key(name)  # a malformed key is refused before the node is asked
 
     async def go() -> int:

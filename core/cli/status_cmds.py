@@ -10,7 +10,6 @@ from typing import Any
 from core.cli.output import emit
 from core.control.client import ControlClient, NodeNotRunning
 from core.datadir import resolve_data_dir
-from core.identity import KEY_FILE_NAME, load_identity
 
 PUBLIC_PEERS_URL = "https://publicpeers.neilalexander.dev"
 
@@ -66,6 +65,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             running["join"] = hint
         emit(running, as_json=args.json)
         return 0
+    from core.identity import KEY_FILE_NAME, load_identity  # cryptography: only here
+
     identity = load_identity(data_dir / KEY_FILE_NAME)
     info: dict[str, object] = {**identity.describe(), "data_dir": str(data_dir)}
     info["node"] = "not running (start it with `mesh up`)"
