@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from tests import leftovers
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -22,3 +24,9 @@ def require(condition: bool, reason: str) -> None:
         pytest.fail(f"required in CI: {reason}", pytrace=False)
     print(f"SKIP (not in CI): {reason}")
     pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # What tests leave running is reported and fails the run; the interpreter always
+    # exits (tests/leftovers.py).
+    leftovers.register(config)

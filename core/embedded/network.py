@@ -419,6 +419,11 @@ class PacketNetwork:
                 conn.abort()
                 self._pending.discard(conn)
                 raise
+            except Exception as exc:  # a bug in a carrier: the peer must not stay down for good
+                log.exception("peer %s: dialling failed unexpectedly; redialling", base)
+                conn.abort()
+                self._pending.discard(conn)
+                error = f"{type(exc).__name__}: {exc}"
             static.last_error = error or "connection closed by the remote side"
             if conn.to_self:
                 log.warning("peer %s is this node itself: not redialled", base)

@@ -104,3 +104,33 @@ async def test_send_is_bounded_and_checked() -> None:
         await net.close()
     with pytest.raises(RuntimeError, match="start"):
         net.send(os.urandom(32), b"late")
+
+
+async def test_a_static_peer_survives_an_unexpected_dial_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in a carrier's dial (anything but OSError/timeout) used to end the redial
+    task silently: the peer stayed listed and down for good. It is logged and redialled."""
+    server = PacketNetwork(os.urandom(32), config=NetworkConfig(backoff_min=0.05))
+    client = PacketNetwork(os.urandom(32), config=NetworkConfig(backoff_min=0.05))
+    for net in (server, client):
+        await net.start()
+    try:
+        uri = await server.listen("tcp://127.0.0.1:0")
+        real = client._dial
+        failures = 0
+
+        async def flaky(*args: object) -> None:
+            nonlocal failures
+            if failures < 2:
+                failures += 1
+                raise RuntimeError("carrier bug")
+            await real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(client, "_dial", flaky)
+        await client.add_peer(uri)
+        await _until(lambda: any(p.up for p in client.peers()), "the link after two bad dials")
+        assert failures == 2
+    finally:
+        for net in (client, server):
+            await net.close()
