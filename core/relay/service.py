@@ -125,7 +125,7 @@ class RelayService:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._inbound: dict[str, RelayInboundFn] = {}
         self._conns = ConnectionLimiter(per_peer=4, total=256)
-        self._rate = PeerRateLimiter(burst=200, per_minute=600, max_peers=4096)
+        self._rate = PeerRateLimiter(burst=2000, per_minute=60_000, max_peers=4096)
         self._fetch_locks: dict[bytes, asyncio.Lock] = {}
         self._fetch_again: set[bytes] = set()
         self._notifying: set[bytes] = set()
