@@ -21,6 +21,7 @@ from core.errors import UsageError
 from core.node import Node, parse_target
 from core.pipe import pipe_both_ways
 from core.socks import SocksProxy, load_or_create_token
+from core.tasks import within
 
 __all__ = [
     "Expose",
@@ -213,7 +214,7 @@ class ForwardingService:
         try:
             writer.write(reply_line(rid, {"listening": f"[{self.node.address}]:{port}"}))
             await writer.drain()
-            remote = await asyncio.wait_for(accepted, LISTEN_TIMEOUT)
+            remote = await within(accepted, LISTEN_TIMEOUT)
             peer = remote[1].get_extra_info("peername")
             log.info("mesh listen %d: connection from %s", port, peer)
             await pipe_both_ways((reader, writer), remote)

@@ -16,6 +16,7 @@ from typing import Any
 
 from core.address import is_mesh_address
 from core.backend import ProtocolFactory
+from core.tasks import within
 
 __all__ = ["GuardProtocol", "KeyedTransport", "peer_address"]
 
@@ -136,7 +137,7 @@ class GuardProtocol(asyncio.Protocol):
 
     async def _admit(self, transport: asyncio.Transport, addr: ipaddress.IPv6Address) -> None:
         try:
-            key = await asyncio.wait_for(self._resolve(addr), KEY_LOOKUP_TIMEOUT)
+            key = await within(self._resolve(addr), KEY_LOOKUP_TIMEOUT)
         except Exception as exc:  # the backend could not say: admit without a key
             log.info("%s: no key for %s (%s)", self._service, addr, exc)
             key = None

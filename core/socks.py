@@ -26,6 +26,7 @@ from pathlib import Path
 
 from core.address import address_for_key, is_mesh_address
 from core.pipe import pipe_both_ways
+from core.tasks import within
 
 __all__ = [
     "SocksError",
@@ -296,7 +297,7 @@ class SocksProxy:
             return event[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_TIMEOUT)
+        request = await within(self._handshake(reader, writer), HANDSHAKE_TIMEOUT)
         if request is None:
             return
         target = resolve_mesh_host(request.host)

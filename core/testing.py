@@ -44,6 +44,7 @@ from core.embedded.node import EmbeddedConfig
 from core.errors import UsageError
 from core.identity import Identity, load_or_create_identity
 from core.node import Node
+from core.tasks import within
 
 __all__ = ["MemMesh", "MemoryPipe", "Topology", "mem_mesh"]
 
@@ -226,7 +227,7 @@ class MemMesh(Sequence[Node]):
         try:
             end_i.start(net_i.carrier_link(f"node{j}", inbound=False))
             end_j.start(net_j.carrier_link(f"node{i}", inbound=True))
-            await asyncio.wait_for(asyncio.gather(*(f for f, _ in up)), READY_TIMEOUT)
+            await within(asyncio.gather(*(f for f, _ in up)), READY_TIMEOUT)
         except TimeoutError:
             end_i.abort()
             raise AssertionError(f"in-memory link node{i} - node{j} did not come up") from None
@@ -249,7 +250,7 @@ class MemMesh(Sequence[Node]):
         link.ends[0].abort()
         log.debug("memory link node%d - node%d cut", i, j)
         try:
-            await asyncio.wait_for(asyncio.gather(*(f for f, _ in waits)), READY_TIMEOUT)
+            await within(asyncio.gather(*(f for f, _ in waits)), READY_TIMEOUT)
         finally:
             for _, unsubscribe in waits:
                 unsubscribe()

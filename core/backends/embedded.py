@@ -33,6 +33,7 @@ from core.embedded.node import EmbeddedConfig, EmbeddedYggdrasil
 from core.errors import MeshError, UsageError
 from core.identity import Identity
 from core.netstack.stack import NetStack
+from core.tasks import within
 from core.types import KeyDatagramPort
 
 __all__ = ["EmbeddedBackend", "PacketHook"]
@@ -213,9 +214,7 @@ class EmbeddedBackend:
         *,
         timeout: float = 30.0,
     ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
-        return await asyncio.wait_for(
-            self.stack.create_connection(protocol_factory, address, port), timeout
-        )
+        return await within(self.stack.create_connection(protocol_factory, address, port), timeout)
 
     async def create_datagram_endpoint(
         self,

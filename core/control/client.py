@@ -30,6 +30,7 @@ from typing import Any, cast
 
 from core.control.protocol import LineDecoder, ProtocolError, encode
 from core.errors import MeshError, UsageError
+from core.tasks import within
 
 __all__ = ["ControlClient", "EventStream", "NodeNotRunning"]
 
@@ -60,7 +61,7 @@ class ControlClient:
     @classmethod
     async def connect(cls, path: Path, timeout: float = 5.0) -> ControlClient:
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await within(
                 asyncio.open_unix_connection(str(path), limit=1 << 21), timeout
             )
         except (FileNotFoundError, ConnectionRefusedError):

@@ -20,6 +20,7 @@ from typing import Any
 from core.control.protocol import MAX_LINE, LineDecoder, ProtocolError, encode, parse_request
 from core.errors import MeshError, UsageError
 from core.events import EventBus
+from core.tasks import within
 
 __all__ = ["ControlServer", "Handler", "StreamHandler", "reply_line"]
 
@@ -277,7 +278,7 @@ async def _socket_answers(path: Path) -> bool:
     try:
         if not stat.S_ISSOCK(path.lstat().st_mode):
             return False
-        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+        _, writer = await within(asyncio.open_unix_connection(str(path)), 2)
     except (OSError, TimeoutError):
         return False
     writer.close()

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.tasks import cancel_and_wait
+
 from ..address import partial_key_for_subnet, subnet_for_key
 from ..limits import ConnectionLimiter
 from ..resources import MemoryTrimmer
@@ -393,9 +395,7 @@ class PacketNetwork:
         static = self._statics.pop(base, None)
         if static is None:
             raise ValueError(f"peer {base} is not configured")
-        static.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await static.task
+        await cancel_and_wait(static.task, what=f"the redial loop of {base}")
         if static.conn is not None:
             static.conn.close()
 

@@ -42,6 +42,7 @@ from core.embedded.proto import (
 )
 from core.embedded.session import SessionConfig, SessionStats
 from core.identity import Identity
+from core.tasks import within
 
 __all__ = ["EmbeddedConfig", "EmbeddedYggdrasil", "bloom_transform"]
 
@@ -320,7 +321,7 @@ class EmbeddedYggdrasil:
                     os.urandom(ECHO_DATA_SIZE),
                 )  # fmt: skip
                 self._route_out(packet)
-                results[seq] = (await asyncio.wait_for(future, timeout)) - sent
+                results[seq] = (await within(future, timeout)) - sent
             except TimeoutError:
                 pass
             finally:
@@ -380,7 +381,7 @@ class EmbeddedYggdrasil:
 
         self.proto.request(kind, key, done)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await within(future, timeout)
         finally:
             self.proto.cancel(kind, key, done)
 

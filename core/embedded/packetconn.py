@@ -25,6 +25,7 @@ from core.embedded.session import (
     SessionStats,
     Transmit,
 )
+from core.tasks import cancel_and_wait, within
 
 __all__ = [
     "ClosedError",
@@ -110,9 +111,7 @@ class EncryptedPacketConn:
     async def close(self) -> None:
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, what="the packet connection's timers")
             self._task = None
 
     def write_to(self, payload: bytes, dest_key: bytes) -> int:
@@ -214,4 +213,4 @@ class EncryptedPacketConn:
                 wake = min(wake, now + max(0.0, retry_at - self.sessions_manager.now()))
             self._timer_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timer_changed.wait(), max(0.01, wake - now))
+                await within(self._timer_changed.wait(), max(0.01, wake - now))

@@ -42,7 +42,7 @@ from core.backend import (
 from core.config import DEFAULT_ADMIN_ENDPOINT, NodeConfig
 from core.errors import MeshError, UsageError
 from core.identity import KEY_FILE_NAME, Identity
-from core.tasks import cancel_and_wait
+from core.tasks import cancel_and_wait, within
 
 from . import ping as icmp
 from .admin import AdminClient, DaemonUnreachableError, SelfInfo
@@ -477,7 +477,7 @@ class YggdrasilBackend:
         try:
             sock.bind((str(self.address), 0))
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, (str(address), port)), timeout)
+                await within(loop.sock_connect(sock, (str(address), port)), timeout)
             except TimeoutError:
                 raise TimeoutError(
                     f"no answer from [{address}]:{port} within {timeout:g} s over the mesh"

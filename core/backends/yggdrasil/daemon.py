@@ -25,6 +25,7 @@ from typing import TextIO
 from core.backend import EventSink, NodeEvent
 from core.errors import MeshError
 from core.identity import KEY_FILE_NAME, Identity, load_identity
+from core.tasks import cancel_and_wait, within
 
 from .daemonconf import DaemonSettings, build_daemon_config, parse_genconf
 
@@ -168,7 +169,7 @@ class ManagedDaemon:
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            out, err = await within(proc.communicate(), 30)
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -407,7 +408,7 @@ class ManagedDaemon:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+                await within(proc.wait(), STOP_GRACE)
             except TimeoutError:
                 log.warning("yggdrasil (pid %d) ignored SIGTERM; killing it", proc.pid)
                 with contextlib.suppress(ProcessLookupError):
@@ -419,9 +420,7 @@ class ManagedDaemon:
     async def stop(self) -> None:
         self._stopping = True
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await cancel_and_wait(self._supervisor, what="the daemon supervisor")
             self._supervisor = None
         await self._terminate()
         if self._proc is not None:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.errors import MeshError
+from core.tasks import within
 
 __all__ = [
     "ICMP6_ECHO_REPLY",
@@ -146,7 +147,7 @@ async def ping(
                 except OSError as exc:
                     log.info("ping %s seq %d: %s", target, seq, exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout)
+                await within(done.wait(), timeout)
         finally:
             loop.remove_reader(sock.fileno())
     return [r if r is not None and r <= timeout else None for r in results]
