@@ -47,6 +47,7 @@ MAX_REPLY_LINE = 1000
 MAX_REPLY_LINES = 100  # an EHLO reply lists extensions; 100 is far above any real one
 _REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])([ -])(.*)$", re.S)
 _LEADING_DOT = re.compile(rb"^\.", re.M)
+WRITE_SLICE = 256 * 1024
 
 
 class RemoteProtocolError(Exception):
@@ -479,8 +480,10 @@ async def run_session(
             writer.write(txn.preamble)
         while True:
             out = txn.data_to_send()
-            if out:
-                writer.write(out)
+            # In slices, each drained: ``timeout`` bounds a stall, not a whole large body
+            # on a slow path (a 20 MB message over Python QUIC on a busy machine).
+            for start in range(0, len(out), WRITE_SLICE):
+                writer.write(out[start : start + WRITE_SLICE])
                 await asyncio.wait_for(writer.drain(), timeout)
             if txn.done:
                 break
