@@ -58,7 +58,10 @@ class Person:
         return self.relay
 
     async def up(self, *, ready: bool = True) -> None:
-        node = await self.mesh.start(self.index, ready=ready)
+        await self.start_services(await self.mesh.start(self.index, ready=ready))
+
+    async def start_services(self, node: Node) -> None:
+        """The relay service and the toy app on ``node``, as ``mesh up`` starts them."""
         self.key = node.key
         self.relay = RelayService(node, self.config, self.data_dir)
         await self.relay.start()
@@ -95,6 +98,9 @@ class Person:
         if self.relay is not None:
             await self.relay.close()
             self.relay = None
+        await self.stop_node()
+
+    async def stop_node(self) -> None:
         await self.mesh.stop(self.index)
 
     async def send_note(self, to: Person | bytes, body: bytes, ref: str) -> None:
