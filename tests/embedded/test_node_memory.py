@@ -210,3 +210,29 @@ async def test_own_address_is_loopback() -> None:
         await poll(lambda: bool(got), 2)
         assert got[0].endswith(b"me")
         assert hub.sent == 0 and hub.lookups == []  # nothing went to the mesh
+
+
+async def test_key_datagrams_and_ipv6_share_the_traffic_type(
+    trio: tuple[MemoryHub, list[EmbeddedYggdrasil]],
+) -> None:
+    """Raw session traffic (yggquic's) reaches the datagram handler with the session's key;
+    IPv6 on the same session type still reaches the IPv6 handler; neither sees the other."""
+    _, (a, b, _) = trio
+    datagrams: list[tuple[bytes, bytes]] = []
+    packets: list[bytes] = []
+    b.set_datagram_handler(lambda key, data: datagrams.append((key, data)))
+    b.set_ipv6_handler(packets.append)
+    assert (await a.ping(b.address, count=1, timeout=10))[0] is not None  # session up
+    quic_like = bytes([0x65]) + bytes(1300)  # a short header with the spin bit: 0x6?
+    a.send_datagram(b.public_key, quic_like)
+    a.send_ipv6(udp_packet(a.address.packed, b.address.packed, b"ipv6"))
+    await poll(lambda: datagrams and packets, 10)
+    assert datagrams == [(a.public_key, quic_like)]
+    assert len(packets) == 1 and packets[0].endswith(b"ipv6")
+    with pytest.raises(ValueError, match="exceeds"):
+        a.send_datagram(b.public_key, bytes(a.datagram_mtu + 1))
+    b.set_datagram_handler(None)  # without a handler: counted, dropped
+    a.send_datagram(b.public_key, b"\x01more")
+    await poll(lambda: b.datagrams_dropped == 1, 10)
+    assert len(datagrams) == 1 and len(packets) == 1
+    assert not v6.looks_like_ipv6(a.public_key, quic_like)
