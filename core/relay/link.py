@@ -12,9 +12,27 @@ from collections import deque
 
 from core.relay.wire import MAX_FRAME, FrameDecoder, Message, WireError, encode
 
-__all__ = ["FrameStream"]
+__all__ = ["ByteBudget", "FrameStream"]
 
 READ_CHUNK = 256 * 1024
+
+
+class ByteBudget:
+    """Bytes of unfinished frames all the server's streams may buffer at once: many
+    peers trickling large frames cannot grow memory past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
 
 
 class FrameStream:
@@ -25,12 +43,15 @@ class FrameStream:
         *,
         timeout: float,
         max_frame: int = MAX_FRAME,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.timeout = timeout
         self._decoder = FrameDecoder(max_frame)
         self._ready: deque[Message] = deque()
+        self._budget = budget
+        self._held = 0  # of the budget, for what the decoder buffers
 
     async def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -47,10 +68,23 @@ class FrameStream:
                     if self._decoder.buffered:
                         raise WireError("the stream ended inside a frame")
                     return None
+                self._reserve(self._decoder.buffered + len(data))
                 self._ready.extend(self._decoder.feed(data))
+                self._reserve(self._decoder.buffered)
         return self._ready.popleft()
 
+    def _reserve(self, size: int) -> None:
+        if self._budget is None:
+            return
+        if size > self._held:
+            if not self._budget.take(size - self._held):
+                raise WireError("too much is arriving at once; try again later")
+        else:
+            self._budget.give(self._held - size)
+        self._held = size
+
     async def close(self) -> None:
+        self._reserve(0)
         with contextlib.suppress(Exception):
             self.writer.close()
         with contextlib.suppress(Exception):

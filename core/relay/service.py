@@ -36,7 +36,7 @@ from core.errors import MeshError, UsageError
 from core.limits import ConnectionLimiter, PeerRateLimiter, peer_key
 from core.outbox import Delivered, DeliveryResult, Outbox, OutboxEntry, Retry, RetryPolicy
 from core.relay.config import RelayConfig
-from core.relay.link import FrameStream
+from core.relay.link import ByteBudget, FrameStream
 from core.relay.sealing import (
     Record,
     RecordKind,
@@ -78,6 +78,7 @@ FETCH_ITEMS = 64
 FETCH_BYTES = 32 * 1024 * 1024
 NOTIFY_TIMEOUT = 10.0
 HANDOFF_TIMEOUT = 120.0
+INFLIGHT_BYTES = 128 * 1024 * 1024  # unfinished incoming frames, all streams together
 
 
 class RelayError(MeshError):
@@ -125,6 +126,7 @@ class RelayService:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._inbound: dict[str, RelayInboundFn] = {}
         self._conns = ConnectionLimiter(per_peer=4, total=256)
+        self._inflight = ByteBudget(INFLIGHT_BYTES)  # unfinished frames, all streams
         self._rate = PeerRateLimiter(burst=2000, per_minute=60_000, max_peers=4096)
         self._fetch_locks: dict[bytes, asyncio.Lock] = {}
         self._fetch_again: set[bytes] = set()
@@ -536,7 +538,7 @@ class RelayService:
             writer.close()
             return
         self._handlers.add(task)
-        stream = FrameStream(reader, writer, timeout=self.config.io_timeout)
+        stream = FrameStream(reader, writer, timeout=self.config.io_timeout, budget=self._inflight)
         try:
             while (msg := await stream.receive()) is not None:
                 if not self._rate.allow(source):

@@ -36,6 +36,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from core.text import safe_line
+
 __all__ = [
     "ITEM_ID_SIZE",
     "KEY_SIZE",
@@ -264,7 +266,8 @@ def decode(kind: int, payload: bytes) -> Message:
     if ftype is FrameType.ANSWER:
         if not payload or len(payload) > 1 + MAX_REASON:
             raise WireError("an ANSWER is a code and a short reason")
-        return Answer(Code.parse(payload[0]), payload[1:].decode("utf-8", "replace"))
+        # the other side's words: escaped here, they end up in terminals and logs
+        return Answer(Code.parse(payload[0]), safe_line(payload[1:].decode("utf-8", "replace")))
     if ftype is FrameType.ITEM:
         head = ITEM_ID_SIZE + _U64.size
         if len(payload) <= head:

@@ -171,3 +171,42 @@ def test_records_verify_and_refuse_any_change() -> None:
             verify_record(bytes(bad))
     with pytest.raises(SealError):
         verify_record(data[:-1])
+
+
+def test_a_peers_reason_arrives_escaped() -> None:
+    frame = encode(Answer(Code.BUSY, "full\x1b[2J\u202eevil\nline"))
+    [answer] = FrameDecoder().feed(frame)
+    assert isinstance(answer, Answer)
+    assert "\x1b" not in answer.reason and "\u202e" not in answer.reason
+    assert "\n" not in answer.reason and "\\x1b" in answer.reason
+
+
+async def test_unfinished_frames_of_all_streams_share_one_budget() -> None:
+    import asyncio
+
+    from core.relay.link import ByteBudget, FrameStream
+
+    budget = ByteBudget(1000)
+
+    class Sink:
+        def write(self, data: bytes) -> None: ...
+
+    def stream(data: bytes) -> FrameStream:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        return FrameStream(reader, Sink(), timeout=0.2, budget=budget)  # type: ignore[arg-type]
+
+    big = encode(Submit(b"\x01" * 32, b"\x02" * 16, b"x" * 700))
+    one = stream(big[:600])  # an unfinished frame: 600 bytes held
+    with pytest.raises(TimeoutError):
+        await one.receive()
+    assert budget.used == 600
+    two = stream(big[:600])  # a second one does not fit beside it
+    with pytest.raises(WireError, match="too much"):
+        await two.receive()
+    await two.close()
+    await one.close()
+    assert budget.used == 0
+    three = stream(big)  # whole frames pass and hold nothing afterwards
+    assert isinstance(await three.receive(), Submit)
+    assert budget.used == 0
