@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,8 @@ class MeshInboundHandler:
     ) -> None:
         self.domain = domain
         self.own = own.on(domain)
+        # Refusals by reason, for ``mesh status`` (the mail service's endpoints).
+        self.refused: Counter[str] = Counter()
         self.sink = sink
         self.limiter = limiter
         self.publish = publish
@@ -98,10 +101,12 @@ class MeshInboundHandler:
             return "421 4.7.0 cannot tell who you are; closing"
         if not self.limiter.allow(peer_addr):
             log.warning("mesh smtp: rate limit hit by [%s]", peer_addr)
+            self.refused["rate"] += 1
             return f"450 4.7.1 too many messages from [{peer_addr}]; slow down and retry later"
         try:
             sender = parse_mail_address(address, (self.domain,))
         except UsageError:
+            self.refused["sender"] += 1
             return f"550 5.1.7 the sender must be a <key>@{self.domain} address"
         if self.domain != MAIL_DOMAIN and peer_key is None:
             return "421 4.7.0 cannot tell who you are; closing"
@@ -111,6 +116,7 @@ class MeshInboundHandler:
                 address,
                 peer_addr,
             )
+            self.refused["sender"] += 1
             return (
                 f"550 5.7.1 sender <{address}> is not the node at [{peer_addr}]; "
                 f"a node may only send as its own key@{self.domain}"
@@ -129,6 +135,7 @@ class MeshInboundHandler:
         if rcpt != self.own:
             peer_addr, _ = _peer(server)
             log.info("mesh smtp: refused relay to <%s> from [%s]", address, peer_addr)
+            self.refused["relay"] += 1
             return f"550 5.7.1 relaying denied: this node only takes mail for <{self.own}>"
         if str(rcpt) in envelope.rcpt_tos:
             return "250 2.1.5 recipient ok (duplicate ignored)"
@@ -175,6 +182,7 @@ class MeshInboundHandler:
             problem = None
         if problem is not None:
             log.warning("mesh smtp: refused a message from [%s]: %s", peer_addr, problem)
+            self.refused["author"] += 1
             return f"550 5.7.1 {problem}, the envelope sender"
         ident = secrets.token_hex(8)
         stamped = (

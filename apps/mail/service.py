@@ -108,6 +108,7 @@ class MailService:
         self._runner_task: asyncio.Task[None] | None = None
         self._imap: ImapServer | None = None
         self._quic: Any = None  # core's KeyQuicEndpoint, when the backend carries it
+        self._inbound_handlers: list[MeshInboundHandler] = []
         self.yggmail_unavailable: str | None = None
 
     async def start(self) -> None:
@@ -134,7 +135,8 @@ class MailService:
         self.store = store = await MailStore.open(self.data_dir / MAIL_STORE_FILE_NAME)
         self.queue = queue = await OutboxQueue.open(self.data_dir / OUTBOX_FILE_NAME)
         publish = self.node.events.publish
-        await self._open_yggmail(self._inbound(store, YGGMAIL_DOMAIN))
+        self._inbound_handlers.append(self._inbound(store, YGGMAIL_DOMAIN))
+        await self._open_yggmail(self._inbound_handlers[-1])
         self.runner = runner = QueueRunner(
             queue=queue,
             sink=store,
@@ -149,6 +151,7 @@ class MailService:
             relay=getattr(self.node, "relay", None),
         )
         inbound = self._inbound(store, MAIL_DOMAIN)
+        self._inbound_handlers.append(inbound)
         relay = getattr(self.node, "relay", None)
         if relay is not None:  # mail fetched from our relays (core.relay)
             relay.register_inbound("mail", inbound.from_relay)
@@ -289,6 +292,9 @@ class MailService:
             "submission": hostport(self.config.submission[0], self.submission_port),
             "imap": hostport(self.config.imap[0], self.imap_port),
             "deliveries_in_flight": self.runner.in_flight if self.runner else 0,
+            # mail from other nodes refused, by transport (mesh, yggmail) and reason;
+            # what aiosmtpd refuses itself (oversize, syntax) is not counted here
+            "refused": {h.domain: dict(h.refused) for h in self._inbound_handlers},
         }
 
     # -- control API ------------------------------------------------------------------------

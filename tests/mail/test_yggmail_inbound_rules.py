@@ -81,6 +81,8 @@ async def test_a_hostile_yggmail_peer_is_refused_and_nothing_is_stored(
         code, _ = await command(f"From: {me}@yggmail\r\nSubject: honest\r\n\r\nhello\r\n.")
         assert code == 250
         assert await a.store.count("INBOX") == 1  # stored before the 250
+        refused = a.service.endpoints()["refused"]["yggmail"]
+        assert refused == {"sender": 2, "relay": 2, "author": 1}
         writer.close()
     finally:
         endpoint.close()
