@@ -24,7 +24,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from core.address import address_for_key
 from core.contacts import Trust, UnknownContact, parse_key
 from core.db import AppDatabase
 from core.errors import MeshError, UsageError
-from core.limits import ConnectionLimiter, PeerRateLimiter, peer_key
+from core.limits import ConnectionLimiter, PeerRateLimiter, TooManyConnections, peer_key
 from core.outbox import Delivered, DeliveryResult, Outbox, OutboxEntry, Retry, RetryPolicy
 from core.relay.config import RelayConfig
 from core.relay.link import ByteBudget, FrameStream
@@ -148,6 +148,8 @@ class RelayService:
             self._server = await self.node.start_server(self._incoming, self.port)
             self.port = int(getattr(self._server, "port", self.port))
             self.register_inbound(RECORD_APP, self._inbound_record)
+            self._own(self._background())
+            self._own(self._watch_contacts())
             self.records.start(
                 self.node,
                 deliver=self._deliver_record,
@@ -155,37 +157,37 @@ class RelayService:
                 handoff=self.handoff(RECORD_APP),
                 handoff_after=self.config.handoff_after,
             )
-            self._own(self._background())
-            self._own(self._watch_contacts())
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        """Stop serving, end every task this service started, close the store (in that
+        order: the tasks use the store); again does nothing."""
         self._closing = True
-        if self._server is not None:
-            self._server.close()
-        pending = [*self._handlers, *self._tasks]
-        for task in pending:
+        server, self._server = self._server, None
+        records, self.records = self.records, None
+        store, self.store = self.store, None
+        if server is not None:
+            server.close()
+        ending = list(self._handlers | self._tasks)
+        for task in ending:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if self.records is not None:
-            await self.records.close()
-            self.records = None
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await self._server.wait_closed()
-            self._server = None
-        if self.store is not None:
-            await self.store.close()
-            self.store = None
+        await asyncio.gather(*ending, return_exceptions=True)
+        if records is not None:
+            await records.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                if server is not None:
+                    await server.wait_closed()
+        if store is not None:
+            await store.close()
 
-    def _own(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _own(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` as a task of this service (ended by :meth:`close`)."""
+        started = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(started)
+        started.add_done_callback(self._tasks.discard)
 
     @property
     def db(self) -> RelayStore:
@@ -532,28 +534,35 @@ class RelayService:
 
     # -- serving -------------------------------------------------------------------------
     async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        source = peer_key(writer.transport)
-        task = asyncio.current_task()
-        if self._closing or task is None or source is None or not self._conns.acquire(source):
-            writer.close()
-            return
-        self._handlers.add(task)
+        """One stream from a peer (the key the mesh authenticated), within the limits."""
         stream = FrameStream(reader, writer, timeout=self.config.io_timeout, budget=self._inflight)
+        source = peer_key(writer.transport)
+        me = asyncio.current_task()
         try:
-            while (msg := await stream.receive()) is not None:
-                if not self._rate.allow(source):
-                    await stream.send(Answer(Code.RATE_LIMITED, "slow down"))
-                    continue
-                await self._serve(source, msg, stream)
+            if source is None or me is None or self._closing:
+                return
+            with self._conns.hold(source):
+                self._handlers.add(me)
+                try:
+                    await self._requests(source, stream)
+                finally:
+                    self._handlers.discard(me)
+        except TooManyConnections:
+            log.debug("relay: too many streams from %s", source.hex()[:16] if source else "?")
         except (OSError, TimeoutError, WireError) as exc:
-            log.debug("relay: stream from %s ended: %s", source.hex()[:16], exc)
+            log.debug("relay: a stream ended: %s", exc)
         except asyncio.CancelledError:
             if not self._closing:
                 raise
         finally:
-            self._handlers.discard(task)
-            self._conns.release(source)
             await stream.close()
+
+    async def _requests(self, source: bytes, stream: FrameStream) -> None:
+        while (msg := await stream.receive()) is not None:
+            if self._rate.allow(source):
+                await self._serve(source, msg, stream)
+            else:
+                await stream.send(Answer(Code.RATE_LIMITED, "slow down"))
 
     async def _serve(self, source: bytes, msg: Any, stream: FrameStream) -> None:
         now = self.clock()

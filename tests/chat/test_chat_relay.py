@@ -52,31 +52,7 @@ class ChatPerson(Person):
 
 
 async def chat_crowd(crowd: Crowd) -> tuple[ChatPerson, ChatPerson, ChatPerson]:
-    people = []
-    for _ in range(3):
-        running = [i for i in range(len(crowd.mesh)) if crowd.mesh._is_open(i)]
-        node = await crowd.mesh.add(links=running)
-        index = crowd.mesh.index(node)
-        await crowd.mesh.stop(index)
-        person = ChatPerson(crowd.mesh, index)
-        await person.up()
-        crowd.people.append(person)
-        people.append(person)
-    a, b, r = people
-    await a.node.contacts.add(b.key, "bob")
-    await b.node.contacts.add(a.key, "alice")
-    await r.service.allow(a.key)
-    await r.service.allow(b.key)
-    await a.service.use(r.key)
-    await b.service.use(r.key)
-
-    async def both_know() -> bool:
-        at_a = (await a.service.db.contact_relays(b.key)).get(b.key)
-        at_b = (await b.service.db.contact_relays(a.key)).get(a.key)
-        return at_a == [r.key] and at_b == [r.key]
-
-    await until(both_know)
-    return a, b, r
+    return await crowd.trio(ChatPerson)
 
 
 async def states(p: ChatPerson, other: bytes) -> list[str]:

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from core.db import AppDatabase
 from core.node import Node
@@ -21,6 +22,8 @@ from core.outbox import DeliveryResult, Outbox, OutboxEntry, Retry, RetryPolicy
 from core.relay.config import RelayConfig
 from core.relay.service import RelayService, RelayVerdict
 from core.testing import MemMesh
+
+P = TypeVar("P", bound="Person")
 
 FAST = RelayConfig(handoff_after=0.2, fetch_interval=3600.0, connect_timeout=3.0, io_timeout=20.0)
 
@@ -136,19 +139,44 @@ class Crowd:
         finally:
             await self.mesh.close()
 
-    async def add(self, n: int, config: RelayConfig = FAST) -> list[Person]:
-        """``n`` more people, each linked to every running one, up."""
-        out = []
+    async def add(
+        self,
+        n: int,
+        config: RelayConfig = FAST,
+        kind: type[P] = Person,  # type: ignore[assignment]
+    ) -> list[P]:
+        """``n`` more people (of ``kind``: a Person with an app on top), each linked to
+        every running one, up."""
+        out: list[P] = []
         for _ in range(n):
             running = [i for i in range(len(self.mesh)) if _running(self.mesh, i)]
             node = await self.mesh.add(links=running)
             index = self.mesh.index(node)
             await self.mesh.stop(index)
-            person = Person(self.mesh, index, config)
+            person = kind(self.mesh, index, config)
             await person.up()
             out.append(person)
             self.people.append(person)
         return out
+
+    async def trio(self, kind: type[P] = Person) -> tuple[P, P, P]:  # type: ignore[assignment]
+        """A, B and R: R allows A and B, who are each other's contacts and use R, and
+        each knows that the other does."""
+        a, b, r = await self.add(3, FAST, kind)
+        await a.node.contacts.add(b.key, "bob")
+        await b.node.contacts.add(a.key, "alice")
+        await r.service.allow(a.key)
+        await r.service.allow(b.key)
+        await a.service.use(r.key)
+        await b.service.use(r.key)
+
+        async def both_know() -> bool:
+            at_a = (await a.service.db.contact_relays(b.key)).get(b.key)
+            at_b = (await b.service.db.contact_relays(a.key)).get(a.key)
+            return at_a == [r.key] and at_b == [r.key]
+
+        await until(both_know)
+        return a, b, r
 
 
 def _running(mesh: MemMesh, index: int) -> bool:

@@ -15,7 +15,6 @@ import pytest
 from core.relay.config import RelayConfig
 from core.relay.sealing import item_id, seal
 from core.relay.service import RelayError
-from core.relay.store import UseState
 from core.relay.wire import Answer, Code, Submit
 from tests.core.relay_people import FAST, Crowd, Person, until
 
@@ -24,21 +23,7 @@ pytestmark = pytest.mark.timeout(180)
 
 async def enrolled_pair(crowd: Crowd) -> tuple[Person, Person, Person]:
     """R allows A and B; A and B are each other's contacts and use R; both know it."""
-    a, b, r = await crowd.add(3)
-    await a.node.contacts.add(b.key, "bob")
-    await b.node.contacts.add(a.key, "alice")
-    await r.service.allow(a.key)
-    await r.service.allow(b.key)
-    assert await a.service.use(r.key) is UseState.ENROLLED
-    assert await b.service.use(r.key) is UseState.ENROLLED
-
-    async def both_know() -> bool:
-        at_a = await a.service.db.contact_relays(b.key)
-        at_b = await b.service.db.contact_relays(a.key)
-        return at_a.get(b.key) == [r.key] and at_b.get(a.key) == [r.key]
-
-    await until(both_know)
-    return a, b, r
+    return await crowd.trio()
 
 
 def files_under(path: Path) -> list[Path]:
