@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from core.control.client import ControlClient, EventStream, NodeNotRunning
     from core.datadir import resolve_data_dir
     from core.db import AppDatabase
+    from core.desktop import DesktopNotifier
     from core.errors import IdentityError, MeshError, NeedsSetup, UsageError
     from core.events import EventBus, Subscription
     from core.groupcommit import GroupCommit
@@ -127,6 +128,7 @@ _EXPORTS: dict[str, str] = {
     "Scheduler": "core.outbox",
     "watch_reachable": "core.outbox",
     "RelayVerdict": "core.relay.service",
+    "DesktopNotifier": "core.desktop",
     "ConnectionLimiter": "core.limits",
     "PeerRateLimiter": "core.limits",
     "TooManyConnections": "core.limits",
@@ -159,6 +161,7 @@ __all__ = [
     "ControlMethods",
     "Delivered",
     "DeliveryResult",
+    "DesktopNotifier",
     "EventBus",
     "EventSink",
     "EventStream",

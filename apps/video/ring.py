@@ -20,8 +20,7 @@ import webbrowser
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from core import NodeEvent
-from core.desktop import DesktopNotifier
+from core import DesktopNotifier, NodeEvent
 
 if TYPE_CHECKING:
     from apps.video.call import Call
