@@ -223,6 +223,16 @@ def _audio_frame(pcm: bytes, pts: int) -> av.AudioFrame:
     return frame
 
 
+def black_frame(width: int, height: int) -> av.VideoFrame:
+    """A black ``yuv420p`` picture (what a camera that went away sends meanwhile)."""
+    frame = av.VideoFrame(width, height, "yuv420p")
+    _fill(frame.planes[0], bytes([BLACK]) * (width * height), width)
+    grey = bytes([GREY]) * ((width // 2) * (height // 2))
+    _fill(frame.planes[1], grey, width // 2)
+    _fill(frame.planes[2], grey, width // 2)
+    return frame
+
+
 def silence_like(frame: av.AudioFrame) -> av.AudioFrame:
     """Silence in ``frame``'s own format, layout, rate and length: what a muted gate
     sends, so the encoder's resampler (set up by the first frame) takes it as it took

@@ -59,6 +59,7 @@ FIRST_FRAME_TIMEOUT = 10.0
 FINISHED_KEPT = 32
 REFUSALS_LOGGED = 5  # refused calls logged per peer per minute
 PULSE_TICK = 0.25  # how often an active call looks for its peer's packets
+HANGUP_FLUSH = 1.0  # a hang-up waits this long at most for its frame to go out
 UPDATES_SHOWN = 5  # a peer's update frames published a second (the rest coalesced)
 RINGS_UNANSWERED = 3  # after 3 unanswered rings from a peer within RINGS_WINDOW,
 RINGS_WINDOW = 120.0  # its calls get busy until the oldest is that old
@@ -376,10 +377,8 @@ class CallService(BaseService):
             if silent >= self.config.lost_after:
                 why = f"connection lost: nothing from the peer for {self.config.lost_after:g} s"
                 log.info("call %s: %s", call.id[:8], why)
-                writer = session.writer  # a word to the peer if it can still hear; no wait
-                if writer is not None and not writer.is_closing():
-                    with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-                        writer.write(sig.encode_frame(sig.Hangup(call.id, "failed", why)))
+                # a word to the peer if it can still hear; no wait
+                self._write_now(session, sig.Hangup(call.id, "failed", why))
                 call.fire(sig.Trigger.HANGUP, detail=why, result="answered")
                 return
 
@@ -718,12 +717,26 @@ class CallService(BaseService):
         call = session.call
         if call.role is sig.Role.CALLEE and call.state is sig.CallState.RINGING:
             return await self._m_reject(params)
-        await self._send(session, sig.Hangup(call.id))
+        # Hung up here at once, whatever the stream to the peer does (its drain could
+        # wait up to idle_timeout); the frame follows as the stream allows, and a peer
+        # that does not get it ends the call when our media stop (lost_after).
+        self._write_now(session, sig.Hangup(call.id))
         if call.answered_at is None:
             call.fire(sig.Trigger.HANGUP, result="no-answer", detail="cancelled")
         else:
             call.fire(sig.Trigger.HANGUP)
+        writer = session.writer
+        if writer is not None and not writer.is_closing():
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError, RuntimeError):
+                async with asyncio.timeout(HANGUP_FLUSH):
+                    await writer.drain()
         return call.to_json()
+
+    def _write_now(self, session: _Session, frame: sig.Frame) -> None:
+        writer = session.writer
+        if writer is not None and not writer.is_closing():
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+                writer.write(sig.encode_frame(frame))
 
     async def _m_update(self, params: dict[str, Any]) -> dict[str, Any]:
         session = self._session(params)

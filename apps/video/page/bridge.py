@@ -31,6 +31,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from apps.video.media import black_frame, silence_like
 from core import UsageError
 
 __all__ = ["Bridge", "Feed", "LoopbackIce", "is_loopback", "loopback_only"]
@@ -117,14 +118,32 @@ def _use_loopback_ice(pc: RTCPeerConnection) -> None:
         transport._recv, transport._send = replacement.recv, replacement.send
 
 
+FILL_AUDIO = 0.02  # a filler frame of silence every 20 ms
+FILL_VIDEO = 1 / 15  # and of black, 15 a second
+
+
+def _stereo_silence() -> av.AudioFrame:
+    frame = av.AudioFrame(format="s16", layout="stereo", samples=960)
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    frame.sample_rate = 48_000
+    frame.time_base = fractions.Fraction(1, 48_000)
+    return frame
+
+
 class Feed(MediaStreamTrack):
     """A track whose frames come from whatever :meth:`feed` gave it last (nothing: it
     waits), re-stamped on one timeline, so the browser's receiver never ends between
     calls. A source that ends leaves the feed waiting for the next."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, filler: bool = False) -> None:
         super().__init__()
         self.kind = kind
+        # filler: while it has no source (the page that gave it was closed) it sends
+        # black / silence at a steady pace instead of nothing, so the call's media go on
+        # until another page takes over.
+        self.filler = filler
+        self._last: av.AudioFrame | av.VideoFrame | None = None
         self._source: MediaStreamTrack | None = None
         self._changed = asyncio.Event()
         self._shift: int | None = None
@@ -153,8 +172,15 @@ class Feed(MediaStreamTrack):
             source = self._source
             if source is None:
                 self._changed.clear()
-                await self._changed.wait()
-                continue
+                if not self.filler:
+                    await self._changed.wait()
+                    continue
+                try:
+                    async with asyncio.timeout(FILL_AUDIO if self.kind == "audio" else FILL_VIDEO):
+                        await self._changed.wait()
+                    continue
+                except TimeoutError:
+                    return self._restamp(self._fill())
             try:
                 frame = await source.recv()
             except MediaStreamError:
@@ -162,7 +188,22 @@ class Feed(MediaStreamTrack):
                     self._source = None
                 continue
             if source is self._source and isinstance(frame, av.AudioFrame | av.VideoFrame):
+                self._last = frame
                 return self._restamp(frame)
+
+    def _fill(self) -> av.AudioFrame | av.VideoFrame:
+        last = self._last
+        if self.kind == "video":
+            width, height = (
+                (last.width, last.height) if isinstance(last, av.VideoFrame) else (640, 480)
+            )
+            return black_frame(width, height)
+        if isinstance(last, av.AudioFrame):
+            quiet = silence_like(last)
+        else:
+            quiet = silence_like(_stereo_silence())
+        quiet.pts = None
+        return quiet
 
     def _restamp(self, frame: av.AudioFrame | av.VideoFrame) -> av.AudioFrame | av.VideoFrame:
         if isinstance(frame, av.VideoFrame):

@@ -322,7 +322,7 @@ class PageServer:
                 feed.stop()  # the last call's
             self._sending = {}
             for kind, track in page.bridge.local_tracks().items():
-                feed = Feed(kind)
+                feed = Feed(kind, filler=True)
                 feed.feed(track)
                 tracks[kind] = feed
             self._sending = dict(tracks)
@@ -356,7 +356,7 @@ class PageServer:
             tracks = page.bridge.local_tracks()
             if "video" not in tracks:
                 raise UsageError("the browser gives no camera")
-            feeds = {kind: self._sending.get(kind) or Feed(kind) for kind in tracks}
+            feeds = {kind: self._sending.get(kind) or Feed(kind, filler=True) for kind in tracks}
             for kind, feed in feeds.items():
                 feed.feed(tracks[kind])
             self._sending.update(feeds)
