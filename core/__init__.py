@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from core.relay.service import RelayVerdict
     from core.replies import REPLY_BUDGET, fit_reply
     from core.service import BaseService, ControlHandler, ControlMethods, Service
+    from core.tasks import cancel_and_wait, within
     from core.text import json_safe, safe_line, safe_text, unsafe_reason
     from core.types import NO_KEY_DATAGRAMS, EventSink, MeshServer, NodeEvent, PeerInfo
 
@@ -127,6 +128,8 @@ _EXPORTS: dict[str, str] = {
     "RetryPolicy": "core.outbox",
     "Scheduler": "core.outbox",
     "watch_reachable": "core.outbox",
+    "cancel_and_wait": "core.tasks",
+    "within": "core.tasks",
     "RelayVerdict": "core.relay.service",
     "DesktopNotifier": "core.desktop",
     "ConnectionLimiter": "core.limits",
@@ -194,6 +197,7 @@ __all__ = [
     "UnknownContact",
     "UsageError",
     "address_for_key",
+    "cancel_and_wait",
     "fit_reply",
     "is_mesh_address",
     "json_safe",
@@ -211,6 +215,7 @@ __all__ = [
     "unsafe_reason",
     "validate_alias",
     "watch_reachable",
+    "within",
 ]
 
 

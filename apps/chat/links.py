@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from apps.chat.connection import AckReceived, ChatConnection, ProtocolFault, RemoteError
 from apps.chat.wire import Ack
-from core import address_for_key
+from core import address_for_key, within
 
 __all__ = ["LinkError", "Links"]
 
@@ -68,7 +68,7 @@ class Links:
             link, reused = await self._link(dest, fresh=fresh)
             async with link.lock:
                 try:
-                    return await asyncio.wait_for(self._run(link, frames), self.ack_timeout)
+                    return await within(self._run(link, frames), self.ack_timeout)
                 except (OSError, EOFError, TimeoutError, LinkError, RuntimeError) as exc:
                     self._drop(dest, link)
                     if not reused or isinstance(exc, TimeoutError):
@@ -94,12 +94,12 @@ class Links:
 
     async def send_only(self, dest: bytes, raw: bytes, id_: bytes) -> None:
         """One envelope on a stream of its own, ack awaited briefly (typing notices)."""
-        reader, writer = await asyncio.wait_for(
+        reader, writer = await within(
             self.node.open_connection(address_for_key(dest), self.port), self.connect_timeout
         )
         link = _Link(reader, writer)
         try:
-            await asyncio.wait_for(self._run(link, [(raw, id_)]), 5.0)
+            await within(self._run(link, [(raw, id_)]), 5.0)
         finally:
             link.close()
 
@@ -110,7 +110,7 @@ class Links:
             self._links.move_to_end(dest)
             return link, True
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await within(
                 self.node.open_connection(address_for_key(dest), self.port),
                 self.connect_timeout,
             )
@@ -143,4 +143,4 @@ class Links:
             link.close()
         for link in links:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(link.writer.wait_closed(), 2.0)
+                await within(link.writer.wait_closed(), 2.0)

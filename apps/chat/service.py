@@ -53,6 +53,7 @@ from core import (
     UsageError,
     address_for_key,
     peer_address,
+    within,
 )
 
 __all__ = ["ChatService", "create_service"]
@@ -202,7 +203,7 @@ class ChatService(BaseService):
         await self.links.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                await within(self._server.wait_closed(), 5)
             self._server = None
         if self.store is not None:
             await self.store.close()
@@ -327,7 +328,7 @@ class ChatService(BaseService):
                 if first_by is not None:
                     wait = first_by - loop.time()
                 try:
-                    data = await asyncio.wait_for(reader.read(65536), max(wait, 0))
+                    data = await within(reader.read(65536), max(wait, 0))
                 except TimeoutError:
                     if first_by is not None:
                         self.refused["first-frame-timeout"] += 1
@@ -353,7 +354,7 @@ class ChatService(BaseService):
             with contextlib.suppress(asyncio.QueueFull):
                 answers.put_nowait(None)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(acker, 10)
+                await within(acker, 10)
             acker.cancel()
 
     @staticmethod

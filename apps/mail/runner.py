@@ -40,6 +40,7 @@ from core import (
     UsageError,
     parse_mail_address,
     watch_reachable,
+    within,
 )
 
 from .config import MailConfig
@@ -297,7 +298,7 @@ class QueueRunner:
                 opening = self.yggmail.open_connection(rcpt.key)
             else:
                 opening = self.connector.open_connection(rcpt.node_address, self.config.mesh_port)
-            reader, writer = await asyncio.wait_for(opening, timeout)
+            reader, writer = await within(opening, timeout)
         except (OSError, TimeoutError, MeshError) as exc:
             reason = str(exc) or type(exc).__name__
             await self._retry_or_relay(rcpt, batch, raws, f"cannot connect to {where}: {reason}")

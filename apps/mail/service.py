@@ -37,6 +37,7 @@ from core import (
     MeshError,
     MeshServer,
     PeerRateLimiter,
+    within,
 )
 
 from .config import MailConfig
@@ -267,7 +268,7 @@ class MailService:
             await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
         for server in self._servers:
             try:
-                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+                await within(server.wait_closed(), CLOSE_TIMEOUT)
             except TimeoutError:
                 log.warning("mail: a server did not close within %.0f s", CLOSE_TIMEOUT)
         self._servers.clear()

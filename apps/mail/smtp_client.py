@@ -21,6 +21,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from core import within
+
 from .message import normalize_crlf
 
 __all__ = [
@@ -484,10 +486,10 @@ async def run_session(
             # on a slow path (a 20 MB message over Python QUIC on a busy machine).
             for start in range(0, len(out), WRITE_SLICE):
                 writer.write(out[start : start + WRITE_SLICE])
-                await asyncio.wait_for(writer.drain(), timeout)
+                await within(writer.drain(), timeout)
             if txn.done:
                 break
-            data = await asyncio.wait_for(reader.read(65536), timeout)
+            data = await within(reader.read(65536), timeout)
             txn.receive_data(data)
     except TimeoutError:
         txn.connection_failed(f"no reply within {timeout:g} s in state {txn.state.value}")
@@ -496,5 +498,5 @@ async def run_session(
     finally:
         writer.close()
         with contextlib.suppress(TimeoutError, ConnectionError, OSError):
-            await asyncio.wait_for(writer.wait_closed(), 5.0)
+            await within(writer.wait_closed(), 5.0)
     return txn.outcomes

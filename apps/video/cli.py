@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from core import ControlClient, MeshError, UsageError, resolve_data_dir, safe_line
+from core import ControlClient, MeshError, UsageError, resolve_data_dir, safe_line, within
 from core.cli.names import Names, or_dash, short_key
 from core.cli.output import emit
 
@@ -223,7 +223,7 @@ class _Follower:
         done = await self._status()  # it may have ended before we listened
         while done is None:
             try:
-                event = await asyncio.wait_for(anext(stream), self._timeout())
+                event = await within(anext(stream), self._timeout())
             except TimeoutError:
                 await self._tick()
                 continue

@@ -42,6 +42,7 @@ from core import (
     parse_key,
     peer_address,
     peer_key,
+    within,
 )
 
 if TYPE_CHECKING:
@@ -276,7 +277,7 @@ class CallService(BaseService):
             self.sent_sdp.append(frame.sdp)
         try:
             writer.write(sig.encode_frame(frame))
-            await asyncio.wait_for(writer.drain(), self.config.idle_timeout)
+            await within(writer.drain(), self.config.idle_timeout)
         except (ConnectionError, OSError, TimeoutError) as exc:
             log.info("call %s: signaling write failed: %s", session.call.id[:8], exc)
 
@@ -302,7 +303,7 @@ class CallService(BaseService):
         assert reader is not None
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(65536), self.config.idle_timeout)
+                data = await within(reader.read(65536), self.config.idle_timeout)
             except TimeoutError:
                 call.fire(sig.Trigger.FAIL, result="failed", detail="the peer went silent")
                 return
@@ -349,7 +350,7 @@ class CallService(BaseService):
     async def _media_watch(self, session: _Session) -> None:
         call = session.call
         try:
-            await asyncio.wait_for(call.connected.wait(), self.config.connect_timeout)
+            await within(call.connected.wait(), self.config.connect_timeout)
         except TimeoutError:
             await self._send(session, sig.Hangup(call.id, "failed", "media did not connect"))
             call.fire(sig.Trigger.FAIL, result="failed", detail="media did not connect")
