@@ -367,14 +367,15 @@ class RelayService:
         await self.db.forget_using(relay)
 
     async def announce(self) -> None:
-        """Tell every contact (not blocked) which relays we use now."""
+        """Tell every trusted contact which relays we use now (not strangers who only
+        wrote to us: where we fetch is no business of theirs)."""
         assert self.records is not None
         identity = self._identity()
         relays = [u.relay for u in await self.db.using() if u.state is UseState.ENROLLED]
         stamp = await self.db.next_record_time(int(self.clock() * 1000))
         record = sign_record(identity, RecordKind.ANNOUNCE, stamp, relays[:8])
         for contact in await self.node.contacts.list():
-            if contact.trust is not Trust.BLOCKED:
+            if contact.trust is Trust.TRUSTED:
                 await self.records.put(contact.key, record, ref=f"{stamp}-{contact.key.hex()}")
 
     async def _announce_to(self, contact: bytes) -> None:
@@ -527,8 +528,10 @@ class RelayService:
                     await self._wake.wait()
 
     async def _watch_contacts(self) -> None:
-        async with self.node.events.subscribe(("contact.added",)) as sub:
+        async with self.node.events.subscribe(("contact.added", "contact.changed")) as sub:
             async for event in sub:
+                if event.data.get("trust") != Trust.TRUSTED.value:
+                    continue  # a stranger who wrote, or someone blocked: not told
                 with contextlib.suppress(ValueError, MeshError):
                     await self._announce_to(bytes.fromhex(str(event.data.get("key"))))
 

@@ -168,3 +168,28 @@ async def test_use_of_an_unreachable_relay_is_pending_and_says_so(tmp_path: Path
             await a.service.use(nobody)
         [using] = (await a.service.status())["using"]
         assert using == {"key": nobody.hex(), "alias": None, "state": "pending", "last_fetch": None}
+
+
+async def test_only_trusted_contacts_hear_which_relays_we_use(tmp_path: Path) -> None:
+    async with Crowd(tmp_path) as crowd:
+        a, _, r = await enrolled_pair(crowd)
+        (stranger,) = await crowd.add(1)
+        await stranger.node.contacts.add(a.key, "alice")  # it would keep A's record
+        await a.node.contacts.seen(stranger.key)  # it wrote to A: unknown there
+        await r.service.allow(stranger.key)
+        await stranger.service.use(r.key)
+        assert a.service.records is not None
+        await a.service.announce()
+
+        async def all_sent() -> bool:
+            assert a.service.records is not None
+            return await a.service.records.count() == 0
+
+        await until(all_sent)  # B was told (and the stranger would have been by now)
+        assert await stranger.service.db.contact_relays(a.key) == {}
+        await a.node.contacts.add(stranger.key, "accepted")  # trusted now: told at once
+
+        async def stranger_heard() -> bool:
+            return (await stranger.service.db.contact_relays(a.key)).get(a.key) == [r.key]
+
+        await until(stranger_heard)
