@@ -21,8 +21,14 @@ class ChatConfig:
     retry_initial: float = 10.0  # s before the first retry (peer.up/session.up retry at once)
     retry_max: float = 900.0
     max_queued: int = 100_000  # outbox entries
-    rate_burst: int = 2000  # envelopes a peer may send at once ...
-    rate_per_minute: int = 120_000  # ... and sustained
+    rate_burst: int = 1000  # envelopes a peer may send at once ...
+    rate_per_minute: int = 6000  # ... and sustained (100/s: an offline queue drains fast)
+    # Strangers (not a trusted contact, conversation not accepted): a small request.
+    stranger_rate_burst: int = 10  # envelopes a stranger may send at once ...
+    stranger_rate_per_minute: int = 20  # ... and sustained
+    stranger_messages: int = 5  # messages one stranger may leave until accepted ...
+    stranger_bytes: int = 32 * 1024  # ... and bytes of text
+    strangers_total_bytes: int = 8 * 1024 * 1024  # all strangers' waiting text together
     conns_per_peer: int = 4
     conns_total: int = 128
     idle_timeout: float = 300.0  # s an incoming stream may stay silent

@@ -225,6 +225,7 @@ class ChatControl:
             await self.s.contacts.add(key)
         await self.s.db.set_flag(key, "accepted", True)
         await self.s.db.set_flag(key, "request", False)
+        self.s.stranger_bytes = await self.s.db.stranger_bytes()  # no longer a stranger's
         self._changed(key, accepted=True, request=False, trust="trusted")
         return {"key": key.hex(), "trust": "trusted"}
 

@@ -116,6 +116,12 @@ class ChatService(BaseService):
         # Security records: at most 5 at once and 5 a minute per source *address* (a
         # stranger claiming a fresh key in each frame is still one address), and 30 a
         # minute for the whole node; the store bounds what is kept (store.py).
+        self._strangers = PeerRateLimiter(
+            burst=config.stranger_rate_burst,
+            per_minute=config.stranger_rate_per_minute,
+            max_peers=4096,
+        )
+        self.stranger_bytes = 0  # strangers' waiting text on disk (start: from the store)
         self._records = PeerRateLimiter(burst=5, per_minute=5, max_peers=4096)
         self._all_records = PeerRateLimiter(burst=30, per_minute=30, max_peers=1)
         self._conns = ConnectionLimiter(per_peer=config.conns_per_peer, total=config.conns_total)
@@ -165,6 +171,7 @@ class ChatService(BaseService):
                 max_batch=200,
             )
             await self._requeue()
+            self.stranger_bytes = await self.store.stranger_bytes()
             self._server = await self.node.start_server(self._incoming, self.config.port)
             self.port = int(getattr(self._server, "port", self.config.port))
             relay = getattr(self.node, "relay", None)
@@ -284,6 +291,7 @@ class ChatService(BaseService):
         while True:
             with contextlib.suppress(MeshError):
                 await self.db.prune_seen(self.clock())
+                self.stranger_bytes = await self.db.stranger_bytes()
             await asyncio.sleep(3600)
 
     # -- incoming streams -------------------------------------------------------------
@@ -419,16 +427,39 @@ class ChatService(BaseService):
         trust = trust_of(contact)
         if trust == "blocked":  # dropped; the sender is told nothing
             return Refusal.OK, ""
+        # A stranger: not a trusted contact, and a conversation we neither accepted nor
+        # started (writing to someone accepts their answers and receipts).
+        stranger = trust != "trusted"
+        if stranger:
+            conversation = await store.conversation(env.sender)
+            stranger = conversation is None or not conversation["accepted"]
+        if stranger:
+            refused = self._stranger_refusal(source, env)
+            if refused is not None:
+                self._count(refused[0], f"from {source}: {refused[1]}")
+                return refused
         if env.kind is Kind.TYPING:
             self._publish("chat.typing", {"conversation": env.sender.hex(), "active": env.active})
             return Refusal.OK, ""
+        config = self.config
         return Incoming(
             env,
             received=now,
             keep_until=now + self.config.expiry + 2 * self.config.skew,
             pin=verdict.pin,
-            request=trust != "trusted",
+            request=stranger,
+            quota=(config.stranger_messages, config.stranger_bytes) if stranger else None,
         )
+
+    def _stranger_refusal(self, source: Any, env: Envelope) -> tuple[Refusal, str] | None:
+        """Why a stranger's envelope is refused for now (temporary codes: the sender
+        retries later, and gets through once accepted), or None."""
+        if not self._strangers.allow(source):
+            return Refusal.RATE_LIMITED, "slow down: a message request is a few messages"
+        budget = self.config.strangers_total_bytes
+        if env.kind is Kind.TEXT and self.stranger_bytes + len(env.body) > budget:
+            return Refusal.BUSY, "the receiver holds no more message requests for now"
+        return None
 
     async def _commit(self, item: Incoming, conn: ChatConnection) -> bytes:
         return conn.send_ack(item.envelope.id, *await self._store(item))
@@ -441,6 +472,11 @@ class ChatService(BaseService):
         except Exception as exc:
             log.warning("chat: could not store %s: %s", env.id.hex(), exc)
             return Refusal.BUSY, "the receiver could not store it"
+        if stored.over_quota:
+            self._count(Refusal.BUSY, f"request of {env.sender.hex()[:16]} is full")
+            return Refusal.BUSY, "your message request is full until you are accepted"
+        if item.quota is not None and stored.message is not None and not stored.accepted:
+            self.stranger_bytes += len(env.body)
         if stored.duplicate:
             self._count(Refusal.REPLAY, f"message {env.id.hex()} (already stored)")
             return Refusal.REPLAY, "already received"

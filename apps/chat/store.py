@@ -124,6 +124,7 @@ class Incoming:
     keep_until: float
     pin: bool
     request: bool
+    quota: tuple[int, int] | None = None  # a stranger's (messages, bytes) until accepted
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Stored:
     states: tuple[dict[str, Any], ...] = ()  # outgoing messages a receipt moved
     request: bool = False  # the conversation became a message request
     accepted: bool = False  # the person accepted the conversation (receipts may go)
+    over_quota: bool = False  # a stranger's request is full: nothing stored, not seen
 
 
 def _fts_query(text: str) -> str:
@@ -363,6 +365,15 @@ class ChatStore:
             )
         return out
 
+    async def stranger_bytes(self) -> int:
+        """Bytes of text received in conversations not accepted (strangers' requests)."""
+        rows = await self._all(
+            "SELECT COALESCE(SUM(length(CAST(m.body AS BLOB))), 0) FROM conversations c "
+            "JOIN messages m ON m.conversation = c.key AND m.direction = 'in' "
+            "WHERE c.accepted = 0"
+        )
+        return int(rows[0][0])
+
     async def keys_starting(self, prefix: str, limit: int = 2) -> list[str]:
         """Up to ``limit`` conversation keys (hex) that start with ``prefix`` (hex)."""
         rows = await self._all(
@@ -505,8 +516,28 @@ def _move(
     return changed
 
 
+def _over_quota(conn: sqlite3.Connection, item: Incoming) -> bool:
+    """A stranger's text beyond its request quota (checked in the transaction that
+    would store it, so pipelined envelopes cannot overshoot it)."""
+    if item.quota is None or item.envelope.kind is not Kind.TEXT:
+        return False
+    sender = item.envelope.sender
+    row = conn.execute("SELECT accepted FROM conversations WHERE key = ?", (sender,)).fetchone()
+    if row is not None and row[0]:
+        return False
+    count, size = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(length(CAST(body AS BLOB))), 0) FROM messages "
+        "WHERE conversation = ? AND direction = 'in'",
+        (sender,),
+    ).fetchone()
+    messages, limit = item.quota
+    return bool(count >= messages or size + len(item.envelope.body) > limit)
+
+
 def _commit_one(conn: sqlite3.Connection, item: Incoming) -> Stored:
     env = item.envelope
+    if _over_quota(conn, item):
+        return Stored(over_quota=True)
     cur = conn.execute(
         "INSERT INTO seen (id, until) VALUES (?, ?) ON CONFLICT DO NOTHING",
         (env.id, item.keep_until),
@@ -527,7 +558,7 @@ def _commit_one(conn: sqlite3.Connection, item: Incoming) -> Stored:
         return Stored(states=tuple(_move(conn, env.ids, "read", None, _READ_FROM, peer=env.sender)))
     seq = _insert_message(conn, env, "in", env.sender, item.received, "received", item.received)
     existing = conn.execute("SELECT 1 FROM conversations WHERE key = ?", (env.sender,)).fetchone()
-    _touch(conn, env.sender, seq, item.received)
+    _touch(conn, env.sender, seq, item.received, accept=not item.request)  # a contact's
     request = existing is None and item.request
     if request:
         conn.execute("UPDATE conversations SET request = 1 WHERE key = ?", (env.sender,))

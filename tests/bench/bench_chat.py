@@ -46,7 +46,10 @@ async def _node(root: Path, name: str, peers: tuple[str, ...] = ()) -> tuple[Nod
         NodeConfig(data_dir=root / name, backend="embedded", listen=listen, peers=peers),
         Identity.generate(),
     )
-    chat = ChatService(node, ChatConfig(), root / name)
+    # Throughput is measured, not the per-contact rate policy (defaults: 1000 at once,
+    # 100/s): the burst would wait on rate-limit retries.
+    config = ChatConfig(rate_burst=1_000_000, rate_per_minute=60_000_000)
+    chat = ChatService(node, config, root / name)
     await chat.start()
     return node, chat
 

@@ -3,6 +3,7 @@ including kill -9 of the sender with 20 messages queued."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from apps.chat.store import DB_FILE, ChatStore
 from tests.chat.procs import ChatProcess, mesh, node_key
 
 pytestmark = pytest.mark.timeout(300)
@@ -98,11 +100,22 @@ def test_send_wait_times_out_with_exit_1_and_the_reason(tmp_path: Path) -> None:
         a.stop()
 
 
+async def _accepted(data: Path, key: str) -> None:
+    (data / "chat").mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = await ChatStore.open(data / "chat" / DB_FILE)
+    try:
+        await store.set_flag(bytes.fromhex(key), "accepted", True)
+    finally:
+        await store.close()
+
+
 def test_twenty_queued_messages_survive_kill_9_and_arrive_once_in_order(
     tmp_path: Path,
 ) -> None:
     b_data = tmp_path / "b"
     kb = node_key(b_data)  # B exists, but is down
+    # ... and has accepted A (more than a stranger's few-message request)
+    asyncio.run(_accepted(b_data, node_key(tmp_path / "a")))
     a = ChatProcess(tmp_path / "a", "--listen", "tcp://127.0.0.1:0")
     ids = []
     try:
@@ -121,10 +134,10 @@ def test_twenty_queued_messages_survive_kill_9_and_arrive_once_in_order(
             assert [m["id"] for m in got] == ids
             assert [m["body"] for m in got] == [f"queued {i}" for i in range(20)]
 
-            def all_stored() -> bool:  # acked by B (no receipt: A is a stranger to B)
-                return all(m["state"] == "sent" for m in history(a.data, kb))
+            def all_delivered() -> bool:  # B accepted A: receipts come back
+                return all(m["state"] == "delivered" for m in history(a.data, kb))
 
-            _until("all acknowledged at A", all_stored, timeout=120)
+            _until("all delivered at A", all_delivered, timeout=120)
         finally:
             b.stop()
     finally:

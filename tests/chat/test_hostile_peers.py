@@ -156,3 +156,61 @@ async def settle_async(what: str, probe: object, timeout: float = 20.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{what}: still not so after {timeout} s")
+
+
+async def test_a_stranger_leaves_a_small_request_then_waits_to_be_accepted(
+    tmp_path: Path,
+) -> None:
+    """Finding 4: until accepted, a stranger may leave ``stranger_messages`` messages
+    (and ``stranger_bytes``); further ones get a temporary refusal (the sender's outbox
+    retries), and get through once the person accepts."""
+    async with ChatNet(tmp_path) as net:
+        b = await net.start(stranger_messages=3, stranger_bytes=100_000)
+        c = await _intruder(net, b)
+        got = [(await c.send(c.envelope(body=f"knock {i}".encode())))[0] for i in range(5)]
+        assert got == [Refusal.OK] * 3 + [Refusal.BUSY] * 2  # was: all stored
+        assert Refusal.BUSY.temporary
+        shown = await b.call("chat.history", contact=c.identity.public_key.hex())
+        assert [m["body"] for m in shown["messages"]] == ["knock 0", "knock 1", "knock 2"]
+        await b.call("chat.accept", contact=c.identity.public_key.hex())
+        assert (await c.send(c.envelope(body=b"accepted now")))[0] is Refusal.OK
+
+
+async def test_strangers_share_one_disk_budget_and_contacts_still_get_through(
+    tmp_path: Path,
+) -> None:
+    async with ChatNet(tmp_path) as net:
+        b = await net.start(strangers_total_bytes=2500)
+        a = await net.start()
+        await net.befriend(a, b)
+        intruders = [await _intruder(net, b) for _ in range(3)]
+        codes = [(await c.send(c.envelope(body=b"x" * 1000)))[0] for c in intruders]
+        assert codes == [Refusal.OK, Refusal.OK, Refusal.BUSY]
+        assert b.chat.stranger_bytes <= 2500
+        sent = await a.call("chat.send", contact=b.key.hex(), body="a contact, unaffected")
+        await settle(
+            "the contact's message delivered",
+            lambda: a.seen(
+                "chat.state", lambda d: d["id"] == sent["id"] and d["state"] == "delivered"
+            ),
+        )
+
+
+async def test_a_stranger_is_rate_limited_typing_frames_included(tmp_path: Path) -> None:
+    async with ChatNet(tmp_path) as net:
+        b = await net.start(stranger_rate_burst=3, stranger_rate_per_minute=1)
+        c = await _intruder(net, b)
+        typing = [
+            Envelope.build(
+                Kind.TYPING,
+                sender=c.identity.public_key,
+                signer=c.identity.public_key,
+                recipient=b.key,
+                sent_ms=int(time.time() * 1000) + i,
+                body=b"\x01",
+                sign=c.identity.sign,
+            )
+            for i in range(5)
+        ]
+        codes = [(await c.send(env))[0] for env in typing]
+        assert codes == [Refusal.OK] * 3 + [Refusal.RATE_LIMITED] * 2

@@ -137,6 +137,7 @@ async def test_long_conversation_on_a_real_node_opens_at_the_newest(tmp_path: Pa
     from .nodes import chat_nodes
 
     async with chat_nodes(tmp_path, 2) as (a, b):
+        await a.call("chat.accept", contact=b.key)  # more than a stranger's request
         for i in range(299):
             await b.call("chat.send", contact=a.key, body=f"message number {i}")
         await b.call("chat.send", contact=a.key, body=NEWEST)

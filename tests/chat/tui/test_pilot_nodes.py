@@ -101,6 +101,7 @@ async def test_unread_counts_rise_in_another_conversation_and_reset_on_open(
 
 async def test_search_jumps_to_a_hit_in_an_older_page(tmp_path: Path) -> None:
     async with chat_nodes(tmp_path, 2) as (a, b):
+        await a.call("chat.accept", contact=b.key)  # more than a stranger's request
         await b.call("chat.send", contact=a.key, body="the needle is here")
         for i in range(60):
             await b.call("chat.send", contact=a.key, body=f"hay {i}")
