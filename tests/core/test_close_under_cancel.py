@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import sqlite3
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from core import AppDatabase, Delivered, DeliveryResult, Outbox, OutboxEntry, Retry, RetryPolicy
+from core.embedded import NetworkConfig, PacketNetwork
 from core.outbox import Scheduler
 from core.tasks import cancel_and_wait, within
 
@@ -175,3 +177,37 @@ async def test_outbox_and_database_close_at_random_moments_lose_nothing(tmp_path
     other.close()
     assert acked, "no put was acknowledged"
     assert acked <= delivered | queued
+
+
+@pytest.mark.slow
+async def test_embedded_links_close_at_random_moments() -> None:
+    """Two embedded networks on loopback, a static peer and traffic; remove_peer and
+    close land at random moments (mid-dial, mid-handshake, mid-traffic), 20 rounds: each
+    returns and leaves no task of theirs behind."""
+    rng = random.Random(2626)
+    for _ in range(20):
+        config = NetworkConfig(backoff_min=0.01)
+        server, client = PacketNetwork(os.urandom(32)), PacketNetwork(os.urandom(32), config=config)
+        await server.start()
+        await client.start()
+        uri = await server.listen(rng.choice(["tcp", "tls"]) + "://127.0.0.1:0")
+        await client.add_peer(uri)
+
+        async def chatter(client: PacketNetwork = client, server: PacketNetwork = server) -> None:
+            while True:
+                client.send(server.public_key, b"x" * 100)
+                await asyncio.sleep(0)
+
+        load = asyncio.get_running_loop().create_task(chatter())
+        for _ in range(rng.randrange(0, 400)):
+            await asyncio.sleep(0)
+        if rng.random() < 0.5:
+            await _closes("remove_peer", client.remove_peer(uri))
+        load.cancel()
+        await _closes("client.close", client.close())
+        await _closes("server.close", server.close())
+        await asyncio.wait({load}, timeout=HANG)
+        assert load.done()
+        await asyncio.sleep(0)  # tasks that have just ended leave the set
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not left, f"tasks left running: {left}"
