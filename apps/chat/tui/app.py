@@ -61,6 +61,7 @@ JUMP_PAGE = 500  # messages per request when walking back to a search hit
 MAX_JUMP_PAGES = 400
 NARROW = 70  # columns below which the conversation list shrinks to a share
 SECURITY_PAGE = 200  # unacknowledged security records held by the UI
+NOTIFY_EVERY = 5.0  # s: one bell and one toast per conversation (or kind) at most
 
 
 def _key_from(text: str) -> str | None:
@@ -137,6 +138,7 @@ class ChatApp(App[int]):
         self.current: str | None = None
         self.security: dict[str, SecurityRecord] = {}
         self.security_unacked = 0
+        self._notified: dict[str, float] = {}  # what -> when it last rang (monotonic)
         self.typing_until: dict[str, float] = {}
         self.reply_to: ChatMessage | None = None
         self.hits: list[ChatMessage] = []
@@ -385,7 +387,7 @@ class ChatApp(App[int]):
             self.security_unacked += 0 if record.acknowledged else 1
             while len(self.security) > SECURITY_PAGE:
                 self.security.pop(next(iter(self.security)))
-            if not record.acknowledged:
+            if not record.acknowledged and self._may_notify(f"security {record.key}"):
                 self.bell()
                 self.notify(
                     f"security: {record.kind} for {self.name_of(record.key)}",
@@ -395,7 +397,8 @@ class ChatApp(App[int]):
             self._update_bars()
             self._schedule_refresh()
         elif kind == "chat.request":
-            self.notify(f"message request from {short_key(str(data.get('key')))}")
+            if self._may_notify("request"):
+                self.notify(f"message request from {short_key(str(data.get('key')))}")
             self._schedule_refresh()
         elif kind == "call.incoming":
             who = self.name_of(str(data.get("peer") or ""))
@@ -421,10 +424,27 @@ class ChatApp(App[int]):
         conv = self.conversations.get(message.conversation)
         if conv is not None and conv.muted:
             return
+        if not self._may_notify(f"message {message.conversation}"):
+            return  # one bell and one toast per conversation per NOTIFY_EVERY s
         self.bell()
         self.notify(
             preview(message.body, 60), title=f"from {self.name_of(message.conversation)}", timeout=5
         )
+
+    def _may_notify(self, what: str) -> bool:
+        """Coalesce notifications: at most one per ``what`` every NOTIFY_EVERY seconds (a
+        flood rings once, and the toasts never pile up); the table stays bounded."""
+        now = time.monotonic()
+        last = self._notified.get(what)
+        if last is not None and now - last < NOTIFY_EVERY:
+            return False
+        self._notified[what] = now
+        if len(self._notified) > 512:
+            for key in [k for k, t in self._notified.items() if now - t >= NOTIFY_EVERY]:
+                del self._notified[key]
+            while len(self._notified) > 512:
+                self._notified.pop(next(iter(self._notified)))
+        return True
 
     def _mark_read_soon(self) -> None:
         if not self._read_pending:

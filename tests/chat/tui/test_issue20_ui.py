@@ -60,3 +60,21 @@ async def test_typing_ahead_sends_each_line_once_as_typed() -> None:
         sent = [p["body"] for m, p in chat.calls if m == "chat.send"]
         assert sent == ["m1", "m2", "m3"]  # was m1, m1m2, m1m2m3
         assert app.query_one(Composer).text == ""
+
+
+async def test_a_flood_in_another_conversation_rings_once_and_stacks_one_toast() -> None:
+    """Issue 20 finding 9 (in part): notifications are coalesced per conversation."""
+    from .scripted import BOB, message
+
+    chat = scene()
+    app = ChatApp(chat, contact="alice", tz=UTC)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await app.ready.wait()
+        bells: list[int] = []
+        app.bell = lambda: bells.append(1)  # type: ignore[method-assign]
+        for i in range(200):
+            chat.push("chat.message", message(1000 + i, BOB, f"flood {i}", ts=T0 + i))
+        for _ in range(50):
+            await pilot.pause(0.05)
+        assert len(bells) == 1  # was 200
+        assert len(app._notifications) == 1
