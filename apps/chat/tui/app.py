@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import tzinfo
 from pathlib import Path
@@ -61,6 +61,7 @@ JUMP_PAGE = 500  # messages per request when walking back to a search hit
 MAX_JUMP_PAGES = 400
 NARROW = 70  # columns below which the conversation list shrinks to a share
 SECURITY_PAGE = 200  # unacknowledged security records held by the UI
+RECONNECT_MAX = 5.0  # s between attempts to reach a node that went away
 NOTIFY_EVERY = 5.0  # s: one bell and one toast per conversation (or kind) at most
 
 
@@ -123,10 +124,12 @@ class ChatApp(App[int]):
         clock: Callable[[], float] = time.time,
         page_size: int = 200,
         freeze_gc: bool = False,
+        reconnect: Callable[[], Awaitable[ChatBackend]] | None = None,
     ) -> None:
         super().__init__()
         self.freeze_gc = freeze_gc
         self.client = client
+        self._connect_again = reconnect
         self.initial_contact = contact
         self.tz = tz
         self.clock = clock
@@ -418,7 +421,33 @@ class ChatApp(App[int]):
             self._schedule_refresh()
 
     def on_connection_lost(self, event: ConnectionLost) -> None:
-        self.set_status(f"disconnected: {event.reason} — restart `mesh chat`", error=True)
+        if self._connect_again is None:
+            self.set_status(f"disconnected: {event.reason} — restart `mesh chat`", error=True)
+            return
+        self.set_status(f"reconnecting… (disconnected: {event.reason})", error=True)
+        self._reconnect()
+
+    @work(exclusive=True, group="reconnect")
+    async def _reconnect(self) -> None:
+        """Connect to the node again by itself (it restarted), every 0.5 s growing to
+        5 s, for as long as the UI runs; then load everything again and say so."""
+        assert self._connect_again is not None
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+            try:
+                client = await self._connect_again()
+                await client.call("chat.info")
+            except (MeshError, OSError):
+                continue
+            old, self.client = self.client, client
+            with contextlib.suppress(Exception):
+                await old.close()
+            self.initial_contact = self.current or self.initial_contact
+            self.set_status("reconnected to the node")
+            self._start()
+            return
 
     def _notify_message(self, message: ChatMessage) -> None:
         conv = self.conversations.get(message.conversation)
@@ -917,15 +946,22 @@ def main(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         client, _started = await connect(data_dir, start)  # the node outlives this process
+        app: ChatApp | None = None
         try:
             try:
                 await client.call("chat.info")
             except MeshError as exc:
                 raise MeshError(f"the node runs without the chat service: {exc}") from None
-            app = ChatApp(client, contact=contact, freeze_gc=True)
+
+            async def again() -> ChatBackend:
+                return await ChatClient.connect(data_dir / "control.sock")
+
+            app = ChatApp(client, contact=contact, freeze_gc=True, reconnect=again)
             code = await app.run_async()
             return code or 0
         finally:
             await client.close()
+            if app is not None and app.client is not client:
+                await app.client.close()
 
     return asyncio.run(run())

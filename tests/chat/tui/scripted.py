@@ -20,6 +20,7 @@ OWN = "a1" * 32
 ALICE = "b2" * 32
 BOB = "c3" * 32
 MALLORY = "d4" * 32
+HANG_UP = "__hang_up__"
 T0 = 1_764_750_000.0  # 2025-12-03 08:20 UTC
 
 
@@ -96,7 +97,14 @@ class ScriptedChat:
 
     async def _events(self, queue: asyncio.Queue[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         while True:
-            yield await queue.get()
+            event = await queue.get()
+            if event.get("event") == HANG_UP:
+                raise MeshError("the node closed the control connection")
+            yield event
+
+    def hang_up(self) -> None:
+        """The node went away (its event stream ends)."""
+        self.push(HANG_UP, None)
 
     async def close(self) -> None:
         pass

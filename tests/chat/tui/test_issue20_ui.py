@@ -9,10 +9,17 @@ import pytest
 
 from apps.chat.tui.app import SECURITY_PAGE, ChatApp
 from apps.chat.tui.widgets.composer import Composer
+from core import MeshError
 
-from .scripted import ALICE, T0, scene
+from .scripted import ALICE, T0, ScriptedChat, scene
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def held(app: ChatApp) -> str:
+    from apps.chat.tui.widgets.message_log import MessageLog
+
+    return "\n".join(m.body for m in app.query_one(MessageLog).window.messages)
 
 
 async def test_security_command_counts_and_acknowledges() -> None:
@@ -78,3 +85,30 @@ async def test_a_flood_in_another_conversation_rings_once_and_stacks_one_toast()
             await pilot.pause(0.05)
         assert len(bells) == 1  # was 200
         assert len(app._notifications) == 1
+
+
+async def test_the_ui_reconnects_by_itself_when_the_node_comes_back() -> None:
+    """Issue 20 finding 10: the node restarted; the UI reconnects and says so."""
+    from .scripted import ALICE, message
+
+    first, second = scene(), scene()
+    second.add(message(500, ALICE, "said while you were away", ts=T0 + 900))
+    attempts: list[int] = []
+
+    async def again() -> ScriptedChat:
+        attempts.append(1)
+        if len(attempts) < 2:
+            raise MeshError("no node yet")  # still restarting
+        return second
+
+    app = ChatApp(first, contact="alice", tz=UTC, reconnect=again)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await app.ready.wait()
+        first.hang_up()
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.client is second and "said while you were away" in held(app):
+                break
+        assert app.client is second and len(attempts) == 2
+        assert "said while you were away" in held(app)
+        assert "reconnected" in str(app.query_one("#status").render())

@@ -141,3 +141,29 @@ async def test_mesh_chat_in_tmux_sends_and_receives(tmp_path: Path) -> None:
                     _tmux("kill-session", "-t", session)
                 await b_client.close()
                 await a_client.close()
+
+
+async def test_mesh_chat_in_tmux_reconnects_after_the_node_restarts(tmp_path: Path) -> None:
+    """Issue 20 finding 10: the node restarts under an open `mesh chat`; it reconnects
+    by itself and says so (a real terminal, a real `mesh up`)."""
+    require(shutil.which("tmux") is not None, "tmux is not installed (Debian package tmux)")
+    a_dir = tmp_path / "a"
+    a_dir.mkdir()
+    a = _mesh_up(a_dir)
+    session = f"tu-reco-{os.getpid()}"
+    with _stopping(a):
+        client = await _client(a_dir)
+        await client.close()
+        command = " ".join([*MESH, "--data-dir", str(a_dir), "chat"])
+        _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "36", command)
+        try:
+            await _screen_shows(session, "Conversations")
+            a.terminate()
+            a.wait(timeout=20)
+            await _screen_shows(session, "reconnecting")
+            again = _mesh_up(a_dir)
+            with _stopping(again):
+                await _screen_shows(session, "reconnected to the node", timeout=60)
+        finally:
+            with contextlib.suppress(Exception):
+                _tmux("kill-session", "-t", session)
