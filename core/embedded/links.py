@@ -49,8 +49,11 @@ SCHEMES = tuple(BUILTIN)
 # whatever frames a fast peer sends right after it.
 EARLY_LIMIT = 64 * 1024
 # Stream reads land in one buffer per link, reused for every read (asyncio's default is
-# a fresh 256 KiB bytes object per read, an mmap and munmap each time).
-RECV_BUFFER = 64 * 1024
+# a fresh 256 KiB bytes object per read, an mmap and munmap each time). As large as
+# asyncio's reads once the link is up (a bulk transfer's frames are up to 128 KiB);
+# small while a connection is still handshaking (a flood of them costs little).
+RECV_BUFFER = 256 * 1024
+HANDSHAKE_RECV_BUFFER = 4 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +260,7 @@ class LinkConnection(asyncio.BufferedProtocol, asyncio.Protocol):
         # decrypted bytes to data_received before start_tls returns): held, bounded, then
         # read in order once our own meta is sent.
         self._early = bytearray()
-        self._recv = memoryview(bytearray(RECV_BUFFER))
+        self._recv = memoryview(bytearray(HANDSHAKE_RECV_BUFFER))
         self.transport: asyncio.Transport | None = None
         self.meta: Meta | None = None
         self.remote = ""
@@ -327,6 +330,8 @@ class LinkConnection(asyncio.BufferedProtocol, asyncio.Protocol):
             self.data_received(early)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.established and len(self._recv) < RECV_BUFFER:
+            self._recv = memoryview(bytearray(RECV_BUFFER))
         return self._recv
 
     def buffer_updated(self, nbytes: int) -> None:
