@@ -177,6 +177,8 @@ class ChatApp(App[int]):
 
     def on_resize(self, event: events.Resize) -> None:
         self.set_class(event.size.width < NARROW, "narrow")
+        with contextlib.suppress(NoMatches):
+            self.call_after_refresh(self._header)
 
     async def on_mount(self) -> None:
         self.set_class(self.size.width < NARROW, "narrow")
@@ -304,11 +306,12 @@ class ChatApp(App[int]):
         online = "● online" if conv and conv.online else "○ offline"
         typing = "  typing…" if self.typing_until.get(self.current, 0) > self.clock() else ""
         muted = "  (muted)" if conv and conv.muted else ""
-        header.update(
-            safe_line(
-                f"{self.name_of(self.current)}  {online}{muted}{typing}   {self.current}@mesh"
-            )
-        )
+        head = f"{self.name_of(self.current)}  {online}{muted}{typing}"
+        address = f"{self.current}@mesh"
+        room = header.size.width or max(self.size.width - 36, 20)  # before the first layout
+        if len(head) + 3 + len(address) > room:  # narrow: the key's start and end
+            address = f"{short_key(self.current)}@mesh"
+        header.update(safe_line(f"{head}   {address}"))
 
     def _update_bars(self) -> None:
         mine = [r for r in self.security.values() if r.key == self.current]
@@ -706,6 +709,12 @@ class ChatApp(App[int]):
                 await self._call_ok(
                     f"contacts.{name}", f"{name}ed {self.name_of(target)}", contact=target
                 )
+                with contextlib.suppress(MeshError):
+                    await self.refresh_conversations()  # a blocked request is no request
+                if name == "block" and target in self.conversations:
+                    conv = self.conversations[target]
+                    self.conversations[target] = replace(conv, request=False)
+                self._update_bars()
         elif name in ("accept", "ignore"):
             target = await self._target(args)
             if target:

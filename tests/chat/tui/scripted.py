@@ -185,6 +185,12 @@ class ScriptedChat:
             key = self._key(params)
             self.requests.discard(key)
             return {"key": key, "trust": "trusted" if method == "chat.accept" else "unknown"}
+        if method in ("contacts.block", "contacts.unblock"):
+            key = self._key(params)
+            self.requests.discard(key)
+            self.contacts.setdefault(key, {"key": key, "alias": None, "trust": "unknown"})
+            self.contacts[key]["trust"] = "blocked" if method == "contacts.block" else "unknown"
+            return self.contacts[key]
         if method == "contacts.list":
             return list(self.contacts.values())
         if method == "contacts.add":

@@ -112,3 +112,26 @@ async def test_the_ui_reconnects_by_itself_when_the_node_comes_back() -> None:
         assert app.client is second and len(attempts) == 2
         assert "said while you were away" in held(app)
         assert "reconnected" in str(app.query_one("#status").render())
+
+
+async def test_block_hides_the_request_bar_and_the_header_fits_120_columns() -> None:
+    """Issue 20 finding 11 (two of them): after /block the request bar goes; at 120
+    columns the header's address is not cut (the key's start and end are shown)."""
+    from apps.chat.tui.widgets.banner import RequestBar
+
+    from .scripted import MALLORY
+
+    chat = scene()
+    app = ChatApp(chat, contact=MALLORY, tz=UTC)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await app.ready.wait()
+        await pilot.pause()
+        assert app.query_one(RequestBar).display
+        header = app.query_one("#header").render_line(0).text.rstrip()
+        assert header.endswith("@mesh"), header
+        composer = app.query_one(Composer)
+        composer.focus()
+        composer.load_text("/block")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not app.query_one(RequestBar).display
