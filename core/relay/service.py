@@ -480,7 +480,7 @@ class RelayService:
                         raise WireError(f"the relay did not delete: {answer!r}")
                 taken += len(done)
                 await self.db.fetched(relay, self.clock())
-                if len(done) < len(items) or remaining <= len(items):
+                if len(done) < len(items) or remaining == 0:
                     return taken
 
     async def _take(self, identity: Any, relay: bytes, item: Item) -> RelayVerdict:

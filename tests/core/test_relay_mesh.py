@@ -193,3 +193,22 @@ async def test_only_trusted_contacts_hear_which_relays_we_use(tmp_path: Path) ->
             return (await stranger.service.db.contact_relays(a.key)).get(a.key) == [r.key]
 
         await until(stranger_heard)
+
+
+async def test_one_fetch_takes_everything_held_batch_after_batch(tmp_path: Path) -> None:
+    async with Crowd(tmp_path) as crowd:
+        a, b, r = await enrolled_pair(crowd)
+        handler = b.service._inbound.pop("note")  # B's app is away: everything is kept
+        items = [(f"b{i}", f"batch item {i}".encode()) for i in range(150)]
+        assert await a.service.submit("note", b.key, items) == [None] * 150
+        await until(lambda: _held_for(r, b.key, 150))
+
+        async def idle() -> bool:
+            lock = b.service._fetch_locks.get(r.key)
+            return lock is None or not lock.locked()
+
+        await until(idle)  # the fetches R's NOTIFYs started took nothing
+        b.service._inbound["note"] = handler  # back, without waking a fetch
+        assert await b.service.fetch(r.key) == 150  # 64 + 64 + 22, in one fetch
+        assert [body for _, body in b.got] == [body for _, body in items]
+        assert await _held_for(r, b.key, 0)
