@@ -68,6 +68,7 @@ class Mail:
     key: str
     smtp: int
     imap: int
+    data: Path
 
     @property
     def address(self) -> str:
@@ -179,8 +180,8 @@ async def run(rounds: int, workdir: Path, rng: random.Random, verbose: bool = Tr
     dir_a, dir_b = workdir / "a", workdir / "b"
     key_a, key_b = node_key(dir_a), node_key(dir_b)
     # the same ports every round, as a restarted service would have
-    mail_a = Mail(key_a, free_port(), free_port())
-    mail_b = Mail(key_b, free_port(), free_port())
+    mail_a = Mail(key_a, free_port(), free_port(), dir_a)
+    mail_b = Mail(key_b, free_port(), free_port(), dir_b)
     for data in (dir_a, dir_b):
         done = await asyncio.to_thread(mesh, data, "mail", "passwd", "--stdin", stdin=PASSWORD)
         assert done.returncode == 0, done.stderr
@@ -237,6 +238,9 @@ async def _settle_mail(
             return
         if time.monotonic() > deadline:
             out.lost += missing
+            for box, data in (("A", mail_a.data), ("B", mail_b.data)):
+                queue = await asyncio.to_thread(mesh, data, "mail", "queue")
+                out.lost.append(f"{box}'s mail queue: {queue.stdout.strip()[:2000]}")
             return
         await asyncio.sleep(2)
 
@@ -292,7 +296,7 @@ def main() -> int:
           f"(target {args.target:g} s), killed after {GIVE_UP:g} s: {out.killed}")  # fmt: skip
     print(f"  acknowledged: chat {out.sent_by_a} sent by A, {out.sent_by_b} by B; mail "
           f"{out.mail_by_a} by A, {out.mail_by_b} by B; lost: {len(out.lost)}")  # fmt: skip
-    for line in out.lost[:20]:
+    for line in out.lost[:20] + out.lost[-2:]:
         print(f"    {line}")
     slow = args.target > 0 and stops[-1] > args.target
     return 0 if not slow and not out.killed and not out.lost else 1
