@@ -216,7 +216,7 @@ class Daemon:
         )
         log.close()
         if self.host is not None:
-            self.host.lab._pids.add(self.proc.pid)
+            self.host.lab._procs[self.proc.pid] = self.proc
         info = _wait(f"{self.where} daemon admin", self._self_if_running, timeout=timeout)
         self.key = info["key"]
         self.address = ipaddress.IPv6Address(info["address"])
@@ -274,7 +274,7 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait(10)
         if self.host is not None:
-            self.host.lab._pids.discard(self.proc.pid)
+            self.host.lab._procs.pop(self.proc.pid, None)
         self.proc = None
 
     def log(self) -> str:
@@ -570,7 +570,7 @@ class Host:
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-        self.lab._pids.add(proc.pid)
+        self.lab._procs[proc.pid] = proc
         return proc
 
     def node_process(self, *args: str, timeout: float = 60) -> NodeProcess:
@@ -619,7 +619,11 @@ class Lab:
         # that owner is gone.
         self.prefix = f"{TAG}-{name}{_pid_tag(os.getpid())}-"
         self.hosts: dict[str, Host] = {}
-        self._pids: set[int] = set()
+        # Every process started here, by pid. Kept as Popen objects and reaped through them
+        # (never a bare waitpid): a Popen whose child was reaped behind its back polls its
+        # pid again when collected, and by then the pid may belong to another test's child,
+        # which that poll would reap (asyncio then reports its returncode as 255).
+        self._procs: dict[int, subprocess.Popen[Any]] = {}
         self._subnet = 0
         self._remove_stale()
         self.dir = Path(tempfile.mkdtemp(prefix=f"{TAG}-{name}-"))
@@ -734,12 +738,12 @@ class Lab:
                 except (OSError, subprocess.SubprocessError) as exc:
                     errors.append(f"{host.ns}: {exc}")
             host.close()
-        for pid in list(self._pids):
+        for pid, proc in list(self._procs.items()):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        self._pids.clear()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        self._procs.clear()
         for ns in {*self._namespaces(), *(h.ns for h in self.hosts.values())}:
             self._kill_namespace_pids(ns)
             _run("ip", "netns", "del", ns, check=False)
