@@ -31,6 +31,7 @@ from apps.chat.connection import (
     EnvelopeReceived,
     MalformedEnvelope,
     ProtocolFault,
+    RemoteError,
 )
 from apps.chat.control import ChatControl, trust_of
 from apps.chat.envelope import MAX_IDS, Envelope, EnvelopeError, Kind, ids_body
@@ -348,6 +349,11 @@ class ChatService(BaseService):
                 if events:
                     first_by = None
                 for event in events:
+                    if isinstance(event, RemoteError):
+                        # The sender gave up on this stream (nothing to answer): end it
+                        # now instead of holding its slot until idle_timeout.
+                        log.info("chat: %s ended its stream with an error frame", source)
+                        return
                     if isinstance(event, ProtocolFault):
                         self._count(event.refusal, f"from {source}: {event.reason}")
                         await answers.put(_done(event.reply))

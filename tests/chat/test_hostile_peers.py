@@ -214,3 +214,14 @@ async def test_a_stranger_is_rate_limited_typing_frames_included(tmp_path: Path)
         ]
         codes = [(await c.send(env))[0] for env in typing]
         assert codes == [Refusal.OK] * 3 + [Refusal.RATE_LIMITED] * 2
+
+
+async def test_an_unsolicited_error_frame_ends_the_stream_at_once(tmp_path: Path) -> None:
+    """Finding 11: it held the stream (and its slot) for idle_timeout, 300 s."""
+    from apps.chat.wire import FrameType, WireError, encode_frame
+
+    async with ChatNet(tmp_path) as net:
+        b = await net.start()
+        c = await _intruder(net, b)
+        frame = encode_frame(FrameType.ERROR, bytes(WireError(int(Refusal.GARBAGE), "bye")))
+        assert await c.send_raw(frame) == []  # closed by B: no TimeoutError after 10 s
