@@ -28,6 +28,11 @@ async def settled(pilot: Pilot[Any]) -> None:
     app = pilot.app
     assert isinstance(app, ChatApp)
     await app.ready.wait()
+    # A blinking cursor is drawn or not depending on when the shot lands (a loaded machine
+    # lands it in the off phase): held steady, it is always drawn.
+    for widget in app.query("*"):
+        if hasattr(widget, "cursor_blink"):
+            widget.cursor_blink = False
     await pilot.pause()
     await pilot.pause()
 
