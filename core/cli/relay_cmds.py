@@ -14,15 +14,14 @@ A relay may be named by its bare key without being a contact.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from typing import Any
 
+from core.cli.contacts_cmds import _run as run_on_node
 from core.cli.names import or_dash, short_key
 from core.control.client import ControlClient
-from core.datadir import resolve_data_dir
 
 __all__ = ["register"]
 
@@ -59,14 +58,7 @@ def _run(args: argparse.Namespace, action: Any) -> int:
         from core.contacts import parse_key
 
         parse_key(name)  # a malformed key is refused before the node is asked
-
-    async def go() -> int:
-        path = resolve_data_dir(args.data_dir) / "control.sock"
-        async with await ControlClient.connect(path) as client:
-            code: int = await action(client, args)
-            return code
-
-    return asyncio.run(go())
+    return run_on_node(args, action)
 
 
 async def _change(client: ControlClient, args: argparse.Namespace, verb: str) -> int:
